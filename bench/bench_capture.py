@@ -1,0 +1,187 @@
+"""Cost of capture, printed as ratios.
+
+1. time: capturing every point the figure scripts need at one layer vs a plain forward pass (target <= 1.3x);
+2. memory: per-layer top-k/median statistics and attention column sums for ALL layers vs a plain eager
+   forward pass (target <= 1.5x), and vs the reference code's approach (full fp64 copies of every layer's
+   activations and full attention maps). Peak memory above the loaded model: CUDA's allocator statistics on a
+   GPU, the process's resident memory sampled every millisecond on the CPU (each mode in its own process).
+
+    python bench/bench_capture.py                      # default model, 2048 tokens for memory, 512 for time
+    python bench/bench_capture.py --model llama2_7b --model-path /models --device cuda
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lib.errors import user_errors_exit  # noqa: E402
+from lib.models import DEFAULT_MODEL, load_model  # noqa: E402
+from monkey_patch import Capture, ModelView  # noqa: E402
+from monkey_patch import reducers  # noqa: E402
+
+ACTIVATIONS = ("resid_post", "mlp.down_in")
+
+
+def _inputs(model, tokens, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.config.vocab_size, (1, tokens), generator=g).to(model.device)
+
+
+def bench_time(args):
+    model, _, _ = load_model(args.model, args.model_path, args.device, args.dtype)
+    view = ModelView(model)
+    ids = _inputs(model, args.time_tokens)
+    layer = view.num_layers // 2
+
+    decoder = model.base_model  # the figure scripts need internals, not the vocabulary head
+
+    def plain():
+        decoder(ids)
+
+    def captured():
+        with Capture(model, view.supported_points(), layers=[layer]):
+            decoder(ids)
+
+    def seconds(fn):
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    with torch.no_grad():
+        plain(), captured()  # warm up
+        # alternate the two so that a busy machine slows both alike; report the median of the pair ratios
+        pairs = [(seconds(plain), seconds(captured)) for _ in range(args.repeats)]
+    t_plain = statistics.median(p for p, _ in pairs)
+    t_capture = statistics.median(c for _, c in pairs)
+    ratio = statistics.median(c / p for p, c in pairs)
+    return {"tokens": args.time_tokens, "layer": layer, "plain_s": t_plain, "capture_s": t_capture,
+            "ratio": ratio}
+
+
+class _PeakRSS:
+    """Sample this process's resident memory every millisecond while active."""
+
+    def __init__(self):
+        self.peak, self._stop = 0, threading.Event()
+
+    @staticmethod
+    def rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.001)
+
+    def __enter__(self):
+        self.base = self.peak = self.rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def bench_memory_mode(args) -> int:
+    """Peak bytes above the loaded model for one mode: plain | stats | reference."""
+    attn = "eager" if args.memory_mode in ("plain", "reference") else None
+    model, _, _ = load_model(args.model, args.model_path, args.device, args.dtype, attn_implementation=attn)
+    ids = _inputs(model, args.memory_tokens)
+    cuda = model.device.type == "cuda"
+    everything = ["resid_post", "mlp.down_in", "attn.pattern"]
+    kept = []
+    with torch.no_grad():
+        model.base_model(ids[:, :8])  # touch every weight first: memory-mapped weights must not count
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        with _PeakRSS() as rss:
+            if args.memory_mode == "plain":
+                model.base_model(ids)
+            elif args.memory_mode == "stats":
+                reduce = reducers.by_point({"attn.pattern": reducers.attention_column_sums},
+                                           default=reducers.topk_median(3))
+                with Capture(model, everything, reduce=reduce):
+                    model.base_model(ids)
+            else:  # the reference: fp64 CPU copies of every layer's activations and full attention maps
+                with Capture(model, everything) as cap:
+                    model.base_model(ids)
+                kept = [t.double() for t in cap.results.values()]
+                cap.results.clear()
+        if cuda:  # the reference's fp64 copies live in CPU memory: count them beside the GPU peak
+            return torch.cuda.max_memory_allocated() - base + sum(t.numel() * 8 for t in kept)
+    return rss.peak - rss.base
+
+
+def bench_memory(args):
+    results = {}
+    for mode in ("plain", "stats", "reference"):
+        cmd = [sys.executable, __file__, "--memory-mode", mode, "--model", args.model, "--memory-tokens",
+               str(args.memory_tokens)]
+        for flag, value in (("--model-path", args.model_path), ("--device", args.device), ("--dtype", args.dtype)):
+            if value:
+                cmd += [flag, value]
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"memory run {mode} failed: {out.stderr.strip().splitlines()[-1:]}")
+        results[mode] = int(out.stdout.strip().splitlines()[-1])
+    return {"tokens": args.memory_tokens, "peak_bytes": results,
+            "stats_vs_plain_eager": results["stats"] / results["plain"],
+            "reference_vs_plain_eager": results["reference"] / results["plain"],
+            "reference_vs_stats": results["reference"] / results["stats"]}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model-path")
+    p.add_argument("--device")
+    p.add_argument("--dtype")
+    p.add_argument("--time-tokens", type=int, default=1024)
+    p.add_argument("--memory-tokens", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--memory-mode", choices=("plain", "stats", "reference"), help=argparse.SUPPRESS)
+    p.add_argument("--out", default="bench/results/capture.json")
+    args = p.parse_args()
+    with user_errors_exit("bench_capture"):
+        if args.memory_mode:
+            print(bench_memory_mode(args))
+            return
+        timing = bench_time(args)
+        print(f"time, one layer, all figure points, {timing['tokens']} tokens: capture / plain forward = "
+              f"{timing['ratio']:.3f}x  (target <= 1.3x; {timing['capture_s']:.3f}s vs {timing['plain_s']:.3f}s)")
+        memory = bench_memory(args)
+        mib = {k: v / 2**20 for k, v in memory["peak_bytes"].items()}
+        print(f"memory, all layers, {memory['tokens']} tokens, peak above the loaded model: "
+              f"plain eager {mib['plain']:.0f} MiB, on-the-fly stats {mib['stats']:.0f} MiB, "
+              f"reference (full fp64 tensors) {mib['reference']:.0f} MiB")
+        print(f"  stats / plain eager = {memory['stats_vs_plain_eager']:.3f}x  (target <= 1.5x)")
+        print(f"  reference / plain eager = {memory['reference_vs_plain_eager']:.3f}x; "
+              f"reference / stats = {memory['reference_vs_stats']:.1f}x")
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"model": args.model, "device": args.device or "default", "time": timing,
+                                   "memory": memory, "command": " ".join(sys.argv)}, indent=2))
+        os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    main()

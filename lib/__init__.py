@@ -1,0 +1,1 @@
+"""systematic-outliers library: models, data, outlier statistics, evaluation and plotting."""

@@ -1,0 +1,417 @@
+"""Outlier statistics of An et al., "Systematic Outliers in Large Language Models" (ICLR 2025).
+
+Pure functions on torch tensors: no models, no transformers. Inputs may be any float dtype
+(fp16, bf16, fp32, ...); every statistic is computed in float32 and returned as plain Python
+numbers or small float32 tensors. Conventions used throughout:
+
+* An activation tensor ``h`` is one sequence's ``[tokens, channels]`` tensor.
+* A weight ``W`` is ``[out_features, in_features]`` as ``torch.nn.Linear`` stores it, so an
+  "input column" of down_proj is ``W[:, j]``.
+* Attention ``probs`` is one sequence's ``[heads, queries, keys]`` softmax output.
+* Medians are ``torch.median`` medians: for an even count, the lower of the two middle values
+  (the reference code, locuslab/massive-activations, uses the same).
+* A ratio whose denominator is zero (all-zero tensor, row, column or head) is defined as 0.0,
+  never NaN: nothing there can stand out.
+"""
+import re
+
+import torch
+
+DEFAULT_OUTLIER_FACTOR = 1000.0
+MAX_REPORTED_ENTRIES = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks and fp32 helpers
+# ---------------------------------------------------------------------------------------------
+
+def _require_tensor(x, ndim, name, shape_hint):
+    """Raise a clear error unless ``x`` is a non-empty tensor with ``ndim`` dimensions."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {shape_hint}, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)})")
+
+
+def _abs_fp32(x):
+    """|x| as float32 (abs first: exact in any float dtype, and no float64 copy is ever made)."""
+    return x.detach().abs().to(torch.float32)
+
+
+def _safe_divide(numerator, denominator):
+    """Element-wise numerator / denominator, with 0 where the denominator is 0."""
+    zero = torch.zeros((), dtype=numerator.dtype, device=numerator.device)
+    safe_denominator = torch.where(denominator == 0, torch.ones_like(denominator), denominator)
+    return torch.where(denominator == 0, zero, numerator / safe_denominator)
+
+
+def _unravel(flat_indices, n_columns):
+    """Flat indices into a row-major [rows, n_columns] tensor -> (rows, columns) as int lists."""
+    rows = (flat_indices // n_columns).tolist()
+    columns = (flat_indices % n_columns).tolist()
+    return rows, columns
+
+
+# ---------------------------------------------------------------------------------------------
+# activation outliers
+# ---------------------------------------------------------------------------------------------
+
+def topk_magnitudes(h, k=3):
+    """Top-k magnitudes of one sequence's activations and where they sit.
+
+    The paper's per-layer plots show the top-1/2/3 largest |h| and the median |h| of a layer's
+    output (or of the down_proj input), ``h`` being ``[tokens, channels]``.
+
+    Returns ``{"top": [v1 >= v2 >= ...], "tokens": [...], "channels": [...], "median": m}`` with
+    0-based token and channel positions of each top value. ``k`` is clamped to ``h.numel()``.
+    """
+    _require_tensor(h, 2, "h", "[tokens, channels]")
+    magnitudes = _abs_fp32(h)
+    top = torch.topk(magnitudes.flatten(), min(k, magnitudes.numel()))
+    tokens, channels = _unravel(top.indices, magnitudes.shape[1])
+    return {
+        "top": top.values.tolist(),
+        "tokens": tokens,
+        "channels": channels,
+        "median": magnitudes.median().item(),
+    }
+
+
+def _outlier_threshold(magnitudes, rule, factor, min_abs):
+    """Threshold that |h| must exceed (strictly) under ``rule``; returns (threshold, factor)."""
+    factor = DEFAULT_OUTLIER_FACTOR if factor is None else float(factor)
+    if rule == "mean":
+        return factor * magnitudes.mean().item(), factor
+    if rule == "median":
+        # "> min_abs and > factor * median" is the same as "> the larger of the two".
+        return max(float(min_abs), factor * magnitudes.median().item()), factor
+    raise ValueError(f"rule must be 'mean' or 'median', got {rule!r}")
+
+
+def _largest_entries(h, magnitudes, above, limit):
+    """(token, channel, signed value) of the entries flagged in ``above``, largest |h| first."""
+    count = min(int(above.sum().item()), limit)
+    if count == 0:
+        return []
+    ranked = torch.where(above, magnitudes, torch.full_like(magnitudes, -1.0)).flatten()
+    flat_indices = torch.topk(ranked, count).indices
+    tokens, channels = _unravel(flat_indices, magnitudes.shape[1])
+    values = h.detach().flatten()[flat_indices].to(torch.float32).tolist()
+    return list(zip(tokens, channels, values))
+
+
+def activation_outliers(h, rule="mean", factor=None, min_abs=100.0):
+    """Activation outliers of one sequence's ``[tokens, channels]`` tensor.
+
+    * ``rule="mean"`` (An et al.): an outlier token is a position whose max over channels of
+      |h[t, c]| exceeds ``factor * mean(|h|)`` over the whole tensor (factor defaults to 1000).
+    * ``rule="median"`` (Sun et al., "Massive Activations"): an entry is massive when
+      |h| > ``min_abs`` (100) and |h| > ``factor * median(|h|)`` (factor defaults to 1000).
+
+    Returns ``{"rule", "factor", "threshold", "tokens", "channels", "entries", "max", "mean",
+    "median"}``: sorted outlier token positions; sorted channels holding an above-threshold
+    entry at an outlier token; up to 64 ``(token, channel, signed value)`` above-threshold
+    entries, largest |value| first; and max/mean/median of |h|. An all-zero tensor has
+    threshold 0 under the mean rule and no outliers.
+    """
+    _require_tensor(h, 2, "h", "[tokens, channels]")
+    magnitudes = _abs_fp32(h)
+    threshold, factor = _outlier_threshold(magnitudes, rule, factor, min_abs)
+    above = magnitudes > threshold
+    # Every above-threshold entry lies, by definition, on an outlier token.
+    return {
+        "rule": rule,
+        "factor": factor,
+        "threshold": threshold,
+        "tokens": torch.nonzero(above.any(dim=1)).flatten().tolist(),
+        "channels": torch.nonzero(above.any(dim=0)).flatten().tolist(),
+        "entries": _largest_entries(h, magnitudes, above, MAX_REPORTED_ENTRIES),
+        "max": magnitudes.max().item(),
+        "mean": magnitudes.mean().item(),
+        "median": magnitudes.median().item(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# weight outliers
+# ---------------------------------------------------------------------------------------------
+
+def _max_over_mean(W, dim):
+    """max |W| / mean |W| along ``dim`` in float32, 0 where the slice is all zero."""
+    _require_tensor(W, 2, "W", "[out_features, in_features]")
+    magnitudes = W.detach().abs()
+    # max is exact in the native dtype; the sum accumulates in fp32 without an fp32 copy of W.
+    maxima = magnitudes.amax(dim=dim).to(torch.float32)
+    means = magnitudes.sum(dim=dim, dtype=torch.float32) / W.shape[dim]
+    return _safe_divide(maxima, means)
+
+
+def column_ratios(W):
+    """Per input column j: max_i |W[i, j]| / mean_i |W[i, j]|; float32 ``[in_features]``.
+
+    The paper's weight-outlier measure for down_proj: a column that is huge in a few rows has a
+    ratio far above the rest. An all-zero column gets 0.
+    """
+    return _max_over_mean(W, dim=0)
+
+
+def row_ratios(W):
+    """Per output row i: max_j |W[i, j]| / mean_j |W[i, j]|; float32 ``[out_features]``."""
+    return _max_over_mean(W, dim=1)
+
+
+def weight_column_stats(W, k=3):
+    """Per-layer summary of down_proj column ratios, as plotted in the paper.
+
+    Returns ``{"max_ratio", "median_ratio", "top_columns", "top_ratios"}``: the largest and the
+    (lower) median column ratio, and the ``k`` columns with the largest ratio, descending.
+    """
+    ratios = column_ratios(W)
+    top = torch.topk(ratios, min(k, ratios.numel()))
+    return {
+        "max_ratio": ratios.max().item(),
+        "median_ratio": ratios.median().item(),
+        "top_columns": top.indices.tolist(),
+        "top_ratios": top.values.tolist(),
+    }
+
+
+def module_score(W):
+    """A projection module's weight-outlier score: the max over all row-wise and column-wise
+    max/mean |W| ratios (used to compare q, k, v, o, gate, up and down)."""
+    return max(column_ratios(W).max().item(), row_ratios(W).max().item())
+
+
+# ---------------------------------------------------------------------------------------------
+# attention outliers
+# ---------------------------------------------------------------------------------------------
+
+def column_sums(probs):
+    """Per head, attention probabilities summed over queries: float32 ``[heads, keys]``.
+
+    This is the reduction to keep when attention is processed on the fly (it is all that the
+    cumulative attention and the per-head outlier ratio need, instead of the full L x L map).
+    """
+    _require_tensor(probs, 3, "probs", "[heads, queries, keys]")
+    return probs.detach().sum(dim=1, dtype=torch.float32)
+
+
+def cumulative_attention(probs):
+    """Cumulative attention per key: head-averaged probabilities summed over queries, ``[keys]``.
+
+    Equal to ``column_sums(probs).mean(0)``; for a causal map its entries sum to the number of
+    queries.
+    """
+    return column_sums(probs).mean(dim=0)
+
+
+def attention_outlier_keys(cumulative, seqlen=None, factor=0.1):
+    """Attention-outlier keys: positions whose cumulative attention >= ``factor * seqlen``.
+
+    ``seqlen`` defaults to ``len(cumulative)``; the paper uses factor 0.1. Sorted int list.
+    """
+    _require_tensor(cumulative, 1, "cumulative", "[keys]")
+    seqlen = cumulative.shape[0] if seqlen is None else seqlen
+    is_outlier = cumulative.detach().to(torch.float32) >= factor * seqlen
+    return torch.nonzero(is_outlier).flatten().tolist()
+
+
+def head_outlier_ratio_from_sums(sums, keys):
+    """``head_outlier_ratio`` from precomputed ``column_sums`` ``[heads, keys]``."""
+    _require_tensor(sums, 2, "sums", "[heads, keys]")
+    sums = sums.detach().to(torch.float32)
+    on_keys = sums[:, list(keys)].sum(dim=1)
+    return _safe_divide(on_keys, sums.sum(dim=1))
+
+
+def head_outlier_ratio(probs, keys):
+    """Per head, the share of that head's total cumulative attention (summed over queries and
+    keys) that falls on the outlier ``keys``: float32 ``[heads]``; 0 for an empty key list."""
+    return head_outlier_ratio_from_sums(column_sums(probs), keys)
+
+
+# ---------------------------------------------------------------------------------------------
+# token categories
+# ---------------------------------------------------------------------------------------------
+
+# Characters that make up a strong delimiter: sentence and clause punctuation, line breaks,
+# dashes, quotes and brackets. A token is a strong delimiter when, once spaces and tabs are
+# removed, it is non-empty and made only of these characters ("." "\n" ".\n" "..." " (" '"').
+STRONG_DELIMITERS = frozenset(
+    ".,;:!?-\n\r"
+    "\u2013\u2014\u2026"  # en dash, em dash, ellipsis
+    "\"'`\u2018\u2019\u201c\u201d\u00ab\u00bb"  # straight, curly and angle quotes
+    "()[]{}<>"
+)
+
+# Weak-semantic tokens: frequent function words with little meaning of their own, compared
+# case-insensitively after the word-start marker is removed. Digits and the bare word-start
+# piece (a token that is only a space, "▁" or "Ġ") are weak-semantic too (WEAK_SEMANTIC_DIGITS).
+WEAK_SEMANTIC = frozenset({
+    "the", "a", "an", "of", "and", "or", "is", "are", "was", "were", "be", "to", "in", "on",
+    "at", "for", "with", "by", "as", "it", "that", "this",
+})
+WEAK_SEMANTIC_DIGITS = re.compile(r"[0-9]+")
+
+CATEGORIES = ("initial_token", "strong_delimiter", "weak_semantic", "other")
+
+# Tokenizer markers mapped back to the text they stand for: SentencePiece's word-start "▁" and
+# GPT-2's byte-level stand-ins for space, newline, tab and carriage return.
+_MARKERS = {"\u2581": " ", "\u0120": " ", "\u010a": "\n", "\u0109": "\t", "\u010d": "\r"}
+_SENTENCEPIECE_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def _decoded_text(token):
+    """The text a tokenizer's printed token stands for (markers and byte pieces undone)."""
+    byte_piece = _SENTENCEPIECE_BYTE.fullmatch(token)
+    if byte_piece and int(byte_piece.group(1), 16) < 0x80:
+        return chr(int(byte_piece.group(1), 16))  # e.g. LLaMA prints "\n" as "<0x0A>"
+    return "".join(_MARKERS.get(char, char) for char in token)
+
+
+def _is_strong_delimiter(text):
+    core = text.replace(" ", "").replace("\t", "")
+    return bool(core) and all(char in STRONG_DELIMITERS for char in core)
+
+
+def _is_weak_semantic(text):
+    word = text.strip().lower()
+    # An empty word is the bare word-start piece (or a token that decodes to nothing).
+    return word == "" or word in WEAK_SEMANTIC or bool(WEAK_SEMANTIC_DIGITS.fullmatch(word))
+
+
+def token_category(token, position):
+    """Category of an outlier position, as in the paper's token-category shares.
+
+    ``"initial_token"`` at position 0 whatever the token; else ``"strong_delimiter"`` (see
+    STRONG_DELIMITERS), ``"weak_semantic"`` (see WEAK_SEMANTIC: function words, digits, the
+    bare word-start piece) or ``"other"``. ``token`` is a token as a tokenizer prints it:
+    SentencePiece ("▁the", "<0x0A>"), GPT-2 byte-level ("Ġthe", "Ċ") or plain decoded text
+    (" the", "\\n"). Case-insensitive.
+    """
+    if position == 0:
+        return "initial_token"
+    text = _decoded_text(token)
+    if _is_strong_delimiter(text):
+        return "strong_delimiter"
+    if _is_weak_semantic(text):
+        return "weak_semantic"
+    return "other"
+
+
+def category_shares(categories):
+    """Share of each category in a list of ``token_category`` results, plus ``"count"``.
+
+    Shares sum to 1; an empty list gives all shares 0.0 and count 0.
+    """
+    categories = list(categories)
+    unknown = set(categories) - set(CATEGORIES)
+    if unknown:
+        raise ValueError(f"unknown token categories {sorted(unknown)}; expected {CATEGORIES}")
+    count = len(categories)
+    shares = {name: (categories.count(name) / count if count else 0.0) for name in CATEGORIES}
+    shares["count"] = count
+    return shares
+
+
+# ---------------------------------------------------------------------------------------------
+# peer metrics
+# ---------------------------------------------------------------------------------------------
+
+def kurtosis(x, dim=-1):
+    """Non-excess kurtosis E[(x - mu)^4] / sigma^4 along ``dim`` (population moments), float32.
+
+    As Bondarenko et al. 2023 ("Quantizable Transformers") report it: a Gaussian gives about 3,
+    a tensor with a few huge outliers gives much more (they average it over a layer output's
+    tokens, i.e. ``kurtosis(h, dim=-1).mean()``). A constant slice gets 0 instead of NaN.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.numel() == 0:
+        raise ValueError("x is empty")
+    x = x.detach().to(torch.float32)
+    centered = x - x.mean(dim=dim, keepdim=True)
+    variance = centered.pow(2).mean(dim=dim)
+    fourth_moment = centered.pow(4).mean(dim=dim)
+    return _safe_divide(fourth_moment, variance.pow(2))
+
+
+def max_inf_norm(x):
+    """Infinity norm max |x| over the whole tensor (Bondarenko et al. 2023), as a float."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.numel() == 0:
+        raise ValueError("x is empty")
+    return x.detach().abs().max().to(torch.float32).item()
+
+
+def mean_attention_on_key(probs, key=0):
+    """Per head, mean attention that the queries able to see ``key`` (q >= key, causal) put on
+    it: float32 ``[heads]``. Stacked over layers this is ``sink_rate``'s input (Gu et al.)."""
+    _require_tensor(probs, 3, "probs", "[heads, queries, keys]")
+    return probs.detach()[:, key:, key].to(torch.float32).mean(dim=1)
+
+
+def sink_rate(first_key_attention, threshold=0.3):
+    """Sink rate (Gu et al., ICLR 2025): the share of (layer, head) pairs whose mean attention
+    on key k (``first_key_attention``, ``[layers, heads]``) exceeds ``threshold`` (0.3)."""
+    _require_tensor(first_key_attention, 2, "first_key_attention", "[layers, heads]")
+    above = first_key_attention.detach().to(torch.float32) > threshold
+    return above.to(torch.float32).mean().item()
+
+
+def first_token_share(probs):
+    """Attention share on the first token (Qiu et al. 2025, "Gated Attention"): the mean over
+    heads and queries of the probability on key 0, for ``[heads, queries, keys]``."""
+    _require_tensor(probs, 3, "probs", "[heads, queries, keys]")
+    return probs.detach()[..., 0].to(torch.float32).mean().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming accumulation over sequences
+# ---------------------------------------------------------------------------------------------
+
+class RunningLayerStats:
+    """Per-layer top-k magnitudes reduced on the fly over many sequences.
+
+    The paper averages each layer's top-1/2/3 and median |h| over its calibration sequences;
+    only those few numbers and the positions of each sequence's top values are kept, never the
+    activations themselves.
+    """
+
+    def __init__(self, k=3):
+        self.k = k
+        self._layers = {}
+
+    def add(self, layer, h):
+        """Fold one sequence's ``[tokens, channels]`` tensor of ``layer`` into the statistics."""
+        _require_tensor(h, 2, "h", "[tokens, channels]")
+        if h.numel() < self.k:
+            raise ValueError(f"h has {h.numel()} entries, fewer than k={self.k}")
+        stats = topk_magnitudes(h, self.k)
+        entry = self._layers.setdefault(
+            int(layer), {"top": [0.0] * self.k, "median": 0.0, "tokens": [], "channels": []})
+        entry["top"] = [total + value for total, value in zip(entry["top"], stats["top"])]
+        entry["median"] += stats["median"]
+        entry["tokens"].append(stats["tokens"])
+        entry["channels"].append(stats["channels"])
+
+    def summary(self):
+        """One dict per layer, sorted by layer: ``{"layer", "top": [mean top-1, ..., top-k],
+        "median": mean median, "top_tokens": [[token positions of one sequence's top-k], ...],
+        "top_channels": [[channels of one sequence's top-k], ...], "n": sequences}``."""
+        rows = []
+        for layer in sorted(self._layers):
+            entry = self._layers[layer]
+            n = len(entry["tokens"])
+            rows.append({
+                "layer": layer,
+                "top": [total / n for total in entry["top"]],
+                "median": entry["median"] / n,
+                "top_tokens": [list(tokens) for tokens in entry["tokens"]],
+                "top_channels": [list(channels) for channels in entry["channels"]],
+                "n": n,
+            })
+        return rows

@@ -1,0 +1,380 @@
+"""Capture named internals of a Hugging Face causal LM, per layer, with forward hooks and the attention registry.
+
+    with Capture(model, ["resid_post", "mlp.down_in", "attn.pattern"], layers=[1, 2]) as cap:
+        model(input_ids)
+    cap["resid_post", 1]          # tensor [batch, tokens, hidden], float32 on CPU
+
+Layers are 0-based. Capture points (TransformerLens-like names; per-head tensors are [batch, pos, head, d_head],
+attention scores/pattern are [batch, head, query, key]):
+
+    resid_pre, resid_post       decoder layer input and output (the residual stream)
+    ln1, ln2                    attention-norm and MLP-norm outputs (ln2 is ln1 in parallel blocks)
+    attn.q, attn.k, attn.v      per-head projections before rotary embedding (after q/k norms where present)
+    attn.q_rot, attn.k_rot      after rotary embedding, as attention sees them
+    attn.scores, attn.pattern   scaled q.k logits (masked entries -inf) and softmax probabilities
+    attn.z, attn_out            per-head attention output (input of the output projection) and its output
+    mlp.gate_out, mlp.up_out, mlp.act_out, mlp.down_in, mlp.down_out
+                                gated MLP internals; non-gated MLPs have no gate, up = fc1, down = fc2
+
+`reduce(point, layer, tensor)` turns each captured tensor into something small on the fly (top-k, medians,
+attention column sums: see monkey_patch.reducers); its results are what `cap[point, layer]` returns, one per
+forward call in a list. Without `reduce`, each point holds the tensor of the latest forward call.
+Attention points run the family's own eager attention on the requested layers only (every other layer keeps
+its usual kernel); leaving the context removes every hook and restores the attention implementation.
+"""
+import sys
+
+import torch
+from torch import nn
+
+from monkey_patch.adapters import FAMILIES, Family, get_submodule, head_counts, split_qkv
+
+POINTS = ("resid_pre", "resid_post", "ln1", "ln2", "attn.q", "attn.k", "attn.v", "attn.q_rot", "attn.k_rot",
+          "attn.scores", "attn.pattern", "attn.z", "attn_out",
+          "mlp.gate_out", "mlp.up_out", "mlp.act_out", "mlp.down_in", "mlp.down_out")
+REGISTRY_POINTS = ("attn.q_rot", "attn.k_rot", "attn.scores", "attn.pattern")
+ATTN_NAME = "systematic_outliers_capture"
+
+_ACTIVE: dict[nn.Module, "Capture"] = {}  # attention module -> the capture that owns it right now
+
+
+class CaptureError(ValueError):
+    """A capture request this model cannot serve (unknown point, layer out of range, unsupported family)."""
+
+
+class ModelView:
+    """A model seen through its family's adapter: layers, their submodules and weights."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+        self.model_type = getattr(self.config, "model_type", None)
+        if self.model_type not in FAMILIES:
+            raise CaptureError(f"unsupported architecture {self.model_type!r}: "
+                               f"supported families are {', '.join(sorted(FAMILIES))}")
+        self.family: Family = FAMILIES[self.model_type]
+        self.layers = get_submodule(model, self.family.layers)
+        if self.layers is None:
+            raise CaptureError(f"{self.model_type}: no decoder layers at {self.family.layers!r}")
+        self.num_layers = len(self.layers)
+        self.num_heads, self.num_kv_heads, self.head_dim = head_counts(self.config)
+
+    def check_layer(self, layer: int) -> int:
+        if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
+            raise CaptureError(f"layer {layer} out of range: the model has layers 0..{self.num_layers - 1}")
+        return layer
+
+    def attn(self, layer: int) -> nn.Module:
+        return get_submodule(self.layers[layer], self.family.attn)
+
+    def mlp(self, layer: int) -> nn.Module:
+        f = self.family
+        return self.layers[layer] if f.mlp is None else get_submodule(self.layers[layer], f.mlp)
+
+    def module(self, layer: int, role: str) -> nn.Module | None:
+        """Submodule of a layer by role: ln1, ln2, q, k, v, qkv, o, gate, up, gate_up, down, act."""
+        f, block = self.family, self.layers[layer]
+        if role == "ln1":
+            return get_submodule(block, f.ln1)
+        if role == "ln2":  # parallel blocks feed the MLP from the attention norm
+            return get_submodule(block, f.ln2) or get_submodule(block, f.ln1)
+        if role in ("q", "k", "v", "qkv", "o"):
+            return get_submodule(self.attn(layer), getattr(f, role))
+        if f.down is None:
+            return None
+        return get_submodule(self.mlp(layer), getattr(f, role))
+
+    def final_norm(self) -> nn.Module:
+        return get_submodule(self.model, self.family.final_norm)
+
+    def weight(self, layer: int, role: str) -> torch.Tensor:
+        """Weight of a projection as [out_features, in_features] (GPT-2's Conv1D stores it transposed).
+
+        Roles: q, k, v, o, gate, up, down; q/k/v and gate/up are cut out of fused projections.
+        """
+        f = self.family
+        if role in ("q", "k", "v") and f.qkv is not None:
+            w = _weight(self.module(layer, "qkv"))  # [3 * ..., hidden]: split rows like the activations
+            q, k, v = split_qkv(w.T.unsqueeze(0), f.qkv_layout, self.config)
+            part = {"q": q, "k": k, "v": v}[role][0]  # [hidden, heads, d]
+            return part.reshape(part.shape[0], -1).T
+        if role in ("gate", "up") and f.gate_up is not None:
+            gate, up = _weight(self.module(layer, "gate_up")).chunk(2, dim=0)
+            return gate if role == "gate" else up
+        module = self.module(layer, role)
+        if module is None:
+            raise CaptureError(f"{self.model_type} has no {role!r} projection the adapter can reach")
+        return _weight(module)
+
+    def supported_points(self) -> list[str]:
+        """Every capture point this family serves."""
+        f, points = self.family, list(POINTS)
+        if f.down is None:
+            points = [p for p in points if not p.startswith("mlp.")]
+        elif f.gate is None and f.gate_up is None:
+            points.remove("mlp.gate_out")
+        if not f.registry:
+            points = [p for p in points if p not in ("attn.q_rot", "attn.k_rot", "attn.scores")]
+        return points
+
+    def weight_roles(self) -> list[str]:
+        roles = ["q", "k", "v", "o"]
+        if self.family.gate is not None or self.family.gate_up is not None:
+            roles.append("gate")
+        if self.family.down is not None:
+            roles += ["up", "down"]
+        return roles
+
+
+def _weight(module: nn.Module) -> torch.Tensor:
+    w = module.weight
+    return w.T if type(module).__name__ == "Conv1D" else w
+
+
+def _first(output):
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _hidden_states_arg(args, kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+class Capture:
+    def __init__(self, model: nn.Module, points, layers=None, reduce=None):
+        self.view = ModelView(model)
+        self.points = [points] if isinstance(points, str) else list(points)
+        unknown = [p for p in self.points if p not in POINTS]
+        if unknown:
+            raise CaptureError(f"unknown capture point(s) {unknown}: choose from {', '.join(POINTS)}")
+        if layers is None:
+            layers = range(self.view.num_layers)
+        self.layers = [self.view.check_layer(layer) for layer in ([layers] if isinstance(layers, int) else layers)]
+        self.reduce = reduce
+        self.results: dict = {}
+        self._handles = []
+        self._saved_impl: list = []
+        self._check_supported()
+
+    # --- public -----------------------------------------------------------------------------------------------
+    def __getitem__(self, key):
+        point, layer = key
+        if (point, layer) not in self.results:
+            raise KeyError(f"{point} at layer {layer} was not captured (asked for {self.points} on {self.layers})")
+        return self.results[(point, layer)]
+
+    def __enter__(self):
+        try:
+            for layer in self.layers:
+                for point in self.points:
+                    self._install(point, layer)
+            if any(p in REGISTRY_POINTS for p in self.points):
+                self._enter_attention()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for config, impl in self._saved_impl:
+            config._attn_implementation = impl
+        self._saved_impl.clear()
+        for module in [m for m, c in _ACTIVE.items() if c is self]:
+            del _ACTIVE[module]
+        return False
+
+    # --- storing ----------------------------------------------------------------------------------------------
+    def _emit(self, point: str, layer: int, tensor: torch.Tensor) -> None:
+        tensor = tensor.detach()
+        if self.reduce is None:
+            kept = tensor.to("cpu", torch.float32)
+            if kept.data_ptr() == tensor.data_ptr():  # models may later write into it in place (falcon does)
+                kept = kept.clone()
+            self.results[(point, layer)] = kept
+        else:
+            self.results.setdefault((point, layer), []).append(self.reduce(point, layer, tensor))
+
+    # --- hooks ------------------------------------------------------------------------------------------------
+    def _check_supported(self) -> None:
+        view, f = self.view, self.view.family
+        for point in self.points:
+            if point.startswith("mlp.") and f.down is None:
+                raise CaptureError(f"{point}: MLP internals of {view.model_type} (mixture of experts) are not supported")
+            if point == "mlp.gate_out" and f.gate is None and f.gate_up is None:
+                raise CaptureError(f"{point}: {view.model_type} has a non-gated MLP (use mlp.up_out for fc1)")
+            if point in REGISTRY_POINTS and not f.registry and point != "attn.pattern":
+                raise CaptureError(f"{point}: {view.model_type} does not use transformers' attention registry; "
+                                   "only attn.pattern among the attention internals can be captured")
+
+    def _hook(self, module: nn.Module, fn, pre: bool = False):
+        if module is None:
+            raise CaptureError(f"{self.view.model_type}: the adapter names a module this model does not have")
+        if pre:
+            self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
+        else:
+            self._handles.append(module.register_forward_hook(fn))
+
+    def _install(self, point: str, layer: int) -> None:
+        view, f = self.view, self.view.family
+        emit = lambda t: self._emit(point, layer, t)  # noqa: E731
+        block = view.layers[layer]
+        if point == "resid_pre":
+            self._hook(block, lambda m, args, kwargs: emit(_hidden_states_arg(args, kwargs)), pre=True)
+        elif point == "resid_post":
+            self._hook(block, lambda m, i, o: emit(_first(o)))
+        elif point in ("ln1", "ln2"):
+            self._hook(view.module(layer, point), lambda m, i, o: emit(_first(o)))
+        elif point in ("attn.q", "attn.k", "attn.v"):
+            role = point[-1]
+            if f.qkv is not None:
+                index = "qkv".index(role)
+                self._hook(view.module(layer, "qkv"),
+                           lambda m, i, o: emit(split_qkv(o, f.qkv_layout, view.config)[index]))
+            else:
+                self._hook(view.module(layer, role), lambda m, i, o: emit(self._per_head(o)))
+        elif point == "attn.z":
+            self._hook(view.module(layer, "o"), lambda m, args, kwargs: emit(self._per_head(args[0])), pre=True)
+        elif point == "attn_out":
+            self._hook(view.module(layer, "o"), lambda m, i, o: emit(o))
+        elif point == "attn.pattern" and not f.registry:
+            self._hook_legacy_pattern(layer, emit)
+        elif point in REGISTRY_POINTS:
+            pass  # served by the registered attention function
+        elif point in ("mlp.gate_out", "mlp.up_out") and f.gate_up is not None:
+            index = 0 if point == "mlp.gate_out" else 1
+            self._hook(view.module(layer, "gate_up"), lambda m, i, o: emit(o.chunk(2, dim=-1)[index]))
+        elif point in ("mlp.gate_out", "mlp.up_out", "mlp.act_out"):
+            role = {"mlp.gate_out": "gate", "mlp.up_out": "up", "mlp.act_out": "act"}[point]
+            self._hook(view.module(layer, role), lambda m, i, o: emit(o))
+        elif point == "mlp.down_in":
+            self._hook(view.module(layer, "down"), lambda m, args, kwargs: emit(args[0]), pre=True)
+        elif point == "mlp.down_out":
+            self._hook(view.module(layer, "down"), lambda m, i, o: emit(o))
+
+    def _per_head(self, x: torch.Tensor) -> torch.Tensor:
+        """[batch, pos, heads*d] or [batch, heads, pos, d] (after a per-head norm) -> [batch, pos, heads, d]."""
+        if x.dim() == 4:
+            return x.transpose(1, 2)
+        return x.view(*x.shape[:2], -1, self.view.head_dim)
+
+    def _hook_legacy_pattern(self, layer: int, emit) -> None:
+        """Families outside the registry (falcon, mpt) return probabilities from their attention module."""
+        def force_weights(module, args, kwargs):
+            if "output_attentions" in kwargs or self.view.model_type == "falcon":
+                kwargs["output_attentions"] = True
+            return args, kwargs
+
+        def take_weights(module, inputs, output):
+            if not isinstance(output, tuple) or output[-1] is None or output[-1].dim() != 4:
+                raise CaptureError(f"{self.view.model_type}: attention module returned no probabilities")
+            emit(output[-1])
+
+        attn = self.view.attn(layer)
+        self._handles.append(attn.register_forward_pre_hook(force_weights, with_kwargs=True))
+        self._hook(attn, take_weights)
+        self._switch_implementation("eager")  # so the model builds the additive mask these modules expect
+
+    # --- attention registry -----------------------------------------------------------------------------------
+    def _enter_attention(self) -> None:
+        if not self.view.family.registry:
+            return
+        _register()
+        originals = {id(c): c._attn_implementation for c in _configs(self.view.model)}
+        self._fallback = "eager" if "eager" in originals.values() else "sdpa"
+        self._requested = {view_layer for view_layer in self.layers}
+        for layer in range(self.view.num_layers):
+            _ACTIVE[self.view.attn(layer)] = self
+        self._switch_implementation(ATTN_NAME)
+
+    def _switch_implementation(self, name: str) -> None:
+        for config in _configs(self.view.model):
+            if all(c is not config for c, _ in self._saved_impl):
+                self._saved_impl.append((config, config._attn_implementation))
+            config._attn_implementation = name
+
+    def _attention(self, module, query, key, value, attention_mask, **kwargs):
+        layer = self._layer_of(module)
+        if layer not in self._requested:
+            return _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
+        out, weights = _eager_function(module)(module, query, key, value, attention_mask, **kwargs)
+        wanted = set(self.points)
+        if "attn.q_rot" in wanted:
+            self._emit("attn.q_rot", layer, query.transpose(1, 2))
+        if "attn.k_rot" in wanted:
+            self._emit("attn.k_rot", layer, key.transpose(1, 2))
+        if "attn.scores" in wanted:
+            self._emit("attn.scores", layer, _scores(module, query, key, attention_mask, **kwargs))
+        if "attn.pattern" in wanted:
+            self._emit("attn.pattern", layer, weights)
+        return out, weights
+
+    def _layer_of(self, module) -> int:
+        cache = self.__dict__.setdefault("_layer_index", {})
+        if not cache:
+            for i in range(self.view.num_layers):
+                cache[self.view.attn(i)] = i
+        return cache[module]
+
+
+def _configs(model: nn.Module) -> list:
+    """Every distinct config object in the model (sub-models may hold their own)."""
+    seen = {}
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            seen[id(config)] = config
+    return list(seen.values())
+
+
+def _eager_function(module):
+    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+    if fn is None:
+        raise CaptureError(f"{type(module).__name__}: its module has no eager_attention_forward")
+    return fn
+
+
+def _delegate(name, module, query, key, value, attention_mask, **kwargs):
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    if name == "eager":
+        return _eager_function(module)(module, query, key, value, attention_mask, **kwargs)
+    return ALL_ATTENTION_FUNCTIONS[name](module, query, key, value, attention_mask, **kwargs)
+
+
+def _scores(module, query, key, attention_mask, scaling=None, softcap=None, **kwargs):
+    """The logits the softmax sees: scaled q.k (soft-capped where the family does), masked entries -inf."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1) if groups > 1 else key
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    if attention_mask is not None:
+        mask = attention_mask[..., : key.shape[-2]]
+        blocked = ~mask if mask.dtype == torch.bool else mask <= torch.finfo(mask.dtype).min / 2
+        scores = scores.masked_fill(blocked, float("-inf"))
+    return scores
+
+
+def _dispatch(module, query, key, value, attention_mask, **kwargs):
+    capture = _ACTIVE.get(module)
+    if capture is None:  # a model switched to our name outside a capture: behave like sdpa
+        return _delegate("sdpa", module, query, key, value, attention_mask, **kwargs)
+    return capture._attention(module, query, key, value, attention_mask, **kwargs)
+
+
+_registered = False
+
+
+def _register() -> None:
+    """Register the capture attention function, with the eager (additive float) mask it needs."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    AttentionInterface.register(ATTN_NAME, _dispatch)
+    AttentionMaskInterface.register(ATTN_NAME, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    _registered = True
+

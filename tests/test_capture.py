@@ -1,0 +1,171 @@
+"""Capture on a tiny model of every family, checked against Hugging Face's own outputs and hand computations."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from monkey_patch import POINTS, Capture, CaptureError, ModelView
+from tiny_models import FAMILY_CONFIGS, tiny_model
+
+FAMILIES = list(FAMILY_CONFIGS)
+ATOL = 1e-5
+
+
+def _ids(seed=1, batch=2, length=10):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 128, (batch, length), generator=g)
+
+
+def _hook_count(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_run(request):
+    family = request.param
+    model = tiny_model(family)
+    view = ModelView(model)
+    ids = _ids()
+    hooks_before = _hook_count(model)
+    impl_before = model.config._attn_implementation
+    with torch.no_grad():
+        logits_before = model(ids).logits
+        with Capture(model, view.supported_points()) as cap:
+            model(ids)
+        logits_after = model(ids).logits
+    eager = tiny_model(family, attn_implementation="eager")
+    eager.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        ref = eager(ids, output_hidden_states=True, output_attentions=True)
+    return dict(family=family, model=model, view=view, cap=cap, ref=ref, ids=ids,
+                hooks_before=hooks_before, impl_before=impl_before,
+                logits_before=logits_before, logits_after=logits_after)
+
+
+def test_hooks_leave_no_trace(family_run):
+    r = family_run
+    assert torch.equal(r["logits_before"], r["logits_after"])
+    assert _hook_count(r["model"]) == r["hooks_before"]
+    assert r["model"].config._attn_implementation == r["impl_before"]
+
+
+def test_residual_stream_matches_hidden_states(family_run):
+    r = family_run
+    cap, hidden, view = r["cap"], r["ref"].hidden_states, r["view"]
+    n = view.num_layers
+    for layer in range(n - 1):
+        torch.testing.assert_close(cap["resid_post", layer], hidden[layer + 1], atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(cap["resid_pre", layer + 1], hidden[layer + 1], atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(cap["resid_pre", 0], hidden[0], atol=ATOL, rtol=1e-4)
+    with torch.no_grad():  # HF's last hidden state has the final norm applied
+        last = view.final_norm()(cap["resid_post", n - 1])
+    torch.testing.assert_close(last, hidden[n], atol=ATOL, rtol=1e-4)
+
+
+def test_attention_pattern_matches_eager_output_attentions(family_run):
+    r = family_run
+    for layer, probs in enumerate(r["ref"].attentions):
+        torch.testing.assert_close(r["cap"]["attn.pattern", layer], probs.float(), atol=ATOL, rtol=1e-4)
+
+
+def test_scores_softmax_to_pattern(family_run):
+    r = family_run
+    if not r["view"].family.registry:
+        pytest.skip("scores are captured through the attention registry only")
+    for layer in range(r["view"].num_layers):
+        probs = torch.softmax(r["cap"]["attn.scores", layer], dim=-1)
+        torch.testing.assert_close(probs, r["cap"]["attn.pattern", layer], atol=ATOL, rtol=1e-4)
+
+
+def _linear(x, module_weight, module):
+    bias = getattr(module, "bias", None)
+    return F.linear(x, module_weight, bias)
+
+
+def test_projections_agree_with_weights(family_run):
+    """v = W_v ln1 (+b); attn_out = W_o z (+b); down_out = W_down down_in (+b): by hand from the weights."""
+    r = family_run
+    view, cap = r["view"], r["cap"]
+    for layer in range(view.num_layers):
+        z = cap["attn.z", layer]
+        o = view.module(layer, "o")
+        torch.testing.assert_close(_linear(z.flatten(-2), view.weight(layer, "o"), o), cap["attn_out", layer],
+                                   atol=ATOL, rtol=1e-4)
+        v = cap["attn.v", layer]
+        v_weight = view.weight(layer, "v")
+        v_by_hand = F.linear(cap["ln1", layer], v_weight)
+        if view.family.qkv is None and view.module(layer, "v").bias is not None:
+            v_by_hand = v_by_hand + view.module(layer, "v").bias
+        if view.family.qkv is None or getattr(view.module(layer, "qkv"), "bias", None) is None:
+            torch.testing.assert_close(v_by_hand, v.flatten(-2), atol=ATOL, rtol=1e-4)
+        if view.family.down is None:
+            continue
+        down = view.module(layer, "down")
+        torch.testing.assert_close(_linear(cap["mlp.down_in", layer], view.weight(layer, "down"), down),
+                                   cap["mlp.down_out", layer], atol=ATOL, rtol=1e-4)
+        expected_down_in = cap["mlp.act_out", layer]
+        if "mlp.gate_out" in cap.points:
+            expected_down_in = expected_down_in * cap["mlp.up_out", layer]
+        torch.testing.assert_close(expected_down_in, cap["mlp.down_in", layer], atol=ATOL, rtol=1e-4)
+
+
+def test_rotary_keeps_per_head_norms(family_run):
+    """Rotary embedding rotates pairs of dims: a query's per-head norm is the same before and after it."""
+    r = family_run
+    if not r["view"].family.registry or r["family"] in ("opt", "gpt2"):
+        pytest.skip("no rotary embedding")
+    q, q_rot = r["cap"]["attn.q", 1], r["cap"]["attn.q_rot", 1]
+    torch.testing.assert_close(q.norm(dim=-1), q_rot.norm(dim=-1), atol=1e-4, rtol=1e-4)
+
+
+def test_reduce_runs_on_the_fly_and_keeps_only_results():
+    model = tiny_model("llama")
+    seen = []
+
+    def top1(point, layer, tensor):
+        seen.append((point, layer, tuple(tensor.shape)))
+        return float(tensor.abs().max())
+
+    with torch.no_grad(), Capture(model, ["resid_post", "attn.pattern"], layers=[1], reduce=top1) as cap:
+        model(_ids(length=7))
+        model(_ids(seed=2, length=5))
+    assert [s[0] for s in seen] == ["attn.pattern", "resid_post", "attn.pattern", "resid_post"]
+    assert len(cap["resid_post", 1]) == 2 and all(isinstance(v, float) for v in cap["resid_post", 1])
+    assert cap["attn.pattern", 1][0] <= 1.0
+
+
+def test_only_requested_layers_and_points_are_kept():
+    model = tiny_model("gemma3_text")
+    with torch.no_grad(), Capture(model, ["resid_post"], layers=[2]) as cap:
+        model(_ids())
+    assert list(cap.results) == [("resid_post", 2)]
+    with pytest.raises(KeyError):
+        cap["resid_post", 1]
+
+
+def test_bad_requests_are_clear_errors():
+    model = tiny_model("llama")
+    with pytest.raises(CaptureError, match="out of range"):
+        Capture(model, ["resid_post"], layers=[3])
+    with pytest.raises(CaptureError, match="unknown capture point"):
+        Capture(model, ["resid_middle"])
+    with pytest.raises(CaptureError, match="mixture of experts"):
+        Capture(tiny_model("mixtral"), ["mlp.down_in"])
+    with pytest.raises(CaptureError, match="non-gated"):
+        Capture(tiny_model("gpt2"), ["mlp.gate_out"])
+    with pytest.raises(CaptureError, match="registry"):
+        Capture(tiny_model("mpt"), ["attn.scores"])
+
+
+def test_exception_inside_capture_restores_the_model():
+    model = tiny_model("llama")
+    hooks, impl = _hook_count(model), model.config._attn_implementation
+    with pytest.raises(RuntimeError):
+        with Capture(model, ["attn.pattern", "resid_post"]):
+            raise RuntimeError("boom")
+    assert _hook_count(model) == hooks and model.config._attn_implementation == impl
+
+
+def test_every_point_is_documented():
+    import monkey_patch.capture as c
+    for point in POINTS:
+        assert point in c.__doc__

@@ -1,0 +1,87 @@
+"""Integration: the real offline default model (Gemma 3 270M from the PyPI GGUF): load, capture, statistics."""
+import pytest
+import torch
+
+from lib import outliers
+from lib.models import DEFAULT_MODEL, load_model
+from monkey_patch import Capture, ModelView, reducers
+
+pytestmark = pytest.mark.slow
+PROMPT = "Summer is warm. Winter is cold.\n"
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    model, tokenizer, spec = load_model(DEFAULT_MODEL, device="cpu")
+    return model, tokenizer, spec
+
+
+def test_loads_offline_with_its_tokenizer(default_model):
+    model, tokenizer, spec = default_model
+    assert spec.name == "gemma3_270m" and spec.title == "Gemma3-270M"
+    assert model.config.model_type == "gemma3_text" and model.config.num_hidden_layers == 18
+    ids = tokenizer(PROMPT, add_special_tokens=False).input_ids
+    assert tokenizer.convert_ids_to_tokens(ids) == ["Summer", "▁is", "▁warm", ".", "▁Winter", "▁is", "▁cold", ".", "\n"]
+    assert tokenizer.decode(ids) == PROMPT
+
+
+def test_capture_matches_hf_and_finds_the_massive_activation(default_model):
+    model, tokenizer, _ = default_model
+    view = ModelView(model)
+    ids = tokenizer(PROMPT, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.no_grad():
+        reference = model(ids, output_hidden_states=True)
+        with Capture(model, ["resid_post", "attn.pattern"]) as cap:
+            model(ids)
+    for layer in range(view.num_layers - 1):
+        torch.testing.assert_close(cap["resid_post", layer], reference.hidden_states[layer + 1], rtol=1e-4, atol=1e-2)
+    # Gemma 3's sandwich norms let a few channels grow at every token, so "top-1 >= 100x median" alone says
+    # little here. Look for a token-specific massive activation: a token whose largest |h| is at least twice
+    # that of every other token, >= 100x the median, sitting on the initial token or a delimiter.
+    tokens = tokenizer.convert_ids_to_tokens(ids[0])
+    outlier_layers = []
+    for layer in range(view.num_layers):
+        per_token = cap["resid_post", layer][0].abs().amax(dim=1)
+        first, second = per_token.topk(2).values.tolist()
+        token = int(per_token.argmax())
+        median = outliers.topk_magnitudes(cap["resid_post", layer][0])["median"]
+        if first >= 2 * second and first >= 100 * median:
+            outlier_layers.append(layer)
+            assert outliers.token_category(tokens[token], token) in ("initial_token", "strong_delimiter"), tokens[token]
+    assert len(outlier_layers) >= 3, outlier_layers
+    # attention: probabilities are a causal distribution, and cumulative attention sums to the query count
+    for layer in (0, view.num_layers // 2):
+        probs = cap["attn.pattern", layer][0]
+        torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:2]), atol=1e-4, rtol=0)
+        assert torch.all(probs.triu(1) == 0)
+        assert abs(outliers.cumulative_attention(probs).sum().item() - len(tokens)) < 1e-3
+
+
+def test_on_the_fly_reductions_equal_the_full_tensors(default_model):
+    model, _, _ = default_model
+    ids = torch.randint(0, model.config.vocab_size, (2, 64), generator=torch.Generator().manual_seed(0))
+    reduce = reducers.by_point({"attn.pattern": reducers.attention_column_sums}, default=reducers.topk_median(3))
+    with torch.no_grad():
+        with Capture(model, ["mlp.down_in", "attn.pattern"], layers=[3]) as full:
+            model(ids)
+        with Capture(model, ["mlp.down_in", "attn.pattern"], reduce=reduce) as small:
+            model(ids)
+    for seq in range(2):
+        down_in = full["mlp.down_in", 3][seq]
+        expected = down_in.abs().flatten().topk(3).values
+        assert small["mlp.down_in", 3][0][seq]["top"] == pytest.approx(expected.tolist(), rel=1e-5)
+        assert small["mlp.down_in", 3][0][seq]["median"] == pytest.approx(down_in.abs().median().item(), rel=1e-5)
+        torch.testing.assert_close(small["attn.pattern", 3][0][seq], full["attn.pattern", 3][seq].sum(1))
+    assert len(small.results) == 2 * ModelView(model).num_layers
+
+
+def test_weight_statistics_read_real_weights(default_model):
+    model, _, _ = default_model
+    view = ModelView(model)
+    down = view.weight(1, "down")
+    assert down.shape == (model.config.hidden_size, model.config.intermediate_size)
+    stats = outliers.weight_column_stats(down)
+    column = stats["top_columns"][0]
+    by_hand = (down[:, column].abs().max() / down[:, column].abs().mean()).item()
+    assert stats["max_ratio"] == pytest.approx(by_hand, rel=1e-5)
+    assert set(view.weight_roles()) == {"q", "k", "v", "o", "gate", "up", "down"}

@@ -1,0 +1,331 @@
+"""Tests of lib/outliers.py against hand computations on small planted tensors."""
+import numpy as np
+import pytest
+import torch
+
+from lib import outliers as O
+
+
+def planted_activations(dtype=torch.float32):
+    """[6 tokens, 8 channels] of ones (signs alternate) with outliers at (0, 2), (0, 5), (3, 2)."""
+    h = torch.ones(6, 8)
+    h[::2] *= -1
+    h[0, 2] = 5000.0
+    h[0, 5] = -4000.0
+    h[3, 2] = 3000.0
+    return h.to(dtype)
+
+
+# --------------------------------------------------------------------------- activations
+
+def test_topk_magnitudes_positions_values_and_median():
+    stats = O.topk_magnitudes(planted_activations())
+    assert stats["top"] == [5000.0, 4000.0, 3000.0]
+    assert stats["tokens"] == [0, 0, 3]
+    assert stats["channels"] == [2, 5, 2]
+    assert stats["median"] == 1.0  # 45 of the 48 magnitudes are 1
+
+
+def test_topk_magnitudes_lower_median_for_even_count():
+    stats = O.topk_magnitudes(torch.tensor([[1.0, -4.0], [2.0, 3.0]]), k=2)
+    assert stats["top"] == [4.0, 3.0]
+    assert stats["tokens"] == [0, 1] and stats["channels"] == [1, 1]
+    assert stats["median"] == 2.0  # lower middle of 1, 2, 3, 4
+
+
+def test_mean_rule_finds_planted_tokens_and_channels():
+    h = planted_activations()
+    mean_abs = (45 + 5000 + 4000 + 3000) / 48  # 250.9375
+    result = O.activation_outliers(h, rule="mean", factor=10)
+    assert result["threshold"] == pytest.approx(10 * mean_abs)
+    assert result["tokens"] == [0, 3]
+    assert result["channels"] == [2, 5]
+    assert result["entries"] == [(0, 2, 5000.0), (0, 5, -4000.0), (3, 2, 3000.0)]
+    assert result["max"] == 5000.0
+    assert result["mean"] == pytest.approx(mean_abs)
+    assert result["median"] == 1.0
+    assert result["rule"] == "mean" and result["factor"] == 10
+
+
+def test_mean_rule_threshold_excludes_smaller_outlier():
+    # 14 * 250.9375 = 3513.1: the 3000 at token 3 is no longer an outlier.
+    result = O.activation_outliers(planted_activations(), rule="mean", factor=14)
+    assert result["tokens"] == [0]
+    assert result["channels"] == [2, 5]
+
+
+def test_median_rule_finds_planted_tokens_and_channels():
+    result = O.activation_outliers(planted_activations(), rule="median")
+    assert result["threshold"] == 1000.0  # max(100, 1000 * median 1)
+    assert result["tokens"] == [0, 3]
+    assert result["channels"] == [2, 5]
+    assert [entry[:2] for entry in result["entries"]] == [(0, 2), (0, 5), (3, 2)]
+
+
+def test_median_rule_min_abs_wins_when_median_is_tiny():
+    h = torch.full((4, 4), 0.001)
+    h[2, 1] = 50.0  # 50000 x median, but below the absolute floor of 100
+    assert O.activation_outliers(h, rule="median")["tokens"] == []
+    h[2, 1] = 150.0
+    result = O.activation_outliers(h, rule="median")
+    assert result["threshold"] == 100.0
+    assert result["tokens"] == [2] and result["channels"] == [1]
+
+
+def test_default_factor_is_1000_and_no_outliers_without_them():
+    torch.manual_seed(0)
+    h = torch.randn(32, 64)
+    for rule in ("mean", "median"):
+        result = O.activation_outliers(h, rule=rule)
+        assert result["factor"] == 1000.0
+        assert result["tokens"] == [] and result["channels"] == [] and result["entries"] == []
+
+
+def test_entries_are_capped_at_64_largest():
+    h = torch.zeros(10, 10)
+    h[:, :] = torch.arange(1.0, 101.0).reshape(10, 10)
+    result = O.activation_outliers(h, rule="median", factor=0.0, min_abs=0.5)
+    assert len(result["entries"]) == 64
+    assert result["entries"][0] == (9, 9, 100.0)
+    assert result["entries"][-1] == (3, 6, 37.0)
+    assert len(result["tokens"]) == 10
+
+
+def test_all_zero_tensor_has_no_outliers_and_no_nan():
+    h = torch.zeros(5, 7)
+    for rule in ("mean", "median"):
+        result = O.activation_outliers(h, rule=rule)
+        assert result["tokens"] == [] and result["entries"] == []
+        assert result["mean"] == 0.0 and result["max"] == 0.0
+    assert O.topk_magnitudes(h)["top"] == [0.0, 0.0, 0.0]
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="2-D"):
+        O.topk_magnitudes(torch.ones(5))
+    with pytest.raises(ValueError, match="2-D"):
+        O.activation_outliers(torch.ones(5))
+    with pytest.raises(ValueError, match="empty"):
+        O.activation_outliers(torch.ones(0, 4))
+    with pytest.raises(ValueError, match="rule"):
+        O.activation_outliers(torch.ones(2, 2), rule="max")
+    with pytest.raises(ValueError, match="2-D"):
+        O.column_ratios(torch.ones(5))
+    with pytest.raises(ValueError, match="3-D"):
+        O.cumulative_attention(torch.ones(4, 4))
+    with pytest.raises(TypeError):
+        O.topk_magnitudes(np.ones((2, 2)))
+
+
+def test_fp16_input_gives_fp32_statistics():
+    h = planted_activations(torch.float16)
+    stats = O.topk_magnitudes(h)
+    assert all(type(v) is float for v in stats["top"])
+    result = O.activation_outliers(h, factor=10)
+    assert result["tokens"] == [0, 3]
+    assert all(type(value) is float for _, _, value in result["entries"])
+    W = torch.randn(8, 4).half()
+    assert O.column_ratios(W).dtype == torch.float32
+    assert O.row_ratios(W.to(torch.bfloat16)).dtype == torch.float32
+    assert O.kurtosis(W).dtype == torch.float32
+    assert O.kurtosis(W.double()).dtype == torch.float32
+    probs = torch.full((2, 3, 3), 1 / 3).half()
+    assert O.column_sums(probs).dtype == torch.float32
+    assert O.cumulative_attention(probs).dtype == torch.float32
+    assert O.head_outlier_ratio(probs, [0]).dtype == torch.float32
+
+
+# --------------------------------------------------------------------------- weights
+
+def test_planted_weight_column_is_top1_with_hand_ratio():
+    W = torch.ones(4, 6)
+    W[1, 3] = -21.0  # column 3: |.| = 1, 21, 1, 1 -> max 21, mean 6, ratio 3.5
+    W[2, 0] = 5.0    # column 0: 1, 1, 5, 1 -> max 5, mean 2, ratio 2.5
+    ratios = O.column_ratios(W)
+    assert ratios.shape == (6,)
+    assert ratios.tolist() == [2.5, 1.0, 1.0, 3.5, 1.0, 1.0]
+    stats = O.weight_column_stats(W, k=2)
+    assert stats["top_columns"] == [3, 0]
+    assert stats["top_ratios"] == [3.5, 2.5]
+    assert stats["max_ratio"] == 3.5
+    assert stats["median_ratio"] == 1.0
+
+
+def test_row_ratios_and_module_score_by_hand():
+    W = torch.tensor([[1.0, 2.0, 3.0],
+                      [0.0, 0.0, 9.0]])
+    # rows: 3 / 2 = 1.5 and 9 / 3 = 3; columns: 1 / 0.5 = 2, 2 / 1 = 2, 9 / 6 = 1.5
+    assert O.row_ratios(W).tolist() == [1.5, 3.0]
+    assert O.column_ratios(W).tolist() == [2.0, 2.0, 1.5]
+    assert O.module_score(W) == 3.0
+    assert O.module_score(W.t()) == 3.0  # rows and columns both count
+
+
+def test_zero_weight_column_ratio_is_zero():
+    W = torch.ones(3, 3)
+    W[:, 1] = 0.0
+    assert O.column_ratios(W).tolist() == [1.0, 0.0, 1.0]
+    assert O.module_score(torch.zeros(2, 2)) == 0.0
+
+
+# --------------------------------------------------------------------------- attention
+
+def causal_uniform(heads, n):
+    """Each query attends uniformly to keys 0..q."""
+    probs = torch.tril(torch.ones(n, n))
+    probs = probs / probs.sum(dim=1, keepdim=True)
+    return probs.expand(heads, n, n).clone()
+
+
+def test_all_mass_on_first_key():
+    probs = torch.zeros(3, 5, 5)
+    probs[:, :, 0] = 1.0
+    cumulative = O.cumulative_attention(probs)
+    assert cumulative.tolist() == [5.0, 0.0, 0.0, 0.0, 0.0]
+    assert O.attention_outlier_keys(cumulative) == [0]
+    assert O.head_outlier_ratio(probs, [0]).tolist() == [1.0, 1.0, 1.0]
+    assert O.first_token_share(probs) == 1.0
+
+
+def test_cumulative_attention_on_uniform_causal_map():
+    n = 4
+    cumulative = O.cumulative_attention(causal_uniform(2, n))
+    # key j gets 1/(q+1) from every query q >= j
+    expected = [1 + 1 / 2 + 1 / 3 + 1 / 4, 1 / 2 + 1 / 3 + 1 / 4, 1 / 3 + 1 / 4, 1 / 4]
+    assert cumulative.tolist() == pytest.approx(expected)
+    assert float(cumulative.sum()) == pytest.approx(n)
+    assert O.attention_outlier_keys(cumulative) == [0, 1, 2]  # 0.25 < 0.4 <= 0.583
+    assert O.attention_outlier_keys(cumulative, factor=0.25) == [0, 1]  # threshold 1
+    assert O.attention_outlier_keys(cumulative, seqlen=20) == [0]  # threshold 2
+
+
+def test_attention_outlier_key_threshold_is_inclusive():
+    assert O.attention_outlier_keys(torch.tensor([1.0, 0.5, 0.5]), seqlen=10) == [0]
+    assert O.attention_outlier_keys(torch.tensor([0.99, 0.5]), seqlen=10) == []
+
+
+def test_head_outlier_ratio_and_column_sums_by_hand():
+    probs = torch.zeros(2, 3, 3)
+    probs[0] = torch.tensor([[1.0, 0.0, 0.0],
+                             [1.0, 0.0, 0.0],
+                             [0.5, 0.5, 0.0]])
+    probs[1] = torch.tensor([[1.0, 0.0, 0.0],
+                             [0.0, 1.0, 0.0],
+                             [0.0, 0.0, 1.0]])
+    sums = O.column_sums(probs)
+    assert sums.tolist() == [[2.5, 0.5, 0.0], [1.0, 1.0, 1.0]]
+    assert O.cumulative_attention(probs).tolist() == [1.75, 0.75, 0.5]
+    assert O.head_outlier_ratio(probs, [0]).tolist() == pytest.approx([2.5 / 3, 1 / 3])
+    assert O.head_outlier_ratio(probs, [0, 2]).tolist() == pytest.approx([2.5 / 3, 2 / 3])
+    assert O.head_outlier_ratio(probs, []).tolist() == [0.0, 0.0]
+    assert O.head_outlier_ratio_from_sums(sums, [1]).tolist() == pytest.approx([0.5 / 3, 1 / 3])
+    assert O.first_token_share(probs) == pytest.approx((2.5 + 1.0) / 6)
+    assert O.mean_attention_on_key(probs, 1).tolist() == pytest.approx([0.25, 0.5])
+
+
+def test_sink_rate_by_hand():
+    first_key = torch.tensor([[0.9, 0.1, 0.31],
+                              [0.3, 0.05, 0.6]])
+    assert O.sink_rate(first_key) == pytest.approx(3 / 6)  # 0.3 itself does not exceed
+    assert O.sink_rate(first_key, threshold=0.5) == pytest.approx(2 / 6)
+    assert O.sink_rate(first_key, threshold=0.95) == 0.0
+
+
+# --------------------------------------------------------------------------- token categories
+
+@pytest.mark.parametrize("token, position, expected", [
+    ("Summer", 0, "initial_token"),
+    ("<s>", 0, "initial_token"),
+    (".", 3, "strong_delimiter"),
+    (",", 3, "strong_delimiter"),
+    ("\n", 5, "strong_delimiter"),
+    ("Ċ", 5, "strong_delimiter"),
+    ("ĊĊ", 5, "strong_delimiter"),
+    ("<0x0A>", 5, "strong_delimiter"),
+    ("▁(", 2, "strong_delimiter"),
+    (".\n", 2, "strong_delimiter"),
+    ('"', 2, "strong_delimiter"),
+    ("▁the", 1, "weak_semantic"),
+    ("Ġthe", 1, "weak_semantic"),
+    (" the", 1, "weak_semantic"),
+    ("The", 1, "weak_semantic"),
+    ("▁OF", 1, "weak_semantic"),
+    ("▁", 4, "weak_semantic"),
+    ("Ġ", 4, "weak_semantic"),
+    (" ", 4, "weak_semantic"),
+    ("7", 4, "weak_semantic"),
+    ("▁2025", 4, "weak_semantic"),
+    ("Summer", 1, "other"),
+    ("▁Summer", 1, "other"),
+    ("Ġwarm", 1, "other"),
+    ("theory", 1, "other"),
+    ("'s", 1, "other"),
+])
+def test_token_category(token, position, expected):
+    assert O.token_category(token, position) == expected
+
+
+def test_category_shares():
+    categories = ["initial_token", "strong_delimiter", "strong_delimiter", "other"]
+    shares = O.category_shares(categories)
+    assert shares == {"initial_token": 0.25, "strong_delimiter": 0.5, "weak_semantic": 0.0,
+                      "other": 0.25, "count": 4}
+    empty = O.category_shares([])
+    assert empty == {"initial_token": 0.0, "strong_delimiter": 0.0, "weak_semantic": 0.0,
+                     "other": 0.0, "count": 0}
+    with pytest.raises(ValueError):
+        O.category_shares(["delimiter"])
+
+
+# --------------------------------------------------------------------------- peer metrics
+
+def test_kurtosis_of_normal_sample_is_about_three():
+    torch.manual_seed(0)
+    assert float(O.kurtosis(torch.randn(200_000))) == pytest.approx(3.0, abs=0.05)
+
+
+def test_kurtosis_matches_hand_formula_and_spike():
+    x = torch.tensor([[1.0, 2.0, 3.0, 10.0], [0.0, 0.0, 0.0, 0.0]])
+    row = np.array([1.0, 2.0, 3.0, 10.0])
+    centered = row - row.mean()
+    by_hand = np.mean(centered ** 4) / np.mean(centered ** 2) ** 2
+    result = O.kurtosis(x, dim=-1)
+    assert result[0].item() == pytest.approx(by_hand, rel=1e-5)
+    assert result[1].item() == 0.0  # constant row: 0, not NaN
+    # one spike among n - 1 zeros: m4 / m2^2 = (n^2 - 3n + 3) / (n - 1) = n - 2 + 1 / (n - 1)
+    n = 100
+    spike = torch.zeros(n)
+    spike[7] = 1000.0
+    assert O.kurtosis(spike).item() == pytest.approx(n - 2 + 1 / (n - 1), rel=1e-4)
+    columns = O.kurtosis(x.t(), dim=0)
+    assert columns.tolist() == pytest.approx(result.tolist())
+
+
+def test_max_inf_norm():
+    assert O.max_inf_norm(torch.tensor([[1.0, -7.5], [3.0, 2.0]]).half()) == 7.5
+    with pytest.raises(ValueError):
+        O.max_inf_norm(torch.ones(0))
+
+
+# --------------------------------------------------------------------------- streaming
+
+def test_running_layer_stats_averages_by_hand():
+    a = torch.tensor([[1.0, 6.0, 0.0], [2.0, -5.0, 4.0]])    # top 6, 5, 4; median 2 (of 0,1,2,4,5,6)
+    b = torch.tensor([[10.0, 0.0, 1.0], [-8.0, 3.0, 9.0]])   # top 10, 9, 8; median 3 (of 0,1,3,8,9,10)
+    running = O.RunningLayerStats()
+    running.add(2, a)
+    running.add(0, b)
+    running.add(2, b)
+    summary = running.summary()
+    assert [row["layer"] for row in summary] == [0, 2]
+    layer0, layer2 = summary
+    assert layer0 == {"layer": 0, "top": [10.0, 9.0, 8.0], "median": 3.0,
+                      "top_tokens": [[0, 1, 1]], "top_channels": [[0, 2, 0]], "n": 1}
+    assert layer2["top"] == [8.0, 7.0, 6.0]
+    assert layer2["median"] == 2.5
+    assert layer2["top_tokens"] == [[0, 1, 1], [0, 1, 1]]
+    assert layer2["top_channels"] == [[1, 1, 2], [0, 2, 0]]
+    assert layer2["n"] == 2
+    with pytest.raises(ValueError):
+        running.add(1, torch.ones(1, 2))
+    assert O.RunningLayerStats().summary() == []
