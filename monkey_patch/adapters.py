@@ -7,7 +7,8 @@ For non-gated MLPs `up` is fc1 and `down` is fc2, so `down_in`/`down_out` mean t
 `qkv` names a fused projection and `qkv_layout` says how to split it (see `split_qkv`).
 `q`, `k`, `v`, `qkv` and `o` live inside `attn`; `gate`, `up`, `gate_up`, `down` and `act` inside `mlp` (the layer
 itself when `mlp` is None, as in OPT). Mixtral's experts are not described, so its MLP internals are not captured.
-`registry`: the family's attention goes through transformers' attention-function registry.
+`registry`: the family's attention goes through transformers' attention-function registry. Families outside
+it return probabilities from their attention module (always, or when `weights_flag` is passed as True).
 """
 from dataclasses import dataclass, replace
 
@@ -35,6 +36,7 @@ class Family:
     qkv: str | None = None
     qkv_layout: str = "concat"
     registry: bool = True
+    weights_flag: str | None = None     # outside the registry: the kwarg that makes attention return probabilities
 
 
 _LLAMA = Family(layers="model.layers", final_norm="model.norm", ln1="input_layernorm", ln2="post_attention_layernorm",
@@ -68,7 +70,7 @@ FAMILIES: dict[str, Family] = {
     "falcon": Family(layers="transformer.h", final_norm="transformer.ln_f", ln1=("input_layernorm", "ln_attn"),
                      ln2=("post_attention_layernorm", "ln_mlp"), attn="self_attention", qkv="query_key_value",
                      qkv_layout="falcon", o="dense", mlp="mlp", up="dense_h_to_4h", down="dense_4h_to_h", act="act",
-                     registry=False),
+                     registry=False, weights_flag="output_attentions"),
     "mpt": Family(layers="transformer.blocks", final_norm="transformer.norm_f", ln1="norm_1", ln2="norm_2",
                   attn="attn", qkv="Wqkv", o="out_proj", mlp="ffn", up="up_proj", down="down_proj", act="act",
                   registry=False),

@@ -261,9 +261,11 @@ class Capture:
 
     def _hook_legacy_pattern(self, layer: int, emit) -> None:
         """Families outside the registry (falcon, mpt) return probabilities from their attention module."""
+        flag = self.view.family.weights_flag
+
         def force_weights(module, args, kwargs):
-            if "output_attentions" in kwargs or self.view.model_type == "falcon":
-                kwargs["output_attentions"] = True
+            if flag:
+                kwargs[flag] = True
             return args, kwargs
 
         def take_weights(module, inputs, output):
@@ -281,11 +283,15 @@ class Capture:
         if not self.view.family.registry:
             return
         _register()
-        originals = {id(c): c._attn_implementation for c in _configs(self.view.model)}
-        self._fallback = "eager" if "eager" in originals.values() else "sdpa"
-        self._requested = {view_layer for view_layer in self.layers}
-        for layer in range(self.view.num_layers):
-            _ACTIVE[self.view.attn(layer)] = self
+        self._layer_index = {self.view.attn(layer): layer for layer in range(self.view.num_layers)}
+        if any(module in _ACTIVE for module in self._layer_index):
+            raise CaptureError("another Capture of attention points is already active on this model: "
+                               "ask for all points in one Capture instead of nesting them")
+        implementations = {c._attn_implementation for c in _configs(self.view.model)}
+        self._fallback = "eager" if "eager" in implementations else "sdpa"
+        self._requested = set(self.layers)
+        for module in self._layer_index:
+            _ACTIVE[module] = self
         self._switch_implementation(ATTN_NAME)
 
     def _switch_implementation(self, name: str) -> None:
@@ -295,7 +301,7 @@ class Capture:
             config._attn_implementation = name
 
     def _attention(self, module, query, key, value, attention_mask, **kwargs):
-        layer = self._layer_of(module)
+        layer = self._layer_index[module]
         if layer not in self._requested:
             return _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
         out, weights = _eager_function(module)(module, query, key, value, attention_mask, **kwargs)
@@ -309,13 +315,6 @@ class Capture:
         if "attn.pattern" in wanted:
             self._emit("attn.pattern", layer, weights)
         return out, weights
-
-    def _layer_of(self, module) -> int:
-        cache = self.__dict__.setdefault("_layer_index", {})
-        if not cache:
-            for i in range(self.view.num_layers):
-                cache[self.view.attn(i)] = i
-        return cache[module]
 
 
 def _configs(model: nn.Module) -> list:

@@ -169,3 +169,13 @@ def test_every_point_is_documented():
     import monkey_patch.capture as c
     for point in POINTS:
         assert point in c.__doc__
+
+
+def test_nested_attention_captures_are_refused_and_leave_the_outer_one_working():
+    model = tiny_model("llama")
+    with torch.no_grad(), Capture(model, ["attn.pattern"], layers=[0]) as outer:
+        with pytest.raises(CaptureError, match="already active"):
+            with Capture(model, ["attn.pattern"], layers=[1]):
+                pass
+        model(_ids())
+    assert outer["attn.pattern", 0].shape == (2, 4, 10, 10)
