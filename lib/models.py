@@ -138,9 +138,11 @@ def load_model(model: str = DEFAULT_MODEL, model_path: str | None = None, device
 
     spec = resolve(model, model_path)
     device = device or default_device()
-    if device not in ("cpu", "auto") and not device.startswith("cuda") and device != "mps":
+    if device not in ("cpu", "auto", "mps") and not device.startswith("cuda"):
         raise UserError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
-    if device != "cpu" and device != "mps" and not torch.cuda.is_available():
+    if device == "auto" and not torch.cuda.is_available():
+        device = "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {device!r} asked for but no CUDA GPU is available; use --device cpu")
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype)
     torch_dtype = torch_dtype or default_dtype(device, spec)
