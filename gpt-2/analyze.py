@@ -1,0 +1,93 @@
+"""Outlier analysis of a checkpoint: layer-wise top-1/2/3 and median of block outputs over validation
+sequences, attention-sink statistics, and the 3-D view of one layer on the Summer prompt.
+
+    python analyze.py --ckpt=out-backcopy-default/ckpt_3000.pt
+    python analyze.py config/eval_gpt2_default.py
+
+Writes <out>/analysis.json (every number) and, unless --plot=False, the figures of plot_gpt2.py beside it;
+<out> defaults to <checkpoint folder>/analysis. The Summer prompt needs the GPT-2 tokenizer; for datasets with
+their own vocabulary (the synthetic task) the 3-D view uses the first `prompt_tokens` tokens of validation
+sequence 0 instead, and the JSON says so.
+"""
+import json
+import os
+import sys
+
+import torch
+
+from configurator import HERE, UserError, configure, resolve_path
+from dataset import Batches, load_meta
+from outlier_stats import activation_stats, attention_stats, load_model, summary
+from test import find_checkpoint
+
+SUMMER = "Summer is warm. Winter is cold.\n"
+DEFAULTS = dict(ckpt="", out_dir="out", analysis_dir="", dataset="", n_seqs=3, seq_len=0, layer=0,
+                prompt=SUMMER, prompt_tokens=16, device="cpu", plot=True)
+
+
+def prompt_ids(c, dataset, model):
+    """Token ids of the single-prompt views, and a description of where they come from."""
+    meta = load_meta(dataset)
+    if "seq_len" in meta:  # a synthetic vocabulary: no text prompt possible
+        ids = Batches(dataset, "val", 1, 1, 0).sequences(1, min(c["prompt_tokens"], model.config.block_size))[0]
+        labels = ["BOS" if int(i) == meta.get("bos") else str(int(i)) for i in ids]
+        return ids, labels, f"first {len(ids)} tokens of validation sequence 0 (synthetic vocabulary)"
+    from tokenizer import gpt2_encoding
+    enc = gpt2_encoding()
+    ids = enc.encode_ordinary(c["prompt"])
+    return torch.tensor(ids), [enc.decode([i]) for i in ids], f"prompt {c['prompt']!r} without special tokens"
+
+
+def main(argv):
+    c = configure(DEFAULTS, argv)
+    if "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    path = find_checkpoint(c["ckpt"], c["out_dir"])
+    model, ckpt = load_model(path, c["device"])
+    dataset = c["dataset"] or ckpt["config"]["dataset"]
+    seq_len = c["seq_len"] or model.config.block_size
+    if seq_len > model.config.block_size:
+        raise UserError(f"seq_len {seq_len} exceeds the model's block_size {model.config.block_size}")
+    seqs = Batches(dataset, "val", 1, seq_len, 0, c["device"]).sequences(c["n_seqs"], seq_len).to(c["device"])
+    act, att = activation_stats(model, seqs), attention_stats(model, seqs)
+    summ = summary(act, att)
+    n_layer = model.config.n_layer
+    layer = c["layer"] or summ["max_ratio_layer"]  # 1-based
+    if not 1 <= layer <= n_layer:
+        raise UserError(f"layer must be in 1..{n_layer}, got {layer}")
+    ids, labels, source = prompt_ids(c, dataset, model)
+    with torch.no_grad():
+        out = model(ids[None].to(c["device"]), return_hidden=True, need_weights=True)
+    view = out["hidden"][layer - 1][0].abs()  # (T, C)
+    attn_layer = min(layer + 1, n_layer)  # attention of the layer after the outliers appear
+    w = out["attn"][attn_layer - 1][0].mean(0)  # head-averaged (T, T[+1])
+    result = dict(ckpt=os.path.relpath(os.path.abspath(path), HERE),  # relative to gpt-2/
+                  iter=ckpt["iter_num"], attention=model.config.attention,
+                  dataset=dataset, n_seqs=c["n_seqs"], seq_len=seq_len, layers=act, attention_layers=att,
+                  summary=summ, view=dict(layer=layer, source=source, tokens=labels, abs_hidden=view.tolist(),
+                                          attention_layer=attn_layer, attention=w.tolist(),
+                                          has_extra_key=w.shape[-1] == len(labels) + 1))
+    out_dir = resolve_path(c["analysis_dir"]) if c["analysis_dir"] else os.path.join(os.path.dirname(path), "analysis")
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = os.path.join(out_dir, "analysis.json")
+    with open(json_path + ".tmp", "w") as f:
+        json.dump(result, f)
+    os.replace(json_path + ".tmp", json_path)
+    for i, (a, t) in enumerate(zip(act, att)):
+        print(f"layer {i + 1:2d}: top1 {a['top1']:9.3f} top2 {a['top2']:9.3f} top3 {a['top3']:9.3f} median {a['median']:.4f} "
+              f"ratio {a['ratio']:8.1f} kurtosis {a['kurtosis']:8.1f} | first-token attn {t['first_token_share']:.3f} "
+              f"top key {t['top_key']} ({t['top_key_share']:.3f})")
+    print(f"max top-1/median {summ['max_ratio']:.1f} at layer {summ['max_ratio_layer']}; wrote {json_path}")
+    if c["plot"]:
+        import plot_gpt2
+        for fig in plot_gpt2.plot_analysis(result, out_dir):
+            print(f"wrote {fig}")
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        print(f"analyze.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,90 @@
+"""One table across attention variants: val loss, outlier statistics, attention sinks, size and speed.
+
+    python compare.py --runs="['out-backcopy-default', 'out-backcopy-sigmoid']" --results_dir=results/backcopy
+
+Each run is a train.py out_dir (its newest checkpoint is used). For each run this evaluates the loss
+(test.py), runs the analysis (analyze.py, figures and JSON into <results_dir>/<variant>/), then writes
+<results_dir>/table.md and table.json. Criteria, fixed before looking at any result:
+  outliers = top-1/median of |block output| >= 100 in some layer (SPEC.md: 'about 1000x the median', we
+             use the issue's looser 100x);  sink = some token gets > 50% of the attention mass in some layer.
+"""
+import json
+import os
+import sys
+
+import torch
+
+import analyze
+from configurator import UserError, configure, resolve_path
+from outlier_stats import load_model
+from test import evaluate, find_checkpoint
+
+DEFAULTS = dict(runs=[], results_dir="results/compare", n_seqs=3, eval_iters=50, batch_size=16, device="cpu", plot=True)
+OUTLIER_RATIO = 100.0
+SINK_SHARE = 0.5
+
+
+def row_for(run, c):
+    path = find_checkpoint("", run)
+    model, ckpt = load_model(path, c["device"])
+    variant = model.config.attention
+    dataset = ckpt["config"]["dataset"]
+    losses = evaluate(model, dataset, c["batch_size"], model.config.block_size, c["eval_iters"], 1000, c["device"])
+    out_dir = os.path.join(resolve_path(c["results_dir"]), variant)
+    r = analyze.main([f"--ckpt={path}", f"--analysis_dir={out_dir}", f"--n_seqs={c['n_seqs']}", f"--plot={c['plot']}"])
+    s = r["summary"]
+    log = os.path.join(os.path.dirname(path), "train_log.jsonl")
+    return dict(variant=variant, run=os.path.relpath(os.path.dirname(path), resolve_path(".")), iter=ckpt["iter_num"],
+                val_loss=losses["val"]["loss"], train_loss=losses["train"]["loss"],
+                top1=s["max_top1"], median=s["median_at_max_ratio"], ratio=s["max_ratio"], ratio_layer=s["max_ratio_layer"],
+                kurtosis=s["max_kurtosis"], first_token_share=s["max_first_token_share"],
+                top_key_share=s["max_top_key_share"], extra_key_share=s["max_extra_key_share"], sink_rate=s["sink_rate"],
+                params=model.get_num_params(), tokens_per_sec=ckpt.get("tokens_per_sec"),
+                ratio_per_layer=[l["ratio"] for l in r["layers"]],
+                outliers=s["max_ratio"] >= OUTLIER_RATIO, sink=s["max_top_key_share"] > SINK_SHARE,
+                train_log=os.path.relpath(log, resolve_path(".")) if os.path.exists(log) else None)
+
+
+def markdown(rows):
+    head = ("| variant | val loss | top-1 | median | top-1/median (layer) | kurtosis | 1st-token attn | top-key attn "
+            "| extra-key attn | sink rate | outliers | sink | params | tok/s (train) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        tps = f"{r['tokens_per_sec']:,.0f}" if r["tokens_per_sec"] else "-"
+        lines.append(f"| {r['variant']} | {r['val_loss']:.4f} | {r['top1']:.2f} | {r['median']:.3f} | {r['ratio']:.1f} ({r['ratio_layer']}) "
+                     f"| {r['kurtosis']:.1f} | {r['first_token_share']:.3f} | {r['top_key_share']:.3f} | {r['extra_key_share']:.3f} "
+                     f"| {r['sink_rate']:.2f} | {'yes' if r['outliers'] else 'no'} | {'yes' if r['sink'] else 'no'} "
+                     f"| {r['params']:,} | {tps} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    c = configure(DEFAULTS, argv)
+    if "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if not c["runs"]:
+        raise UserError("give the runs to compare: --runs=\"['out-a', 'out-b']\"")
+    rows = [row_for(run, c) for run in c["runs"]]
+    results_dir = resolve_path(c["results_dir"])
+    os.makedirs(results_dir, exist_ok=True)
+    table = markdown(rows)
+    for name, text in (("table.md", table), ("table.json", json.dumps(dict(criteria=dict(outlier_ratio=OUTLIER_RATIO,
+                                                                                         sink_share=SINK_SHARE), rows=rows), indent=1))):
+        path = os.path.join(results_dir, name)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+    if c["plot"] and len(rows) > 1:
+        import plot_gpt2
+        plot_gpt2.plot_compare([json.load(open(os.path.join(results_dir, r["variant"], "analysis.json"))) for r in rows],
+                               os.path.join(results_dir, "compare_layerwise.png"))
+    print(table)
+    return rows
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv[1:])
+    except UserError as e:
+        print(f"compare.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

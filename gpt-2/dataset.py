@@ -1,0 +1,69 @@
+"""Token datasets on disk: data/<name>/{train,val}.bin (uint16 ids) and an optional meta.pkl.
+
+meta.pkl may give vocab_size and, for datasets made of independent sequences (the synthetic task),
+seq_len: then every batch row is one whole sequence starting at its first token (BOS), never a window
+that straddles two sequences.
+"""
+import os
+import pickle
+
+import numpy as np
+import torch
+
+from configurator import HERE, UserError
+
+
+def data_dir(dataset):
+    return dataset if os.path.isabs(dataset) else os.path.join(HERE, "data", dataset)
+
+
+def load_meta(dataset):
+    path = os.path.join(data_dir(dataset), "meta.pkl")
+    if not os.path.exists(path):
+        return {}
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def open_split(dataset, split):
+    path = os.path.join(data_dir(dataset), f"{split}.bin")
+    if not os.path.exists(path):
+        raise UserError(f"missing data file {path}; run data/{os.path.basename(dataset)}/prepare.py first")
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+class Batches:
+    """Random (x, y) batches from one split, drawn with its own torch.Generator (saved in checkpoints)."""
+
+    def __init__(self, dataset, split, batch_size, block_size, seed, device="cpu"):
+        self.data = open_split(dataset, split)
+        self.seq_len = load_meta(dataset).get("seq_len")
+        self.batch_size, self.block_size, self.device = batch_size, block_size, device
+        self.gen = torch.Generator().manual_seed(seed)
+        if self.seq_len is not None and block_size + 1 > self.seq_len:
+            raise UserError(f"block_size {block_size} needs sequences of {block_size + 1} tokens; "
+                            f"{dataset} has {self.seq_len}")
+        if self.seq_len is None and len(self.data) <= block_size + 1:
+            raise UserError(f"{split} split of {dataset} has only {len(self.data)} tokens, block_size is {block_size}")
+
+    def starts(self):
+        if self.seq_len is not None:
+            n_seq = len(self.data) // self.seq_len
+            return torch.randint(n_seq, (self.batch_size,), generator=self.gen) * self.seq_len
+        return torch.randint(len(self.data) - self.block_size - 1, (self.batch_size,), generator=self.gen)
+
+    def next(self):
+        ix = self.starts().tolist()
+        T = self.block_size
+        x = torch.stack([torch.from_numpy(self.data[i:i + T].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(self.data[i + 1:i + 1 + T].astype(np.int64)) for i in ix])
+        if self.device.startswith("cuda"):
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device), y.to(self.device)
+
+    def sequences(self, n, length):
+        """The first n sequences (aligned datasets) or n consecutive chunks, each `length` tokens long."""
+        step = self.seq_len if self.seq_len is not None else length
+        if n * step > len(self.data) or length > step:
+            raise UserError(f"not enough data for {n} sequences of {length} tokens")
+        return torch.stack([torch.from_numpy(self.data[i * step:i * step + length].astype(np.int64)) for i in range(n)])
