@@ -5,7 +5,7 @@ A tuple lists alternative names across transformers releases; the first that exi
 family has no such module (a parallel block has no separate MLP norm; a non-gated MLP has no gate).
 For non-gated MLPs `up` is fc1 and `down` is fc2, so `down_in`/`down_out` mean the same thing in every family.
 `qkv` names a fused projection and `qkv_layout` says how to split it (see `split_qkv`).
-`q`, `k`, `v`, `qkv` and `o` live inside `attn`; `gate`, `up`, `gate_up`, `down` and `act` inside `mlp` (the layer
+`q`, `k`, `v`, `qkv`, `qk_norm` and `o` live inside `attn`; `gate`, `up`, `gate_up`, `down` and `act` inside `mlp` (the layer
 itself when `mlp` is None, as in OPT). Mixtral's experts are not described, so its MLP internals are not captured.
 `registry`: the family's attention goes through transformers' attention-function registry. Families outside
 it return probabilities from their attention module (always, or when `weights_flag` is passed as True).
@@ -30,9 +30,10 @@ class Family:
     act: str | None
     gate: str | None = None
     gate_up: str | None = None          # fused gate|up projection (gate first)
-    q: str | tuple | None = None         # separate projections (or the q/k norms applied after them)
-    k: str | tuple | None = None
+    q: str | None = None                 # separate projections
+    k: str | None = None
     v: str | None = None
+    qk_norm: tuple | None = None         # per-head norms applied to q and k after the projections, if any
     qkv: str | None = None
     qkv_layout: str = "concat"
     registry: bool = True
@@ -42,7 +43,7 @@ class Family:
 _LLAMA = Family(layers="model.layers", final_norm="model.norm", ln1="input_layernorm", ln2="post_attention_layernorm",
                 attn="self_attn", q="q_proj", k="k_proj", v="v_proj", o="o_proj", mlp="mlp",
                 gate="gate_proj", up="up_proj", down="down_proj", act="act_fn")
-_QK_NORM = dict(q=("q_norm", "q_proj"), k=("k_norm", "k_proj"))
+_QK_NORM = dict(qk_norm=("q_norm", "k_norm"))
 
 FAMILIES: dict[str, Family] = {
     "llama": _LLAMA,
@@ -54,7 +55,7 @@ FAMILIES: dict[str, Family] = {
     "gemma3_text": replace(_LLAMA, ln2="pre_feedforward_layernorm", **_QK_NORM),
     "mixtral": replace(_LLAMA, mlp=None, gate=None, up=None, down=None, act=None),
     "phi": Family(layers="model.layers", final_norm="model.final_layernorm", ln1="input_layernorm", ln2=None,
-                  attn="self_attn", q=("q_layernorm", "q_proj"), k=("k_layernorm", "k_proj"), v="v_proj", o="dense",
+                  attn="self_attn", q="q_proj", k="k_proj", v="v_proj", qk_norm=("q_layernorm", "k_layernorm"), o="dense",
                   mlp="mlp", up="fc1", down="fc2", act="activation_fn"),
     "phi3": Family(layers="model.layers", final_norm="model.norm", ln1="input_layernorm",
                    ln2="post_attention_layernorm", attn="self_attn", qkv="qkv_proj", o="o_proj", mlp="mlp",

@@ -72,7 +72,7 @@ class ModelView:
         return self.layers[layer] if f.mlp is None else get_submodule(self.layers[layer], f.mlp)
 
     def module(self, layer: int, role: str) -> nn.Module | None:
-        """Submodule of a layer by role: ln1, ln2, q, k, v, qkv, o, gate, up, gate_up, down, act."""
+        """Submodule of a layer by role: ln1, ln2, q, k, v, qkv, q_norm, k_norm, o, gate, up, gate_up, down, act."""
         f, block = self.family, self.layers[layer]
         if role == "ln1":
             return get_submodule(block, f.ln1)
@@ -80,6 +80,9 @@ class ModelView:
             return get_submodule(block, f.ln2) or get_submodule(block, f.ln1)
         if role in ("q", "k", "v", "qkv", "o"):
             return get_submodule(self.attn(layer), getattr(f, role))
+        if role in ("q_norm", "k_norm"):
+            names = f.qk_norm
+            return None if names is None else get_submodule(self.attn(layer), names[role == "k_norm"])
         if f.down is None:
             return None
         return get_submodule(self.mlp(layer), getattr(f, role))
@@ -232,8 +235,9 @@ class Capture:
                 index = "qkv".index(role)
                 self._hook(view.module(layer, "qkv"),
                            lambda m, i, o: emit(split_qkv(o, f.qkv_layout, view.config)[index]))
-            else:
-                self._hook(view.module(layer, role), lambda m, i, o: emit(self._per_head(o)))
+            else:  # after the per-head q/k norm where the family has one
+                normed = view.module(layer, role + "_norm") if role in "qk" else None
+                self._hook(normed or view.module(layer, role), lambda m, i, o: emit(self._per_head(o)))
         elif point == "attn.z":
             self._hook(view.module(layer, "o"), lambda m, args, kwargs: emit(self._per_head(args[0])), pre=True)
         elif point == "attn_out":

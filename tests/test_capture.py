@@ -108,6 +108,19 @@ def test_projections_agree_with_weights(family_run):
         torch.testing.assert_close(expected_down_in, cap["mlp.down_in", layer], atol=ATOL, rtol=1e-4)
 
 
+def test_weights_are_out_by_in_matrices(family_run):
+    view = family_run["view"]
+    hidden = view.config.hidden_size
+    heads, kv, d = view.num_heads, view.num_kv_heads, view.head_dim
+    expected = {"q": (heads * d, hidden), "k": (kv * d, hidden), "v": (kv * d, hidden), "o": (hidden, heads * d)}
+    for role in view.weight_roles():
+        shape = tuple(view.weight(0, role).shape)
+        if role in expected:
+            assert shape == expected[role], role
+        else:  # gate/up read the hidden state, down writes it
+            assert (shape[1] if role in ("gate", "up") else shape[0]) == hidden, role
+
+
 def test_rotary_keeps_per_head_norms(family_run):
     """Rotary embedding rotates pairs of dims: a query's per-head norm is the same before and after it."""
     r = family_run

@@ -1,0 +1,6 @@
+"""existence_activation_outliers_down: 3-D view of the down_proj input on the prompt at the first layer with
+outliers. Options: --help; logic in lib/paper_figures/."""
+from lib.cli import main
+
+if __name__ == "__main__":
+    main("existence_activation_outliers_down")

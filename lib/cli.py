@@ -1,0 +1,290 @@
+"""The command line every figure script shares, and the runner that computes figures on one loaded model.
+
+    python existence_activation_outliers_layer.py --model gemma3_270m --format both
+
+`run(names, args, model=..., tokenizer=..., spec=...)` also takes an already-built model, which is how tests
+run tiny models. The tokenizer then needs `encode(text) -> list[int]` and `convert_ids_to_tokens(ids)`
+(a Hugging Face tokenizer has both; `lib.data` also uses `encode` for non-HF tokenizers).
+Layers on the command line and in every output are 1-based; heads, tokens, channels and columns 0-based.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lib.errors import UserError, user_errors_exit
+from lib.models import DEFAULT_MODEL
+from monkey_patch import CaptureError, ModelView
+
+SUMMER = "Summer is warm. Winter is cold.\n"
+FORMATS = {"pdf": ["pdf"], "png": ["png"], "both": ["pdf", "png"]}
+# CPU defaults keep the eleven-figure suite under 10 minutes on 2 cores; on a GPU the paper's settings apply.
+CPU_DEFAULTS = {"activations": (4, 512), "attention": (8, 256)}
+PAPER_SAMPLES = {"activations": 10, "attention": 100}
+
+
+def parser(description: str = "") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="registry name, Hugging Face id or model folder")
+    p.add_argument("--model-path", default=None, help="folder holding the weights (or a folder of model folders)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: auto if a GPU, else cpu)")
+    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: fp32 on CPU, else the model's)")
+    p.add_argument("--savedir", default="figures", help="figures and JSON go to SAVEDIR/<model>/")
+    p.add_argument("--format", default="png", choices=sorted(FORMATS), help="figure file format")
+    p.add_argument("--seed", type=int, default=1, help="seed for sampling calibration sequences")
+    p.add_argument("--prompt", default=SUMMER, help="prompt of the single-prompt figures (no special tokens)")
+    p.add_argument("--nsamples", type=int, default=None, help="calibration sequences (default: paper's on GPU, fewer on CPU)")
+    p.add_argument("--seqlen", type=int, default=None, help="calibration sequence length (default: paper's on GPU, 512/256 on CPU)")
+    p.add_argument("--data", default="gutenberg", help="calibration text: gutenberg (offline), redpajama, wikitext, c4, pg19 or a path")
+    p.add_argument("--layer", type=int, default=None, help="1-based layer to show instead of the detected one")
+    p.add_argument("--head", type=int, default=None, help="0-based head to show instead of the detected one")
+    return p
+
+
+def check_args(args) -> None:
+    """Mistakes that can be caught before the model loads."""
+    if not args.prompt or not args.prompt.strip():
+        raise UserError("--prompt is empty")
+    for name in ("nsamples", "seqlen"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name} must be at least 1, got {value}")
+    if args.seqlen is not None and args.seqlen < 2:
+        raise UserError("--seqlen must be at least 2")
+    if args.layer is not None and args.layer < 1:
+        raise UserError(f"--layer is 1-based: got {args.layer}")
+    if args.head is not None and args.head < 0:
+        raise UserError(f"--head is 0-based: got {args.head}")
+    writable_dir(Path(args.savedir))
+
+
+def writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to --savedir {str(path)!r}: {e.strerror or e}") from None
+    return path
+
+
+def write_json(path: Path, data) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass
+class Context:
+    """What one figure needs: the model, its tokenizer and spec, the parsed arguments, where to write."""
+    model: object
+    tokenizer: object
+    spec: object
+    args: argparse.Namespace
+    outdir: Path
+    cache: dict = field(default_factory=dict)
+    files: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.view = ModelView(self.model)
+        self.formats = FORMATS[self.args.format]
+
+    @property
+    def title(self) -> str:
+        return self.spec.title
+
+    @property
+    def input_device(self):
+        return self.model.get_input_embeddings().weight.device
+
+    def forward(self, ids: torch.Tensor):
+        """Run the decoder only: the figures need no logits (Gemma's 262k-word head would dominate the time)."""
+        with torch.no_grad():
+            return self.model.base_model(ids.to(self.input_device))
+
+    # --- user choices, checked against the model ---------------------------------------------------------------
+    def layer_choice(self) -> int | None:
+        """--layer as a 0-based index, or None."""
+        if self.args.layer is None:
+            return None
+        if not 1 <= self.args.layer <= self.view.num_layers:
+            raise UserError(f"--layer {self.args.layer} out of range: {self.title} has layers 1..{self.view.num_layers}")
+        return self.args.layer - 1
+
+    def head_choice(self) -> int | None:
+        if self.args.head is None:
+            return None
+        if not 0 <= self.args.head < self.view.num_heads:
+            raise UserError(f"--head {self.args.head} out of range: {self.title} has heads 0..{self.view.num_heads - 1}")
+        return self.args.head
+
+    def max_length(self) -> int | None:
+        config = self.model.config
+        for name in ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length"):
+            value = getattr(config, name, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def check_length(self, length: int, what: str) -> None:
+        limit = self.max_length()
+        if limit is not None and length > limit:
+            raise UserError(f"{what} has {length} tokens but {self.title} allows at most {limit}")
+
+    # --- inputs ------------------------------------------------------------------------------------------------
+    def prompt(self):
+        """(ids [1, tokens], token strings) of --prompt, without special tokens; cached."""
+        if "prompt" not in self.cache:
+            ids = encode(self.tokenizer, self.args.prompt)
+            if not ids:
+                raise UserError("--prompt encodes to no tokens")
+            self.check_length(len(ids), "--prompt")
+            tokens = [str(t) for t in self.tokenizer.convert_ids_to_tokens(ids)]
+            self.cache["prompt"] = (torch.tensor([ids], dtype=torch.long), tokens)
+        return self.cache["prompt"]
+
+    def settings(self, kind: str) -> tuple[int, int]:
+        """(nsamples, seqlen) for calibration of `kind` ("activations" or "attention")."""
+        on_cpu = self.input_device.type == "cpu"
+        if on_cpu:
+            nsamples, seqlen = CPU_DEFAULTS[kind]
+            seqlen = min(seqlen, self.spec.seqlen)
+        else:
+            nsamples, seqlen = PAPER_SAMPLES[kind], self.spec.seqlen
+        nsamples = self.args.nsamples or nsamples
+        seqlen = self.args.seqlen or seqlen
+        if on_cpu and (self.args.nsamples is None or self.args.seqlen is None):
+            note = (f"CPU defaults for {kind}: {nsamples} sequences x {seqlen} tokens "
+                    f"(the paper: {PAPER_SAMPLES[kind]} x {self.spec.seqlen} on a GPU)")
+            if note not in self.notes:
+                self.notes.append(note)
+                print(note)
+        self.check_length(seqlen, "--seqlen")
+        return nsamples, seqlen
+
+    def calibration(self, kind: str):
+        """(ids [nsamples, seqlen], settings dict); cached per (nsamples, seqlen)."""
+        from lib.data import get_data
+        nsamples, seqlen = self.settings(kind)
+        key = ("calibration", nsamples, seqlen)
+        if key not in self.cache:
+            self.cache[key] = get_data(self.tokenizer, nsamples, seqlen, source=self.args.data, seed=self.args.seed)
+        info = {"data": self.args.data, "nsamples": nsamples, "seqlen": seqlen, "seed": self.args.seed}
+        return self.cache[key], info
+
+    def tokens_of(self, ids) -> list[str]:
+        return [str(t) for t in self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])]
+
+    # --- outputs -----------------------------------------------------------------------------------------------
+    def save(self, fig, stem: str) -> list[str]:
+        from lib import plotting
+        paths = plotting.save(fig, self.outdir / stem, self.formats)
+        self.files += paths
+        return paths
+
+
+def encode(tokenizer, text: str) -> list[int]:
+    if hasattr(tokenizer, "model_max_length") and callable(tokenizer):  # Hugging Face
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer.encode(text))
+
+
+def run(names, args, model=None, tokenizer=None, spec=None, progress: bool = False) -> dict:
+    """Compute, draw and save each figure in `names` on one model; returns {name: result dict}."""
+    from lib.paper_figures import FIGURES
+    check_args(args)
+    if model is None:
+        from lib.models import load_model
+        model, tokenizer, spec = load_model(args.model, args.model_path, args.device, args.dtype)
+    try:
+        ctx = Context(model, tokenizer, spec, args, writable_dir(Path(args.savedir) / spec.name))
+    except CaptureError as e:
+        raise UserError(str(e)) from None
+    steps = names
+    if progress:
+        from tqdm import tqdm
+        steps = tqdm(names, desc=f"figures on {spec.title}", unit="figure", file=sys.stderr)
+    results = {}
+    for name in steps:
+        start = time.time()
+        ctx.files = []
+        try:
+            result = FIGURES[name](ctx)
+        except CaptureError as e:
+            raise UserError(f"{name}: {e}") from None
+        result = {"script": name, "model": spec.name, "title": spec.title, "layers_are": "1-based",
+                  **result, "notes": list(ctx.notes), "files": [Path(f).name for f in ctx.files],
+                  "seconds": round(time.time() - start, 2)}
+        write_json(ctx.outdir / f"{name}.json", result)
+        results[name] = result
+        if not progress:
+            for line in result.get("summary", []):
+                print(line)
+            print(f"wrote {ctx.outdir / name}.json and {len(ctx.files)} figure file(s)")
+    return results
+
+
+def main(name: str, argv=None) -> None:
+    """Entry point of one figure script."""
+    from lib.paper_figures import DESCRIPTIONS
+    with user_errors_exit(name):
+        args = parser(DESCRIPTIONS[name]).parse_args(argv)
+        run([name], args)
+
+
+def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
+    """index.md next to the figures: every figure whose JSON is in outdir, with its key numbers."""
+    from lib.paper_figures import FIGURES
+    results = {name: json.loads((outdir / f"{name}.json").read_text()) for name in FIGURES
+               if (outdir / f"{name}.json").is_file()}
+    lines = [f"# Systematic outliers in {title}", "",
+             f"{len(results)} figures; the last run took {seconds:.0f} s. "
+             "Layers are 1-based; tokens, channels, columns and heads 0-based.", ""]
+    lines += [f"- {note}" for note in notes] + [""]
+    for name, result in results.items():
+        lines += [f"## {name}", ""]
+        lines += [f"- {line}" for line in result.get("summary", [])]
+        lines += ["", f"Numbers: [{name}.json]({name}.json)", ""]
+        for file in result.get("files", []):
+            if file.endswith(".png"):
+                lines += [f"![{file}]({file})", ""]
+            else:
+                lines += [f"[{file}]({file})", ""]
+    path = outdir / "index.md"
+    fd, tmp = tempfile.mkstemp(dir=outdir, prefix=".index.md.")
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, path)
+    return path
+
+
+def reproduce_main(argv=None) -> None:
+    """All eleven figures on one model load, with a progress bar and an index page."""
+    from lib.paper_figures import FIGURES
+    with user_errors_exit("reproduce"):
+        p = parser("Reproduce every LLM figure of the paper on one model (one model load).")
+        p.add_argument("--only", nargs="+", choices=list(FIGURES), default=None, help="a subset of the figures")
+        args = p.parse_args(argv)
+        start = time.time()
+        results = run(args.only or list(FIGURES), args, progress=True)
+        seconds = time.time() - start
+        first = next(iter(results.values()))
+        outdir = Path(args.savedir) / first["model"]
+        index = write_index(outdir, first["title"], seconds, first.get("notes", []))
+        for result in results.values():
+            for line in result.get("summary", []):
+                print(line)
+        print(f"{len(results)} figures in {seconds:.0f} s; index: {index}")

@@ -1,0 +1,237 @@
+"""Position figures: where outliers sit over calibration sequences, per layer, channel, token kind and head.
+
+Only small per-layer results are kept while the sequences stream through the model (reducers), so the
+paper's 4096-token settings on a 7B model never hold a full attention map for more than one layer at once.
+A layer counts as an outlier layer when the rule flags outliers in at least half of the sequences.
+Token categories: each outlier position counts once per sequence (union over layers).
+"""
+import torch
+from tqdm import tqdm
+
+from lib import analysis, outliers, plotting
+from monkey_patch import Capture
+from monkey_patch.reducers import attention_column_sums, by_point
+
+
+def _sequences(ids, what):
+    return tqdm(range(ids.shape[0]), desc=what, unit="seq", leave=False, disable=ids.shape[0] < 4)
+
+
+def _category_shares(ctx, ids, positions_per_sequence):
+    categories = []
+    for s, positions in enumerate(positions_per_sequence):
+        tokens = ctx.tokens_of(ids[s, sorted(positions)].tolist()) if positions else []
+        categories += [outliers.token_category(t, p) for t, p in zip(tokens, sorted(positions))]
+    return outliers.category_shares(categories)
+
+
+ACTIVATION_POINTS = ("resid_post", "mlp.down_in")
+
+
+def _activation_stats(ctx):
+    """Per point and layer, one summary per calibration sequence; both points in one pass, cached."""
+    ids, info = ctx.calibration("activations")
+    key = ("activation_stats", info["nsamples"], info["seqlen"])
+    if key in ctx.cache:
+        return ctx.cache[key]
+    points = [p for p in ACTIVATION_POINTS if p in ctx.view.supported_points()]
+    n_layers = ctx.view.num_layers
+    stats = {p: [[] for _ in range(n_layers)] for p in points}
+    with Capture(ctx.model, points, reduce=by_point({}, default=analysis.activation_summary(3))) as cap:
+        for s in _sequences(ids, "activations"):
+            ctx.forward(ids[s: s + 1])
+            for point in points:
+                for layer in range(n_layers):
+                    stats[point][layer].append(cap[point, layer][0][0])
+            cap.results.clear()
+    ctx.cache[key] = (ids, info, stats)
+    return ctx.cache[key]
+
+
+def _activation_figure(ctx, point, what, stem):
+    if point not in ctx.view.supported_points():
+        return {"layers": [], "summary": [f"{ctx.title}: {point} cannot be captured for this family"]}
+    ids, info, all_stats = _activation_stats(ctx)
+    per_layer = all_stats[point]
+    rows, positions = [], [set() for _ in range(ids.shape[0])]
+    for layer, stats in enumerate(per_layer):
+        n = len(stats)
+        flagged = [s for s in range(n) if stats[s]["outlier_tokens"]]
+        for s in flagged:
+            positions[s].update(stats[s]["outlier_tokens"])
+        channels = [c for st in stats for c in st["channels"]]
+        rows.append({
+            "layer": layer + 1,
+            "top": [sum(st["top"][k] for st in stats) / n for k in range(3)],
+            "median": sum(st["median"] for st in stats) / n,
+            "kurtosis": sum(st["kurtosis"] for st in stats) / n,
+            "top_tokens": [st["tokens"] for st in stats],
+            "top_channels": [st["channels"] for st in stats],
+            "frequent_channels": analysis.most_common(channels, 3),
+            "sequences_with_outliers": len(flagged),
+            "outlier_channels": analysis.most_common([c for s in flagged for c in stats[s]["outlier_channels"]], 5),
+        })
+    outlier_layers = [r["layer"] for r in rows if r["sequences_with_outliers"] * 2 >= ids.shape[0]
+                      and r["sequences_with_outliers"] > 0]
+    categories = _category_shares(ctx, ids, positions)
+    layers = [r["layer"] for r in rows]
+    # the 3-D view shows the layer with the largest mean top-1 (among the outlier layers when there are any)
+    candidates = [r for r in rows if r["layer"] in outlier_layers] or rows
+    shown = max(candidates, key=lambda r: r["top"][0])["layer"] - 1
+    if ctx.layer_choice() is not None:
+        shown = ctx.layer_choice()
+    fig, axes = plotting.figure(ncols=3, size=(5, 4))
+    plotting.layer_curves(axes[0], layers, {"top-1": [r["top"][0] for r in rows], "top-2": [r["top"][1] for r in rows],
+                                            "top-3": [r["top"][2] for r in rows], "median": [r["median"] for r in rows]},
+                          title=f"{ctx.title}, {what}", marked_layers=outlier_layers)
+    hot = {(r["layer"], c) for r in rows if r["layer"] in outlier_layers for c in r["outlier_channels"]}
+    plotting.index_scatter(axes[1], layers, [r["frequent_channels"] for r in rows], highlight=hot,
+                           title=f"{ctx.title}, channels of the top values")
+    plotting.category_bars(axes[2], categories, title=f"{ctx.title}, outlier tokens (n={categories['count']})")
+    ctx.save(fig, stem)
+    view3d = _three_d_view(ctx, point, ids[0:1], shown, what, stem + "_3d")
+    result = {"rule": analysis.ACTIVATION_RULE, "calibration": info, "layers": rows,
+              "outlier_layers": outlier_layers, "categories": categories, "view_3d": view3d}
+    result["summary"] = [
+        f"{ctx.title} {what} over {info['nsamples']} x {info['seqlen']} tokens of {info['data']}: "
+        f"outlier layers (1-based) {outlier_layers}",
+        "top-1 per layer: " + ", ".join(f"{r['top'][0]:.4g}" for r in rows),
+        "median per layer: " + ", ".join(f"{r['median']:.3g}" for r in rows),
+        "kurtosis per layer: " + ", ".join(f"{r['kurtosis']:.3g}" for r in rows),
+        "outlier token categories: " + ", ".join(f"{k} {categories[k]:.1%}" for k in outliers.CATEGORIES)
+        + f" (n={categories['count']})",
+    ]
+    return result
+
+
+def _three_d_view(ctx, point, ids, layer, what, stem):
+    """3-D view of one calibration sequence at one layer: its first 8 tokens and up to 6 outlier tokens."""
+    with Capture(ctx.model, [point], layers=[layer]) as cap:
+        ctx.forward(ids)
+    h = cap[point, layer][0]
+    found = analysis.massive_entries(h)
+    rows = sorted(set(range(min(8, h.shape[0]))) | set(list(dict.fromkeys(t for t, _, _ in found["entries"]))[:6]))
+    tokens = ctx.tokens_of(ids[0, rows].tolist())
+    labels = [f"{p}:{plotting.short_label(t, 6)}" for p, t in zip(rows, tokens)]
+    fig, (ax,) = plotting.figure(size=(7, 5.5), three_d=True)
+    plotting.wireframe(ax, h[rows].numpy(), labels, highlight=[i for i, p in enumerate(rows) if p in found["tokens"]],
+                       zlabel="magnitude", title=f"{ctx.title}, layer {layer + 1}, {what} (sequence 0)")
+    ctx.save(fig, stem)
+    return {"layer": layer + 1, "positions": rows, "outlier_tokens": found["tokens"],
+            "outlier_channels": found["channels"], "max": found["max"], "median": found["median"]}
+
+
+def activation_layer(ctx):
+    return _activation_figure(ctx, "resid_post", "layer output", "pos_activation_outliers_layer")
+
+
+def activation_down(ctx):
+    return _activation_figure(ctx, "mlp.down_in", "down_proj input", "pos_activation_outliers_down")
+
+
+def attention(ctx):
+    ids, info = ctx.calibration("attention")
+    n_layers, n = ctx.view.num_layers, ids.shape[0]
+    top1, top2, median = ([0.0] * n_layers for _ in range(3))
+    head_ratio = [torch.zeros(ctx.view.num_heads) for _ in range(n_layers)]
+    first_key = torch.zeros(n_layers, ctx.view.num_heads)
+    flagged = [0] * n_layers
+    positions = [set() for _ in range(n)]
+    with Capture(ctx.model, ["attn.pattern"], reduce=attention_column_sums) as cap:
+        for s in _sequences(ids, "attention"):
+            ctx.forward(ids[s: s + 1])
+            for layer in range(n_layers):
+                sums = cap["attn.pattern", layer][0][0]  # [heads, keys]
+                cumulative = sums.mean(0)
+                ranked = torch.sort(cumulative, descending=True).values
+                top1[layer] += ranked[0].item() / n
+                top2[layer] += ranked[min(1, len(ranked) - 1)].item() / n
+                median[layer] += cumulative.median().item() / n
+                keys = analysis.attention_outlier_keys(cumulative)
+                flagged[layer] += bool(keys)
+                positions[s].update(keys)
+                if keys:
+                    head_ratio[layer] += outliers.head_outlier_ratio_from_sums(sums, keys)
+                first_key[layer] += sums[:, 0] / sums.shape[1] / n
+            cap.results.clear()
+    # per-head ratio: averaged over the sequences in which the layer has outlier keys
+    head_ratio = [ratio / max(count, 1) for ratio, count in zip(head_ratio, flagged)]
+    rows = [{"layer": i + 1, "top": [top1[i], top2[i]], "median": median[i],
+             "sequences_with_outlier_keys": flagged[i], "head_ratio": head_ratio[i].tolist(),
+             "head_ratio_mean": head_ratio[i].mean().item(), "head_ratio_min": head_ratio[i].min().item(),
+             "head_ratio_max": head_ratio[i].max().item()} for i in range(n_layers)]
+    categories = _category_shares(ctx, ids, positions)
+    outlier_layers = [r["layer"] for r in rows if 0 < r["sequences_with_outlier_keys"] * 2 >= n]
+    sink = outliers.sink_rate(first_key)
+    layers = [r["layer"] for r in rows]
+    fig, axes = plotting.figure(ncols=3, size=(5, 4))
+    plotting.layer_curves(axes[0], layers, {"top-1": top1, "top-2": top2, "median": median},
+                          title=f"{ctx.title}, cumulative attention", ylabel="cumulative attention",
+                          marked_layers=outlier_layers)
+    plotting.range_bars(axes[1], layers, [r["head_ratio_mean"] for r in rows], [r["head_ratio_min"] for r in rows],
+                        [r["head_ratio_max"] for r in rows], title=f"{ctx.title}, per-head outlier ratio",
+                        ylabel="share on outlier keys")
+    plotting.category_bars(axes[2], categories, title=f"{ctx.title}, outlier keys (n={categories['count']})")
+    ctx.save(fig, "pos_attention_outliers")
+    result = {"rule": analysis.ATTENTION_RULE, "calibration": info, "layers": rows, "outlier_layers": outlier_layers,
+              "categories": categories, "sink_rate_first_token": sink,
+              "first_token_attention": first_key.tolist()}
+    result["summary"] = [
+        f"{ctx.title} attention over {info['nsamples']} x {info['seqlen']} tokens: layers with outlier keys "
+        f"in most sequences {outlier_layers}; sink rate on the first token {sink:.3f}",
+        "cumulative top-1 per layer: " + ", ".join(f"{v:.4g}" for v in top1),
+        "mean per-head outlier ratio: " + ", ".join(f"{r['head_ratio_mean']:.2f}" for r in rows),
+        "outlier key categories: " + ", ".join(f"{k} {categories[k]:.1%}" for k in outliers.CATEGORIES)
+        + f" (n={categories['count']})",
+    ]
+    return result
+
+
+def weights(ctx):
+    view = ctx.view
+    roles = view.weight_roles()
+    rows, scores = [], {role: [] for role in roles}
+    for layer in range(view.num_layers):
+        if "down" in roles:
+            stats = outliers.weight_column_stats(view.weight(layer, "down"), k=3)
+            rows.append({"layer": layer + 1, **stats})
+        for role in roles:
+            scores[role].append(outliers.module_score(view.weight(layer, role)))
+    layers = list(range(1, view.num_layers + 1))
+    fig, axes = plotting.figure(ncols=2, nrows=2, size=(5, 4))
+    if rows:
+        plotting.layer_curves(axes[0], layers, {"max ratio": [r["max_ratio"] for r in rows],
+                                                "median ratio": [r["median_ratio"] for r in rows]},
+                              title=f"{ctx.title}, down_proj column max/mean", ylabel="max/mean |W|")
+        plotting.index_scatter(axes[2], layers, [r["top_columns"] for r in rows], ylabel="column",
+                               title=f"{ctx.title}, top-3 down_proj columns")
+    for role, values in scores.items():
+        axes[1].plot(layers, values, marker="o", markersize=3, label=role)
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel("layer", fontweight="bold")
+    axes[1].set_ylabel("max over row/column max/mean", fontweight="bold")
+    axes[1].set_title(f"{ctx.title}, weight-outlier score per module", fontsize=10)
+    axes[1].legend(fontsize=7, ncol=2)
+    plotting.bold_ticks(axes[1])
+    late = max(rows, key=lambda r: (r["layer"] > view.num_layers // 2, r["max_ratio"])) if rows else None
+    if late:
+        W = view.weight(late["layer"] - 1, "down").detach().float().cpu()
+        axes[3].remove()
+        ax3d = fig.add_subplot(2, 2, 4, projection="3d")
+        ordinary = torch.argsort(outliers.column_ratios(W))[W.shape[1] // 2: W.shape[1] // 2 + 2].tolist()
+        columns = sorted(set(late["top_columns"] + ordinary))
+        plotting.wireframe(ax3d, W[:, columns].T.numpy(), [f"col {c}" for c in columns],
+                           highlight=[i for i, c in enumerate(columns) if c in late["top_columns"]],
+                           xlabel="row", zlabel="|W|", title=f"{ctx.title}, layer {late['layer']} down_proj")
+    ctx.save(fig, "pos_weight_outliers")
+    result = {"layers": rows, "modules": {role: [{"layer": i + 1, "score": v} for i, v in enumerate(values)]
+                                          for role, values in scores.items()},
+              "late_layer_shown": late["layer"] if late else None}
+    strongest = max(rows, key=lambda r: r["max_ratio"]) if rows else None
+    result["summary"] = [
+        f"{ctx.title} down_proj: largest column ratio {strongest['max_ratio']:.4g} at layer {strongest['layer']} "
+        f"column {strongest['top_columns'][0]}" if strongest else f"{ctx.title}: no down_proj",
+        "max column ratio per layer: " + ", ".join(f"{r['max_ratio']:.3g}" for r in rows),
+        "module score maxima: " + ", ".join(f"{role} {max(v):.3g}" for role, v in scores.items()),
+    ]
+    return result

@@ -1,0 +1,230 @@
+"""The eleven figure scripts end to end: on a random tiny model, on a tiny model with planted outliers (the
+JSON must name what was planted), on the real default model (slow), and with bad input."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import planted
+from lib import cli
+from lib.errors import UserError
+from lib.paper_figures import FIGURES
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT = "Summer is warm. Winter is cold.\n"
+SINK_POSITION = PROMPT.index(planted.SINK)  # the character tokenizer makes positions character offsets
+# Every 64-character window of this text holds the sink character at least once.
+CALIBRATION_TEXT = "Summer is warm. Winter is cold. The sun is high, and we walk on.\n" * 80
+
+
+def _args(tmp_path, *extra):
+    data = tmp_path / "calibration.txt"
+    data.write_text(CALIBRATION_TEXT)
+    return cli.parser().parse_args(["--savedir", str(tmp_path / "out"), "--data", str(data),
+                                    "--nsamples", "3", "--seqlen", "64", *extra])
+
+
+def _run_all(tmp_path, model, name, *extra):
+    args = _args(tmp_path, *extra)
+    results = cli.run(list(FIGURES), args, model=model, tokenizer=planted.CharTokenizer(),
+                      spec=planted.spec(name, name.capitalize()))
+    outdir = tmp_path / "out" / name
+    return results, outdir
+
+
+def _load(outdir, name):
+    return json.loads((outdir / f"{name}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("planted")
+    return _run_all(tmp, planted.planted_llama(), "planted")
+
+
+@pytest.fixture(scope="module")
+def random_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("random")
+    return _run_all(tmp, planted.random_llama(), "random")
+
+
+def test_every_script_writes_json_and_figures(random_run, planted_run):
+    for results, outdir in (random_run, planted_run):
+        for name in FIGURES:
+            data = _load(outdir, name)
+            assert data["script"] == name and data["summary"]
+            assert data["files"], name
+            for file in data["files"]:
+                assert (outdir / file).stat().st_size > 1000
+
+
+def test_random_model_has_no_outliers(random_run):
+    _, outdir = random_run
+    # A random tiny model's activations stay far below the rule's absolute floor of 100.
+    layer = _load(outdir, "existence_activation_outliers_layer")
+    assert layer["max"] < 100 and layer["outlier_tokens"] == [] and not layer["outliers_found"]
+    assert _load(outdir, "pos_activation_outliers_layer")["outlier_layers"] == []
+    assert _load(outdir, "lifecycle_emergence")["outliers_found"] is False
+
+
+def test_planted_activation_outliers_on_the_prompt(planted_run):
+    _, outdir = planted_run
+    layer = _load(outdir, "existence_activation_outliers_layer")
+    assert layer["layer"] == planted.PLANTED + 1
+    assert layer["outlier_tokens"] == [SINK_POSITION]
+    assert layer["outlier_channels"] == [planted.CHANNEL]
+    assert layer["tokens"][SINK_POSITION] == planted.SINK
+    # after the planted layer and before the last one, which cancels it
+    assert layer["outlier_layers"] == list(range(planted.PLANTED + 1, planted.LAYERS))
+    down = _load(outdir, "existence_activation_outliers_down")
+    assert down["layer"] == planted.PLANTED + 1
+    assert down["outlier_tokens"] == [SINK_POSITION] and down["outlier_channels"] == [planted.NEURON]
+    # gate = up = 4 * sqrt(hidden) on the normalised trigger: silu(22.6) * 22.6 ~ 512 (x 0.99, attention noise)
+    assert 450 < down["max"] < 520
+
+
+def test_planted_weight_outliers(planted_run):
+    _, outdir = planted_run
+    weights = _load(outdir, "existence_weight_outliers")
+    assert weights["layer"] == planted.PLANTED + 1
+    assert weights["top_column"] == planted.NEURON and weights["top_rows"][0] == planted.CHANNEL
+    assert weights["writer"]["column"] == planted.NEURON and weights["writer"]["channel"] == planted.CHANNEL
+    assert weights["writer"]["share_of_down_proj_output"] > 0.99
+    rows = _load(outdir, "pos_weight_outliers")["layers"]
+    planted_row = rows[planted.PLANTED]
+    assert planted_row["layer"] == planted.PLANTED + 1 and planted_row["top_columns"][0] == planted.NEURON
+    # one nonzero entry of 20 in a column of 32: max / mean = 20 / (20 / 32) = 32
+    assert planted_row["max_ratio"] == pytest.approx(32.0, rel=1e-5)
+
+
+def test_planted_attention_sink(planted_run):
+    _, outdir = planted_run
+    attention = _load(outdir, "existence_attention_outliers")
+    assert attention["layer"] == planted.PLANTED + 2
+    assert attention["outlier_keys"] == [SINK_POSITION]
+    # the queries from the sink on put nearly all their mass on it: one unit each
+    queries = len(PROMPT) - SINK_POSITION
+    assert attention["cumulative"][SINK_POSITION] == pytest.approx(queries, rel=0.1)
+    pos = _load(outdir, "pos_attention_outliers")
+    assert pos["outlier_layers"] == list(range(planted.PLANTED + 2, planted.LAYERS + 1))
+    assert pos["layers"][planted.PLANTED + 1]["head_ratio_min"] > 0.5
+    assert pos["layers"][0]["head_ratio_max"] == 0.0
+
+
+def test_planted_positions_over_calibration(planted_run, tmp_path):
+    from lib.data import get_data
+    _, outdir = planted_run
+    layer = _load(outdir, "pos_activation_outliers_layer")
+    assert layer["outlier_layers"] == list(range(planted.PLANTED + 1, planted.LAYERS))
+    text = tmp_path / "calibration.txt"
+    text.write_text(CALIBRATION_TEXT)
+    ids = get_data(planted.CharTokenizer(), 3, 64, source=str(text), seed=1)
+    row = layer["layers"][planted.PLANTED]
+    for s, (tokens, channels) in enumerate(zip(row["top_tokens"], row["top_channels"])):
+        assert chr(int(ids[s, tokens[0]])) == planted.SINK and channels[0] == planted.CHANNEL
+    sinks = sum(int((seq == ord(planted.SINK)).sum()) for seq in ids)
+    categories = layer["categories"]
+    assert categories["count"] == sinks  # every sink position, nothing else
+    assert categories["strong_delimiter"] == 0.0 and categories["weak_semantic"] == 0.0
+    down = _load(outdir, "pos_activation_outliers_down")
+    assert planted.PLANTED + 1 in down["outlier_layers"]
+    assert down["layers"][planted.PLANTED]["frequent_channels"][0] == planted.NEURON
+
+
+def test_planted_lifecycle(planted_run):
+    _, outdir = planted_run
+    emergence = _load(outdir, "lifecycle_emergence")
+    assert (emergence["layer"], emergence["token"], emergence["channel"], emergence["neuron"]) == \
+        (planted.PLANTED + 1, SINK_POSITION, planted.CHANNEL, planted.NEURON)
+    assert emergence["value_after"] > 1000 and abs(emergence["value_before"]) < 1
+    spread = _load(outdir, "lifecycle_spread")
+    assert spread["outlier_tokens"] == [SINK_POSITION]
+    assert planted.PLANTED + 2 <= spread["layer"] <= planted.LAYERS
+    # queries from the sink on (half the prompt) put about all their mass on it; the earlier ones cannot see it
+    visible = (len(PROMPT) - SINK_POSITION) / len(PROMPT)
+    assert spread["head_outlier_ratio"] == pytest.approx([visible] * 4, rel=0.1)
+    gone = _load(outdir, "lifecycle_disappearance")
+    assert (gone["layer"], gone["token"], gone["channel"], gone["neuron"]) == \
+        (planted.LAYERS, SINK_POSITION, planted.CHANNEL, planted.CANCEL)
+    assert abs(gone["values_at_layer"]["layer out"]) < 1
+
+
+def test_overrides_are_used(tmp_path):
+    args = _args(tmp_path, "--layer", "4", "--head", "1", "--format", "both")
+    results = cli.run(["existence_activation_outliers_layer", "lifecycle_spread"], args,
+                      model=planted.planted_llama(), tokenizer=planted.CharTokenizer(), spec=planted.spec("p", "P"))
+    assert results["existence_activation_outliers_layer"]["layer"] == 4
+    assert results["lifecycle_spread"]["head"] == 1 and results["lifecycle_spread"]["layer"] == 4
+    assert sorted(results["lifecycle_spread"]["files"]) == ["lifecycle_spread.pdf", "lifecycle_spread.png"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--layer", "9"], "out of range"),
+    (["--head", "7"], "out of range"),
+    (["--seqlen", "1000"], "allows at most"),
+    (["--prompt", "   "], "empty"),
+])
+def test_bad_requests_are_user_errors(tmp_path, extra, message):
+    args = _args(tmp_path, *extra)
+    names = ["lifecycle_spread", "pos_activation_outliers_layer"]
+    with pytest.raises(UserError, match=message):
+        cli.run(names, args, model=planted.planted_llama(), tokenizer=planted.CharTokenizer(),
+                spec=planted.spec("p", "P"))
+
+
+def _script(name, *argv):
+    return subprocess.run([sys.executable, str(ROOT / f"{name}.py"), *argv], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "no_such_model"], "unknown model"),
+    (["--prompt", ""], "--prompt is empty"),
+    (["--savedir", "/dev/null/figures"], "cannot write to --savedir"),
+])
+def test_scripts_fail_with_one_line(argv, message):
+    result = _script("existence_activation_outliers_layer", *argv)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_json_is_written_atomically_and_earlier_files_survive(tmp_path):
+    args = _args(tmp_path)
+    model, tok = planted.planted_llama(), planted.CharTokenizer()
+    cli.run(["existence_weight_outliers"], args, model=model, tokenizer=tok, spec=planted.spec("p", "P"))
+    before = (tmp_path / "out" / "p" / "existence_weight_outliers.json").read_text()
+    args.layer = 99
+    with pytest.raises(UserError):
+        cli.run(["existence_weight_outliers"], args, model=model, tokenizer=tok, spec=planted.spec("p", "P"))
+    assert (tmp_path / "out" / "p" / "existence_weight_outliers.json").read_text() == before
+    assert not [p for p in (tmp_path / "out" / "p").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_full_suite_on_the_default_model(tmp_path):
+    """reproduce.py on the real offline default model, with a short calibration to keep it a smoke test."""
+    result = subprocess.run([sys.executable, str(ROOT / "reproduce.py"), "--savedir", str(tmp_path),
+                             "--nsamples", "2", "--seqlen", "128"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=1200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    outdir = tmp_path / "gemma3_270m"
+    data = {name: _load(outdir, name) for name in FIGURES}
+    for name, values in data.items():
+        assert values["files"], name
+        for file in values["files"]:
+            assert (outdir / file).stat().st_size > 1000
+    index = (outdir / "index.md").read_text()
+    assert all(name in index for name in FIGURES)
+    layer = data["existence_activation_outliers_layer"]
+    assert layer["outliers_found"] and layer["layer"] in layer["outlier_layers"]
+    # one detection feeds every single-prompt figure: they must agree on where the outliers are
+    assert data["lifecycle_emergence"]["layer"] == layer["layer"]
+    assert data["lifecycle_emergence"]["token"] in layer["outlier_tokens"]
+    assert data["lifecycle_emergence"]["channel"] in layer["outlier_channels"]
+    assert data["existence_attention_outliers"]["layer"] == layer["layer"] + 1
+    assert data["lifecycle_disappearance"]["layer"] > layer["layer"]
+    # the prompt's outlier layers are outlier layers over calibration text too
+    assert set(layer["outlier_layers"]) & set(data["pos_activation_outliers_layer"]["outlier_layers"])
