@@ -29,7 +29,6 @@ MASSIVE_FACTOR = 1000.0
 TOKEN_FACTOR = 2.0
 ATTENTION_FACTOR = 0.1
 BASELINE_FACTOR = 2.0
-MAX_ENTRIES = 32
 
 ACTIVATION_RULE = (f"|h| > {MASSIVE_ABS:g} and > {MASSIVE_FACTOR:g} x median|h| of the layer and "
                    f"> {TOKEN_FACTOR:g} x the channel's median |h| over tokens")
@@ -37,33 +36,10 @@ ATTENTION_RULE = (f"cumulative attention >= {ATTENTION_FACTOR:g} x seqlen and >=
                   "uniform causal baseline sum_(i>=j) 1/(i+1)")
 
 
-def massive_entries(h, abs_floor=MASSIVE_ABS, factor=MASSIVE_FACTOR, token_factor=TOKEN_FACTOR):
-    """Activation outliers of one [tokens, channels] tensor under the rule in the module docstring.
-
-    Returns {"tokens", "channels", "entries": [(token, channel, signed value)...] largest first, "max",
-    "median", "threshold"} with 0-based positions.
-    """
-    h = h.detach().to(torch.float32)
-    magnitudes = h.abs()
-    median = magnitudes.median().item()
-    threshold = max(abs_floor, factor * median)
-    channel_typical = magnitudes.median(dim=0).values  # [channels]
-    hits = (magnitudes > threshold) & (magnitudes > token_factor * channel_typical)
-    count = int(hits.sum())
-    entries = []
-    if count:
-        ranked = torch.where(hits, magnitudes, torch.full_like(magnitudes, -1.0)).flatten()
-        flat = torch.topk(ranked, min(count, MAX_ENTRIES)).indices
-        width = h.shape[1]
-        entries = [(int(i) // width, int(i) % width, round(h.flatten()[i].item(), 4)) for i in flat]
-    return {
-        "tokens": torch.nonzero(hits.any(dim=1)).flatten().tolist(),
-        "channels": torch.nonzero(hits.any(dim=0)).flatten().tolist(),
-        "entries": entries,
-        "max": magnitudes.max().item(),
-        "median": median,
-        "threshold": threshold,
-    }
+def massive_entries(h):
+    """Activation outliers of one [tokens, channels] tensor under the rule in the module docstring."""
+    return outliers.activation_outliers(h, rule="token", factor=MASSIVE_FACTOR, min_abs=MASSIVE_ABS,
+                                        token_factor=TOKEN_FACTOR)
 
 
 def paper_rule_tokens(h):
@@ -71,18 +47,9 @@ def paper_rule_tokens(h):
     return outliers.activation_outliers(h, rule="mean")["tokens"]
 
 
-def uniform_baseline(seqlen):
-    """Cumulative attention each key gets when every query spreads evenly over the keys it can see."""
-    shares = 1.0 / torch.arange(1, seqlen + 1, dtype=torch.float64)
-    return shares.flip(0).cumsum(0).flip(0).to(torch.float32)
-
-
-def attention_outlier_keys(cumulative, factor=ATTENTION_FACTOR):
-    """Keys with cumulative attention >= factor x seqlen and >= 2 x the uniform causal baseline."""
-    cumulative = cumulative.detach().to(torch.float32)
-    seqlen = cumulative.shape[0]
-    hits = (cumulative >= factor * seqlen) & (cumulative >= BASELINE_FACTOR * uniform_baseline(seqlen))
-    return torch.nonzero(hits).flatten().tolist()
+def attention_outlier_keys(cumulative):
+    """Keys with cumulative attention >= 0.1 x seqlen and >= 2 x the uniform causal baseline."""
+    return outliers.attention_outlier_keys(cumulative, factor=ATTENTION_FACTOR, baseline_factor=BASELINE_FACTOR)
 
 
 # --- reducers for Capture(reduce=...) -----------------------------------------------------------------------

@@ -84,10 +84,10 @@ def _outlier_threshold(magnitudes, rule, factor, min_abs):
     factor = DEFAULT_OUTLIER_FACTOR if factor is None else float(factor)
     if rule == "mean":
         return factor * magnitudes.mean().item(), factor
-    if rule == "median":
+    if rule in ("median", "token"):
         # "> min_abs and > factor * median" is the same as "> the larger of the two".
         return max(float(min_abs), factor * magnitudes.median().item()), factor
-    raise ValueError(f"rule must be 'mean' or 'median', got {rule!r}")
+    raise ValueError(f"rule must be 'mean', 'median' or 'token', got {rule!r}")
 
 
 def _largest_entries(h, magnitudes, above, limit):
@@ -102,13 +102,16 @@ def _largest_entries(h, magnitudes, above, limit):
     return list(zip(tokens, channels, values))
 
 
-def activation_outliers(h, rule="mean", factor=None, min_abs=100.0):
+def activation_outliers(h, rule="mean", factor=None, min_abs=100.0, token_factor=2.0):
     """Activation outliers of one sequence's ``[tokens, channels]`` tensor.
 
     * ``rule="mean"`` (An et al.): an outlier token is a position whose max over channels of
       |h[t, c]| exceeds ``factor * mean(|h|)`` over the whole tensor (factor defaults to 1000).
     * ``rule="median"`` (Sun et al., "Massive Activations"): an entry is massive when
       |h| > ``min_abs`` (100) and |h| > ``factor * median(|h|)`` (factor defaults to 1000).
+    * ``rule="token"``: the median rule, and also |h| > ``token_factor`` (2) x the median over tokens
+      of its own channel, so that a channel large at every token (Gemma 2/3's sandwich norms grow a
+      few residual channels to thousands everywhere) does not make every token an outlier.
 
     Returns ``{"rule", "factor", "threshold", "tokens", "channels", "entries", "max", "mean",
     "median"}``: sorted outlier token positions; sorted channels holding an above-threshold
@@ -120,6 +123,8 @@ def activation_outliers(h, rule="mean", factor=None, min_abs=100.0):
     magnitudes = _abs_fp32(h)
     threshold, factor = _outlier_threshold(magnitudes, rule, factor, min_abs)
     above = magnitudes > threshold
+    if rule == "token":
+        above &= magnitudes > token_factor * magnitudes.median(dim=0).values
     # Every above-threshold entry lies, by definition, on an outlier token.
     return {
         "rule": rule,
@@ -207,14 +212,27 @@ def cumulative_attention(probs):
     return column_sums(probs).mean(dim=0)
 
 
-def attention_outlier_keys(cumulative, seqlen=None, factor=0.1):
+def uniform_causal_attention(seqlen):
+    """Cumulative attention each key would get if every query spread evenly over the keys it sees:
+    key j gets sum over queries i >= j of 1 / (i + 1). float32 ``[seqlen]``."""
+    shares = 1.0 / torch.arange(1, seqlen + 1, dtype=torch.float32)
+    return shares.flip(0).cumsum(0).flip(0)
+
+
+def attention_outlier_keys(cumulative, seqlen=None, factor=0.1, baseline_factor=None):
     """Attention-outlier keys: positions whose cumulative attention >= ``factor * seqlen``.
 
-    ``seqlen`` defaults to ``len(cumulative)``; the paper uses factor 0.1. Sorted int list.
+    ``seqlen`` defaults to ``len(cumulative)``; the paper uses factor 0.1. With ``baseline_factor``
+    a key must also get that many times its ``uniform_causal_attention``: on a short prompt the
+    first key is seen by every query and passes 0.1 x seqlen by construction; on long sequences
+    this second test never binds (2 x the baseline is about 2 ln T, far below 0.1 T). Sorted ints.
     """
     _require_tensor(cumulative, 1, "cumulative", "[keys]")
+    cumulative = cumulative.detach().to(torch.float32)
     seqlen = cumulative.shape[0] if seqlen is None else seqlen
-    is_outlier = cumulative.detach().to(torch.float32) >= factor * seqlen
+    is_outlier = cumulative >= factor * seqlen
+    if baseline_factor is not None:
+        is_outlier &= cumulative >= baseline_factor * uniform_causal_attention(cumulative.shape[0])
     return torch.nonzero(is_outlier).flatten().tolist()
 
 

@@ -329,3 +329,35 @@ def test_running_layer_stats_averages_by_hand():
     with pytest.raises(ValueError):
         running.add(1, torch.ones(1, 2))
     assert O.RunningLayerStats().summary() == []
+
+
+# --- the token-specific activation rule and the baseline-aware attention rule ---------------------------------
+
+def test_token_rule_keeps_a_token_specific_outlier_and_drops_a_channel_large_everywhere():
+    h = torch.full((6, 8), 0.05)
+    h[:, 2] = 3000.0          # large at every token (as Gemma 3's sandwich-norm channels are)
+    h[4, 5] = -9000.0         # one token only
+    h[4, 2] = 9000.0          # the same channel as everyone, but 3x the channel's typical value
+    median_rule = O.activation_outliers(h, rule="median")
+    assert median_rule["tokens"] == [0, 1, 2, 3, 4, 5]
+    token_rule = O.activation_outliers(h, rule="token")
+    assert token_rule["tokens"] == [4] and token_rule["channels"] == [2, 5]
+    assert {(t, c) for t, c, _ in token_rule["entries"]} == {(4, 2), (4, 5)}
+    assert O.activation_outliers(h, rule="token", token_factor=4.0)["channels"] == [5]
+
+
+def test_uniform_causal_attention_by_hand():
+    # key j is seen by queries j..T-1, query i spreads 1/(i+1): T=3 -> [1 + 1/2 + 1/3, 1/2 + 1/3, 1/3]
+    expected = torch.tensor([1 + 1 / 2 + 1 / 3, 1 / 2 + 1 / 3, 1 / 3])
+    assert torch.allclose(O.uniform_causal_attention(3), expected)
+    assert O.uniform_causal_attention(3).dtype == torch.float32
+
+
+def test_baseline_factor_drops_a_first_key_that_only_gets_its_uniform_share():
+    T = 10
+    uniform = O.uniform_causal_attention(T)
+    cumulative = uniform.clone()
+    cumulative[4] += 2.0  # a real sink at key 4, taken evenly from the others
+    cumulative[[0, 1, 2, 3]] -= 0.5
+    assert 0 in O.attention_outlier_keys(cumulative)      # 0.1 x T = 1 is passed by key 0 by construction
+    assert O.attention_outlier_keys(cumulative, baseline_factor=2.0) == [4]

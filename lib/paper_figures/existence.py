@@ -78,7 +78,7 @@ def attention(ctx):
         layer = min(scan["resid_layers"][0] + 1, last)
         why = f"the layer after the activation outliers appear (layer {scan['resid_layers'][0] + 1})"
     else:
-        excess = [s.mean(0) / analysis.uniform_baseline(s.shape[1]) for s in scan["attn_sums"]]
+        excess = [s.mean(0) / outliers.uniform_causal_attention(s.shape[1]) for s in scan["attn_sums"]]
         layer = max(range(last + 1), key=lambda i: float(excess[i].max()))
         why = "no activation outliers: the layer whose busiest key most exceeds uniform attention"
     probs = _capture_one(ctx, "attn.pattern", layer)  # [heads, queries, keys]
@@ -94,7 +94,7 @@ def attention(ctx):
     result = {
         "layer": layer + 1, "why": why, "rule": analysis.ATTENTION_RULE, "tokens": tokens,
         "outlier_keys": keys, "outliers_found": bool(keys), "cumulative": cumulative.tolist(),
-        "uniform_baseline": analysis.uniform_baseline(len(tokens)).tolist(),
+        "uniform_baseline": outliers.uniform_causal_attention(len(tokens)).tolist(),
         "paper_rule_keys": paper_keys, "head_outlier_ratio": ratio,
         "first_token_share": outliers.first_token_share(probs),
     }
