@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from configurator import HERE, UserError, configure, resolve_path
+from configurator import HERE, UserError, configure, resolve_path, user_errors_exit
 from dataset import Batches, load_meta
 from outlier_stats import activation_stats, attention_stats, load_model, summary
 from test import find_checkpoint
@@ -86,8 +86,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
+    with user_errors_exit("analyze.py"):
         main(sys.argv[1:])
-    except UserError as e:
-        print(f"analyze.py: error: {e}", file=sys.stderr)
-        sys.exit(2)

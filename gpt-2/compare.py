@@ -15,7 +15,7 @@ import sys
 import torch
 
 import analyze
-from configurator import UserError, configure, resolve_path
+from configurator import UserError, configure, resolve_path, user_errors_exit
 from outlier_stats import load_model
 from test import evaluate, find_checkpoint
 
@@ -83,8 +83,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
+    with user_errors_exit("compare.py"):
         main(sys.argv[1:])
-    except UserError as e:
-        print(f"compare.py: error: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -11,7 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # repo root, for lib/
-from lib.errors import UserError  # noqa: E402
+from lib.errors import UserError, user_errors_exit  # noqa: E402,F401  (re-exported for the scripts)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from configurator import UserError, configure, resolve_path
+from configurator import UserError, configure, resolve_path, user_errors_exit
 from dataset import Batches
 from outlier_stats import load_model
 from train import checkpoints
@@ -64,8 +64,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
+    with user_errors_exit("test.py"):
         main(sys.argv[1:])
-    except UserError as e:
-        print(f"test.py: error: {e}", file=sys.stderr)
-        sys.exit(2)

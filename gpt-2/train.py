@@ -18,7 +18,7 @@ from contextlib import nullcontext
 
 import torch
 
-from configurator import UserError, configure, resolve_path
+from configurator import UserError, configure, resolve_path, user_errors_exit
 from dataset import Batches, load_meta
 from model import GPT, VARIANTS, ConfigError, GPTConfig
 
@@ -261,10 +261,8 @@ def main(argv):
 
 if __name__ == "__main__":
     try:
-        main(sys.argv[1:])
-    except UserError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        with user_errors_exit("train.py"):
+            main(sys.argv[1:])
     except Diverged as e:
         print(f"train.py: {e}", file=sys.stderr)
         sys.exit(3)

