@@ -1,0 +1,422 @@
+"""Consequences of systematic outliers, measured: perplexity under interventions and under compression.
+
+    python consequences.py                                   # the default model (Gemma 3 270M), offline text
+    python consequences.py --model llama2_7b --data wikitext --seqlen 4096
+    python consequences.py --gpt2 gpt-2/out-backcopy-default gpt-2/out-backcopy-ca_softmax ...
+
+For each model (or gpt-2 checkpoint: a ckpt_<iter>.pt or an out dir, whose newest checkpoint is taken):
+- perplexity on non-overlapping windows (lib.perplexity) and Bondarenko et al.'s outlier metrics (max
+  infinity norm and average kurtosis of the block outputs) on the same windows;
+- perplexity under each compression method of lib.compression (weights restored afterwards);
+- interventions (lib.interventions) at the first block whose output has activation outliers over the
+  calibration sequences and, where it differs, at the block where the channel of the largest outliers
+  appears: outliers (detected per window) set to zero or to their calibration mean; and, for Hugging Face
+  models, the outlier tokens masked as attention keys in every later block, with a control that masks as
+  many random tokens. Same windows as the baseline.
+Writes consequences.json, consequences.md and consequences.png under --savedir (default
+results/consequences/<model>/, or results/consequences/gpt2_<dataset>/ for gpt-2 checkpoints).
+"""
+import argparse
+import math
+import os
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lib import compression, interventions
+from lib.errors import UserError, user_errors_exit
+from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity
+
+HERE = Path(__file__).resolve().parent
+GPT2_DIR = HERE / "gpt-2"
+INTERVENTIONS = ("zero", "mean", "mask_sink", "mask_random")
+CPU_WINDOWS, CPU_SEQLEN, CALIB_WINDOWS = 8, 512, 4
+GPT2_MAX_WINDOWS = 512
+
+
+@dataclass
+class Subject:
+    """One model under evaluation, with everything the measurements need."""
+    name: str
+    title: str
+    model: torch.nn.Module
+    blocks: torch.nn.ModuleList
+    logits_fn: object  # inputs [b, L-1] -> logits [b, L-1, V]
+    run_fn: object  # ids [b, L] -> anything: a forward pass for the hooks (logits not needed)
+    windows: torch.Tensor  # evaluation windows [n, L]
+    calib: torch.Tensor  # calibration windows [m, L]
+    data: dict
+    hf: bool = True
+    info: dict = field(default_factory=dict)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Perplexity under outlier interventions and compression.")
+    p.add_argument("--model", default=None, help="registry name, HF id or folder (default gemma3_270m)")
+    p.add_argument("--model-path", default=None, help="folder holding the weights (or a folder of model folders)")
+    p.add_argument("--gpt2", nargs="+", default=None, metavar="CKPT",
+                   help="gpt-2/ checkpoints (ckpt_<iter>.pt or out dirs) to evaluate instead of --model")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: auto if a GPU, else cpu)")
+    p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: fp32 on CPU)")
+    p.add_argument("--data", default=None, help="evaluation text: gutenberg (offline default), wikitext, c4, pg19 "
+                   "or a path; for --gpt2 the default is the val split of the checkpoint's dataset")
+    p.add_argument("--seqlen", type=int, default=None,
+                   help=f"window length (default {CPU_SEQLEN} on CPU, the paper's on GPU; gpt-2: block_size + 1)")
+    p.add_argument("--nsamples", type=int, default=None,
+                   help=f"evaluation windows (default {CPU_WINDOWS} on CPU, all on GPU; gpt-2: up to {GPT2_MAX_WINDOWS})")
+    p.add_argument("--calib-samples", type=int, default=CALIB_WINDOWS,
+                   help="calibration windows for the outlier layer and the mean values")
+    p.add_argument("--seed", type=int, default=1, help="seed for sampling calibration windows")
+    p.add_argument("--methods", nargs="*", default=list(compression.METHODS), choices=list(compression.METHODS))
+    p.add_argument("--interventions", nargs="*", default=list(INTERVENTIONS), choices=list(INTERVENTIONS))
+    p.add_argument("--savedir", default=None, help="output folder (default results/consequences/<name>/)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return p
+
+
+# --- loading --------------------------------------------------------------------------------------------------
+
+def hf_subject(args) -> Subject:
+    from lib.data import DEFAULT_SOURCE, get_data, get_eval_tokens
+    from lib.models import DEFAULT_MODEL, load_model
+    from monkey_patch import ModelView
+    model, tokenizer, spec = load_model(args.model or DEFAULT_MODEL, args.model_path, args.device, args.dtype)
+    on_cpu = model.get_input_embeddings().weight.device.type == "cpu"
+    seqlen = args.seqlen or (min(CPU_SEQLEN, spec.seqlen) if on_cpu else spec.seqlen)
+    nsamples = args.nsamples or (CPU_WINDOWS if on_cpu else None)
+    source = args.data or DEFAULT_SOURCE
+    windows = eval_windows(get_eval_tokens(tokenizer, source), seqlen, nsamples)
+    calib = get_data(tokenizer, args.calib_samples, seqlen, source=source, seed=args.seed, split="calib")
+    data = {"source": source, "split": "eval", "seqlen": seqlen, "windows": windows.shape[0],
+            "calib_windows": calib.shape[0], "calib_split": "calib", "seed": args.seed}
+    if on_cpu and (args.nsamples is None or args.seqlen is None):
+        data["note"] = (f"CPU run: {windows.shape[0]} windows x {seqlen} tokens spread evenly over the held-out "
+                        "text; a full evaluation uses every window (--nsamples) at the paper's length (--seqlen)")
+    device = model.get_input_embeddings().weight.device
+    return Subject(spec.name, spec.title, model, ModelView(model).layers, hf_logits(model),
+                   lambda ids: model.base_model(input_ids=ids.to(device), use_cache=False),
+                   windows, calib, data, hf=True)
+
+
+def _gpt2_imports():
+    if str(GPT2_DIR) not in sys.path:
+        sys.path.insert(0, str(GPT2_DIR))
+    import dataset
+    import outlier_stats
+    import train
+    return dataset, outlier_stats, train
+
+
+def gpt2_checkpoint(path: str) -> str:
+    _, _, train = _gpt2_imports()
+    if os.path.isdir(path):
+        found = train.checkpoints(path)
+        if not found:
+            raise UserError(f"no ckpt_<iter>.pt in {path}")
+        return found[-1][1]
+    if not os.path.isfile(path):
+        raise UserError(f"gpt-2 checkpoint not found: {path}")
+    return path
+
+
+def gpt2_subject(path: str, args) -> Subject:
+    dataset, outlier_stats, _ = _gpt2_imports()
+    path = gpt2_checkpoint(path)
+    model, ckpt = outlier_stats.load_model(path, args.device or "cpu")
+    block = model.config.block_size
+    seqlen = args.seqlen or block + 1
+    if seqlen > block + 1:
+        raise UserError(f"--seqlen {seqlen}: {path} has block_size {block}, so windows hold at most {block + 1} tokens")
+    name = ckpt["config"]["dataset"]
+    if args.data:  # a text source, tokenized with the GPT-2 BPE
+        from lib.data import get_data, get_eval_tokens
+        sys.path.insert(0, str(GPT2_DIR))
+        from tokenizer import gpt2_encoding
+        if model.config.vocab_size < 50257:
+            raise UserError(f"--data {args.data}: {path} was trained on {name!r} with a {model.config.vocab_size}-token "
+                            "vocabulary, not the GPT-2 BPE; leave --data out to use its own validation split")
+        encoding = gpt2_encoding()
+        windows = eval_windows(get_eval_tokens(encoding, args.data), seqlen, args.nsamples)
+        calib = get_data(encoding, args.calib_samples, seqlen, source=args.data, seed=args.seed)
+        data = {"source": args.data, "split": "eval", "calib_split": "calib"}
+    else:
+        windows = _dataset_windows(dataset, name, "val", seqlen, args.nsamples)
+        calib = _dataset_windows(dataset, name, "train", seqlen, args.calib_samples)
+        data = {"source": f"gpt-2/data/{name}", "split": "val", "calib_split": "train (first windows)"}
+        if dataset.load_meta(name).get("seq_len"):
+            data["note"] = "aligned dataset: each window is one whole sequence from its first (BOS) token"
+    data.update(seqlen=seqlen, windows=windows.shape[0], calib_windows=calib.shape[0])
+    variant = model.config.attention
+    info = {"checkpoint": os.path.relpath(path, HERE) if path.startswith(str(HERE)) else path,
+            "iter": ckpt.get("iter_num"), "attention": variant, "dataset": name,
+            "n_layer": model.config.n_layer, "n_embd": model.config.n_embd, "block_size": block}
+    return Subject(variant, f"GPT ({variant})", model, model.transformer.h, gpt2_logits(model),
+                   lambda ids: model(ids), windows, calib, data, hf=False, info=info)
+
+
+def _dataset_windows(dataset, name, split, seqlen, limit):
+    data = dataset.open_split(name, split)
+    aligned = dataset.load_meta(name).get("seq_len")
+    if aligned:  # independent sequences: one window per sequence, from its start
+        if seqlen > aligned:
+            raise UserError(f"--seqlen {seqlen} is longer than the {aligned}-token sequences of {name}")
+        n = min(len(data) // aligned, limit or GPT2_MAX_WINDOWS)
+        rows = torch.from_numpy(data[: n * aligned].astype("int64")).view(n, aligned)
+        return rows[:, :seqlen].clone()
+    tokens = torch.from_numpy(data[:].astype("int64"))
+    n_windows = len(tokens) // seqlen
+    return eval_windows(tokens, seqlen, min(limit or GPT2_MAX_WINDOWS, n_windows))
+
+
+# --- measuring --------------------------------------------------------------------------------------------------
+
+def measure(subject: Subject, methods, wanted_interventions, log=print) -> dict:
+    """Every number of one subject: baseline, compression and intervention perplexities, outlier metrics."""
+    s = subject
+    start = time.time()
+    metrics = interventions.OutlierMetrics(len(s.blocks))
+    with interventions.block_output_hooks(s.blocks, metrics):
+        baseline = perplexity(s.logits_fn, s.windows)
+    result = {"name": s.name, "title": s.title, "info": s.info, "data": s.data,
+              "baseline": _short(baseline), "outlier_metrics": metrics.summary(), "compression": {},
+              "interventions": {}}
+    log(f"{s.title}: fp32 perplexity {baseline['ppl']:.4g}; max inf-norm {metrics.summary()['max_inf_norm']:.4g}, "
+        f"avg kurtosis {metrics.summary()['avg_kurtosis']:.4g}")
+    for method in methods:
+        with compression.compressed(s.model, s.blocks, method):
+            measured = perplexity(s.logits_fn, s.windows)
+        result["compression"][method] = _short(measured, baseline)
+        log(f"{s.title}: {method} perplexity {measured['ppl']:.4g}")
+    if wanted_interventions:
+        result["interventions"] = intervene(s, wanted_interventions, log, baseline)
+    result["seconds"] = round(time.time() - start, 1)
+    return result
+
+
+def intervene(s: Subject, wanted, log=print, baseline=None) -> dict:
+    """Interventions at the first outlier layer and, where it differs, where the dominant outlier channel
+    appears (lib.interventions); each site on the same windows as the baseline."""
+    scan = interventions.scan_outliers(s.blocks, s.run_fn, s.calib[:, :-1])  # what the model sees of a window
+    first = interventions.first_outlier_layer(scan)
+    out = {"rule": interventions.analysis.ACTIVATION_RULE, "sites": [],
+           "outlier_layers": [i + 1 for i in interventions.outlier_layers(scan)],
+           "dominant_channel": interventions.dominant_channel(scan)}
+    if first is None:
+        out["note"] = f"no block output has activation outliers in at least half of the {len(scan)} calibration windows"
+        log(f"{s.title}: interventions skipped ({out['note']})")
+        return out
+    dominant = interventions.dominant_outlier_layer(scan)
+    sites = [("first", first)]  # the first outlier layer
+    if dominant is not None and dominant != first:
+        sites.append(("dominant", dominant))  # where the channel of the largest outliers appears
+    for site, layer in sites:
+        means = interventions.calibration_means(scan, layer)
+        entry = {"site": site, "layer": layer + 1, "calibration_means": {str(c): v for c, v in means.items()}}
+        for mode in wanted:
+            entry[mode] = _intervention(s, mode, layer, means, baseline)
+            if "ppl" in entry[mode]:
+                log(f"{s.title}: outliers of layer {layer + 1} ({site}) -> {mode}: perplexity {entry[mode]['ppl']:.4g}")
+        out["sites"].append(entry)
+    return out
+
+
+def _intervention(s: Subject, mode: str, layer: int, means: dict, baseline=None) -> dict:
+    if mode in ("mask_sink", "mask_random"):
+        if not s.hf or not interventions.supports_sink_mask(s.model):
+            return {"note": "key masking needs a Hugging Face family on transformers' attention registry"}
+        with interventions.mask_sink_keys(s.model, layer, control=mode == "mask_random", seed=layer) as state:
+            measured = perplexity(s.logits_fn, s.windows)
+        return {**_short(measured, baseline), "masked_keys_per_window": state.masked / s.windows.shape[0]}
+    with interventions.edit_outliers(s.blocks, layer, mode, means) as edit:
+        measured = perplexity(s.logits_fn, s.windows)
+    tokens = [len(t) for t in edit.tokens]
+    return {**_short(measured, baseline), "edited_entries": edit.edited, "entries_without_mean": edit.without_mean,
+            "outlier_tokens_per_window": sum(tokens) / max(len(tokens), 1)}
+
+
+def _short(measured: dict, baseline: dict | None = None) -> dict:
+    """The numbers worth keeping; against a baseline on the same windows, also the paired change of the mean
+    token NLL and its standard error over windows (how much of a difference the few windows can resolve)."""
+    out = {k: (v if k != "ppl" or math.isfinite(v) else None) for k, v in measured.items() if k != "window_nll"}
+    if baseline is not None:
+        diffs = [a - b for a, b in zip(measured["window_nll"], baseline["window_nll"])]
+        n = len(diffs)
+        mean = sum(diffs) / n
+        spread = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else float("nan")
+        out.update(nll_change=mean, nll_change_stderr=spread / math.sqrt(n) if n > 1 else None)
+    return out
+
+
+# --- output --------------------------------------------------------------------------------------------------------
+
+def _fmt(x) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.3e}"
+
+
+def markdown(report: dict) -> str:
+    rows = report["results"]
+    methods = report["methods"]
+    lines = [f"# Consequences of systematic outliers: {report['title']}", "",
+             f"Command: `{report['command']}`", ""]
+    for r in rows[:1]:
+        d = r["data"]
+        lines.append(f"Data: {d['source']} ({d['split']}), {d['windows']} windows x {d['seqlen']} tokens; "
+                     f"calibration {d['calib_windows']} windows ({d['calib_split']}).")
+        if "note" in d:
+            lines.append(f"Note: {d['note']}.")
+    lines += ["", "## Perplexity under compression", "",
+              "| model | fp32 | " + " | ".join(methods) + " | max inf-norm | avg kurtosis |",
+              "|---" * (len(methods) + 4) + "|"]
+    for r in rows:
+        cells = [_fmt(r["baseline"]["ppl"])] + [_fmt(r["compression"][m]["ppl"]) for m in methods]
+        cells += [_fmt(r["outlier_metrics"]["max_inf_norm"]), _fmt(r["outlier_metrics"]["avg_kurtosis"])]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    lines += ["", "Methods: " + "; ".join(f"{m}: {compression.METHODS[m]}" for m in methods) + ".",
+              "Outlier metrics (Bondarenko et al. 2023) on the evaluation windows: max |h| over all block outputs; "
+              "kurtosis of each token's block output over channels, averaged over tokens and blocks (Gaussian: 3).", ""]
+    if report["interventions"]:
+        wanted = report["interventions"]
+        lines += ["## Interventions on the activation outliers", "",
+                  "| model | site | layer (1-based) | outlier channels (calibration) | fp32 | " + " | ".join(wanted)
+                  + " | outlier tokens / window |", "|---" * (len(wanted) + 6) + "|"]
+        for r in rows:
+            iv = r["interventions"]
+            if not iv.get("sites"):
+                lines.append(f"| {r['name']} | none found | - | - | {_fmt(r['baseline']['ppl'])} | "
+                             + " | ".join("n/a" for _ in wanted) + " | 0 |")
+            for site in iv.get("sites", []):
+                per_window = next((site[m]["outlier_tokens_per_window"] for m in ("zero", "mean") if m in site), None)
+                channels = ", ".join(site["calibration_means"])
+                where = "first outlier layer" if site["site"] == "first" else \
+                    f"where channel {iv['dominant_channel']} (largest outliers) appears"
+                lines.append(f"| {r['name']} | {where} | {site['layer']} | {channels} | "
+                             f"{_fmt(r['baseline']['ppl'])} | "
+                             + " | ".join(_fmt(site.get(m, {}).get("ppl")) for m in wanted) + f" | {_fmt(per_window)} |")
+        lines += ["", "Detection rule: " + interventions.analysis.ACTIVATION_RULE + ". An outlier layer has outliers "
+                  "in at least half of the calibration windows. zero / mean: the outlier entries of that block's "
+                  "output, detected in each evaluation window, set to 0 / to their channel's mean over the "
+                  "calibration windows. mask_sink: every later block may not attend to that window's outlier tokens "
+                  "(each token still sees itself); mask_random: the same number of other tokens, drawn at random, masked "
+                  "the same way (a control).", ""]
+        for r in rows:
+            iv = r["interventions"]
+            if iv.get("outlier_layers"):
+                lines.append(f"- {r['name']}: outlier layers (1-based) {iv['outlier_layers']}; "
+                             f"largest outliers in channel {iv['dominant_channel']}")
+            if iv.get("note"):
+                lines.append(f"- {r['name']}: {iv['note']}")
+            for site in iv.get("sites", []):
+                for m in wanted:
+                    if site.get(m, {}).get("note"):
+                        lines.append(f"- {r['name']}, {m}: {site[m]['note']}")
+    return "\n".join(lines) + "\n"
+
+
+def figure(report: dict, path: Path) -> None:
+    from lib import plotting
+    rows = report["results"]
+    sites = [site for site in ("first", "dominant")
+             if any(x["site"] == site for r in rows for x in r["interventions"].get("sites", []))]
+    groups = ["fp32"] + report["methods"] + [f"{site}:{m}" for site in sites for m in report["interventions"]]
+
+    def value(r, g):
+        if g == "fp32":
+            return r["baseline"]["ppl"]
+        if ":" in g:
+            site, mode = g.split(":")
+            found = [x for x in r["interventions"].get("sites", []) if x["site"] == site]
+            return found[0].get(mode, {}).get("ppl") if found else None
+        return r["compression"][g]["ppl"]
+
+    fig, (ax,) = plotting.figure(size=(max(6.0, 0.55 * len(groups) * max(1, len(rows)) ** 0.5 + 3), 4.2))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        xs = [g + (i - (len(rows) - 1) / 2) * width for g in range(len(groups))]
+        ys = [value(r, g) or float("nan") for g in groups]
+        bars = ax.bar(xs, ys, width=width, label=r["name"])
+        if len(rows) <= 2:  # few bars: print their values, the interventions differ by less than the axis shows
+            ax.bar_label(bars, labels=[_fmt(y) if y == y else "" for y in ys], fontsize=7, rotation=90, padding=2)
+    shown = [v for r in rows for g in groups if (v := value(r, g))]
+    if max(shown) / min(shown) > 10:  # else a log axis would start the bars at an arbitrary value
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=30, ha="right")
+    ax.set_ylabel("perplexity" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    ax.set_title(f"{report['title']}: perplexity per method")
+    top = max(shown)
+    ax.set_ylim(top=top * 1e3 if ax.get_yscale() == "log" else top * 1.2)  # headroom for the legend and labels
+    ax.legend(fontsize=7, ncol=min(len(rows), 6), loc="upper left")
+    plotting.save(fig, path.with_suffix(""), ["png"])
+
+
+def write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(report: dict, savedir: Path) -> list[Path]:
+    from lib.cli import write_json
+    savedir.mkdir(parents=True, exist_ok=True)
+    write_json(savedir / "consequences.json", report)
+    write_text(savedir / "consequences.md", markdown(report))
+    figure(report, savedir / "consequences.png")
+    return [savedir / f"consequences.{ext}" for ext in ("json", "md", "png")]
+
+
+# --- entry point ---------------------------------------------------------------------------------------------------
+
+def check_args(args) -> None:
+    if args.gpt2 and args.model:
+        raise UserError("give either --model or --gpt2, not both")
+    for name in ("seqlen", "nsamples", "calib_samples", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.seqlen is not None and args.seqlen < 2:
+        raise UserError("--seqlen must be at least 2")
+
+
+def run(args, subjects=None, command=None, log=print) -> dict:
+    """Measure `subjects` (loaded from args when None) and write the outputs; returns the report."""
+    check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    start = time.time()
+    if subjects is None:
+        subjects = [gpt2_subject(p, args) for p in args.gpt2] if args.gpt2 else [hf_subject(args)]
+    if args.gpt2 or (subjects and not subjects[0].hf):
+        datasets = sorted({s.info.get("dataset", "") for s in subjects})
+        group, title = "gpt2_" + "_".join(datasets), "GPT-2 variants on " + ", ".join(datasets)
+    else:
+        group, title = subjects[0].name, subjects[0].title
+    results = [measure(s, args.methods, args.interventions, log) for s in subjects]
+    report = {"command": command or "python " + " ".join(shlex.quote(a) for a in sys.argv), "title": title,
+              "methods": list(args.methods), "interventions": list(args.interventions),
+              "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "results": results, "seconds": round(time.time() - start, 1)}
+    savedir = Path(args.savedir) if args.savedir else HERE / "results" / "consequences" / group
+    paths = save(report, savedir)
+    log("wrote " + ", ".join(str(p) for p in paths))
+    return report
+
+
+def main(argv=None) -> None:
+    with user_errors_exit("consequences"):
+        run(parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

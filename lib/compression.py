@@ -1,0 +1,110 @@
+"""Simulated compression: absmax quantization (quantize-dequantize), W8A8 and unstructured magnitude pruning.
+
+Every method acts on the linear layers inside the decoder blocks (attention and MLP projections: nn.Linear,
+and GPT-2's Conv1D); embeddings, norms and the LM head stay in full precision, as in GPTQ / Wanda / SmoothQuant
+comparisons. `compressed(model, method)` edits the weights in place and restores them on exit, so a loaded
+model is never left corrupted.
+
+Quantization, b bits, symmetric absmax: q = clamp(round(w / s), -(2^(b-1) - 1), 2^(b-1) - 1), w' = q * s with
+s = max|w| / (2^(b-1) - 1) over the whole tensor ("tensor") or over each output channel ("channel": one
+scale per row of the [out, in] weight).
+W8A8: weights 8-bit per output channel; the input of every such layer quantized 8-bit per tensor (absmax
+over the whole input of the call, i.e. over one evaluation window: dynamic per-tensor) by a forward pre-hook.
+Pruning: in each layer the round(sparsity * numel) weights of smallest |w| are set to zero (per-layer
+magnitude pruning; ties broken by position).
+"""
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+METHODS = {
+    "w8_tensor": "weights 8-bit absmax per tensor",
+    "w8_channel": "weights 8-bit absmax per output channel",
+    "w4_tensor": "weights 4-bit absmax per tensor",
+    "w4_channel": "weights 4-bit absmax per output channel",
+    "w8a8": "weights 8-bit per channel + inputs of every linear 8-bit absmax per tensor",
+    "prune50": "unstructured 50% magnitude pruning per layer",
+}
+
+
+def quantize_absmax(x: torch.Tensor, bits: int, per_channel: bool = False) -> torch.Tensor:
+    """Quantize-dequantize `x` symmetrically; per_channel: one scale per row (dim 0) of a 2-D weight."""
+    if bits < 2:
+        raise ValueError(f"bits must be at least 2, got {bits}")
+    qmax = 2 ** (bits - 1) - 1
+    x32 = x.detach().float()
+    if per_channel:
+        absmax = x32.abs().amax(dim=tuple(range(1, x32.dim())), keepdim=True)
+    else:
+        absmax = x32.abs().amax()
+    scale = absmax / qmax
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # an all-zero slice stays zero
+    return (torch.clamp(torch.round(x32 / scale), -qmax, qmax) * scale).to(x.dtype)
+
+
+def prune_magnitude(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """A copy of `w` with exactly round(sparsity * numel) smallest-magnitude entries set to zero."""
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
+    n_zero = round(sparsity * w.numel())
+    flat = w.detach().flatten().clone()
+    if n_zero:
+        # stable sort: equal magnitudes are pruned in order of position, so the count is exact
+        order = torch.sort(flat.abs().float(), stable=True).indices
+        flat[order[:n_zero]] = 0
+    return flat.view_as(w)
+
+
+def block_linears(model: nn.Module, blocks) -> list[tuple[str, nn.Module]]:
+    """(name, module) of every nn.Linear / Conv1D inside the decoder `blocks` (an nn.ModuleList)."""
+    found = []
+    for i, block in enumerate(blocks):
+        for name, module in block.named_modules():
+            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+                found.append((f"{i}.{name}", module))
+    return found
+
+
+def weight_2d(module: nn.Module) -> torch.Tensor:
+    """The weight as [out_features, in_features] (a view: writes reach the module)."""
+    w = module.weight.data
+    return w.T if type(module).__name__ == "Conv1D" else w
+
+
+def compress_weight(w: torch.Tensor, method: str) -> torch.Tensor:
+    """The compressed version of one [out, in] weight for `method` (a new tensor)."""
+    if method == "prune50":
+        return prune_magnitude(w, 0.5)
+    if method == "w8a8":
+        return quantize_absmax(w, 8, per_channel=True)
+    bits, granularity = method[1], method.split("_")[1]
+    return quantize_absmax(w, int(bits), per_channel=granularity == "channel")
+
+
+def _quantize_input_hook(bits):
+    def hook(module, args):
+        return (quantize_absmax(args[0], bits, per_channel=False),) + tuple(args[1:])
+    return hook
+
+
+@contextmanager
+def compressed(model: nn.Module, blocks, method: str):
+    """Within the context, every linear layer of `blocks` is compressed with `method`; restored on exit."""
+    if method not in METHODS:
+        raise ValueError(f"unknown compression method {method!r}: choose from {', '.join(METHODS)}")
+    layers = block_linears(model, blocks)
+    saved, handles = [], []
+    try:
+        for _, module in layers:
+            w = weight_2d(module)
+            saved.append((w, w.to("cpu", copy=True)))  # on the CPU: a GPU model need not fit twice
+            w.copy_(compress_weight(w, method))
+            if method == "w8a8":
+                handles.append(module.register_forward_pre_hook(_quantize_input_hook(8)))
+        yield layers
+    finally:
+        for handle in handles:
+            handle.remove()
+        for w, original in saved:
+            w.copy_(original)

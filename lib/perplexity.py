@@ -1,0 +1,89 @@
+"""Perplexity on non-overlapping windows, for Hugging Face causal LMs and the gpt-2/ checkpoints.
+
+A window is `seqlen` consecutive tokens; each window is scored on its own (no context carried over), the
+model predicting tokens 2..seqlen of the window from the ones before. Perplexity = exp(total NLL / number of
+predicted tokens), accumulated in float64 from float32 log-probabilities whatever the model's dtype.
+
+    windows = eval_windows(get_eval_tokens(tokenizer, "gutenberg"), seqlen=512, nsamples=8)
+    perplexity(hf_logits(model), windows)["ppl"]
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+from lib.errors import UserError
+
+
+def eval_windows(tokens: torch.Tensor, seqlen: int, nsamples: int | None = None) -> torch.LongTensor:
+    """[nsamples, seqlen] non-overlapping windows of a [1, n] (or [n]) token stream.
+
+    All windows when `nsamples` is None; otherwise `nsamples` windows spread evenly over the text (the first
+    and the last included), so a small CPU sample is not all taken from the first document.
+    """
+    tokens = tokens.reshape(-1)
+    if seqlen < 2:
+        raise UserError(f"--seqlen must be at least 2 (one token to predict from another), got {seqlen}")
+    n_windows = tokens.numel() // seqlen
+    if n_windows < 1 or (nsamples is not None and nsamples > n_windows):
+        raise UserError(f"the evaluation text has {tokens.numel()} tokens = {n_windows} windows of {seqlen}; "
+                        f"asked for {nsamples}: use fewer or shorter windows")
+    if nsamples is not None and nsamples < 1:
+        raise UserError(f"--nsamples must be at least 1, got {nsamples}")
+    grid = tokens[: n_windows * seqlen].view(n_windows, seqlen)
+    if nsamples is None:
+        return grid.clone()
+    picked = torch.linspace(0, n_windows - 1, nsamples).round().long()
+    return grid[picked].clone()
+
+
+def window_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Summed next-token NLL per window: logits [b, L-1, V] (of the inputs ids[:, :-1]) predict ids[:, 1:]."""
+    predictions = logits.float()
+    targets = ids[:, 1:].to(predictions.device)
+    nll = F.cross_entropy(predictions.reshape(-1, predictions.shape[-1]), targets.reshape(-1), reduction="none")
+    return nll.view(targets.shape).sum(dim=1)
+
+
+@torch.no_grad()
+def perplexity(logits_fn, windows: torch.Tensor, batch_size: int = 1, progress=None) -> dict:
+    """exp(mean token NLL) over `windows` [n, L]; `logits_fn(inputs [b, L-1]) -> logits [b, L-1, V]`, the
+    inputs being each window without its last token.
+
+    Returns {"ppl", "nll" (mean per token), "tokens" (predicted tokens), "windows", "window_nll" (mean per
+    token of each window)}.
+    """
+    per_window = []
+    starts = range(0, windows.shape[0], batch_size)
+    for start in (progress(starts) if progress else starts):
+        ids = windows[start: start + batch_size]
+        per_window += window_nll(logits_fn(ids[:, :-1]), ids).double().cpu().tolist()
+    predicted = windows.shape[1] - 1
+    mean_nll = sum(per_window) / (len(per_window) * predicted)
+    return {
+        "ppl": math.exp(mean_nll) if mean_nll < 700 else math.inf,
+        "nll": mean_nll,
+        "tokens": len(per_window) * predicted,
+        "windows": len(per_window),
+        "window_nll": [x / predicted for x in per_window],
+    }
+
+
+def hf_logits(model):
+    """logits_fn of a Hugging Face causal LM (no attention mask: windows are full, unpadded)."""
+    device = model.get_input_embeddings().weight.device
+
+    def logits_fn(ids):
+        return model(input_ids=ids.to(device), use_cache=False).logits
+    return logits_fn
+
+
+def gpt2_logits(model):
+    """logits_fn of a gpt-2/model.py GPT: it returns every position's logits only when given targets."""
+    device = model.lm_head.weight.device
+
+    def logits_fn(ids):
+        ids = ids.to(device)
+        logits, _ = model(ids, targets=torch.full_like(ids, -1))  # targets only switch on full logits
+        return logits
+    return logits_fn

@@ -1,0 +1,407 @@
+"""Evaluation side: perplexity, compression and interventions (lib/perplexity.py, lib/compression.py,
+lib/interventions.py, consequences.py), checked against hand computations and independent facts."""
+import json
+import math
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import consequences
+from lib import analysis, compression, interventions
+from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity
+from monkey_patch import ModelView
+from planted import CHANNEL, PLANTED, SINK, CharTokenizer, planted_llama
+from tiny_models import tiny_model
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "gpt-2"))
+from model import GPT, GPTConfig  # noqa: E402
+
+
+# --- perplexity ----------------------------------------------------------------------------------------------
+
+class Bigram(nn.Module):
+    """p(next = same token) = 0.75 over a two-token vocabulary."""
+
+    def forward(self, ids):
+        table = torch.log(torch.tensor([[0.75, 0.25], [0.25, 0.75]]))
+        return table[ids]
+
+
+def test_perplexity_matches_hand_computation():
+    windows = torch.tensor([[0, 0, 1, 1], [1, 0, 1, 1]])
+    # window 1: 0->0 .75, 0->1 .25, 1->1 .75; window 2: 1->0 .25, 0->1 .25, 1->1 .75
+    expected = (0.75 * 0.25 * 0.75 * 0.25 * 0.25 * 0.75) ** (-1 / 6)
+    result = perplexity(Bigram(), windows)
+    assert result["ppl"] == pytest.approx(expected, rel=1e-6)
+    assert result["tokens"] == 6 and result["windows"] == 2
+    assert result["window_nll"][0] == pytest.approx(-math.log(0.75 * 0.25 * 0.75) / 3, rel=1e-6)
+
+
+def test_uniform_model_has_perplexity_vocab_size():
+    windows = torch.randint(0, 50, (3, 9))
+    result = perplexity(lambda ids: torch.zeros(*ids.shape, 50), windows, batch_size=2)
+    assert result["ppl"] == pytest.approx(50.0, rel=1e-6)
+
+
+def test_tiny_hf_model_perplexity_against_a_token_by_token_loop():
+    model = tiny_model("llama")
+    windows = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(0))
+    total = 0.0
+    with torch.no_grad():
+        for window in windows:
+            for t in range(1, window.numel()):  # each prediction from its own prefix: no shared forward pass
+                logits = model(window[:t].unsqueeze(0)).logits[0, -1].double()
+                total -= torch.log_softmax(logits, -1)[window[t]].item()
+    expected = math.exp(total / (2 * 9))
+    assert perplexity(hf_logits(model), windows)["ppl"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_gpt2_checkpoint_logits_match_prefix_by_prefix():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=8)).eval()
+    ids = torch.randint(0, 11, (1, 8))
+    full = gpt2_logits(model)(ids)
+    with torch.no_grad():
+        for t in range(1, 9):
+            last, _ = model(ids[:, :t])
+            assert torch.allclose(full[0, t - 1], last[0, -1], atol=1e-5)
+
+
+def test_eval_windows_are_non_overlapping_and_spread():
+    tokens = torch.arange(100).unsqueeze(0)
+    all_windows = eval_windows(tokens, 10)
+    assert all_windows.shape == (10, 10) and torch.equal(all_windows.flatten(), torch.arange(100))
+    picked = eval_windows(tokens, 10, nsamples=3)
+    assert picked[:, 0].tolist() == [0, 40, 90]  # first, middle (4.5 rounds to even) and last window
+    with pytest.raises(consequences.UserError):
+        eval_windows(tokens, 10, nsamples=11)
+    with pytest.raises(consequences.UserError):
+        eval_windows(tokens, 1)
+
+
+# --- compression ---------------------------------------------------------------------------------------------
+
+def test_quantization_of_known_values():
+    x = torch.tensor([1.0, -0.6, 0.3, 0.0])
+    # 4 bits: qmax 7, scale 1/7: 1 -> 7, -0.6 * 7 = -4.2 -> -4, 0.3 * 7 = 2.1 -> 2
+    assert torch.allclose(compression.quantize_absmax(x, 4), torch.tensor([1.0, -4 / 7, 2 / 7, 0.0]))
+    w = torch.tensor([[2.0, -1.0], [0.0, 0.0], [0.01, 0.004]])
+    per_channel = compression.quantize_absmax(w, 8, per_channel=True)
+    assert torch.allclose(per_channel[0], torch.tensor([2.0, -round(127 / 2) * 2 / 127]))
+    assert torch.equal(per_channel[1], torch.zeros(2))  # an all-zero channel stays zero
+    assert per_channel[2, 0] == pytest.approx(0.01) and per_channel[2, 1] == pytest.approx(0.01 * 51 / 127)
+    per_tensor = compression.quantize_absmax(w, 8)
+    assert per_tensor[2, 1] == 0  # 0.004 < half a step of 2/127
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_quantization_error_bound(bits, per_channel):
+    w = torch.randn(16, 32, generator=torch.Generator().manual_seed(bits)) * torch.logspace(-2, 1, 16).unsqueeze(1)
+    q = compression.quantize_absmax(w, bits, per_channel)
+    qmax = 2 ** (bits - 1) - 1
+    absmax = w.abs().amax(dim=1, keepdim=True) if per_channel else w.abs().max()
+    step = absmax / qmax
+    assert ((q - w).abs() <= step / 2 + 1e-7).all()
+    levels = torch.unique(torch.round(q / step), dim=None)
+    assert levels.abs().max() <= qmax and levels.numel() <= 2 * qmax + 1
+    assert torch.equal(compression.quantize_absmax(q, bits, per_channel), q)  # idempotent
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.3, 0.0, 1.0])
+def test_pruning_keeps_exactly_the_requested_sparsity(sparsity):
+    w = torch.randint(-3, 4, (7, 9)).float()  # many ties and some zeros already
+    w[w == 0] = 1.0
+    pruned = compression.prune_magnitude(w, sparsity)
+    n_zero = round(sparsity * w.numel())
+    assert int((pruned == 0).sum()) == n_zero
+    kept = pruned != 0
+    assert torch.equal(pruned[kept], w[kept])  # survivors unchanged
+    if 0 < n_zero < w.numel():
+        assert w[kept].abs().min() >= w[~kept].abs().max()  # the smallest ones went
+
+
+def test_compressed_restores_weights_and_touches_only_block_linears():
+    model = tiny_model("gpt2")  # Conv1D layers: weight stored [in, out]
+    blocks = ModelView(model).layers
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with compression.compressed(model, blocks, "prune50") as layers:
+        assert layers and all(type(m).__name__ == "Conv1D" for _, m in layers)
+        for name, value in model.state_dict().items():
+            if ".h." in name and name.endswith(("attn.weight", "proj.weight", "fc.weight")):
+                assert (value == 0).float().mean().item() == pytest.approx(0.5, abs=1e-3)
+            else:
+                assert torch.equal(value, before[name]), name  # embeddings, norms, biases, head untouched
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_compressed_restores_after_an_error():
+    model = tiny_model("llama")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError):
+        with compression.compressed(model, ModelView(model).layers, "w4_tensor"):
+            raise RuntimeError("boom")
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_per_channel_means_per_output_row_for_conv1d():
+    model = tiny_model("gpt2")
+    conv = ModelView(model).layers[0].mlp.c_fc  # Conv1D weight [in, out]
+    original = conv.weight.detach().clone()
+    with compression.compressed(model, ModelView(model).layers[:1], "w8_channel"):
+        expected = compression.quantize_absmax(original.T, 8, per_channel=True).T  # rows of [out, in]
+        assert torch.equal(conv.weight, expected)
+
+
+def test_w8a8_quantizes_inputs_per_tensor_and_weights_per_channel():
+    torch.manual_seed(0)
+    blocks = nn.ModuleList([nn.Sequential(nn.Linear(6, 4, bias=True))])
+    x = torch.randn(2, 3, 6) * torch.tensor([1, 1, 1, 1, 1, 30.0])  # one outlier input channel
+    linear = blocks[0][0]
+    w, b = linear.weight.detach().clone(), linear.bias.detach().clone()
+    step = x.abs().max() / 127
+    x_q = torch.round(x / step) * step
+    w_q = torch.round(w / (w.abs().amax(1, keepdim=True) / 127)) * (w.abs().amax(1, keepdim=True) / 127)
+    with compression.compressed(blocks, blocks, "w8a8"):
+        out = blocks[0](x)
+    assert torch.allclose(out, x_q @ w_q.T + b, atol=1e-5)
+    assert torch.allclose(blocks[0](x), x @ w.T + b, atol=1e-6)  # hooks gone, weights back
+
+
+# --- interventions ---------------------------------------------------------------------------------------------
+
+def test_outlier_mask_agrees_with_the_analysis_rule():
+    h = torch.randn(20, 16, generator=torch.Generator().manual_seed(0))
+    h[0, 3], h[5, 3], h[7, 9] = 3000.0, -2500.0, 1800.0
+    h[:, 12] = 900.0  # large for every token: not token-specific
+    found = analysis.massive_entries(h)
+    mask = interventions.outlier_mask(h)
+    assert torch.nonzero(mask.any(1)).flatten().tolist() == found["tokens"] == [0, 5, 7]
+    assert torch.nonzero(mask.any(0)).flatten().tolist() == found["channels"] == [3, 9]
+    assert sorted((t, c) for t, c, _ in found["entries"]) == sorted(map(tuple, torch.nonzero(mask).tolist()))
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_edit_changes_only_the_outlier_entries(mode):
+    h = torch.randn(2, 12, 8, generator=torch.Generator().manual_seed(1))
+    h[0, 0, 2], h[0, 4, 2], h[1, 3, 5], h[1, 6, 7] = 5000.0, 4000.0, -6000.0, 3000.0
+    original = h.clone()
+    edit = interventions.OutlierEdit(mode, {2: 111.0, 5: -222.0})
+    out = edit(0, (h, "rest"))
+    assert out[1] == "rest" and torch.equal(h, original)  # returns a new output, input untouched
+    changed = torch.nonzero(out[0] != original).tolist()
+    if mode == "zero":
+        assert sorted(changed) == [[0, 0, 2], [0, 4, 2], [1, 3, 5], [1, 6, 7]]
+        assert (out[0][out[0] != original] == 0).all()
+        assert edit.edited == 4
+    else:  # channel 7 has no calibration mean: left alone and counted
+        assert sorted(changed) == [[0, 0, 2], [0, 4, 2], [1, 3, 5]]
+        assert out[0][0, 0, 2] == 111.0 and out[0][1, 3, 5] == -222.0
+        assert edit.edited == 3 and edit.without_mean == 1
+    assert edit.tokens == [[0, 4], [3, 6]]
+
+
+def test_outlier_layer_and_means_on_a_planted_model():
+    model = planted_llama()
+    text = "Summer is warm. W Winter is cold. W and more text here"
+    ids = torch.tensor([CharTokenizer().encode(text)] * 2)
+    view = ModelView(model)
+    scan = interventions.scan_outliers(view.layers, lambda x: model.model(input_ids=x), ids)
+    assert interventions.first_outlier_layer(scan) == interventions.dominant_outlier_layer(scan) == PLANTED
+    assert interventions.dominant_channel(scan) == CHANNEL
+    means = interventions.calibration_means(scan, PLANTED)
+    assert CHANNEL in means and abs(means[CHANNEL]) > 1000
+    with torch.no_grad():
+        h = model.model(input_ids=ids[:1], output_hidden_states=True).hidden_states[PLANTED + 1][0]
+    sinks = [i for i, c in enumerate(text) if c == SINK]
+    assert means[CHANNEL] == pytest.approx(h[sinks, CHANNEL].mean().item(), rel=1e-4)
+
+
+def test_edit_hook_in_a_model_is_removed_afterwards():
+    model = planted_llama()
+    ids = torch.tensor([CharTokenizer().encode("Summer is warm. W Winter is cold.")])
+    view = ModelView(model)
+    with torch.no_grad():
+        clean = model(ids).logits
+        with interventions.edit_outliers(view.layers, PLANTED, "zero") as edit:
+            edited = model(ids).logits
+        again = model(ids).logits
+    assert edit.edited >= 1 and not torch.allclose(clean, edited)
+    assert torch.equal(clean, again)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_mask_sink_cuts_later_attention_to_the_outlier_token(family):
+    """Independent check: with the sink key masked in every layer after L, the logits of the other tokens no
+    longer depend on what token k carries after layer L (attention is the only path between tokens)."""
+    model = tiny_model(family)
+    view = ModelView(model)
+    L, k = 0, 3
+    ids = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(0))
+
+    def plant(noise):
+        def hook(module, args, output):
+            h = (output[0] if isinstance(output, tuple) else output).clone()
+            h[0, k, 0] = 5000.0
+            h[0, k, 1:] += noise * torch.randn(h.shape[-1] - 1, generator=torch.Generator().manual_seed(1))
+            return (h,) + tuple(output[1:]) if isinstance(output, tuple) else h
+        return view.layers[L].register_forward_hook(hook)
+
+    def logits(noise, masked):
+        handle = plant(noise)
+        try:
+            with torch.no_grad():
+                if not masked:
+                    return model(ids).logits[0]
+                with interventions.mask_sink_keys(model, L) as state:
+                    out = model(ids).logits[0]
+                assert state.keys == [[k]]
+                return out
+        finally:
+            handle.remove()
+
+    others = [i for i in range(10) if i != k]
+    assert not torch.allclose(logits(0.0, False)[others], logits(200.0, False)[others], atol=1e-3)
+    assert torch.allclose(logits(0.0, True)[others], logits(200.0, True)[others], atol=1e-5)
+    assert not torch.allclose(logits(0.0, True), logits(0.0, False), atol=1e-4)
+    assert model.config._attn_implementation != interventions.MASK_ATTN_NAME  # restored
+
+
+def test_outlier_metrics_by_hand():
+    metrics = interventions.OutlierMetrics(2)
+    x = torch.tensor([[[1.0, -1.0, 1.0, -1.0], [0.0, 0.0, 0.0, 8.0]]])  # kurtosis by hand below
+    metrics(0, (x,))
+    metrics(1, x * 0.5)
+    # row 2: mean 2, deviations -2,-2,-2,6: var 12, 4th moment (3*16 + 1296)/4 = 336 -> 336/144
+    k_rows = (1.0 + 336 / 144) / 2
+    summary = metrics.summary()
+    assert summary["max_inf_norm"] == 8.0 and summary["per_layer_inf_norm"] == [8.0, 4.0]
+    assert summary["avg_kurtosis"] == pytest.approx(k_rows, rel=1e-6)
+
+
+# --- the script -------------------------------------------------------------------------------------------------
+
+def _args(tmp_path, *extra):
+    return consequences.parser().parse_args(["--savedir", str(tmp_path), "--calib-samples", "2", *extra])
+
+
+def test_run_on_a_planted_model_writes_every_number(tmp_path):
+    model = planted_llama()
+    ids = torch.tensor([CharTokenizer().encode(("Summer is warm. W Winter is cold. W " * 3)[:96])])
+    windows, calib = ids[:, :48].repeat(2, 1), ids[:, 48:96].repeat(2, 1)
+    subject = consequences.Subject("planted", "Planted Llama", model, ModelView(model).layers, hf_logits(model),
+                                   lambda x: model.model(input_ids=x), windows, calib,
+                                   {"source": "test", "split": "eval", "seqlen": 48, "windows": 2,
+                                    "calib_windows": 2, "calib_split": "calib"})
+    lines = []
+    report = consequences.run(_args(tmp_path), [subject], command="python consequences.py (test)", log=lines.append)
+    saved = json.loads((tmp_path / "consequences.json").read_text())
+    assert saved["command"] == "python consequences.py (test)"
+    result = saved["results"][0]
+    assert set(result["compression"]) == set(compression.METHODS)
+    sites = result["interventions"]["sites"]
+    assert len(sites) == 1 and sites[0]["layer"] == PLANTED + 1 and list(sites[0]["calibration_means"]) == [str(CHANNEL)]
+    assert sites[0]["zero"]["edited_entries"] > 0 and sites[0]["mask_sink"]["masked_keys_per_window"] >= 1
+    numbers = json.dumps(saved)
+    for line in lines[:-1]:  # every printed perplexity is in the JSON
+        value = line.rsplit(" ", 1)[-1]
+        assert any(f"{x:.4g}" == value for x in _floats(saved)), line
+    md = (tmp_path / "consequences.md").read_text()
+    assert "python consequences.py (test)" in md and "| planted |" in md
+    assert (tmp_path / "consequences.png").stat().st_size > 0
+    assert report["results"][0]["baseline"]["ppl"] > 1 and "NaN" not in numbers
+
+
+def _floats(obj):
+    if isinstance(obj, float):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _floats(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _floats(v)
+
+
+def test_run_on_gpt2_checkpoints(tmp_path):
+    paths = []
+    for variant in ("default", "ca_softmax"):
+        torch.manual_seed(0)
+        args = dict(block_size=8, vocab_size=80, n_layer=2, n_head=2, n_embd=16, attention=variant)
+        model = GPT(GPTConfig(**args))
+        out = tmp_path / f"out-{variant}"
+        out.mkdir()
+        torch.save({"model": model.state_dict(), "model_args": args, "iter_num": 5,
+                    "config": {"dataset": "backcopy"}}, out / "ckpt_5.pt")
+        paths.append(str(out))
+    data_dir = consequences.GPT2_DIR / "data" / "backcopy"
+    if not (data_dir / "val.bin").exists():
+        pytest.skip("gpt-2/data/backcopy not prepared")
+    args = _args(tmp_path / "res", "--gpt2", *paths, "--nsamples", "4", "--methods", "w8_tensor", "prune50",
+                 "--interventions", "zero")
+    report = consequences.run(args, log=lambda s: None)
+    assert [r["name"] for r in report["results"]] == ["default", "ca_softmax"]
+    assert report["results"][0]["data"]["seqlen"] == 9 and report["results"][0]["data"]["windows"] == 4
+    assert (tmp_path / "res" / "consequences.md").exists()
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        consequences.main(["--model", "gpt2", "--gpt2", "x", "--savedir", str(tmp_path)])
+    assert e.value.code == 2 and "either --model or --gpt2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        consequences.main(["--gpt2", str(tmp_path / "missing.pt"), "--savedir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "not found" in err
+
+
+def test_first_and_dominant_outlier_layers_on_a_synthetic_scan():
+    """Layer 0: a small outlier in channel 1 in every window; layers 2-3: a huge one in channel 4 in 2 of 3
+    windows; layer 1: an outlier in only 1 of 3 windows (not an outlier layer)."""
+    def entry(channel=None, value=0.0):
+        mask = torch.zeros(3, 6, dtype=torch.bool)
+        if channel is not None:
+            mask[1, channel] = True
+        return mask, torch.tensor([value]) if channel is not None else torch.zeros(0)
+    scan = [[entry(1, 500.0), entry(1, 600.0), entry(4, 9e4), entry(4, -1e5)],
+            [entry(1, 500.0), entry(), entry(4, 8e4), entry(4, 9e4)],
+            [entry(1, 500.0), entry(), entry(), entry()]]
+    assert interventions.outlier_layers(scan) == [0, 2, 3]
+    assert interventions.first_outlier_layer(scan) == 0
+    assert interventions.dominant_channel(scan) == 4
+    assert interventions.dominant_outlier_layer(scan) == 2
+    assert interventions.calibration_means(scan, 3) == {4: pytest.approx(-5e3)}
+    assert interventions.first_outlier_layer([[entry()]]) is None
+
+
+def test_random_key_control_masks_as_many_other_tokens():
+    state = interventions.SinkMask(0, control=True, seed=3)
+    h = torch.randn(2, 12, 8, generator=torch.Generator().manual_seed(0))
+    h[0, 0, 2], h[0, 5, 2], h[1, 7, 1] = 5000.0, 4000.0, 3000.0
+    state.detect(0, h)
+    assert [len(k) for k in state.keys] == [2, 1] and state.masked == 3
+    assert not set(state.keys[0]) & {0, 5} and 7 not in state.keys[1]
+    again = interventions.SinkMask(0, control=True, seed=3)
+    again.detect(0, h)
+    assert again.keys == state.keys  # seeded
+    mask = torch.zeros(2, 1, 12, 12)
+    masked = state.apply(mask, torch.zeros(2, 4, 12, 8))
+    for b, keys in enumerate(state.keys):
+        for k in keys:
+            blocked = masked[b, 0, :, k] < -1e30
+            assert blocked.sum() == 11 and not blocked[k]  # every query but the key itself
+    assert (masked == 0).sum() == mask.numel() - 11 * 3
+
+
+def test_paired_change_against_the_baseline_by_hand():
+    base = {"ppl": 2.0, "nll": 0.7, "window_nll": [1.0, 2.0, 3.0]}
+    measured = {"ppl": 3.0, "nll": 1.1, "window_nll": [1.5, 2.1, 3.6]}  # changes 0.5, 0.1, 0.6
+    out = consequences._short(measured, base)
+    assert "window_nll" not in out and out["ppl"] == 3.0
+    assert out["nll_change"] == pytest.approx(0.4)
+    sd = math.sqrt(((0.1) ** 2 + (0.3) ** 2 + (0.2) ** 2) / 2)
+    assert out["nll_change_stderr"] == pytest.approx(sd / math.sqrt(3))
