@@ -22,9 +22,10 @@ from configurator import UserError, configure, resolve_path, user_errors_exit
 from dataset import Batches, load_meta
 from model import GPT, VARIANTS, ConfigError, GPTConfig
 
+# The defaults are the paper's setup: GPT-2 124M on OpenWebText, ~0.5M tokens per step, analysed at 50k steps.
 DEFAULTS = dict(
     # I/O
-    out_dir="out", eval_interval=2000, log_interval=1, eval_iters=200, eval_only=False,
+    out_dir="out", eval_interval=1000, log_interval=10, eval_iters=200, eval_only=False,
     always_save_checkpoint=True, keep_checkpoints=3, init_from="scratch",  # 'scratch' or 'resume'
     wandb_log=False, wandb_project="systematic-outliers", wandb_run_name="gpt2",
     # data
@@ -33,8 +34,8 @@ DEFAULTS = dict(
     n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=False, attention="default",
     clip_gamma=-0.03, clip_zeta=1.0,
     # AdamW and the learning-rate schedule (linear warmup, cosine decay to min_lr)
-    learning_rate=6e-4, max_iters=600000, weight_decay=1e-1, beta1=0.9, beta2=0.95, grad_clip=1.0,
-    decay_lr=True, warmup_iters=2000, lr_decay_iters=600000, min_lr=6e-5,
+    learning_rate=6e-4, max_iters=50000, weight_decay=1e-1, beta1=0.9, beta2=0.95, grad_clip=1.0,
+    decay_lr=True, warmup_iters=2000, lr_decay_iters=50000, min_lr=6e-5,
     # system
     backend="nccl", device="auto", dtype="auto", compile=False, seed=1337,
 )
