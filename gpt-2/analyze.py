@@ -17,8 +17,8 @@ import torch
 
 from configurator import HERE, UserError, configure, resolve_path, user_errors_exit
 from dataset import Batches, load_meta
-from outlier_stats import activation_stats, attention_stats, load_model, summary
-from test import find_checkpoint
+from outlier_stats import activation_stats, attention_stats, summary
+from test import open_checkpoint
 
 SUMMER = "Summer is warm. Winter is cold.\n"
 DEFAULTS = dict(ckpt="", out_dir="out", analysis_dir="", dataset="", n_seqs=3, seq_len=0, layer=0,
@@ -40,11 +40,7 @@ def prompt_ids(c, dataset, model):
 
 def main(argv):
     c = configure(DEFAULTS, argv)
-    if "OMP_NUM_THREADS" in os.environ:
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    path = find_checkpoint(c["ckpt"], c["out_dir"])
-    model, ckpt = load_model(path, c["device"])
-    dataset = c["dataset"] or ckpt["config"]["dataset"]
+    path, model, ckpt, dataset = open_checkpoint(c)
     seq_len = c["seq_len"] or model.config.block_size
     if seq_len > model.config.block_size:
         raise UserError(f"seq_len {seq_len} exceeds the model's block_size {model.config.block_size}")

@@ -32,6 +32,15 @@ def find_checkpoint(ckpt, out_dir):
     return found[-1][1]
 
 
+def open_checkpoint(c):
+    """(path, model, checkpoint, dataset) for the settings' --ckpt or newest checkpoint in --out_dir."""
+    if "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    path = find_checkpoint(c["ckpt"], c["out_dir"])
+    model, ckpt = load_model(path, c["device"])
+    return path, model, ckpt, c["dataset"] or ckpt["config"]["dataset"]
+
+
 @torch.no_grad()
 def evaluate(model, dataset, batch_size, block_size, eval_iters, seed, device):
     result = {}
@@ -45,11 +54,7 @@ def evaluate(model, dataset, batch_size, block_size, eval_iters, seed, device):
 
 def main(argv):
     c = configure(DEFAULTS, argv)
-    if "OMP_NUM_THREADS" in os.environ:
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    path = find_checkpoint(c["ckpt"], c["out_dir"])
-    model, ckpt = load_model(path, c["device"])
-    dataset = c["dataset"] or ckpt["config"]["dataset"]
+    path, model, ckpt, dataset = open_checkpoint(c)
     block_size = c["block_size"] or model.config.block_size
     result = evaluate(model, dataset, c["batch_size"], block_size, c["eval_iters"], c["seed"], c["device"])
     result.update(ckpt=os.path.basename(path), iter=ckpt["iter_num"], attention=model.config.attention,
