@@ -26,6 +26,7 @@ from contextlib import contextmanager
 import torch
 
 from lib import analysis, outliers
+from monkey_patch.capture import eager_attention, model_configs, register_attention
 
 MASK_ATTN_NAME = "systematic_outliers_sink_mask"
 
@@ -193,7 +194,7 @@ class SinkMask:
         return sorted(others[picked].tolist())
 
     def apply(self, attention_mask, query):
-        q_len, kv_len = query.shape[2], attention_mask.shape[-1]
+        q_len = query.shape[2]
         mask = attention_mask.clone()
         blocked = torch.finfo(mask.dtype).min
         for b, keys in enumerate(self.keys):
@@ -205,23 +206,11 @@ class SinkMask:
         return mask
 
 
-def _eager(module):
-    return getattr(sys.modules[type(module).__module__], "eager_attention_forward")
-
-
 def _masked_attention(module, query, key, value, attention_mask, **kwargs):
     state = _MASKING.get(module)
     if state is not None and attention_mask is not None and any(state.keys):
         attention_mask = state.apply(attention_mask, query)
-    return _eager(module)(module, query, key, value, attention_mask, **kwargs)
-
-
-def _register():
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-    AttentionInterface.register(MASK_ATTN_NAME, _masked_attention)
-    # the eager mask function builds the additive float mask (sliding windows included) that we edit
-    AttentionMaskInterface.register(MASK_ATTN_NAME, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    return eager_attention(module)(module, query, key, value, attention_mask, **kwargs)
 
 
 def supports_sink_mask(model) -> bool:
@@ -239,21 +228,20 @@ def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0):
     view = ModelView(model)
     if not supports_sink_mask(model):
         raise ValueError(f"{view.model_type}: sink masking needs a family on transformers' attention registry")
-    _register()
+    # the eager mask function builds the additive float mask (sliding windows included) that SinkMask edits
+    register_attention(MASK_ATTN_NAME, _masked_attention)
     state = SinkMask(layer, control, seed)
-    configs = {id(m.config): m.config for m in model.modules()
-               if hasattr(getattr(m, "config", None), "_attn_implementation")}
-    saved = {key: c._attn_implementation for key, c in configs.items()}
+    saved = [(c, c._attn_implementation) for c in model_configs(model)]
     try:
         for i in range(layer + 1, view.num_layers):
             _MASKING[view.attn(i)] = state
-        for c in configs.values():
+        for c, _ in saved:
             c._attn_implementation = MASK_ATTN_NAME
         with block_output_hooks(view.layers, state.detect, layers=[layer]):
             yield state
     finally:
-        for key, c in configs.items():
-            c._attn_implementation = saved[key]
+        for c, implementation in saved:
+            c._attn_implementation = implementation
         for i in range(view.num_layers):
             _MASKING.pop(view.attn(i), None)
 

@@ -105,13 +105,19 @@ def _largest_entries(h, magnitudes, above, limit):
 def outlier_mask(h, rule="token", factor=None, min_abs=100.0, token_factor=2.0):
     """Boolean ``[tokens, channels]``: every entry above the threshold of ``rule`` (see
     ``activation_outliers``, which lists at most 64 of them), and the threshold itself."""
+    above, threshold, _, _ = _flag(h, rule, factor, min_abs, token_factor)
+    return above, threshold
+
+
+def _flag(h, rule, factor, min_abs, token_factor):
+    """(above-threshold mask, threshold, factor used, |h| in fp32) under `rule`."""
     _require_tensor(h, 2, "h", "[tokens, channels]")
     magnitudes = _abs_fp32(h)
-    threshold, _ = _outlier_threshold(magnitudes, rule, factor, min_abs)
+    threshold, factor = _outlier_threshold(magnitudes, rule, factor, min_abs)
     above = magnitudes > threshold
     if rule == "token":
         above &= magnitudes > token_factor * magnitudes.median(dim=0).values
-    return above, threshold
+    return above, threshold, factor, magnitudes
 
 
 def activation_outliers(h, rule="mean", factor=None, min_abs=100.0, token_factor=2.0):
@@ -131,9 +137,7 @@ def activation_outliers(h, rule="mean", factor=None, min_abs=100.0, token_factor
     entries, largest |value| first; and max/mean/median of |h|. An all-zero tensor has
     threshold 0 under the mean rule and no outliers.
     """
-    above, threshold = outlier_mask(h, rule, factor, min_abs, token_factor)
-    magnitudes = _abs_fp32(h)
-    factor = DEFAULT_OUTLIER_FACTOR if factor is None else float(factor)
+    above, threshold, factor, magnitudes = _flag(h, rule, factor, min_abs, token_factor)
     # Every above-threshold entry lies, by definition, on an outlier token.
     return {
         "rule": rule,

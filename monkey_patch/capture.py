@@ -237,7 +237,8 @@ class Capture:
                            lambda m, i, o: emit(split_qkv(o, f.qkv_layout, view.config)[index]))
             else:  # after the per-head q/k norm where the family has one
                 normed = view.module(layer, role + "_norm") if role in "qk" else None
-                self._hook(normed or view.module(layer, role), lambda m, i, o: emit(self._per_head(o)))
+                source = view.module(layer, role) if normed is None else normed
+                self._hook(source, lambda m, i, o: emit(self._per_head(o)))
         elif point == "attn.z":
             self._hook(view.module(layer, "o"), lambda m, args, kwargs: emit(self._per_head(args[0])), pre=True)
         elif point == "attn_out":
@@ -286,12 +287,12 @@ class Capture:
     def _enter_attention(self) -> None:
         if not self.view.family.registry:
             return
-        _register()
+        register_attention(ATTN_NAME, _dispatch)
         self._layer_index = {self.view.attn(layer): layer for layer in range(self.view.num_layers)}
         if any(module in _ACTIVE for module in self._layer_index):
             raise CaptureError("another Capture of attention points is already active on this model: "
                                "ask for all points in one Capture instead of nesting them")
-        implementations = {c._attn_implementation for c in _configs(self.view.model)}
+        implementations = {c._attn_implementation for c in model_configs(self.view.model)}
         self._fallback = "eager" if "eager" in implementations else "sdpa"
         self._requested = set(self.layers)
         for module in self._layer_index:
@@ -299,7 +300,7 @@ class Capture:
         self._switch_implementation(ATTN_NAME)
 
     def _switch_implementation(self, name: str) -> None:
-        for config in _configs(self.view.model):
+        for config in model_configs(self.view.model):
             if all(c is not config for c, _ in self._saved_impl):
                 self._saved_impl.append((config, config._attn_implementation))
             config._attn_implementation = name
@@ -308,7 +309,7 @@ class Capture:
         layer = self._layer_index[module]
         if layer not in self._requested:
             return _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
-        out, weights = _eager_function(module)(module, query, key, value, attention_mask, **kwargs)
+        out, weights = eager_attention(module)(module, query, key, value, attention_mask, **kwargs)
         wanted = set(self.points)
         if "attn.q_rot" in wanted:
             self._emit("attn.q_rot", layer, query.transpose(1, 2))
@@ -321,7 +322,7 @@ class Capture:
         return out, weights
 
 
-def _configs(model: nn.Module) -> list:
+def model_configs(model: nn.Module) -> list:
     """Every distinct config object in the model (sub-models may hold their own)."""
     seen = {}
     for module in model.modules():
@@ -331,7 +332,8 @@ def _configs(model: nn.Module) -> list:
     return list(seen.values())
 
 
-def _eager_function(module):
+def eager_attention(module):
+    """The family's own eager attention function (transformers' `eager_attention_forward` of its module)."""
     fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
     if fn is None:
         raise CaptureError(f"{type(module).__name__}: its module has no eager_attention_forward")
@@ -341,7 +343,7 @@ def _eager_function(module):
 def _delegate(name, module, query, key, value, attention_mask, **kwargs):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     if name == "eager":
-        return _eager_function(module)(module, query, key, value, attention_mask, **kwargs)
+        return eager_attention(module)(module, query, key, value, attention_mask, **kwargs)
     return ALL_ATTENTION_FUNCTIONS[name](module, query, key, value, attention_mask, **kwargs)
 
 
@@ -367,17 +369,10 @@ def _dispatch(module, query, key, value, attention_mask, **kwargs):
     return capture._attention(module, query, key, value, attention_mask, **kwargs)
 
 
-_registered = False
-
-
-def _register() -> None:
-    """Register the capture attention function, with the eager (additive float) mask it needs."""
-    global _registered
-    if _registered:
-        return
+def register_attention(name: str, fn) -> None:
+    """Register `fn` in transformers' attention registry under `name`, with the eager (additive float) mask it
+    needs; setting a model's configs to `name` then routes every attention call through `fn`."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-    AttentionInterface.register(ATTN_NAME, _dispatch)
-    AttentionMaskInterface.register(ATTN_NAME, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
-    _registered = True
-
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
