@@ -21,7 +21,6 @@ import math
 import os
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 
 from lib import compression, interventions
 from lib.errors import UserError, user_errors_exit
+from lib.files import write_json, write_text
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity
 
 HERE = Path(__file__).resolve().parent
@@ -356,19 +356,7 @@ def figure(report: dict, path: Path) -> None:
     plotting.save(fig, path.with_suffix(""), ["png"])
 
 
-def write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(report: dict, savedir: Path) -> list[Path]:
-    from lib.cli import write_json
     savedir.mkdir(parents=True, exist_ok=True)
     write_json(savedir / "consequences.json", report)
     write_text(savedir / "consequences.md", markdown(report))

@@ -9,13 +9,13 @@ Writes <out>/analysis.json (every number) and, unless --plot=False, the figures 
 their own vocabulary (the synthetic task) the 3-D view uses the first `prompt_tokens` tokens of validation
 sequence 0 instead, and the JSON says so.
 """
-import json
 import os
 import sys
 
 import torch
 
 from configurator import HERE, UserError, configure, resolve_path, user_errors_exit
+from lib.files import write_json  # noqa: E402  (configurator puts the repo root on sys.path)
 from dataset import Batches, load_meta
 from outlier_stats import activation_stats, attention_stats, summary
 from test import open_checkpoint
@@ -66,9 +66,7 @@ def main(argv):
     out_dir = resolve_path(c["analysis_dir"]) if c["analysis_dir"] else os.path.join(os.path.dirname(path), "analysis")
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "analysis.json")
-    with open(json_path + ".tmp", "w") as f:
-        json.dump(result, f)
-    os.replace(json_path + ".tmp", json_path)
+    write_json(json_path, result, indent=None)
     for i, (a, t) in enumerate(zip(act, att)):
         print(f"layer {i + 1:2d}: top1 {a['top1']:9.3f} top2 {a['top2']:9.3f} top3 {a['top3']:9.3f} median {a['median']:.4f} "
               f"ratio {a['ratio']:8.1f} kurtosis {a['kurtosis']:8.1f} | first-token attn {t['first_token_share']:.3f} "

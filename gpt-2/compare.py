@@ -16,6 +16,7 @@ import torch
 
 import analyze
 from configurator import UserError, configure, resolve_path, user_errors_exit
+from lib.files import write_text  # noqa: E402  (configurator puts the repo root on sys.path)
 from outlier_stats import load_model
 from test import evaluate, find_checkpoint
 
@@ -70,10 +71,7 @@ def main(argv):
     table = markdown(rows)
     for name, text in (("table.md", table), ("table.json", json.dumps(dict(criteria=dict(outlier_ratio=OUTLIER_RATIO,
                                                                                          sink_share=SINK_SHARE), rows=rows), indent=1))):
-        path = os.path.join(results_dir, name)
-        with open(path + ".tmp", "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        write_text(os.path.join(results_dir, name), text)
     if c["plot"] and len(rows) > 1:
         import plot_gpt2
         plot_gpt2.plot_compare([json.load(open(os.path.join(results_dir, r["variant"], "analysis.json"))) for r in rows],

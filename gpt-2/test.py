@@ -6,7 +6,6 @@
 Omitting --ckpt takes the newest ckpt_<iter>.pt of out_dir. Batches are drawn with fixed seeds, so two
 checkpoints are compared on the same tokens. Writes <ckpt>.eval.json next to the checkpoint.
 """
-import json
 import math
 import os
 import sys
@@ -14,6 +13,7 @@ import sys
 import torch
 
 from configurator import UserError, configure, resolve_path, user_errors_exit
+from lib.files import write_json  # noqa: E402  (configurator puts the repo root on sys.path)
 from dataset import Batches
 from outlier_stats import load_model
 from train import checkpoints
@@ -61,10 +61,7 @@ def main(argv):
                   dataset=dataset, tokens=c["eval_iters"] * c["batch_size"] * block_size)
     for split in ("train", "val"):
         print(f"{split}: loss {result[split]['loss']:.4f}, perplexity {result[split]['perplexity']:.3f}")
-    out = path[:-3] + ".eval.json"
-    with open(out + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(out + ".tmp", out)
+    write_json(path[:-3] + ".eval.json", result)
     return result
 
 

@@ -9,7 +9,6 @@ Layers on the command line and in every output are 1-based; heads, tokens, chann
 """
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from lib.errors import UserError, user_errors_exit
+from lib.files import write_json, write_text
 from lib.models import DEFAULT_MODEL
 from monkey_patch import CaptureError, ModelView
 
@@ -72,18 +72,6 @@ def writable_dir(path: Path) -> Path:
     except OSError as e:
         raise UserError(f"cannot write to --savedir {str(path)!r}: {e.strerror or e}") from None
     return path
-
-
-def write_json(path: Path, data) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -264,10 +252,7 @@ def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
             else:
                 lines += [f"[{file}]({file})", ""]
     path = outdir / "index.md"
-    fd, tmp = tempfile.mkstemp(dir=outdir, prefix=".index.md.")
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines))
     return path
 
 
