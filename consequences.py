@@ -10,9 +10,8 @@ For each model (or gpt-2 checkpoint: a ckpt_<iter>.pt or an out dir, whose newes
 - perplexity under each compression method of lib.compression (weights restored afterwards);
 - interventions (lib.interventions) at the first block whose output has activation outliers over the
   calibration sequences and, where it differs, at the block where the channel of the largest outliers
-  appears: outliers (detected per window) set to zero or to their calibration mean; and, for Hugging Face
-  models, the outlier tokens masked as attention keys in every later block, with a control that masks as
-  many random tokens. Same windows as the baseline.
+  appears: outliers (detected per window) set to zero or to their calibration mean; and the outlier tokens
+  masked as attention keys in every later block, with a control that masks as many random tokens. Same windows as the baseline.
 Writes consequences.json, consequences.md and consequences.png under --savedir (default
 results/consequences/<model>/, or results/consequences/gpt2_<dataset>/ for gpt-2 checkpoints).
 """
@@ -227,8 +226,8 @@ def intervene(s: Subject, wanted, log=print, baseline=None) -> dict:
 
 def _intervention(s: Subject, mode: str, layer: int, means: dict, baseline=None) -> dict:
     if mode in ("mask_sink", "mask_random"):
-        if not s.hf or not interventions.supports_sink_mask(s.model):
-            return {"note": "key masking needs a Hugging Face family on transformers' attention registry"}
+        if not interventions.supports_sink_mask(s.model):
+            return {"note": "key masking needs a gpt-2/ model or a Hugging Face family on transformers' attention registry"}
         with interventions.mask_sink_keys(s.model, layer, control=mode == "mask_random", seed=layer) as state:
             measured = perplexity(s.logits_fn, s.windows)
         return {**_short(measured, baseline), "masked_keys_per_window": state.masked / s.windows.shape[0]}

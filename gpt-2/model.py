@@ -89,13 +89,14 @@ class CausalSelfAttention(nn.Module):
             self.scale_proj = nn.Linear(config.n_embd, config.n_head, bias=True)
         if self.variant == "gated":  # zero weights, bias 3 -> gate ~0.95 at init
             self.gate_proj = nn.Linear(config.n_embd, config.n_embd, bias=True)
+        self.blocked_keys = None  # bool (B, T), set by interventions: tokens no other query may attend to
 
     def forward(self, x, need_weights=False):
         """x: (B, T, C). Returns y (B, T, C) and, if need_weights, the attention weights (B, nh, T, T[+1])."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
-        if need_weights:
+        if need_weights or self.blocked_keys is not None:
             y, w = self.explicit_attention(q, k, v)
         else:
             y, w = self.fused_attention(q, k, v), None
@@ -138,11 +139,14 @@ class CausalSelfAttention(nn.Module):
         """The same attention computed with explicit weights (for analysis and the unfused variants).
         Returns (y, w); w holds the weights applied to the keys, with the extra key first where there is one."""
         T, hd = q.shape[2], self.head_dim
-        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        visible = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        if self.blocked_keys is not None:  # (B, 1, T, T): a blocked token stays visible to itself only
+            eye = torch.eye(T, dtype=torch.bool, device=q.device)
+            visible = visible & (~self.blocked_keys.to(q.device)[:, None, None, :] | eye)
         drop = lambda w: F.dropout(w, self.attn_dropout, self.training)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
         if self.variant == "sigmoid":
-            w = torch.sigmoid(scores - math.log(T)).masked_fill(~causal, 0.0)
+            w = torch.sigmoid(scores - math.log(T)).masked_fill(~visible, 0.0)
             return drop(w) @ v, w
         if self.variant in ("attn_bias", "softmax1", "cabias"):
             if self.variant == "softmax1":
@@ -150,12 +154,12 @@ class CausalSelfAttention(nn.Module):
             else:
                 k_extra, v_extra = self.k_extra, self.v_extra
             s_extra = (q @ k_extra.transpose(-2, -1).to(q.dtype)) / math.sqrt(hd)  # (B, nh, T, 1)
-            w = torch.softmax(torch.cat([s_extra, scores.masked_fill(~causal, float("-inf"))], dim=-1), dim=-1)
+            w = torch.softmax(torch.cat([s_extra, scores.masked_fill(~visible, float("-inf"))], dim=-1), dim=-1)
             if self.variant == "cabias":  # A V + p' v'; report the plain softmax A as the attention to tokens
-                a = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+                a = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
                 return drop(a) @ v + drop(w)[..., :1] * v_extra.to(v.dtype), a
             return drop(w) @ torch.cat([v_extra.expand(q.shape[0], -1, -1, -1).to(v.dtype), v], dim=2), w
-        w = torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1)
+        w = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
         if self.variant == "clipped":
             w = torch.clamp((self.clip_zeta - self.clip_gamma) * w + self.clip_gamma, 0.0, 1.0)
         y = drop(w) @ v

@@ -15,10 +15,11 @@ most 64).
   (on the window's own, unedited activations) are set to zero or to their channel's calibration mean;
   nothing else is touched. An outlier in a channel never flagged during calibration has no mean: it is
   left as it is and counted.
-- `mask_sink_keys(model, layer)` (Hugging Face models whose family uses transformers' attention registry):
-  in every block after `layer`, no query may attend to the outlier tokens detected at `layer` in that
-  window (each token still attends to itself, so the first row keeps a key). It swaps in a registered
-  attention function that edits the eager (additive) mask and then runs the family's eager attention.
+- `mask_sink_keys(model, layer)`: in every block after `layer`, no query may attend to the outlier tokens
+  detected at `layer` in that window (each token still attends to itself, so the first row keeps a key).
+  Hugging Face models (families on transformers' attention registry): a registered attention function edits
+  the eager (additive) mask, then runs the family's eager attention. gpt-2/ models: the later attention
+  modules get the tokens as `blocked_keys` (always-visible extra keys k' stay visible).
 """
 import sys
 from contextlib import contextmanager
@@ -213,7 +214,15 @@ def _masked_attention(module, query, key, value, attention_mask, **kwargs):
     return eager_attention(module)(module, query, key, value, attention_mask, **kwargs)
 
 
+def _gpt2_blocks(model):
+    """The blocks of a gpt-2/ package GPT (its attention modules take `blocked_keys`), else None."""
+    blocks = getattr(getattr(model, "transformer", None), "h", None)
+    return blocks if blocks is not None and len(blocks) and hasattr(blocks[0].attn, "blocked_keys") else None
+
+
 def supports_sink_mask(model) -> bool:
+    if _gpt2_blocks(model) is not None:
+        return True
     from monkey_patch import ModelView
     view = ModelView(model)
     return bool(view.family.registry) and getattr(sys.modules[type(view.attn(0)).__module__],
@@ -224,6 +233,10 @@ def supports_sink_mask(model) -> bool:
 def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0):
     """Within the context, blocks after `layer` cannot attend to the outlier tokens found at `layer` (with
     `control`: to as many other tokens, drawn at random with `seed`)."""
+    if _gpt2_blocks(model) is not None:
+        with _mask_gpt2_keys(_gpt2_blocks(model), SinkMask(layer, control, seed)) as state:
+            yield state
+        return
     from monkey_patch import ModelView
     view = ModelView(model)
     if not supports_sink_mask(model):
@@ -244,6 +257,25 @@ def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0):
             c._attn_implementation = implementation
         for i in range(view.num_layers):
             _MASKING.pop(view.attn(i), None)
+
+
+@contextmanager
+def _mask_gpt2_keys(blocks, state: SinkMask):
+    def detect_and_block(layer, output):
+        state.detect(layer, output)
+        h = _hidden(output)
+        blocked = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
+        for b, keys in enumerate(state.keys):
+            blocked[b, keys] = True
+        for block in blocks[layer + 1:]:
+            block.attn.blocked_keys = blocked
+
+    try:
+        with block_output_hooks(blocks, detect_and_block, layers=[state.layer]):
+            yield state
+    finally:
+        for block in blocks:
+            block.attn.blocked_keys = None
 
 
 # --- Bondarenko et al.'s outlier metrics -------------------------------------------------------------------

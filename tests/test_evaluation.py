@@ -271,6 +271,51 @@ def test_mask_sink_cuts_later_attention_to_the_outlier_token(family):
     assert model.config._attn_implementation != interventions.MASK_ATTN_NAME  # restored
 
 
+@pytest.mark.parametrize("variant", ["default", "attn_bias", "ca_softmax", "sigmoid", "clipped"])
+def test_mask_sink_in_gpt2_variants_cuts_later_attention_to_the_outlier_token(variant):
+    """The same independent check on the gpt-2/ model: after masking, the other tokens' outputs do not depend
+    on what token k carries after block L, and every later block gives key k zero weight from other queries."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=12, vocab_size=64, n_layer=3, n_head=2, n_embd=16, attention=variant)).eval()
+    L, k = 0, 4
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+
+    def plant(noise):
+        def hook(module, args, output):
+            h, w = output
+            h = h.clone()
+            h[:, k, 0] = 5000.0
+            h[:, k, 1:] += noise * torch.randn(h.shape[-1] - 1, generator=torch.Generator().manual_seed(1))
+            return h, w
+        return model.transformer.h[L].register_forward_hook(hook)
+
+    def run(noise, masked):
+        handle = plant(noise)
+        try:
+            with torch.no_grad():
+                if not masked:
+                    return model(ids, return_hidden=True, need_weights=True)
+                with interventions.mask_sink_keys(model, L) as state:
+                    out = model(ids, return_hidden=True, need_weights=True)
+                assert state.keys == [[k], [k]]
+                return out
+        finally:
+            handle.remove()
+
+    others = [i for i in range(12) if i != k]
+    last = lambda out: out["hidden"][-1][:, others]
+    unmasked_change = (last(run(0.0, False)) - last(run(3000.0, False))).abs().max()
+    masked = run(0.0, True)
+    masked_change = (last(masked) - last(run(3000.0, True))).abs().max()
+    assert unmasked_change > 1e-4 and masked_change < 1e-6
+    extra = 1 if variant == "attn_bias" else 0  # attn_bias puts its always-visible k' first
+    for w in masked["attn"][L + 1:]:
+        assert torch.all(w[:, :, others, k + extra] == 0)
+    assert all(block.attn.blocked_keys is None for block in model.transformer.h)  # cleaned up
+    with torch.no_grad():  # the fused path is back and unchanged
+        assert torch.allclose(model(ids)[0], model(ids, need_weights=True)["logits"], atol=1e-5)
+
+
 def test_outlier_metrics_by_hand():
     metrics = interventions.OutlierMetrics(2)
     x = torch.tensor([[[1.0, -1.0, 1.0, -1.0], [0.0, 0.0, 0.0, 8.0]]])  # kurtosis by hand below
