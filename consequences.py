@@ -73,6 +73,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed for sampling calibration windows")
     p.add_argument("--methods", nargs="*", default=list(compression.METHODS), choices=list(compression.METHODS))
     p.add_argument("--interventions", nargs="*", default=list(INTERVENTIONS), choices=list(INTERVENTIONS))
+    p.add_argument("--outlier-factor", type=float, default=interventions.analysis.MASSIVE_FACTOR,
+                   help="interventions: an outlier must exceed this many times the layer's median |h| (default "
+                   "%(default)g, lib.analysis' rule; the gpt-2 hypothesis test's criterion is 100)")
     p.add_argument("--savedir", default=None, help="output folder (default results/consequences/<name>/)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
@@ -174,7 +177,7 @@ def _dataset_windows(dataset, name, split, seqlen, limit):
 
 # --- measuring --------------------------------------------------------------------------------------------------
 
-def measure(subject: Subject, methods, wanted_interventions, log=print) -> dict:
+def measure(subject: Subject, methods, wanted_interventions, log=print, rule=interventions.DEFAULT_RULE) -> dict:
     """Every number of one subject: baseline, compression and intervention perplexities, outlier metrics."""
     s = subject
     start = time.time()
@@ -192,17 +195,17 @@ def measure(subject: Subject, methods, wanted_interventions, log=print) -> dict:
         result["compression"][method] = _short(measured, baseline)
         log(f"{s.title}: {method} perplexity {measured['ppl']:.4g}")
     if wanted_interventions:
-        result["interventions"] = intervene(s, wanted_interventions, log, baseline)
+        result["interventions"] = intervene(s, wanted_interventions, log, baseline, rule)
     result["seconds"] = round(time.time() - start, 1)
     return result
 
 
-def intervene(s: Subject, wanted, log=print, baseline=None) -> dict:
+def intervene(s: Subject, wanted, log=print, baseline=None, rule=interventions.DEFAULT_RULE) -> dict:
     """Interventions at the first outlier layer and, where it differs, where the dominant outlier channel
     appears (lib.interventions); each site on the same windows as the baseline."""
-    scan = interventions.scan_outliers(s.blocks, s.run_fn, s.calib[:, :-1])  # what the model sees of a window
+    scan = interventions.scan_outliers(s.blocks, s.run_fn, s.calib[:, :-1], rule)  # what the model sees of a window
     first = interventions.first_outlier_layer(scan)
-    out = {"rule": interventions.analysis.ACTIVATION_RULE, "sites": [],
+    out = {"rule": str(rule), "sites": [],
            "outlier_layers": [i + 1 for i in interventions.outlier_layers(scan)],
            "dominant_channel": interventions.dominant_channel(scan)}
     if first is None:
@@ -217,21 +220,21 @@ def intervene(s: Subject, wanted, log=print, baseline=None) -> dict:
         means = interventions.calibration_means(scan, layer)
         entry = {"site": site, "layer": layer + 1, "calibration_means": {str(c): v for c, v in means.items()}}
         for mode in wanted:
-            entry[mode] = _intervention(s, mode, layer, means, baseline)
+            entry[mode] = _intervention(s, mode, layer, means, baseline, rule)
             if "ppl" in entry[mode]:
                 log(f"{s.title}: outliers of layer {layer + 1} ({site}) -> {mode}: perplexity {entry[mode]['ppl']:.4g}")
         out["sites"].append(entry)
     return out
 
 
-def _intervention(s: Subject, mode: str, layer: int, means: dict, baseline=None) -> dict:
+def _intervention(s: Subject, mode: str, layer: int, means: dict, baseline=None, rule=interventions.DEFAULT_RULE) -> dict:
     if mode in ("mask_sink", "mask_random"):
         if not interventions.supports_sink_mask(s.model):
             return {"note": "key masking needs a gpt-2/ model or a Hugging Face family on transformers' attention registry"}
-        with interventions.mask_sink_keys(s.model, layer, control=mode == "mask_random", seed=layer) as state:
+        with interventions.mask_sink_keys(s.model, layer, control=mode == "mask_random", seed=layer, rule=rule) as state:
             measured = perplexity(s.logits_fn, s.windows)
         return {**_short(measured, baseline), "masked_keys_per_window": state.masked / s.windows.shape[0]}
-    with interventions.edit_outliers(s.blocks, layer, mode, means) as edit:
+    with interventions.edit_outliers(s.blocks, layer, mode, means, rule) as edit:
         measured = perplexity(s.logits_fn, s.windows)
     tokens = [len(t) for t in edit.tokens]
     return {**_short(measured, baseline), "edited_entries": edit.edited, "entries_without_mean": edit.without_mean,
@@ -298,7 +301,7 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {r['name']} | {where} | {site['layer']} | {channels} | "
                              f"{_fmt(r['baseline']['ppl'])} | "
                              + " | ".join(_fmt(site.get(m, {}).get("ppl")) for m in wanted) + f" | {_fmt(per_window)} |")
-        lines += ["", "Detection rule: " + interventions.analysis.ACTIVATION_RULE + ". An outlier layer has outliers "
+        lines += ["", "Detection rule: " + report["outlier_rule"] + ". An outlier layer has outliers "
                   "in at least half of the calibration windows. zero / mean: the outlier entries of that block's "
                   "output, detected in each evaluation window, set to 0 / to their channel's mean over the "
                   "calibration windows. mask_sink: every later block may not attend to that window's outlier tokens "
@@ -374,6 +377,8 @@ def check_args(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.seqlen is not None and args.seqlen < 2:
         raise UserError("--seqlen must be at least 2")
+    if not args.outlier_factor > 1:
+        raise UserError(f"--outlier-factor must be above 1, got {args.outlier_factor:g}")
 
 
 def run(args, subjects=None, command=None, log=print) -> dict:
@@ -389,9 +394,10 @@ def run(args, subjects=None, command=None, log=print) -> dict:
         group, title = "gpt2_" + "_".join(datasets), "GPT-2 variants on " + ", ".join(datasets)
     else:
         group, title = subjects[0].name, subjects[0].title
-    results = [measure(s, args.methods, args.interventions, log) for s in subjects]
+    rule = interventions.Rule(factor=args.outlier_factor)
+    results = [measure(s, args.methods, args.interventions, log, rule) for s in subjects]
     report = {"command": command or "python " + " ".join(shlex.quote(a) for a in sys.argv), "title": title,
-              "methods": list(args.methods), "interventions": list(args.interventions),
+              "methods": list(args.methods), "interventions": list(args.interventions), "outlier_rule": str(rule),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "results": results, "seconds": round(time.time() - start, 1)}
     savedir = Path(args.savedir) if args.savedir else HERE / "results" / "consequences" / group

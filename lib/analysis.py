@@ -30,8 +30,14 @@ TOKEN_FACTOR = 2.0
 ATTENTION_FACTOR = 0.1
 BASELINE_FACTOR = 2.0
 
-ACTIVATION_RULE = (f"|h| > {MASSIVE_ABS:g} and > {MASSIVE_FACTOR:g} x median|h| of the layer and "
-                   f"> {TOKEN_FACTOR:g} x the channel's median |h| over tokens")
+
+
+def activation_rule(factor=MASSIVE_FACTOR, min_abs=MASSIVE_ABS, token_factor=TOKEN_FACTOR) -> str:
+    return (f"|h| > {min_abs:g} and > {factor:g} x median|h| of the layer and "
+            f"> {token_factor:g} x the channel's median |h| over tokens")
+
+
+ACTIVATION_RULE = activation_rule()
 ATTENTION_RULE = (f"cumulative attention >= {ATTENTION_FACTOR:g} x seqlen and >= {BASELINE_FACTOR:g} x the "
                   "uniform causal baseline sum_(i>=j) 1/(i+1)")
 

@@ -3,7 +3,7 @@ outlier metrics of Bondarenko et al. 2023, through forward hooks on the decoder 
 
 Detection is lib.analysis' rule (`ACTIVATION_RULE`, lib.outliers.activation_outliers(rule="token")): an
 entry h[t, c] of a block output is an outlier when |h| > 100, > 1000 x the median |h| of the tensor and > 2 x
-the channel's median |h| over tokens. `outlier_mask` returns every flagged entry (those functions list at
+the channel's median |h| over tokens. Every function takes a `Rule` to change those constants. `outlier_mask` returns every flagged entry (those functions list at
 most 64).
 - `outlier_layers`: over calibration sequences, a block is an outlier layer when its output has outliers
   in at least half of them (the figure scripts' rule). `first_outlier_layer` is the first of them;
@@ -23,6 +23,7 @@ most 64).
 """
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
@@ -32,9 +33,24 @@ from monkey_patch.capture import eager_attention, model_configs, register_attent
 MASK_ATTN_NAME = "systematic_outliers_sink_mask"
 
 
-def outlier_mask(h: torch.Tensor) -> torch.Tensor:
-    """Boolean [tokens, channels]: every entry `analysis.massive_entries` flags (same rule and constants)."""
-    return outliers.outlier_mask(h, "token", analysis.MASSIVE_FACTOR, analysis.MASSIVE_ABS, analysis.TOKEN_FACTOR)[0]
+@dataclass(frozen=True)
+class Rule:
+    """The activation-outlier rule with its constants; the defaults are lib.analysis' (`massive_entries`).
+    A small model may need a lower `factor` (the gpt-2 hypothesis test calls top-1/median >= 100 outliers)."""
+    factor: float = analysis.MASSIVE_FACTOR
+    min_abs: float = analysis.MASSIVE_ABS
+    token_factor: float = analysis.TOKEN_FACTOR
+
+    def __str__(self):
+        return analysis.activation_rule(self.factor, self.min_abs, self.token_factor)
+
+
+DEFAULT_RULE = Rule()
+
+
+def outlier_mask(h: torch.Tensor, rule: Rule = DEFAULT_RULE) -> torch.Tensor:
+    """Boolean [tokens, channels]: every entry the rule flags."""
+    return outliers.outlier_mask(h, "token", rule.factor, rule.min_abs, rule.token_factor)[0]
 
 
 def _hidden(output):
@@ -64,14 +80,14 @@ def block_output_hooks(blocks, fn, layers=None):
 
 
 @torch.no_grad()
-def scan_outliers(blocks, run, windows):
+def scan_outliers(blocks, run, windows, rule: Rule = DEFAULT_RULE):
     """Per window and block: the outlier mask of the block output, as {"masks": [[bool [T, C]] per layer]
     per window, "values": the block outputs at the outliers}. `run(ids)` runs the model on [1, T] ids."""
     per_window = []
 
     def record(layer, output):
         h = _hidden(output)[0]
-        mask = outlier_mask(h)
+        mask = outlier_mask(h, rule)
         per_window[-1].append((mask, h.detach().float()[mask]))
 
     with block_output_hooks(blocks, record):
@@ -133,12 +149,12 @@ def calibration_means(scan, layer: int) -> dict[int, float]:
 class OutlierEdit:
     """Forward hook state for `edit_outliers`: counts what it changed, over all windows."""
 
-    def __init__(self, mode: str, means: dict[int, float] | None = None):
+    def __init__(self, mode: str, means: dict[int, float] | None = None, rule: Rule = DEFAULT_RULE):
         if mode not in ("zero", "mean"):
             raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
         if mode == "mean" and not means:
             raise ValueError("mode 'mean' needs calibration means")
-        self.mode, self.means = mode, means or {}
+        self.mode, self.means, self.rule = mode, means or {}, rule
         self.edited = 0
         self.without_mean = 0
         self.tokens: list[list[int]] = []  # per sequence (batch row) seen: the outlier tokens
@@ -146,7 +162,7 @@ class OutlierEdit:
     def __call__(self, layer, output):
         h = _hidden(output).clone()
         for b in range(h.shape[0]):
-            mask = outlier_mask(h[b])
+            mask = outlier_mask(h[b], self.rule)
             self.tokens.append(torch.nonzero(mask.any(dim=1)).flatten().tolist())
             for t, c in torch.nonzero(mask).tolist():
                 if self.mode == "zero":
@@ -161,8 +177,8 @@ class OutlierEdit:
 
 
 @contextmanager
-def edit_outliers(blocks, layer: int, mode: str, means=None):
-    edit = OutlierEdit(mode, means)
+def edit_outliers(blocks, layer: int, mode: str, means=None, rule: Rule = DEFAULT_RULE):
+    edit = OutlierEdit(mode, means, rule)
     with block_output_hooks(blocks, edit, layers=[layer]):
         yield edit
 
@@ -176,15 +192,15 @@ class SinkMask:
     """The keys to mask in the current forward. With `control`, as many keys as there are outlier tokens are
     drawn at random among the other tokens instead (a control: what masking that many keys costs anyway)."""
 
-    def __init__(self, layer: int, control: bool = False, seed: int = 0):
-        self.layer, self.control = layer, control
+    def __init__(self, layer: int, control: bool = False, seed: int = 0, rule: Rule = DEFAULT_RULE):
+        self.layer, self.control, self.rule = layer, control, rule
         self.generator = torch.Generator().manual_seed(seed)
         self.keys: list[list[int]] = []  # per batch row of the current forward
         self.masked = 0  # (window, key) pairs masked, summed over windows
 
     def detect(self, layer, output):
         h = _hidden(output)
-        self.keys = [torch.nonzero(outlier_mask(h[b]).any(dim=1)).flatten().tolist() for b in range(h.shape[0])]
+        self.keys = [torch.nonzero(outlier_mask(h[b], self.rule).any(dim=1)).flatten().tolist() for b in range(h.shape[0])]
         if self.control:
             self.keys = [self._random_others(keys, h.shape[1]) for keys in self.keys]
         self.masked += sum(len(k) for k in self.keys)
@@ -230,11 +246,11 @@ def supports_sink_mask(model) -> bool:
 
 
 @contextmanager
-def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0):
+def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0, rule: Rule = DEFAULT_RULE):
     """Within the context, blocks after `layer` cannot attend to the outlier tokens found at `layer` (with
     `control`: to as many other tokens, drawn at random with `seed`)."""
     if _gpt2_blocks(model) is not None:
-        with _mask_gpt2_keys(_gpt2_blocks(model), SinkMask(layer, control, seed)) as state:
+        with _mask_gpt2_keys(_gpt2_blocks(model), SinkMask(layer, control, seed, rule)) as state:
             yield state
         return
     from monkey_patch import ModelView
@@ -243,7 +259,7 @@ def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0):
         raise ValueError(f"{view.model_type}: sink masking needs a family on transformers' attention registry")
     # the eager mask function builds the additive float mask (sliding windows included) that SinkMask edits
     register_attention(MASK_ATTN_NAME, _masked_attention)
-    state = SinkMask(layer, control, seed)
+    state = SinkMask(layer, control, seed, rule)
     saved = [(c, c._attn_implementation) for c in model_configs(model)]
     try:
         for i in range(layer + 1, view.num_layers):

@@ -402,6 +402,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         consequences.main(["--gpt2", str(tmp_path / "missing.pt"), "--savedir", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and "not found" in err
+    with pytest.raises(SystemExit) as e:
+        consequences.main(["--outlier-factor", "1", "--savedir", str(tmp_path)])
+    assert e.value.code == 2 and "--outlier-factor must be above 1" in capsys.readouterr().err
+
+
+def test_a_lower_outlier_factor_flags_a_smaller_peak():
+    h = torch.ones(6, 8)
+    h[0, 3] = 500.0  # 500 x the median: below the default 1000x, above 100x
+    assert not interventions.outlier_mask(h).any()
+    lowered = interventions.Rule(factor=100)
+    assert torch.nonzero(interventions.outlier_mask(h, lowered)).tolist() == [[0, 3]]
+    assert "100 x median" in str(lowered) and str(interventions.DEFAULT_RULE) == analysis.ACTIVATION_RULE
 
 
 def test_first_and_dominant_outlier_layers_on_a_synthetic_scan():
