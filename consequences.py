@@ -10,8 +10,10 @@ For each model (or gpt-2 checkpoint: a ckpt_<iter>.pt or an out dir, whose newes
 - perplexity under each compression method of lib.compression (weights restored afterwards);
 - interventions (lib.interventions) at the first block whose output has activation outliers over the
   calibration sequences and, where it differs, at the block where the channel of the largest outliers
-  appears: outliers (detected per window) set to zero or to their calibration mean; and the outlier tokens
-  masked as attention keys in every later block, with a control that masks as many random tokens. Same windows as the baseline.
+  appears: outliers (detected per window) set to zero or to their calibration mean; the outlier tokens
+  masked as attention keys in every later block, with a control that masks as many random tokens;
+- the attention sinks themselves (each layer's attention-outlier keys, found per window) masked in their
+  layer, with the same random control; this needs no activation outlier. Same windows as the baseline.
 Writes consequences.json, consequences.md and consequences.png under --savedir (default
 results/consequences/<model>/, or results/consequences/gpt2_<dataset>/ for gpt-2 checkpoints).
 """
@@ -33,7 +35,8 @@ from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity
 
 HERE = Path(__file__).resolve().parent
 GPT2_DIR = HERE / "gpt-2"
-INTERVENTIONS = ("zero", "mean", "mask_sink", "mask_random")
+INTERVENTIONS = ("zero", "mean", "mask_sink", "mask_random", "mask_attn_sink", "mask_attn_random")
+ATTENTION_INTERVENTIONS = ("mask_attn_sink", "mask_attn_random")  # need no activation outlier
 CPU_WINDOWS, CPU_SEQLEN, CALIB_WINDOWS = 8, 512, 4
 GPT2_MAX_WINDOWS = 512
 
@@ -202,12 +205,21 @@ def measure(subject: Subject, methods, wanted_interventions, log=print, rule=int
 
 def intervene(s: Subject, wanted, log=print, baseline=None, rule=interventions.DEFAULT_RULE) -> dict:
     """Interventions at the first outlier layer and, where it differs, where the dominant outlier channel
-    appears (lib.interventions); each site on the same windows as the baseline."""
+    appears, and on the attention sinks (lib.interventions); all on the same windows as the baseline."""
+    out = {"rule": str(rule), "sites": []}
+    attention = [m for m in wanted if m in ATTENTION_INTERVENTIONS]
+    if attention:
+        out["attention_sinks"] = {m: _attention_intervention(s, m, baseline) for m in attention}
+        for m, entry in out["attention_sinks"].items():
+            if "ppl" in entry:
+                log(f"{s.title}: attention sinks -> {m}: perplexity {entry['ppl']:.4g}")
+    wanted = [m for m in wanted if m not in ATTENTION_INTERVENTIONS]
+    if not wanted:
+        return out
     scan = interventions.scan_outliers(s.blocks, s.run_fn, s.calib[:, :-1], rule)  # what the model sees of a window
     first = interventions.first_outlier_layer(scan)
-    out = {"rule": str(rule), "sites": [],
-           "outlier_layers": [i + 1 for i in interventions.outlier_layers(scan)],
-           "dominant_channel": interventions.dominant_channel(scan)}
+    out.update(outlier_layers=[i + 1 for i in interventions.outlier_layers(scan)],
+               dominant_channel=interventions.dominant_channel(scan))
     if first is None:
         out["note"] = f"no block output has activation outliers in at least half of the {len(scan)} calibration windows"
         log(f"{s.title}: interventions skipped ({out['note']})")
@@ -227,11 +239,27 @@ def intervene(s: Subject, wanted, log=print, baseline=None, rule=interventions.D
     return out
 
 
-def _intervention(s: Subject, mode: str, layer: int, means: dict, baseline=None, rule=interventions.DEFAULT_RULE) -> dict:
+MASK_UNSUPPORTED = "key masking needs a gpt-2/ model or a Hugging Face family on transformers' attention registry"
+
+
+def _attention_intervention(s: Subject, mode: str, baseline=None) -> dict:
+    if not interventions.supports_sink_mask(s.model):
+        return {"note": MASK_UNSUPPORTED}
+    logits_fn, state = interventions.mask_attention_sinks(s.model, s.run_fn, s.logits_fn,
+                                                          control=mode == "mask_attn_random")
+    measured = perplexity(logits_fn, s.windows)
+    n = s.windows.shape[0]
+    return {**_short(measured, baseline), "masked_keys_per_window": state.masked / n,
+            "masked_layer_keys_per_window": state.masked_layer_keys / n}
+
+
+def _intervention(s: Subject, mode: str, layer: int, means: dict, baseline=None,
+                  rule=interventions.DEFAULT_RULE) -> dict:
     if mode in ("mask_sink", "mask_random"):
         if not interventions.supports_sink_mask(s.model):
-            return {"note": "key masking needs a gpt-2/ model or a Hugging Face family on transformers' attention registry"}
-        with interventions.mask_sink_keys(s.model, layer, control=mode == "mask_random", seed=layer, rule=rule) as state:
+            return {"note": MASK_UNSUPPORTED}
+        control = mode == "mask_random"
+        with interventions.mask_sink_keys(s.model, layer, control=control, seed=layer, rule=rule) as state:
             measured = perplexity(s.logits_fn, s.windows)
         return {**_short(measured, baseline), "masked_keys_per_window": state.masked / s.windows.shape[0]}
     with interventions.edit_outliers(s.blocks, layer, mode, means, rule) as edit:
@@ -283,8 +311,30 @@ def markdown(report: dict) -> str:
     lines += ["", "Methods: " + "; ".join(f"{m}: {compression.METHODS[m]}" for m in methods) + ".",
               "Outlier metrics (Bondarenko et al. 2023) on the evaluation windows: max |h| over all block outputs; "
               "kurtosis of each token's block output over channels, averaged over tokens and blocks (Gaussian: 3).", ""]
-    if report["interventions"]:
-        wanted = report["interventions"]
+    attention = [m for m in report["interventions"] if m in ATTENTION_INTERVENTIONS]
+    if attention:
+        lines += ["## Attention sinks masked", "",
+                  "| model | fp32 | " + " | ".join(attention) + " | sink keys / window | (layer, key) pairs / window |",
+                  "|---" * (len(attention) + 4) + "|"]
+        for r in rows:
+            found = r["interventions"].get("attention_sinks", {})
+            counts = found.get("mask_attn_sink", next(iter(found.values()), {}))
+            lines.append(f"| {r['name']} | {_fmt(r['baseline']['ppl'])} | "
+                         + " | ".join(_fmt(found.get(m, {}).get("ppl")) for m in attention)
+                         + f" | {_fmt(counts.get('masked_keys_per_window'))}"
+                         + f" | {_fmt(counts.get('masked_layer_keys_per_window'))} |")
+        lines += ["", "Sinks are found in each window from an unmasked forward: in every layer, the keys with "
+                  + interventions.analysis.ATTENTION_RULE
+                  + " (cumulative attention: the head average summed over queries)"
+                  + ". mask_attn_sink: each layer's sink keys are masked in that layer (every query but the key's own "
+                  "token loses them); mask_attn_random: each sink key swapped for another token drawn at random, the "
+                  "same swap in every layer (a control). No activation outlier is needed.", ""]
+        for r in rows:
+            for m, entry in r["interventions"].get("attention_sinks", {}).items():
+                if entry.get("note"):
+                    lines.append(f"- {r['name']}, {m}: {entry['note']}")
+    wanted = [m for m in report["interventions"] if m not in ATTENTION_INTERVENTIONS]
+    if wanted:
         lines += ["## Interventions on the activation outliers", "",
                   "| model | site | layer (1-based) | outlier channels (calibration) | fp32 | " + " | ".join(wanted)
                   + " | outlier tokens / window |", "|---" * (len(wanted) + 6) + "|"]
@@ -326,11 +376,15 @@ def figure(report: dict, path: Path) -> None:
     rows = report["results"]
     sites = [site for site in ("first", "dominant")
              if any(x["site"] == site for r in rows for x in r["interventions"].get("sites", []))]
-    groups = ["fp32"] + report["methods"] + [f"{site}:{m}" for site in sites for m in report["interventions"]]
+    attention = [m for m in report["interventions"] if m in ATTENTION_INTERVENTIONS]
+    groups = ["fp32"] + report["methods"] + [f"{site}:{m}" for site in sites for m in report["interventions"]
+                                             if m not in attention] + attention
 
     def value(r, g):
         if g == "fp32":
             return r["baseline"]["ppl"]
+        if g in attention:
+            return r["interventions"].get("attention_sinks", {}).get(g, {}).get("ppl")
         if ":" in g:
             site, mode = g.split(":")
             found = [x for x in r["interventions"].get("sites", []) if x["site"] == site]

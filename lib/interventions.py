@@ -3,8 +3,8 @@ outlier metrics of Bondarenko et al. 2023, through forward hooks on the decoder 
 
 Detection is lib.analysis' rule (`ACTIVATION_RULE`, lib.outliers.activation_outliers(rule="token")): an
 entry h[t, c] of a block output is an outlier when |h| > 100, > 1000 x the median |h| of the tensor and > 2 x
-the channel's median |h| over tokens. Every function takes a `Rule` to change those constants. `outlier_mask` returns every flagged entry (those functions list at
-most 64).
+the channel's median |h| over tokens; a `Rule` changes those constants. `outlier_mask` returns every flagged
+entry (those functions list at most 64).
 - `outlier_layers`: over calibration sequences, a block is an outlier layer when its output has outliers
   in at least half of them (the figure scripts' rule). `first_outlier_layer` is the first of them;
   `dominant_outlier_layer` the first where the channel of the largest outlier is flagged (the two differ
@@ -20,6 +20,10 @@ most 64).
   Hugging Face models (families on transformers' attention registry): a registered attention function edits
   the eager (additive) mask, then runs the family's eager attention. gpt-2/ models: the later attention
   modules get the tokens as `blocked_keys` (always-visible extra keys k' stay visible).
+- `mask_attention_sinks(model, run, logits_fn)`: the sink itself, found from attention rather than from
+  activations: in each window, every layer's attention-outlier keys (lib.analysis.ATTENTION_RULE, from an
+  unmasked forward) are masked in that layer. Also for models whose sinks carry no activation outlier.
+Both have a control that masks as many other tokens, drawn at random.
 """
 import sys
 from contextlib import contextmanager
@@ -183,50 +187,66 @@ def edit_outliers(blocks, layer: int, mode: str, means=None, rule: Rule = DEFAUL
         yield edit
 
 
-# --- attention-side intervention: mask the sink keys ------------------------------------------------------
+# --- attention-side interventions: mask the sink keys ----------------------------------------------------
 
-_MASKING: dict = {}  # attention module -> SinkMask active on it
+_MASKING: dict = {}  # HF attention module -> (SinkMask, layer) while masking is on
 
 
 class SinkMask:
-    """The keys to mask in the current forward. With `control`, as many keys as there are outlier tokens are
-    drawn at random among the other tokens instead (a control: what masking that many keys costs anyway)."""
+    """The keys to mask in the current forward: keys[layer][row] = token positions. Every query but the key's own
+    token loses that key. With `control`, each key is swapped for another token drawn at random (one swap per
+    window, the same in every layer): what masking as many keys costs anyway."""
 
-    def __init__(self, layer: int, control: bool = False, seed: int = 0, rule: Rule = DEFAULT_RULE):
-        self.layer, self.control, self.rule = layer, control, rule
+    def __init__(self, control: bool = False, seed: int = 0):
+        self.control = control
         self.generator = torch.Generator().manual_seed(seed)
-        self.keys: list[list[int]] = []  # per batch row of the current forward
+        self.keys: dict[int, list[list[int]]] = {}
         self.masked = 0  # (window, key) pairs masked, summed over windows
+        self.masked_layer_keys = 0  # (window, layer, key) triples
 
-    def detect(self, layer, output):
-        h = _hidden(output)
-        self.keys = [torch.nonzero(outlier_mask(h[b], self.rule).any(dim=1)).flatten().tolist() for b in range(h.shape[0])]
-        if self.control:
-            self.keys = [self._random_others(keys, h.shape[1]) for keys in self.keys]
-        self.masked += sum(len(k) for k in self.keys)
+    def set(self, keys: dict[int, list[list[int]]], n_tokens: int) -> None:
+        rows = len(next(iter(keys.values()), []))
+        for b in range(rows):
+            chosen = sorted({k for per_row in keys.values() for k in per_row[b]})
+            if self.control:
+                swap = dict(zip(chosen, self._random_others(chosen, n_tokens)))
+                for per_row in keys.values():
+                    per_row[b] = sorted(swap[k] for k in per_row[b])
+            self.masked += len(chosen)
+        self.masked_layer_keys += sum(len(k) for per_row in keys.values() for k in per_row)
+        self.keys = keys
 
     def _random_others(self, keys, n_tokens):
         others = torch.tensor([t for t in range(n_tokens) if t not in set(keys)], dtype=torch.long)
         picked = torch.randperm(len(others), generator=self.generator)[:len(keys)]
-        return sorted(others[picked].tolist())
+        return others[picked].tolist()
 
-    def apply(self, attention_mask, query):
-        q_len = query.shape[2]
-        mask = attention_mask.clone()
-        blocked = torch.finfo(mask.dtype).min
-        for b, keys in enumerate(self.keys):
-            for k in keys:
-                own = mask[b, :, k, k].clone() if k < q_len else None
-                mask[b, :, :, k] = blocked
-                if own is not None:
-                    mask[b, :, k, k] = own
-        return mask
+    def blocked(self, layer: int, batch: int, n_tokens: int, device) -> torch.Tensor | None:
+        """Bool [batch, tokens]: the keys masked at `layer`, or None."""
+        rows = self.keys.get(layer)
+        if not rows or not any(rows):
+            return None
+        out = torch.zeros(batch, n_tokens, dtype=torch.bool, device=device)
+        for b, keys in enumerate(rows):
+            out[b, keys] = True
+        return out
+
+    def apply(self, attention_mask, query, layer: int):
+        """The eager additive mask [batch, 1|heads, queries, keys] with this layer's keys blocked."""
+        blocked = self.blocked(layer, attention_mask.shape[0], attention_mask.shape[-1], attention_mask.device)
+        if blocked is None:
+            return attention_mask
+        q_len, kv_len = query.shape[2], attention_mask.shape[-1]
+        queries = torch.arange(kv_len - q_len, kv_len, device=blocked.device)  # their positions among the keys
+        own = queries[:, None] == torch.arange(kv_len, device=blocked.device)[None, :]
+        hide = blocked[:, None, None, :] & ~own  # a key stays visible to its own token
+        return attention_mask.masked_fill(hide, torch.finfo(attention_mask.dtype).min)
 
 
 def _masked_attention(module, query, key, value, attention_mask, **kwargs):
-    state = _MASKING.get(module)
-    if state is not None and attention_mask is not None and any(state.keys):
-        attention_mask = state.apply(attention_mask, query)
+    entry = _MASKING.get(module)
+    if entry is not None and attention_mask is not None:
+        attention_mask = entry[0].apply(attention_mask, query, entry[1])
     return eager_attention(module)(module, query, key, value, attention_mask, **kwargs)
 
 
@@ -245,29 +265,45 @@ def supports_sink_mask(model) -> bool:
                                                   "eager_attention_forward", None) is not None
 
 
-@contextmanager
-def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0, rule: Rule = DEFAULT_RULE):
-    """Within the context, blocks after `layer` cannot attend to the outlier tokens found at `layer` (with
-    `control`: to as many other tokens, drawn at random with `seed`)."""
+def _blocks(model):
     if _gpt2_blocks(model) is not None:
-        with _mask_gpt2_keys(_gpt2_blocks(model), SinkMask(layer, control, seed, rule)) as state:
+        return _gpt2_blocks(model)
+    from monkey_patch import ModelView
+    return ModelView(model).layers
+
+
+def _gpt2_block_keys(blocks, state: SinkMask, batch: int, n_tokens: int, device) -> None:
+    for i, block in enumerate(blocks):
+        block.attn.blocked_keys = state.blocked(i, batch, n_tokens, device)
+
+
+@contextmanager
+def masking(model, state: SinkMask):
+    """Within the context, every forward masks the keys `state.keys` names (read when each layer runs)."""
+    if not supports_sink_mask(model):
+        raise ValueError(f"{model.config.model_type}: sink masking needs a family on transformers' attention registry")
+    blocks = _gpt2_blocks(model)
+    if blocks is not None:
+        handle = blocks[0].register_forward_pre_hook(
+            lambda m, args: _gpt2_block_keys(blocks, state, args[0].shape[0], args[0].shape[1], args[0].device))
+        try:
             yield state
+        finally:
+            handle.remove()
+            for block in blocks:
+                block.attn.blocked_keys = None
         return
     from monkey_patch import ModelView
     view = ModelView(model)
-    if not supports_sink_mask(model):
-        raise ValueError(f"{view.model_type}: sink masking needs a family on transformers' attention registry")
     # the eager mask function builds the additive float mask (sliding windows included) that SinkMask edits
     register_attention(MASK_ATTN_NAME, _masked_attention)
-    state = SinkMask(layer, control, seed, rule)
     saved = [(c, c._attn_implementation) for c in model_configs(model)]
     try:
-        for i in range(layer + 1, view.num_layers):
-            _MASKING[view.attn(i)] = state
+        for i in range(view.num_layers):
+            _MASKING[view.attn(i)] = (state, i)
         for c, _ in saved:
             c._attn_implementation = MASK_ATTN_NAME
-        with block_output_hooks(view.layers, state.detect, layers=[layer]):
-            yield state
+        yield state
     finally:
         for c, implementation in saved:
             c._attn_implementation = implementation
@@ -276,22 +312,53 @@ def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0, rule
 
 
 @contextmanager
-def _mask_gpt2_keys(blocks, state: SinkMask):
-    def detect_and_block(layer, output):
-        state.detect(layer, output)
-        h = _hidden(output)
-        blocked = torch.zeros(h.shape[:2], dtype=torch.bool, device=h.device)
-        for b, keys in enumerate(state.keys):
-            blocked[b, keys] = True
-        for block in blocks[layer + 1:]:
-            block.attn.blocked_keys = blocked
+def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0, rule: Rule = DEFAULT_RULE):
+    """Within the context, blocks after `layer` cannot attend to the outlier tokens found at `layer` in each
+    forward (with `control`: to as many other tokens, drawn at random with `seed`)."""
+    state = SinkMask(control, seed)
+    blocks = _blocks(model)
 
-    try:
-        with block_output_hooks(blocks, detect_and_block, layers=[state.layer]):
-            yield state
-    finally:
-        for block in blocks:
-            block.attn.blocked_keys = None
+    def detect(i, output):
+        h = _hidden(output)
+        rows = [torch.nonzero(outlier_mask(h[b], rule).any(dim=1)).flatten().tolist() for b in range(h.shape[0])]
+        state.set({j: [list(r) for r in rows] for j in range(layer + 1, len(blocks))}, h.shape[1])
+        if _gpt2_blocks(model) is not None:  # the later blocks read their keys when they run
+            _gpt2_block_keys(blocks, state, h.shape[0], h.shape[1], h.device)
+
+    with masking(model, state), block_output_hooks(blocks, detect, layers=[layer]):
+        yield state
+
+
+@torch.no_grad()
+def attention_sinks(model, run, ids) -> dict[int, list[list[int]]]:
+    """Per layer and batch row: the attention-outlier keys (lib.analysis.ATTENTION_RULE on the head-averaged
+    cumulative attention) of an unmasked forward on ids [b, L]. `run(ids)` is the HF model's forward; gpt-2/
+    models are run with their attention weights, rows normalised by their total (sigmoid rows are not), the
+    extra key k' left out."""
+    if _gpt2_blocks(model) is not None:
+        weights = model(ids, need_weights=True)["attn"]
+        sums = []
+        for w in weights:
+            w = w / w.sum(dim=-1, keepdim=True)
+            sums.append([outliers.column_sums(row[..., -ids.shape[1]:]) for row in w])
+    else:
+        from monkey_patch import Capture, reducers
+        with Capture(model, "attn.pattern", reduce=reducers.attention_column_sums) as cap:
+            run(ids)
+        sums = [cap["attn.pattern", i][0] for i in range(len(_blocks(model)))]
+    return {i: [analysis.attention_outlier_keys(c.mean(dim=0)) for c in per_layer] for i, per_layer in enumerate(sums)}
+
+
+def mask_attention_sinks(model, run, logits_fn, control: bool = False, seed: int = 0):
+    """(logits_fn', state): logits_fn' first finds each window's attention sinks (`attention_sinks`), then runs
+    `logits_fn` with each layer's sink keys masked in that layer (with `control`: as many other keys)."""
+    state = SinkMask(control, seed)
+
+    def masked_logits(ids):
+        state.set(attention_sinks(model, run, ids), ids.shape[1])
+        with masking(model, state):
+            return logits_fn(ids)
+    return masked_logits, state
 
 
 # --- Bondarenko et al.'s outlier metrics -------------------------------------------------------------------

@@ -259,7 +259,8 @@ def test_mask_sink_cuts_later_attention_to_the_outlier_token(family):
                     return model(ids).logits[0]
                 with interventions.mask_sink_keys(model, L) as state:
                     out = model(ids).logits[0]
-                assert state.keys == [[k]]
+                assert set(state.keys) == set(range(L + 1, len(view.layers)))
+                assert all(rows == [[k]] for rows in state.keys.values())
                 return out
         finally:
             handle.remove()
@@ -297,7 +298,7 @@ def test_mask_sink_in_gpt2_variants_cuts_later_attention_to_the_outlier_token(va
                     return model(ids, return_hidden=True, need_weights=True)
                 with interventions.mask_sink_keys(model, L) as state:
                     out = model(ids, return_hidden=True, need_weights=True)
-                assert state.keys == [[k], [k]]
+                assert set(state.keys) == {1, 2} and all(r == [[k], [k]] for r in state.keys.values())
                 return out
         finally:
             handle.remove()
@@ -314,6 +315,70 @@ def test_mask_sink_in_gpt2_variants_cuts_later_attention_to_the_outlier_token(va
     assert all(block.attn.blocked_keys is None for block in model.transformer.h)  # cleaned up
     with torch.no_grad():  # the fused path is back and unchanged
         assert torch.allclose(model(ids)[0], model(ids, need_weights=True)["logits"], atol=1e-5)
+
+
+def test_attention_sinks_found_and_masked_in_the_planted_llama():
+    """planted.py makes every layer after PLANTED attend to the SINK character; HF's own attention weights
+    (output_attentions) must show those keys found there and, under masking, receiving nothing."""
+    model = planted_llama()
+    model.set_attn_implementation("eager")  # HF returns attention weights from eager attention only
+    text = "Summer is warm. W Winter is cold."
+    ids = torch.tensor([CharTokenizer().encode(text)])
+    sink = text.index(SINK)
+    run = lambda x: model.model(input_ids=x)
+    found = interventions.attention_sinks(model, run, ids)
+    assert all(sink in found[i][0] for i in range(PLANTED + 1, 4))
+    logits_fn = lambda x: model(input_ids=x, output_attentions=True).attentions
+    masked_fn, state = interventions.mask_attention_sinks(model, run, logits_fn)
+    with torch.no_grad():
+        weights = masked_fn(ids)
+        plain = model(input_ids=ids, output_attentions=True).attentions
+    others = [t for t in range(ids.shape[1]) if t != sink]
+    for i in range(PLANTED + 1, 4):
+        assert plain[i][0, :, others[sink:], sink].mean() > 0.5  # the planted sink, unmasked
+        assert torch.all(weights[i][0, :, others, sink] == 0)
+    assert state.masked >= 1 and state.masked_layer_keys >= 2
+    assert model.config._attn_implementation != interventions.MASK_ATTN_NAME  # restored
+
+
+def _gpt2_with_a_sink_at_position_0(variant):
+    """Every layer's queries are a constant (c_attn bias) and keys read channel 0, which only position 0 carries
+    (a large wpe[0] entry): every query attends to position 0."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=12, vocab_size=64, n_layer=2, n_head=2, n_embd=16, bias=True,
+                          attention=variant)).eval()
+    with torch.no_grad():
+        model.transformer.wpe.weight[0, 0] = 50.0
+        for block in model.transformer.h:
+            w, b = block.attn.c_attn.weight, block.attn.c_attn.bias
+            w[:16] = 0.0
+            b[:16] = 0.0
+            b[[0, 8]] = 4.0  # query dim 0 of both heads
+            w[[16, 24]] = 0.0
+            w[[16, 24], 0] = 4.0  # key dim 0 of both heads reads channel 0
+    return model
+
+
+@pytest.mark.parametrize("variant", ["default", "attn_bias", "ca_softmax"])
+def test_attention_sinks_found_and_masked_in_gpt2(variant):
+    model = _gpt2_with_a_sink_at_position_0(variant)
+    ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model(ids, need_weights=True)["attn"]
+    extra = plain[0].shape[-1] - 12  # attn_bias reports its extra key k' first
+    assert all(w[:, :, 1:, extra].mean() > 0.5 for w in plain)
+    found = interventions.attention_sinks(model, lambda x: model(x), ids)
+    assert found == {0: [[0], [0]], 1: [[0], [0]]}
+    masked_fn, state = interventions.mask_attention_sinks(model, None, lambda x: model(x, need_weights=True)["attn"])
+    with torch.no_grad():
+        masked = masked_fn(ids)
+    assert all(torch.all(w[:, :, 1:, extra] == 0) for w in masked) and state.masked == 2
+    control_fn, control = interventions.mask_attention_sinks(model, None, lambda x: model(x, need_weights=True)["attn"],
+                                                             control=True)
+    with torch.no_grad():
+        controlled = control_fn(ids)
+    assert all(w[:, :, 1:, extra].mean() > 0.5 for w in controlled) and control.masked == 2
+    assert all(block.attn.blocked_keys is None for block in model.transformer.h)
 
 
 def test_outlier_metrics_by_hand():
@@ -351,6 +416,7 @@ def test_run_on_a_planted_model_writes_every_number(tmp_path):
     sites = result["interventions"]["sites"]
     assert len(sites) == 1 and sites[0]["layer"] == PLANTED + 1 and list(sites[0]["calibration_means"]) == [str(CHANNEL)]
     assert sites[0]["zero"]["edited_entries"] > 0 and sites[0]["mask_sink"]["masked_keys_per_window"] >= 1
+    assert result["interventions"]["attention_sinks"]["mask_attn_sink"]["masked_keys_per_window"] >= 1
     numbers = json.dumps(saved)
     for line in lines[:-1]:  # every printed perplexity is in the JSON
         value = line.rsplit(" ", 1)[-1]
@@ -436,22 +502,23 @@ def test_first_and_dominant_outlier_layers_on_a_synthetic_scan():
 
 
 def test_random_key_control_masks_as_many_other_tokens():
-    state = interventions.SinkMask(0, control=True, seed=3)
-    h = torch.randn(2, 12, 8, generator=torch.Generator().manual_seed(0))
-    h[0, 0, 2], h[0, 5, 2], h[1, 7, 1] = 5000.0, 4000.0, 3000.0
-    state.detect(0, h)
-    assert [len(k) for k in state.keys] == [2, 1] and state.masked == 3
-    assert not set(state.keys[0]) & {0, 5} and 7 not in state.keys[1]
-    again = interventions.SinkMask(0, control=True, seed=3)
-    again.detect(0, h)
+    keys = {1: [[0, 5], [7]], 2: [[0], []]}
+    state = interventions.SinkMask(control=True, seed=3)
+    state.set({i: [list(r) for r in rows] for i, rows in keys.items()}, 12)
+    assert [len(k) for k in state.keys[1]] == [2, 1] and state.masked == 3 and state.masked_layer_keys == 4
+    assert not set(state.keys[1][0]) & {0, 5} and 7 not in state.keys[1][1]
+    assert set(state.keys[2][0]) < set(state.keys[1][0])  # one swap per window, the same in every layer
+    again = interventions.SinkMask(control=True, seed=3)
+    again.set({i: [list(r) for r in rows] for i, rows in keys.items()}, 12)
     assert again.keys == state.keys  # seeded
     mask = torch.zeros(2, 1, 12, 12)
-    masked = state.apply(mask, torch.zeros(2, 4, 12, 8))
-    for b, keys in enumerate(state.keys):
-        for k in keys:
+    masked = state.apply(mask, torch.zeros(2, 4, 12, 8), layer=1)
+    for b, row in enumerate(state.keys[1]):
+        for k in row:
             blocked = masked[b, 0, :, k] < -1e30
             assert blocked.sum() == 11 and not blocked[k]  # every query but the key itself
     assert (masked == 0).sum() == mask.numel() - 11 * 3
+    assert torch.equal(state.apply(mask, torch.zeros(2, 4, 12, 8), layer=0), mask)  # nothing at layer 0
 
 
 def test_paired_change_against_the_baseline_by_hand():
