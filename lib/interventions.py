@@ -333,8 +333,8 @@ def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0, rule
 def attention_sinks(model, run, ids) -> dict[int, list[list[int]]]:
     """Per layer and batch row: the attention-outlier keys (lib.analysis.ATTENTION_RULE on the head-averaged
     cumulative attention) of an unmasked forward on ids [b, L]. `run(ids)` is the HF model's forward; gpt-2/
-    models are run with their attention weights, rows normalised by their total (sigmoid rows are not), the
-    extra key k' left out."""
+    models are run with their attention weights, each row divided by its total (sigmoid rows do not sum to 1),
+    the extra key k' left out."""
     if _gpt2_blocks(model) is not None:
         weights = model(ids, need_weights=True)["attn"]
         sums = []
