@@ -8,11 +8,13 @@ cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1
 NAME=${NAME:-backcopy}
 OUT=${OUT:-out-backcopy}
+RESULTS=${RESULTS:-$NAME}
+FLAGS=${FLAGS:-}
 VARIANTS=${VARIANTS:-"default vbias cabias attn_bias ca_softmax sigmoid"}
 python data/backcopy/prepare.py
 runs=""
 for v in $VARIANTS; do
-  python train.py config/train_$NAME.py --attention=$v --out_dir=$OUT-$v
+  python train.py config/train_$NAME.py --attention=$v --out_dir=$OUT-$v $FLAGS
   runs="$runs'$OUT-$v',"
 done
-python compare.py --runs="[$runs]" --results_dir=results/$NAME
+python compare.py --runs="[$runs]" --results_dir=results/$RESULTS
