@@ -20,8 +20,6 @@ Summer prompt, layer 9: key 0 gets 1.87 of a uniform 2.83, the '.' key 3.42 of a
 """
 import math
 
-import torch
-
 from lib import outliers
 
 MASSIVE_ABS = 100.0

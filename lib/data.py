@@ -11,15 +11,14 @@ text is cached after the first download, so they keep working offline afterwards
 """
 import hashlib
 import itertools
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lib.errors import UserError
+from lib.files import write_atomically
 from lib.sdist import cache_dir, sdist_files
 
 DEFAULT_SOURCE = "gutenberg"
@@ -160,7 +159,7 @@ def _corpus_tokens(tokenizer, source: str, split: str) -> torch.LongTensor:
         return torch.from_numpy(np.load(path).astype(np.int64))
     tokens = tokenize(tokenizer, text)
     dtype = np.int32 if tokens.numel() == 0 or int(tokens.max()) < 2**31 else np.int64
-    _write_atomically(path, lambda f: np.save(f, tokens.numpy().astype(dtype)))
+    write_atomically(path, lambda f: np.save(f, tokens.numpy().astype(dtype)), binary=True)
     return tokens
 
 
@@ -231,7 +230,7 @@ def _online_text(source: str, split: str) -> str:
                         f"loaded ({type(e).__name__}: {reason}); the offline default is {DEFAULT_SOURCE!r}, "
                         f"or pass a .txt file or folder") from e
     text = DOCUMENT_SEPARATOR.join(documents)
-    _write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")), binary=True)
     return text
 
 
@@ -272,19 +271,6 @@ def _pg19_documents(split: str) -> list[str]:
 
 _HUB_LOADERS = {"redpajama": _redpajama_documents, "wikitext": _wikitext_documents,
                 "c4": _c4_documents, "pg19": _pg19_documents}
-
-
-def _write_atomically(path: Path, write) -> None:
-    """Call write(binary file) on a temporary file next to `path`, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _sha256(text: str) -> str:

@@ -1,21 +1,35 @@
-"""Atomic writes of result files: a temp file in the same folder, then os.replace, so a crash or a full disk
-never leaves a half-written JSON or table where a good one was."""
+"""Atomic writes: a temp file in the same folder, then os.replace, so a crash or a full disk never leaves a
+half-written result, table, figure or cache file where a good one was."""
 import json
 import os
 import tempfile
 from pathlib import Path
 
 
-def write_text(path, text: str) -> None:
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_atomically(path, write, binary: bool = False) -> None:
+    """Call write(file) on a temp file next to `path`, then move it into place. The file gets the permissions
+    a plain open() would give it (mkstemp's own are owner-only)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        os.fchmod(fd, _default_mode())
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text(path, text: str) -> None:
+    write_atomically(path, lambda f: f.write(text))
 
 
 def write_json(path, data, indent=1) -> None:

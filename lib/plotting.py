@@ -1,6 +1,4 @@
 """Matplotlib drawing in the paper's look (Agg backend, no display needed) and atomic figure saving."""
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +8,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from mpl_toolkits.mplot3d import Axes3D  # noqa: E402,F401  (registers the 3d projection)
+
+from lib.files import write_atomically  # noqa: E402
 
 OUTLIER = "magenta"
 NORMAL = "#3b75af"
@@ -30,14 +30,8 @@ def save(fig, base: Path, formats) -> list[str]:
     fig.tight_layout()
     for fmt in formats:
         path = base.with_suffix("." + fmt)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix="." + fmt)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=fmt, dpi=120 if fmt == "png" else None, bbox_inches="tight")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, lambda f: fig.savefig(f, format=fmt, dpi=120 if fmt == "png" else None,
+                                                     bbox_inches="tight"), binary=True)
         paths.append(str(path))
     plt.close(fig)
     return paths

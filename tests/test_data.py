@@ -1,4 +1,7 @@
 """Tests for lib.data: token batches, local sources, the offline Gutenberg corpus, online-source errors."""
+import json
+import os
+
 import pytest
 import torch
 
@@ -187,3 +190,19 @@ def test_hf_tokenizer_matches_whole_text_encoding_without_warning_and_caches(tex
     assert other[0].tolist() == large.backend_tokenizer.encode(text, add_special_tokens=False).ids
     assert other.shape != tokens.shape
     assert len(list((offline_cache / "tokens").glob("*.npy"))) == 2
+
+
+def test_atomic_writes_keep_the_old_file_on_error_and_get_plain_permissions(tmp_path):
+    from lib.files import write_atomically, write_json
+    path = tmp_path / "result.json"
+    write_json(path, {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~umask  # not mkstemp's owner-only 0600
+
+    def fail(f):
+        f.write("half a resu")
+        raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError):
+        write_atomically(path, fail)
+    assert json.loads(path.read_text()) == {"a": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
