@@ -94,10 +94,15 @@ def main(argv):
     ddp = int(os.environ.get("RANK", -1)) != -1
     if ddp:
         from torch.distributed import init_process_group
-        init_process_group(backend=c["backend"])
         rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        device = f"cuda:{local_rank}"
-        torch.cuda.set_device(device)
+        if c["device"] == "cpu" or (c["device"] == "auto" and not torch.cuda.is_available()):
+            if c["backend"] == "nccl":
+                raise UserError("multi-process training on CPU needs --backend=gloo (nccl is GPU-only)")
+            device = "cpu"
+        else:
+            device = f"cuda:{local_rank}"
+            torch.cuda.set_device(device)
+        init_process_group(backend=c["backend"])
         if c["gradient_accumulation_steps"] % world:
             raise UserError(f"gradient_accumulation_steps ({c['gradient_accumulation_steps']}) must be divisible by the {world} processes")
         c["gradient_accumulation_steps"] //= world
@@ -159,7 +164,7 @@ def main(argv):
         model = torch.compile(model)
     if ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[local_rank])
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
     if master:
         print(f"model: {c['attention']} attention, {raw_model.get_num_params() / 1e6:.2f}M parameters")
 

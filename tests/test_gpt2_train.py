@@ -2,6 +2,7 @@
 resume from a checkpoint reproduces the next step exactly, outlier statistics match direct computations,
 and user mistakes end in one line on stderr with a non-zero exit."""
 import json
+import math
 import os
 import pickle
 import shutil
@@ -154,3 +155,23 @@ def test_user_mistake_on_the_command_line_is_one_line_and_exit_2(tmp_path):
 def test_nan_loss_stops_clearly(data, tmp_path):
     r = run_script("train.py", *tiny_args(data, tmp_path, "default", learning_rate=1e30, warmup_iters=0, grad_clip=0.0))
     assert r.returncode == 3 and "loss is nan" in r.stderr.lower() and "Traceback" not in r.stderr
+
+
+def test_ddp_on_cpu_with_gloo_trains_and_checkpoints(data, tmp_path):
+    """The torchrun path (DistributedDataParallel) on two CPU processes: gradient accumulation is split
+    between them, rank 0 logs and writes the checkpoints, and nccl on CPU is a clear error."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                os.path.join(GPT2, "train.py")]
+    args = tiny_args(data, tmp_path, "default", gradient_accumulation_steps=2, backend="gloo")
+    r = subprocess.run(torchrun + args, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tokens per iteration: 256" in r.stdout and r.stdout.count("model: default attention") == 1
+    log = [json.loads(line) for line in open(tmp_path / "train_log.jsonl")]
+    assert [e["iter"] for e in log] == [10, 20, 30]
+    assert log[-1]["eval"]["val"] < math.log(17) - 0.5  # from about ln(vocab) at initialisation
+    assert {"ckpt_10.pt", "ckpt_20.pt", "ckpt_30.pt"} <= set(os.listdir(tmp_path))
+    r = subprocess.run(torchrun + tiny_args(data, tmp_path / "x", "default", gradient_accumulation_steps=2),
+                       capture_output=True, text=True, env=env, timeout=300)
+    # each worker exits 2 with one line (torchrun then adds its own report of the failed workers)
+    assert r.returncode != 0 and "train.py: error: multi-process training on CPU needs --backend=gloo" in r.stderr
