@@ -10,7 +10,7 @@ NAME=${NAME:-backcopy}
 OUT=${OUT:-out-backcopy}
 RESULTS=${RESULTS:-$NAME}
 FLAGS=${FLAGS:-}
-VARIANTS=${VARIANTS:-"default vbias cabias attn_bias ca_softmax sigmoid"}
+VARIANTS=${VARIANTS:-"default vbias cabias attn_bias ca_softmax sigmoid gated clipped softmax1"}
 python data/backcopy/prepare.py
 runs=""
 for v in $VARIANTS; do
