@@ -266,10 +266,11 @@ def supports_sink_mask(model) -> bool:
 
 
 def _blocks(model):
-    if _gpt2_blocks(model) is not None:
-        return _gpt2_blocks(model)
-    from monkey_patch import ModelView
-    return ModelView(model).layers
+    blocks = _gpt2_blocks(model)
+    if blocks is None:
+        from monkey_patch import ModelView
+        blocks = ModelView(model).layers
+    return blocks
 
 
 def _gpt2_block_keys(blocks, state: SinkMask, batch: int, n_tokens: int, device) -> None:
@@ -317,12 +318,13 @@ def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0, rule
     forward (with `control`: to as many other tokens, drawn at random with `seed`)."""
     state = SinkMask(control, seed)
     blocks = _blocks(model)
+    gpt2 = _gpt2_blocks(model) is not None
 
     def detect(i, output):
         h = _hidden(output)
         rows = [torch.nonzero(outlier_mask(h[b], rule).any(dim=1)).flatten().tolist() for b in range(h.shape[0])]
         state.set({j: [list(r) for r in rows] for j in range(layer + 1, len(blocks))}, h.shape[1])
-        if _gpt2_blocks(model) is not None:  # the later blocks read their keys when they run
+        if gpt2:  # the keys were found mid-forward: hand them to the later blocks before they run
             _gpt2_block_keys(blocks, state, h.shape[0], h.shape[1], h.device)
 
     with masking(model, state), block_output_hooks(blocks, detect, layers=[layer]):
