@@ -5,9 +5,9 @@ sequences, attention-sink statistics, and the 3-D view of one layer on the Summe
     python analyze.py config/eval_gpt2_default.py
 
 Writes <out>/analysis.json (every number) and, unless --plot=False, the figures of plot_gpt2.py beside it;
-<out> defaults to <checkpoint folder>/analysis. The Summer prompt needs the GPT-2 tokenizer; for datasets with
-their own vocabulary (the synthetic task) the 3-D view uses the first `prompt_tokens` tokens of validation
-sequence 0 instead, and the JSON says so.
+<out> defaults to <checkpoint folder>/analysis. The Summer prompt is encoded with the GPT-2 tokenizer, or one
+token per character for a character vocabulary (shakespeare_char); for the synthetic task, which has no text,
+the 3-D view uses the first `prompt_tokens` tokens of validation sequence 0 instead, and the JSON says so.
 """
 import os
 import sys
@@ -32,9 +32,18 @@ def prompt_ids(c, dataset, model):
         ids = Batches(dataset, "val", 1, 1, 0).sequences(1, min(c["prompt_tokens"], model.config.block_size))[0]
         labels = ["BOS" if int(i) == meta.get("bos") else str(int(i)) for i in ids]
         return ids, labels, f"first {len(ids)} tokens of validation sequence 0 (synthetic vocabulary)"
+    if "stoi" in meta:  # a character vocabulary (data/shakespeare/prepare.py --char)
+        missing = sorted(set(c["prompt"]) - set(meta["stoi"]))
+        if missing:
+            raise UserError(f"the prompt has characters outside {dataset}'s vocabulary: {missing}")
+        ids = [meta["stoi"][ch] for ch in c["prompt"]]
+        return torch.tensor(ids), list(c["prompt"]), f"prompt {c['prompt']!r}, one token per character"
     from tokenizer import gpt2_encoding
     enc = gpt2_encoding()
     ids = enc.encode_ordinary(c["prompt"])
+    if max(ids) >= model.config.vocab_size:
+        raise UserError(f"{dataset} has its own {model.config.vocab_size}-token vocabulary: the GPT-2 tokens of the "
+                        "prompt do not fit it")
     return torch.tensor(ids), [enc.decode([i]) for i in ids], f"prompt {c['prompt']!r} without special tokens"
 
 

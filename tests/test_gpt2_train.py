@@ -110,6 +110,25 @@ def test_eval_analyze_and_compare_write_json(data, tmp_path):
     assert (tmp_path / "res" / "table.md").read_text().count("\n") == 4
 
 
+def test_analyze_encodes_the_prompt_per_character_for_a_character_vocabulary(tmp_path):
+    import analyze
+    text = "Summer is warm. Winter is cold. " * 40
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    d = tmp_path / "chars"
+    d.mkdir()
+    for split in ("train", "val"):
+        np.array([stoi[ch] for ch in text], dtype=np.uint16).tofile(d / f"{split}.bin")
+    with open(d / "meta.pkl", "wb") as f:
+        pickle.dump(dict(vocab_size=len(chars), itos=chars, stoi=stoi), f)
+    train.main(tiny_args(str(d), tmp_path / "out", "default", max_iters=2, eval_interval=2))
+    a = analyze.main([f"--ckpt={tmp_path / 'out' / 'ckpt_2.pt'}", "--n_seqs=2", "--plot=False",
+                      "--prompt=Summer is warm."])
+    assert a["view"]["tokens"] == list("Summer is warm.")
+    with pytest.raises(UserError, match="outside"):
+        analyze.main([f"--ckpt={tmp_path / 'out' / 'ckpt_2.pt'}", "--plot=False", "--prompt=Autumn!"])
+
+
 def test_configure_rejects_unknown_keys_and_bad_types(tmp_path):
     with pytest.raises(UserError, match="unknown config key 'lr'"):
         configure(train.DEFAULTS, ["--lr=1"])
