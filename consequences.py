@@ -10,7 +10,8 @@ For each model (or gpt-2 checkpoint: a ckpt_<iter>.pt or an out dir, whose newes
 - perplexity under each compression method of lib.compression (weights restored afterwards);
 - interventions (lib.interventions) at the first block whose output has activation outliers over the
   calibration sequences and, where it differs, at the block where the channel of the largest outliers
-  appears: outliers (detected per window) set to zero or to their calibration mean; the outlier tokens
+  appears: outliers (detected per window) set to zero or to their calibration mean, with a control that zeroes
+  as many random entries of the same output; the outlier tokens
   masked as attention keys in every later block, with a control that masks as many random tokens;
 - the attention sinks themselves (each layer's attention-outlier keys, found per window) masked in their
   layer, with the same random control; this needs no activation outlier. Same windows as the baseline.
@@ -35,7 +36,7 @@ from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity
 
 HERE = Path(__file__).resolve().parent
 GPT2_DIR = HERE / "gpt-2"
-INTERVENTIONS = ("zero", "mean", "mask_sink", "mask_random", "mask_attn_sink", "mask_attn_random")
+INTERVENTIONS = ("zero", "zero_random", "mean", "mask_sink", "mask_random", "mask_attn_sink", "mask_attn_random")
 ATTENTION_INTERVENTIONS = ("mask_attn_sink", "mask_attn_random")  # need no activation outlier
 CPU_WINDOWS, CPU_SEQLEN, CALIB_WINDOWS = 8, 512, 4
 GPT2_MAX_WINDOWS = 512
@@ -262,7 +263,7 @@ def _intervention(s: Subject, mode: str, layer: int, means: dict, baseline=None,
         with interventions.mask_sink_keys(s.model, layer, control=control, seed=layer, rule=rule) as state:
             measured = perplexity(s.logits_fn, s.windows)
         return {**_short(measured, baseline), "masked_keys_per_window": state.masked / s.windows.shape[0]}
-    with interventions.edit_outliers(s.blocks, layer, mode, means, rule) as edit:
+    with interventions.edit_outliers(s.blocks, layer, mode, means, rule, seed=layer) as edit:
         measured = perplexity(s.logits_fn, s.windows)
     tokens = [len(t) for t in edit.tokens]
     return {**_short(measured, baseline), "edited_entries": edit.edited, "entries_without_mean": edit.without_mean,
@@ -354,7 +355,8 @@ def markdown(report: dict) -> str:
         lines += ["", "Detection rule: " + report["outlier_rule"] + ". An outlier layer has outliers "
                   "in at least half of the calibration windows. zero / mean: the outlier entries of that block's "
                   "output, detected in each evaluation window, set to 0 / to their channel's mean over the "
-                  "calibration windows. mask_sink: every later block may not attend to that window's outlier tokens "
+                  "calibration windows; zero_random: as many other entries of that output, drawn at random, set to 0 (the control). "
+                  "mask_sink: every later block may not attend to that window's outlier tokens "
                   "(each token still sees itself); mask_random: the same number of other tokens, drawn at random, masked "
                   "the same way (a control).", ""]
         for r in rows:

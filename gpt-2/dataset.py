@@ -61,9 +61,51 @@ class Batches:
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device), y.to(self.device)
 
+    def get_state(self):
+        return self.gen.get_state()
+
+    def set_state(self, state):
+        self.gen.set_state(state.cpu())  # a checkpoint loaded with map_location may hold it on the GPU
+
     def sequences(self, n, length):
         """The first n sequences (aligned datasets) or n consecutive chunks, each `length` tokens long."""
         step = self.seq_len if self.seq_len is not None else length
         if n * step > len(self.data) or length > step:
             raise UserError(f"not enough data for {n} sequences of {length} tokens")
         return torch.stack([torch.from_numpy(self.data[i * step:i * step + length].astype(np.int64)) for i in range(n)])
+
+
+class FreshBatches:
+    """Training batches drawn afresh from the synthetic task in meta.pkl (task.py), so that nothing repeats.
+    Sequences are generated `chunk` batches at a time; the state (the generator's state at the start of the
+    current chunk and the position in it) is saved in checkpoints, so a resumed run sees the same batches."""
+
+    def __init__(self, dataset, batch_size, block_size, seed, device="cpu", chunk=256):
+        self.meta = load_meta(dataset)
+        if "bigram" not in self.meta:
+            raise UserError(f"fresh_data needs a synthetic task: {data_dir(dataset)}/meta.pkl has no bigram table "
+                            "(run data/backcopy/prepare.py)")
+        self.batch_size, self.block_size, self.device, self.chunk = batch_size, block_size, device, chunk
+        self.rng = np.random.default_rng(seed)
+        self._fill()
+
+    def _fill(self):
+        from task import sample_design
+        self.chunk_state, self.index = self.rng.bit_generator.state, 0
+        seqs = sample_design(self.chunk * self.batch_size, self.block_size + 1, self.meta, self.rng)
+        self.buffer = torch.from_numpy(seqs).view(self.chunk, self.batch_size, self.block_size + 1)
+
+    def next(self):
+        if self.index == self.chunk:
+            self._fill()
+        s = self.buffer[self.index].to(self.device)
+        self.index += 1
+        return s[:, :-1], s[:, 1:]
+
+    def get_state(self):
+        return dict(chunk_state=self.chunk_state, index=self.index)
+
+    def set_state(self, state):
+        self.rng.bit_generator.state = state["chunk_state"]
+        self._fill()
+        self.index = state["index"]

@@ -7,6 +7,9 @@ Attention variants (An et al. 2025, Section 5; A = softmax(Q K^T / sqrt(d)) with
   attn_bias   softmax(Q [k'; K]^T / sqrt(d)) [v'; V]         (extra key/value always visible)
   ca_softmax  S(x) * A V,  S(x) = 2 sigmoid(Linear(x)), one scale per token and head
   sigmoid     sigmoid(Q K^T / sqrt(d) - log T) V              (causal, T = sequence length)
+Positions (`pos_emb`): learned (GPT-2's absolute position embedding), rope (rotary, applied to q and k in
+every layer) or none (causal masking alone tells positions apart). A learned position-0 vector is itself a
+free, content-independent sink; rope and none leave position 0 nothing of its own.
 Beyond the paper, behind the same switch:
   gated       (A V) * sigmoid(Linear(x)), elementwise output gate (Qiu et al. 2025, G1)
   clipped     clip((zeta - gamma) A + gamma, 0, 1) V  (clipped softmax, Bondarenko et al. 2023)
@@ -20,6 +23,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 VARIANTS = ("default", "vbias", "cabias", "attn_bias", "ca_softmax", "sigmoid", "gated", "clipped", "softmax1")
+POSITIONS = ("learned", "rope", "none")
 
 
 class ConfigError(ValueError):
@@ -38,10 +42,15 @@ class GPTConfig:
     attention: str = "default"  # one of VARIANTS
     clip_gamma: float = -0.03  # clipped softmax: lower stretch (gamma < 0)
     clip_zeta: float = 1.0  # clipped softmax: upper stretch (zeta >= 1)
+    pos_emb: str = "learned"  # one of POSITIONS
 
     def __post_init__(self):
         if self.attention not in VARIANTS:
             raise ConfigError(f"unknown attention variant {self.attention!r}; choose one of {', '.join(VARIANTS)}")
+        if self.pos_emb not in POSITIONS:
+            raise ConfigError(f"unknown pos_emb {self.pos_emb!r}; choose one of {', '.join(POSITIONS)}")
+        if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError("pos_emb 'rope' needs an even head dimension (n_embd / n_head)")
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -68,6 +77,16 @@ def extra_key_mask(T, device):
     return mask
 
 
+def rotate(x, base=10000.0):
+    """Rotary position embedding of x (B, nh, T, hd): channel pairs (i, i + hd/2) turned by angle t * base^(-2i/hd)."""
+    T, hd = x.shape[-2], x.shape[-1]
+    freq = base ** (-torch.arange(0, hd // 2, device=x.device, dtype=torch.float32) * 2 / hd)
+    angle = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * freq  # (T, hd/2)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
@@ -80,6 +99,7 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.clip_gamma, self.clip_zeta = config.clip_gamma, config.clip_zeta
+        self.rope = config.pos_emb == "rope"
         shape = (self.n_head, 1, self.head_dim)  # one extra key / value per head
         if self.variant in ("vbias", "cabias", "attn_bias"):
             self.v_extra = nn.Parameter(torch.zeros(shape))
@@ -96,6 +116,8 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        if self.rope:  # the extra key k' (attn_bias, cabias) stays unrotated: it has no position
+            q, k = rotate(q), rotate(k)
         if need_weights or self.blocked_keys is not None:
             y, w = self.explicit_attention(q, k, v)
         else:
@@ -204,7 +226,7 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
@@ -238,7 +260,7 @@ class GPT(nn.Module):
 
     def get_num_params(self, non_embedding=True):
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
+        if non_embedding and self.transformer.wpe is not None:
             n -= self.transformer.wpe.weight.numel()
         return n
 
@@ -248,8 +270,10 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        if self.transformer.wpe is not None:
+            x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
+        x = self.transformer.drop(x)
         hidden, weights = [], []
         for block in self.transformer.h:
             x, w = block(x, need_weights)
@@ -267,12 +291,15 @@ class GPT(nn.Module):
             return dict(logits=logits, loss=loss, hidden=hidden, attn=weights)
         return logits, loss
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW; 2-D weights (matmuls, embeddings) decay, everything else (norms, biases, extra k'/v') does not."""
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, kind="adamw", momentum=0.9):
+        """AdamW (or SGD with momentum, kind='sgd'); 2-D weights (matmuls, embeddings) decay, everything else
+        (norms, biases, extra k'/v') does not."""
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() == 2]
         no_decay = [p for p in params if p.dim() != 2]
         groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+        if kind == "sgd":
+            return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum)
         fused = device_type == "cuda"
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 

@@ -86,3 +86,113 @@ def summary(act, att):
                 max_top_key_share=max(l["top_key_share"] for l in att),
                 max_extra_key_share=max(l["extra_key_share"] for l in att),
                 sink_rate=sum(l["sink_rate"] for l in att) / len(att))
+
+
+# --- per-layer peaks, what writes them, and whether they serve a sink (issue 17's criteria) ---------------------
+# Fixed before the emergence runs: a peak is a systematic outlier when it is in a block before the last,
+# top-1/median >= SYSTEMATIC_RATIO, on a position that takes > SINK_SHARE of the attention in some layer, and
+# written by the blocks (the embedding's value in that entry is under EMBED_SHARE of the peak).
+SYSTEMATIC_RATIO = 100.0
+SINK_SHARE = 0.5
+EMBED_SHARE = 0.1
+
+
+def key_shares(w, T):
+    """Mean attention weight on each key position (T,) over batch, heads and queries 1..T-1 (query 0 has no
+    choice), each query's weights normalised by its row total (an extra key k' counts there); a query that
+    cannot see a key counts as 0 for it, so a late key cannot look like a sink on the strength of a few queries."""
+    w = w.float()
+    w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
+    return w[..., 1:, -T:].mean(dim=(0, 1, 2))
+
+
+@torch.no_grad()
+def layer_report(model, seqs):
+    """For every block output: the peak ratio (top-1/median |h|, mean over sequences), the position and channel
+    of the peak (their mode over sequences), the signed contributions to that entry (embedding, each block's
+    attention and MLP; mean over sequences), the MLP unit (down-projection column) that writes most of it
+    where an MLP is the writer, and the attention share of the peak position in every layer; then the verdict."""
+    blocks = model.transformer.h
+    parts, hooks = {}, []
+
+    def keep(name, i, pick=lambda o: o):
+        return lambda module, args, out: parts.__setitem__((name, i), pick(out))
+    hooks.append(blocks[0].register_forward_pre_hook(lambda module, args: parts.__setitem__(("embed", 0), args[0])))
+    for i, block in enumerate(blocks):
+        hooks.append(block.attn.register_forward_hook(keep("attn", i, lambda o: o[0])))
+        hooks.append(block.mlp.register_forward_hook(keep("mlp", i)))
+        hooks.append(block.mlp.gelu.register_forward_hook(keep("unit", i)))
+    try:
+        out = model(seqs, return_hidden=True, need_weights=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    B, T = seqs.shape
+    shares = [key_shares(w, T) for w in out["attn"]]  # per layer, (T,)
+    layers = []
+    for l, h in enumerate(out["hidden"]):
+        flat = h.float().abs().flatten(1)
+        top, where = flat.max(dim=1)
+        med = flat.median(dim=1).values
+        pos, ch = where // h.shape[2], where % h.shape[2]
+        p = int(pos.mode().values)
+        c = int(ch[pos == p].mode().values)
+        value = h[:, p, c].float().mean()
+        contrib = {"embed": float(parts["embed", 0][:, p, c].float().mean())}
+        for j in range(l + 1):
+            contrib[f"attn{j + 1}"] = float(parts["attn", j][:, p, c].float().mean())
+            contrib[f"mlp{j + 1}"] = float(parts["mlp", j][:, p, c].float().mean())
+        writer = max((k for k in contrib if k != "embed"), key=lambda k: abs(contrib[k]))
+        row = dict(layer=l + 1, ratio=float((top / med).mean()), top1=float(top.mean()), median=float(med.mean()),
+                   token=p, token_freq=float((pos == p).float().mean()), channel=c, value=float(value),
+                   embed_share=abs(contrib["embed"]) / max(abs(float(value)), 1e-30), writer=writer,
+                   writer_share=contrib[writer] / float(value) if float(value) else 0.0, contributions=contrib,
+                   token_attention=[float(s[p]) for s in shares], top_key=int(shares[l].argmax()),
+                   top_key_share=float(shares[l].max()))
+        if writer.startswith("mlp"):
+            j = int(writer[3:]) - 1
+            w_down = blocks[j].mlp.c_proj.weight  # (C, 4C): column k writes unit k into every channel
+            per_unit = parts["unit", j][:, p, :].float().mean(0) * w_down[c].float()
+            k = int(per_unit.abs().argmax())
+            col = w_down[:, k].float().abs()
+            col_ratio = w_down.float().abs().amax(0) / w_down.float().abs().mean(0)
+            row.update(unit=k, unit_share=float(per_unit[k]) / contrib[writer] if contrib[writer] else 0.0,
+                       unit_column_ratio=float(col.max() / col.mean()),
+                       unit_column_rank=int((col_ratio > col_ratio[k]).sum()) + 1)
+        layers.append(row)
+    return dict(layers=layers, verdict=verdict(layers), max_over_layers=max(r["ratio"] for r in layers))
+
+
+def verdict(layers):
+    """The blocks whose peak is a systematic outlier by the criteria above (1-based), and the reason each
+    other block with ratio >= SYSTEMATIC_RATIO is not one."""
+    found, rejected = [], {}
+    for r in layers:
+        if r["ratio"] < SYSTEMATIC_RATIO:
+            continue
+        sink_layers = [i + 1 for i, s in enumerate(r["token_attention"]) if s > SINK_SHARE]
+        why = []
+        if r["layer"] == len(layers):
+            why.append("last block")
+        if not sink_layers:
+            why.append(f"position {r['token']} is no sink (max share {max(r['token_attention']):.2f})")
+        if r["embed_share"] >= EMBED_SHARE:
+            why.append(f"the embedding holds {r['embed_share']:.0%} of it")
+        if why:
+            rejected[r["layer"]] = "; ".join(why)
+        else:
+            found.append(dict(layer=r["layer"], token=r["token"], channel=r["channel"], ratio=r["ratio"],
+                              writer=r["writer"], sink_layers=sink_layers))
+    return dict(outliers=bool(found), layers=found, rejected=rejected,
+                criteria=dict(ratio=SYSTEMATIC_RATIO, sink_share=SINK_SHARE, embed_share=EMBED_SHARE))
+
+
+def compact_report(report):
+    """The per-step line of stats.jsonl: the numbers to plot against steps."""
+    keys = ("ratio", "token", "channel", "embed_share", "writer", "unit", "top_key", "top_key_share")
+    layers = [{k: (round(r[k], 4) if isinstance(r[k], float) else r[k]) for k in keys if k in r} for r in report["layers"]]
+    for r, full in zip(layers, report["layers"]):
+        r["token_attention_max"] = round(max(full["token_attention"]), 4)
+    return dict(layers=layers, outliers=report["verdict"]["outliers"],
+                outlier_layers=[v["layer"] for v in report["verdict"]["layers"]],
+                max_over_layers=round(report["max_over_layers"], 4))

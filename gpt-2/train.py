@@ -19,8 +19,9 @@ from contextlib import nullcontext
 import torch
 
 from configurator import UserError, configure, resolve_path, user_errors_exit
-from dataset import Batches, load_meta
-from model import GPT, VARIANTS, ConfigError, GPTConfig
+from dataset import Batches, FreshBatches, load_meta
+from model import GPT, POSITIONS, VARIANTS, ConfigError, GPTConfig
+from outlier_stats import compact_report, layer_report
 
 # The defaults are the paper's setup: GPT-2 124M on OpenWebText, ~0.5M tokens per step, analysed at 50k steps.
 DEFAULTS = dict(
@@ -31,15 +32,21 @@ DEFAULTS = dict(
     # data
     dataset="openwebtext", gradient_accumulation_steps=5 * 8, batch_size=12, block_size=1024,
     # model
+    fresh_data=False,  # draw new sequences of a synthetic task at every step (dataset.FreshBatches)
+    # model
     n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=False, attention="default",
-    clip_gamma=-0.03, clip_zeta=1.0,
-    # AdamW and the learning-rate schedule (linear warmup, cosine decay to min_lr)
+    clip_gamma=-0.03, clip_zeta=1.0, pos_emb="learned",
+    # optimizer ('adamw', or 'sgd' with momentum) and the learning-rate schedule (linear warmup, cosine decay to min_lr)
+    optimizer="adamw", momentum=0.9,
     learning_rate=6e-4, max_iters=50000, weight_decay=1e-1, beta1=0.9, beta2=0.95, grad_clip=1.0,
     decay_lr=True, warmup_iters=2000, lr_decay_iters=50000, min_lr=6e-5,
-    # system
-    backend="nccl", device="auto", dtype="auto", compile=False, seed=1337,
+    # outlier statistics per layer (outlier_stats.layer_report) every stats_interval steps into stats.jsonl
+    stats_interval=0, stats_seqs=64,
+    # system; max_seconds > 0 stops (evaluating and saving) once training has run that long
+    backend="nccl", device="auto", dtype="auto", compile=False, seed=1337, max_seconds=0.0,
 )
-MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attention", "clip_gamma", "clip_zeta")
+MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attention", "clip_gamma", "clip_zeta",
+              "pos_emb")
 
 
 class Diverged(Exception):
@@ -73,9 +80,26 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
+def keep_stats_before(path, iter_num):
+    """Drop the stats.jsonl lines of iterations >= iter_num (written after the checkpoint a run resumes from)."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["iter"] < iter_num]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
 def validate(c):
     if c["attention"] not in VARIANTS:
         raise UserError(f"unknown attention variant {c['attention']!r}; choose one of {', '.join(VARIANTS)}")
+    if c["pos_emb"] not in POSITIONS:
+        raise UserError(f"unknown pos_emb {c['pos_emb']!r}; choose one of {', '.join(POSITIONS)}")
+    if c["optimizer"] not in ("adamw", "sgd"):
+        raise UserError(f"optimizer must be 'adamw' or 'sgd', got {c['optimizer']!r}")
+    if c["stats_interval"] < 0 or c["stats_seqs"] < 1 or c["max_seconds"] < 0:
+        raise UserError("stats_interval and max_seconds must be >= 0, stats_seqs >= 1")
     if c["init_from"] not in ("scratch", "resume"):
         raise UserError(f"init_from must be 'scratch' or 'resume', got {c['init_from']!r}")
     for key in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval", "keep_checkpoints"):
@@ -102,6 +126,8 @@ def main(argv):
         else:
             device = f"cuda:{local_rank}"
             torch.cuda.set_device(device)
+        if c["max_seconds"]:
+            raise UserError("max_seconds is for single-process runs (the processes would stop at different steps)")
         init_process_group(backend=c["backend"])
         if c["gradient_accumulation_steps"] % world:
             raise UserError(f"gradient_accumulation_steps ({c['gradient_accumulation_steps']}) must be divisible by the {world} processes")
@@ -120,9 +146,9 @@ def main(argv):
         raise UserError("on CPU this trainer runs in float32; use --dtype=float32 (or auto)")
     ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
-    if device_type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if device_type == "cuda":  # float32 means float32; TF32 only where autocast lowers precision anyway
+        torch.backends.cuda.matmul.allow_tf32 = dtype != "float32"
+        torch.backends.cudnn.allow_tf32 = dtype != "float32"
     out_dir = resolve_path(c["out_dir"])
     tokens_per_iter = c["gradient_accumulation_steps"] * world * c["batch_size"] * c["block_size"]
     if master:
@@ -132,7 +158,10 @@ def main(argv):
     # --- model, optimizer, state -------------------------------------------------------------------
     torch.manual_seed(c["seed"] + rank)
     meta = load_meta(c["dataset"])
-    train_batches = Batches(c["dataset"], "train", c["batch_size"], c["block_size"], c["seed"] + rank, device)
+    if c["fresh_data"]:
+        train_batches = FreshBatches(c["dataset"], c["batch_size"], c["block_size"], c["seed"] + rank, device)
+    else:
+        train_batches = Batches(c["dataset"], "train", c["batch_size"], c["block_size"], c["seed"] + rank, device)
     model_args = {k: c[k] for k in MODEL_KEYS}
     model_args["vocab_size"] = meta.get("vocab_size", 50304)
     iter_num, best_val_loss, ckpt = 0, float("inf"), None
@@ -152,11 +181,12 @@ def main(argv):
         model.load_state_dict(ckpt["model"])
     model.to(device)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
-    optimizer = model.configure_optimizers(c["weight_decay"], c["learning_rate"], (c["beta1"], c["beta2"]), device_type)
+    optimizer = model.configure_optimizers(c["weight_decay"], c["learning_rate"], (c["beta1"], c["beta2"]), device_type,
+                                           c["optimizer"], c["momentum"])
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
-        train_batches.gen.set_state(ckpt["batch_rng"][rank] if rank < len(ckpt["batch_rng"]) else ckpt["batch_rng"][0])
-        torch.set_rng_state(ckpt["torch_rng"])
+        train_batches.set_state(ckpt["batch_rng"][rank] if rank < len(ckpt["batch_rng"]) else ckpt["batch_rng"][0])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())  # map_location moved it to the device
     ckpt = None  # free memory
     raw_model = model
     if c["compile"]:
@@ -185,7 +215,7 @@ def main(argv):
         return out
 
     def save(iter_num, losses):
-        batch_rng = [train_batches.gen.get_state()]
+        batch_rng = [train_batches.get_state()]
         if ddp:
             import torch.distributed as dist
             gathered = [None] * world
@@ -208,6 +238,19 @@ def main(argv):
         wandb.init(project=c["wandb_project"], name=c["wandb_run_name"], config=c)
     log_path = os.path.join(out_dir, "train_log.jsonl")
     history, tokens_per_sec, t_timer, tokens_timed = {}, None, None, 0
+    stats_path = os.path.join(out_dir, "stats.jsonl")
+    if c["stats_interval"] and master:
+        stats_seqs = Batches(c["dataset"], "val", 1, c["block_size"], 0).sequences(c["stats_seqs"], c["block_size"]).to(device)
+        keep_stats_before(stats_path, iter_num)  # a resumed run rewrites what came after its checkpoint
+
+    def log_stats(iter_num):
+        model.eval()
+        with ctx:
+            report = layer_report(raw_model, stats_seqs)
+        model.train()
+        with open(stats_path, "a") as f:
+            f.write(json.dumps(dict(iter=iter_num, **compact_report(report))) + "\n")
+    started, last_iter = time.time(), c["max_iters"]
 
     # --- training loop -----------------------------------------------------------------------------
     model.train()
@@ -215,7 +258,13 @@ def main(argv):
         lr = get_lr(iter_num, c)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        if iter_num % c["eval_interval"] == 0 or iter_num == c["max_iters"]:
+        if c["stats_interval"] and master and iter_num % c["stats_interval"] == 0:
+            log_stats(iter_num)
+        out_of_time = c["max_seconds"] > 0 and time.time() - started > c["max_seconds"]
+        if out_of_time:
+            print(f"max_seconds ({c['max_seconds']:g}) reached at iteration {iter_num}") if master else None
+            last_iter = iter_num  # evaluate and save here, then stop
+        if iter_num % c["eval_interval"] == 0 or iter_num == last_iter:
             if c["eval_only"] or iter_num > 0:
                 losses = estimate_loss()
                 if master:
@@ -230,7 +279,7 @@ def main(argv):
                     best_val_loss = min(best_val_loss, losses["val"])
                     save(iter_num, losses)
                 t_timer, tokens_timed = None, 0  # evaluation time does not count towards tokens/s
-        if iter_num >= c["max_iters"]:
+        if iter_num >= last_iter:
             break
         if t_timer is None:
             t_timer = time.time()

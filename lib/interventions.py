@@ -14,7 +14,8 @@ entry (those functions list at most 64).
 - `edit_outliers(blocks, layer, mode)`: at that block's output the outliers detected in each evaluated window
   (on the window's own, unedited activations) are set to zero or to their channel's calibration mean;
   nothing else is touched. An outlier in a channel never flagged during calibration has no mean: it is
-  left as it is and counted.
+  left as it is and counted. Mode `zero_random` is their control: as many entries of the same block output,
+  drawn at random among the unflagged ones, set to zero.
 - `mask_sink_keys(model, layer)`: in every block after `layer`, no query may attend to the outlier tokens
   detected at `layer` in that window (each token still attends to itself, so the first row keeps a key).
   Hugging Face models (families on transformers' attention registry): a registered attention function edits
@@ -153,21 +154,28 @@ def calibration_means(scan, layer: int) -> dict[int, float]:
 class OutlierEdit:
     """Forward hook state for `edit_outliers`: counts what it changed, over all windows."""
 
-    def __init__(self, mode: str, means: dict[int, float] | None = None, rule: Rule = DEFAULT_RULE):
-        if mode not in ("zero", "mean"):
-            raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
+    def __init__(self, mode: str, means: dict[int, float] | None = None, rule: Rule = DEFAULT_RULE, seed: int = 0):
+        if mode not in ("zero", "mean", "zero_random"):
+            raise ValueError(f"mode must be 'zero', 'mean' or 'zero_random', got {mode!r}")
         if mode == "mean" and not means:
             raise ValueError("mode 'mean' needs calibration means")
         self.mode, self.means, self.rule = mode, means or {}, rule
         self.edited = 0
         self.without_mean = 0
         self.tokens: list[list[int]] = []  # per sequence (batch row) seen: the outlier tokens
+        self.gen = torch.Generator().manual_seed(seed)  # zero_random: which entries
 
     def __call__(self, layer, output):
         h = _hidden(output).clone()
         for b in range(h.shape[0]):
             mask = outlier_mask(h[b], self.rule)
             self.tokens.append(torch.nonzero(mask.any(dim=1)).flatten().tolist())
+            if self.mode == "zero_random":  # the control: as many entries, drawn among the unflagged ones
+                others = torch.nonzero(~mask.flatten().cpu()).flatten()
+                pick = others[torch.randperm(len(others), generator=self.gen)[: int(mask.sum())]]
+                h[b].view(-1)[pick.to(h.device)] = 0
+                self.edited += len(pick)
+                continue
             for t, c in torch.nonzero(mask).tolist():
                 if self.mode == "zero":
                     h[b, t, c] = 0
@@ -181,8 +189,8 @@ class OutlierEdit:
 
 
 @contextmanager
-def edit_outliers(blocks, layer: int, mode: str, means=None, rule: Rule = DEFAULT_RULE):
-    edit = OutlierEdit(mode, means, rule)
+def edit_outliers(blocks, layer: int, mode: str, means=None, rule: Rule = DEFAULT_RULE, seed: int = 0):
+    edit = OutlierEdit(mode, means, rule, seed)
     with block_output_hooks(blocks, edit, layers=[layer]):
         yield edit
 
