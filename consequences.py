@@ -445,6 +445,11 @@ def run(args, subjects=None, command=None, log=print) -> dict:
     start = time.time()
     if subjects is None:
         subjects = [gpt2_subject(p, args) for p in args.gpt2] if args.gpt2 else [hf_subject(args)]
+    names = [s.name for s in subjects]
+    for s in subjects:  # two runs of one variant (other settings): name them by their run folder
+        if names.count(s.name) > 1 and s.info.get("checkpoint"):
+            s.name = os.path.basename(os.path.dirname(s.info["checkpoint"]))
+            s.title = f"GPT ({s.name})"
     if args.gpt2 or (subjects and not subjects[0].hf):
         datasets = sorted({s.info.get("dataset", "") for s in subjects})
         group, title = "gpt2_" + "_".join(datasets), "GPT-2 variants on " + ", ".join(datasets)

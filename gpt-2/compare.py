@@ -5,8 +5,12 @@
 Each run is a train.py out_dir (its newest checkpoint is used). For each run this evaluates the loss
 (test.py), runs the analysis (analyze.py, figures and JSON into <results_dir>/<variant>/), then writes
 <results_dir>/table.md and table.json. Criteria, fixed before looking at any result:
-  outliers = top-1/median of |block output| >= 100 in some layer (SPEC.md: 'about 1000x the median', we
-             use the issue's looser 100x);  sink = some token gets > 50% of the attention mass in some layer.
+  systematic outliers = outlier_stats.layer_report's per-layer verdict on the first verdict_seqs validation
+             sequences: a block before the last whose top-1/median |block output| >= 100 sits on a sink token
+             (> 50% of the attention in some layer) and was written by a block, not the embedding;
+  max over layers >= 100 = the earlier, looser column (any layer, any token), kept beside it;
+  sink = some token gets > 50% of the attention mass in some layer.
+Tables written before the per-layer verdict (2026-11-25) have only the max-over-layers column, as 'outliers'.
 """
 import json
 import os
@@ -17,10 +21,12 @@ import torch
 import analyze
 from configurator import UserError, configure, resolve_path, user_errors_exit
 from lib.files import write_text  # noqa: E402  (configurator puts the repo root on sys.path)
-from outlier_stats import load_model
+from dataset import Batches
+from outlier_stats import layer_report, load_model
 from test import evaluate, find_checkpoint
 
-DEFAULTS = dict(runs=[], results_dir="results/compare", n_seqs=3, eval_iters=50, batch_size=16, device="cpu", plot=True)
+DEFAULTS = dict(runs=[], results_dir="results/compare", n_seqs=3, verdict_seqs=64, eval_iters=50, batch_size=16,
+                device="cpu", plot=True)
 OUTLIER_RATIO = 100.0
 SINK_SHARE = 0.5
 
@@ -34,6 +40,9 @@ def row_for(run, c):
     out_dir = os.path.join(resolve_path(c["results_dir"]), variant)
     r = analyze.main([f"--ckpt={path}", f"--analysis_dir={out_dir}", f"--n_seqs={c['n_seqs']}", f"--plot={c['plot']}"])
     s = r["summary"]
+    T = model.config.block_size
+    seqs = Batches(dataset, "val", 1, T, 0).sequences(c["verdict_seqs"], T).to(c["device"])
+    judged = layer_report(model, seqs)["verdict"]
     log = os.path.join(os.path.dirname(path), "train_log.jsonl")
     return dict(variant=variant, run=os.path.relpath(os.path.dirname(path), resolve_path(".")), iter=ckpt["iter_num"],
                 val_loss=losses["val"]["loss"], train_loss=losses["train"]["loss"],
@@ -42,19 +51,27 @@ def row_for(run, c):
                 top_key_share=s["max_top_key_share"], extra_key_share=s["max_extra_key_share"], sink_rate=s["sink_rate"],
                 params=model.get_num_params(), tokens_per_sec=ckpt.get("tokens_per_sec"),
                 ratio_per_layer=[l["ratio"] for l in r["layers"]],
-                outliers=s["max_ratio"] >= OUTLIER_RATIO, sink=s["max_top_key_share"] > SINK_SHARE,
+                outliers=judged["outliers"], outlier_layers=judged["layers"], rejected_peaks=judged["rejected"],
+                max_over_layers_outliers=s["max_ratio"] >= OUTLIER_RATIO, sink=s["max_top_key_share"] > SINK_SHARE,
                 train_log=os.path.relpath(log, resolve_path(".")) if os.path.exists(log) else None)
+
+
+def systematic(r):
+    if not r["outliers"]:
+        return "no"
+    return "yes: " + ", ".join(f"L{x['layer']} t{x['token']} c{x['channel']}" for x in r["outlier_layers"])
 
 
 def markdown(rows):
     head = ("| variant | val loss | top-1 | median | top-1/median (layer) | kurtosis | 1st-token attn | top-key attn "
-            "| extra-key attn | sink rate | outliers | sink | params | tok/s (train) |")
+            "| extra-key attn | sink rate | systematic outliers | max over layers >= 100 (old) | sink | params | tok/s (train) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         tps = f"{r['tokens_per_sec']:,.0f}" if r["tokens_per_sec"] else "-"
         lines.append(f"| {r['variant']} | {r['val_loss']:.4f} | {r['top1']:.2f} | {r['median']:.3f} | {r['ratio']:.1f} ({r['ratio_layer']}) "
                      f"| {r['kurtosis']:.1f} | {r['first_token_share']:.3f} | {r['top_key_share']:.3f} | {r['extra_key_share']:.3f} "
-                     f"| {r['sink_rate']:.2f} | {'yes' if r['outliers'] else 'no'} | {'yes' if r['sink'] else 'no'} "
+                     f"| {r['sink_rate']:.2f} | {systematic(r)} | {'yes' if r['max_over_layers_outliers'] else 'no'} "
+                     f"| {'yes' if r['sink'] else 'no'} "
                      f"| {r['params']:,} | {tps} |")
     return "\n".join(lines) + "\n"
 

@@ -12,11 +12,19 @@ out a token. On Gemma 3 270M and the Summer prompt the '.' token's channel 163 r
 (1,090 x the median, 3.2 x the channel's median over tokens) while channel 163 of every other token is
 3,000-5,000: rule 3 keeps the first, rejects the rest. Factors 1 and 2 are Sun et al.'s, factor 3 is ours.
 
-Attention outliers (``attention_outlier_keys``): the paper's rule, cumulative attention >= 0.1 x seqlen, AND
-at least twice what the key would receive under uniform causal attention (sum over queries i >= j of
-1 / (i + 1)). On long sequences the second test never binds (2 x baseline is about 2 ln T << 0.1 T); on a
-short prompt the first key is visible to every query and passes 0.1 x T by construction (Gemma 3 270M,
-Summer prompt, layer 9: key 0 gets 1.87 of a uniform 2.83, the '.' key 3.42 of a uniform 1.00).
+Attention outliers (``attention_outlier_keys``): the paper's rule (cumulative attention >= 0.1 x seqlen) made
+to hold on every length. Only the queries that had a choice count (query 0 can only attend to key 0, so the
+paper's sum hands key 0 a free 1), and a key must hold
+  1. >= 0.1 of that choosable mass (the paper's 0.1 x seqlen, as a share), and
+  2. >= 1.25 x the share uniform causal attention would give it (query i spreads 1 / (i + 1) over keys 0..i).
+Why these two: uniform attention must flag nothing, and a sink must be flagged on a prompt of any length.
+Under uniform attention every key gets exactly 1 x its uniform share, so test 2 rejects it on any length,
+while on long sequences test 2 never binds (the uniform share of any key is at most (ln T) / T << 0.1) and
+the rule is the paper's. On short prompts a fixed factor such as 2 x uniform would block real sinks: at 4
+tokens uniform attention already gives key 0 36% of the choosable mass, so a key 0 holding half of it is
+1.39 x uniform; 1.25 passes that and still rejects a key just above uniform (1.1 x). Gemma 3 270M, Summer
+prompt, layer 9: the '.' key holds 0.43 of the choosable mass (3.4 x uniform) and is flagged; keys 0 and 1
+pass the paper's rule but hold 0.11 and 0.13 (0.48 and 0.56 x uniform) and are not.
 """
 import math
 
@@ -25,8 +33,8 @@ from lib import outliers
 MASSIVE_ABS = 100.0
 MASSIVE_FACTOR = 1000.0
 TOKEN_FACTOR = 2.0
-ATTENTION_FACTOR = 0.1
-BASELINE_FACTOR = 2.0
+ATTENTION_FACTOR = 0.1  # the paper's 0.1 x seqlen; ours: the minimum share of the choosable mass
+UNIFORM_MARGIN = 1.25
 
 
 
@@ -36,8 +44,9 @@ def activation_rule(factor=MASSIVE_FACTOR, min_abs=MASSIVE_ABS, token_factor=TOK
 
 
 ACTIVATION_RULE = activation_rule()
-ATTENTION_RULE = (f"cumulative attention >= {ATTENTION_FACTOR:g} x seqlen and >= {BASELINE_FACTOR:g} x the "
-                  "uniform causal baseline sum_(i>=j) 1/(i+1)")
+ATTENTION_RULE = (f"share of the attention of queries 1..T-1 >= {ATTENTION_FACTOR:g} and >= {UNIFORM_MARGIN:g} x the share "
+                  "uniform causal attention gives the key")
+PAPER_ATTENTION_RULE = f"cumulative attention >= {ATTENTION_FACTOR:g} x seqlen (the paper's rule as written)"
 
 
 def massive_entries(h):
@@ -52,8 +61,27 @@ def paper_rule_tokens(h):
 
 
 def attention_outlier_keys(cumulative):
-    """Keys with cumulative attention >= 0.1 x seqlen and >= 2 x the uniform causal baseline."""
-    return outliers.attention_outlier_keys(cumulative, factor=ATTENTION_FACTOR, baseline_factor=BASELINE_FACTOR)
+    """Keys under ATTENTION_RULE (module docstring)."""
+    return outliers.sink_keys(cumulative, min_share=ATTENTION_FACTOR, margin=UNIFORM_MARGIN)
+
+
+def paper_attention_keys(cumulative):
+    return outliers.attention_outlier_keys(cumulative, factor=ATTENTION_FACTOR)
+
+
+def rule_disagreement(cumulative, ours, paper):
+    """One line saying which keys the two rules disagree on and why, or None when they agree."""
+    if set(ours) == set(paper):
+        return None
+    share, uniform = outliers.choosable_shares(cumulative)
+    parts = []
+    for k in sorted(set(paper) - set(ours)):
+        parts.append(f"key {k} passes the paper's 0.1 x seqlen but holds {share[k]:.2f} of the choosable mass, "
+                     f"{share[k] / uniform[k]:.2f} x uniform")
+    for k in sorted(set(ours) - set(paper)):
+        parts.append(f"key {k} holds {share[k]:.2f} of the choosable mass ({share[k] / uniform[k]:.2f} x uniform) "
+                     f"but its cumulative attention {float(cumulative[k]):.2f} is under 0.1 x seqlen")
+    return "rules differ: " + "; ".join(parts)
 
 
 # --- reducers for Capture(reduce=...) -----------------------------------------------------------------------

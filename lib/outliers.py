@@ -232,21 +232,35 @@ def uniform_causal_attention(seqlen):
     return shares.flip(0).cumsum(0).flip(0)
 
 
-def attention_outlier_keys(cumulative, seqlen=None, factor=0.1, baseline_factor=None):
-    """Attention-outlier keys: positions whose cumulative attention >= ``factor * seqlen``.
-
-    ``seqlen`` defaults to ``len(cumulative)``; the paper uses factor 0.1. With ``baseline_factor``
-    a key must also get that many times its ``uniform_causal_attention``: on a short prompt the
-    first key is seen by every query and passes 0.1 x seqlen by construction; on long sequences
-    this second test never binds (2 x the baseline is about 2 ln T, far below 0.1 T). Sorted ints.
-    """
+def attention_outlier_keys(cumulative, seqlen=None, factor=0.1):
+    """The paper's rule as written: positions whose cumulative attention >= ``factor * seqlen``
+    (``seqlen`` defaults to ``len(cumulative)``; the paper uses 0.1). Sorted ints."""
     _require_tensor(cumulative, 1, "cumulative", "[keys]")
     cumulative = cumulative.detach().to(torch.float32)
     seqlen = cumulative.shape[0] if seqlen is None else seqlen
-    is_outlier = cumulative >= factor * seqlen
-    if baseline_factor is not None:
-        is_outlier &= cumulative >= baseline_factor * uniform_causal_attention(cumulative.shape[0])
-    return torch.nonzero(is_outlier).flatten().tolist()
+    return torch.nonzero(cumulative >= factor * seqlen).flatten().tolist()
+
+
+def choosable_shares(cumulative):
+    """(share, uniform_share), each ``[keys]``: the share of the attention mass of the queries that had a
+    choice (queries 1..T-1; query 0 sees only key 0 and, in a softmax, puts all its weight there) that
+    falls on each key, and the share that uniform causal attention would give that key. Both sum to 1."""
+    _require_tensor(cumulative, 1, "cumulative", "[keys]")
+    T = cumulative.shape[0]
+    mass = cumulative.detach().to(torch.float32).clone()
+    uniform = uniform_causal_attention(T)
+    mass[0] = (mass[0] - 1.0).clamp_min(0.0)
+    uniform[0] -= 1.0
+    return mass / max(T - 1, 1), uniform / max(T - 1, 1)
+
+
+def sink_keys(cumulative, min_share=0.1, margin=1.25):
+    """Attention-outlier keys on any length: a key whose share of the choosable mass (``choosable_shares``)
+    is >= ``min_share`` and >= ``margin`` x what uniform attention would give it. Sorted ints; none for T < 2."""
+    if cumulative.shape[0] < 2:
+        return []
+    share, uniform = choosable_shares(cumulative)
+    return torch.nonzero((share >= min_share) & (share >= margin * uniform)).flatten().tolist()
 
 
 def head_outlier_ratio_from_sums(sums, keys):

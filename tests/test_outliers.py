@@ -353,11 +353,61 @@ def test_uniform_causal_attention_by_hand():
     assert O.uniform_causal_attention(3).dtype == torch.float32
 
 
-def test_baseline_factor_drops_a_first_key_that_only_gets_its_uniform_share():
+def test_sink_keys_drop_a_first_key_that_only_gets_its_uniform_share():
     T = 10
     uniform = O.uniform_causal_attention(T)
     cumulative = uniform.clone()
     cumulative[4] += 2.0  # a real sink at key 4, taken evenly from the others
     cumulative[[0, 1, 2, 3]] -= 0.5
     assert 0 in O.attention_outlier_keys(cumulative)      # 0.1 x T = 1 is passed by key 0 by construction
-    assert O.attention_outlier_keys(cumulative, baseline_factor=2.0) == [4]
+    assert O.sink_keys(cumulative) == [4]
+
+
+def planted_map(T, key, share):
+    """Causal attention [1, T, T] where every query q >= max(key, 1) puts `share` of its mass on `key` and
+    spreads the rest evenly over its other visible keys; earlier queries attend uniformly."""
+    probs = torch.zeros(T, T)
+    probs[0, 0] = 1.0
+    for q in range(1, T):
+        if q < key:
+            probs[q, : q + 1] = 1.0 / (q + 1)
+            continue
+        probs[q, : q + 1] = (1 - share) / q
+        probs[q, key] = share
+    return probs[None]
+
+
+@pytest.mark.parametrize("T", [4, 5, 6, 9, 16, 64, 256, 512])
+def test_uniform_attention_flags_no_key_on_any_length(T):
+    cumulative = O.cumulative_attention(causal_uniform(1, T))
+    assert O.sink_keys(cumulative) == []
+    share, uniform = O.choosable_shares(cumulative)
+    assert torch.allclose(share, uniform, atol=1e-6) and float(share.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("T", [4, 6, 9, 16, 256])
+def test_a_first_key_with_half_of_every_later_query_is_flagged(T):
+    assert O.sink_keys(O.cumulative_attention(planted_map(T, 0, 0.5))) == [0]
+
+
+@pytest.mark.parametrize("T", [9, 16, 256])
+def test_a_later_key_with_forty_percent_is_flagged(T):
+    assert O.sink_keys(O.cumulative_attention(planted_map(T, 3, 0.4))) == [3]  # like Gemma's '.' at position 3
+
+
+@pytest.mark.parametrize("T", [4, 9, 64])
+def test_a_key_just_above_uniform_is_not_flagged(T):
+    cumulative = O.cumulative_attention(causal_uniform(1, T))
+    share, uniform = O.choosable_shares(cumulative)
+    cumulative[0] = 1.0 + 1.1 * uniform[0] * (T - 1)  # key 0 at 1.1 x its uniform share
+    assert O.sink_keys(cumulative) == []
+
+
+def test_the_rules_disagreement_is_explained():
+    from lib import analysis
+    cumulative = torch.tensor([1.87, 1.02, 0.5, 3.42, 0.8, 0.39, 0.35, 0.29, 0.38])  # Gemma 3 270M, layer 9
+    ours, paper = analysis.attention_outlier_keys(cumulative), analysis.paper_attention_keys(cumulative)
+    assert ours == [3] and paper == [0, 1, 3]
+    line = analysis.rule_disagreement(cumulative, ours, paper)
+    assert "key 0" in line and "key 1" in line and "key 3" not in line
+    assert analysis.rule_disagreement(cumulative, [3], [3]) is None

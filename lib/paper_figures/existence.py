@@ -89,7 +89,7 @@ def attention(ctx):
     plotting.attention_heatmap(ax, probs.mean(0).numpy(), tokens, highlight=keys,
                                title=f"{ctx.title}, layer {layer + 1}, head-averaged attention{status}")
     ctx.save(fig, "existence_attention_outliers")
-    paper_keys = outliers.attention_outlier_keys(cumulative, factor=analysis.ATTENTION_FACTOR)
+    paper_keys = analysis.paper_attention_keys(cumulative)
     ratio = outliers.head_outlier_ratio(probs, keys).tolist() if keys else [0.0] * probs.shape[0]
     result = {
         "layer": layer + 1, "why": why, "rule": analysis.ATTENTION_RULE, "tokens": tokens,
@@ -103,6 +103,10 @@ def attention(ctx):
         "cumulative attention per key: " + ", ".join(f"{c:.2f}" for c in result["cumulative"]),
         f"paper's >= 0.1 x seqlen rule alone: keys {paper_keys}",
     ]
+    differ = analysis.rule_disagreement(cumulative, keys, paper_keys)
+    if differ:
+        result["rules_differ"] = differ
+        result["summary"].append(differ)
     return result
 
 
