@@ -20,7 +20,7 @@ import torch
 
 import analyze
 from configurator import UserError, configure, resolve_path, user_errors_exit
-from lib.files import write_text  # noqa: E402  (configurator puts the repo root on sys.path)
+from lib.files import write_json, write_text  # noqa: E402  (configurator puts the repo root on sys.path)
 from dataset import Batches
 from outlier_stats import layer_report, load_model
 from test import evaluate, find_checkpoint
@@ -41,7 +41,8 @@ def row_for(run, c):
     r = analyze.main([f"--ckpt={path}", f"--analysis_dir={out_dir}", f"--n_seqs={c['n_seqs']}", f"--plot={c['plot']}"])
     s = r["summary"]
     T = model.config.block_size
-    seqs = Batches(dataset, "val", 1, T, 0).sequences(c["verdict_seqs"], T).to(c["device"])
+    val = Batches(dataset, "val", 1, T, 0)
+    seqs = val.sequences(min(c["verdict_seqs"], val.available(T)), T).to(c["device"])
     judged = layer_report(model, seqs)["verdict"]
     log = os.path.join(os.path.dirname(path), "train_log.jsonl")
     return dict(variant=variant, run=os.path.relpath(os.path.dirname(path), resolve_path(".")), iter=ckpt["iter_num"],
@@ -76,24 +77,32 @@ def markdown(rows):
     return "\n".join(lines) + "\n"
 
 
-def main(argv):
-    c = configure(DEFAULTS, argv)
+def table_over_runs(c, row_for, markdown, criteria, script):
+    """The frame compare.py and emergence.py share: one row per run (c['runs']), then table.md and table.json
+    (with the criteria and the command) in c['results_dir']. Returns (rows, results_dir)."""
     if "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     if not c["runs"]:
-        raise UserError("give the runs to compare: --runs=\"['out-a', 'out-b']\"")
+        raise UserError("give the runs: --runs=\"['out-a', 'out-b']\"")
     rows = [row_for(run, c) for run in c["runs"]]
     results_dir = resolve_path(c["results_dir"])
     os.makedirs(results_dir, exist_ok=True)
     table = markdown(rows)
-    for name, text in (("table.md", table), ("table.json", json.dumps(dict(criteria=dict(outlier_ratio=OUTLIER_RATIO,
-                                                                                         sink_share=SINK_SHARE), rows=rows), indent=1))):
-        write_text(os.path.join(results_dir, name), text)
+    write_text(os.path.join(results_dir, "table.md"), table)
+    write_json(os.path.join(results_dir, "table.json"),
+               dict(criteria=criteria, command=" ".join(["python", script] + sys.argv[1:]), rows=rows))
+    print(table)
+    return rows, results_dir
+
+
+def main(argv):
+    c = configure(DEFAULTS, argv)
+    criteria = dict(outlier_ratio=OUTLIER_RATIO, sink_share=SINK_SHARE, systematic="outlier_stats.verdict")
+    rows, results_dir = table_over_runs(c, row_for, markdown, criteria, "compare.py")
     if c["plot"] and len(rows) > 1:
         import plot_gpt2
         plot_gpt2.plot_compare([json.load(open(os.path.join(results_dir, r["variant"], "analysis.json"))) for r in rows],
                                os.path.join(results_dir, "compare_layerwise.png"))
-    print(table)
     return rows
 
 

@@ -67,6 +67,10 @@ class Batches:
     def set_state(self, state):
         self.gen.set_state(state.cpu())  # a checkpoint loaded with map_location may hold it on the GPU
 
+    def available(self, length):
+        """How many sequences of `length` tokens sequences() can give."""
+        return len(self.data) // (self.seq_len if self.seq_len is not None else length)
+
     def sequences(self, n, length):
         """The first n sequences (aligned datasets) or n consecutive chunks, each `length` tokens long."""
         step = self.seq_len if self.seq_len is not None else length

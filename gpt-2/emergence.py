@@ -16,11 +16,9 @@ import os
 import sys
 
 import numpy as np
-import torch
-
-from configurator import UserError, configure, resolve_path, user_errors_exit
+from compare import table_over_runs
+from configurator import configure, resolve_path, user_errors_exit
 from dataset import Batches, load_meta
-from lib.files import write_json, write_text  # noqa: E402  (configurator puts the repo root on sys.path)
 from outlier_stats import EMBED_SHARE, SINK_SHARE, SYSTEMATIC_RATIO, layer_report, load_model
 from test import evaluate, find_checkpoint
 
@@ -57,7 +55,8 @@ def row_for(run, c):
     model, ckpt = load_model(path, c["device"])
     dataset, T = ckpt["config"]["dataset"], model.config.block_size
     losses = evaluate(model, dataset, c["batch_size"], T, c["eval_iters"], 1000, c["device"])
-    seqs = Batches(dataset, "val", 1, T, 0).sequences(c["n_seqs"], T).to(c["device"])
+    val = Batches(dataset, "val", 1, T, 0)
+    seqs = val.sequences(min(c["n_seqs"], val.available(T)), T).to(c["device"])
     report = layer_report(model, seqs)
     out_dir = os.path.dirname(path)
     stats = read_jsonl(os.path.join(out_dir, "stats.jsonl"))
@@ -144,13 +143,22 @@ def plot(rows, results_dir):
     paths = [os.path.join(results_dir, "trajectories.png"), os.path.join(results_dir, "convergence.png")]
     fig.savefig(paths[0], dpi=90)
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in rows:
-        ax.plot(np.array(r["val_curve"]["steps"]) / 1000, r["val_curve"]["val"], label=r["run"].replace("out-emergence-", ""), lw=0.9)
-    ax.set_xlabel("steps (k)")
-    ax.set_ylabel("val loss")
-    ax.set_ylim(top=min(2.0, ax.get_ylim()[1]))
-    ax.legend(fontsize=6, ncol=2)
+    designs = sorted({r["design"] for r in rows})
+    fig, axes = plt.subplots(1, len(designs), figsize=(6.5 * len(designs), 4), squeeze=False)
+    colors = plt.get_cmap("tab20")
+    for ax, design in zip(axes[0], designs):
+        mine = [r for r in rows if r["design"] == design]
+        for i, r in enumerate(mine):
+            ax.plot(np.array(r["val_curve"]["steps"]) / 1000, r["val_curve"]["val"], lw=0.9, color=colors(i % 20),
+                    label=r["run"].replace("out-emergence-", ""))
+        ax.set_xscale("log")
+        ax.set_xlabel("steps (k, log)")
+        ax.set_ylabel("val loss (train.py's estimate)")
+        ax.set_title(f"design {design}", fontsize=9)
+        low = min((min(r["val_curve"]["val"]) for r in mine if r["val_curve"]["val"]), default=None)
+        if low is not None:
+            ax.set_ylim(low - 0.01, low + 0.25)
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(paths[1], dpi=90)
     plt.close(fig)
@@ -159,20 +167,9 @@ def plot(rows, results_dir):
 
 def main(argv):
     c = configure(DEFAULTS, argv)
-    if "OMP_NUM_THREADS" in os.environ:
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    if not c["runs"]:
-        raise UserError("give the runs: --runs=\"['out-emergence-default', 'out-emergence-ca_softmax']\"")
-    rows = [row_for(run, c) for run in c["runs"]]
-    results_dir = resolve_path(c["results_dir"])
-    os.makedirs(results_dir, exist_ok=True)
-    table = markdown(rows)
-    write_text(os.path.join(results_dir, "table.md"), table)
-    write_json(os.path.join(results_dir, "table.json"), dict(criteria=criteria(), command="python emergence.py " + " ".join(argv),
-                                                             rows=rows))
+    rows, results_dir = table_over_runs(c, row_for, markdown, criteria(), "emergence.py")
     if c["plot"]:
         plot(rows, results_dir)
-    print(table)
     return rows
 
 

@@ -240,7 +240,8 @@ def main(argv):
     history, tokens_per_sec, t_timer, tokens_timed = {}, None, None, 0
     stats_path = os.path.join(out_dir, "stats.jsonl")
     if c["stats_interval"] and master:
-        stats_seqs = Batches(c["dataset"], "val", 1, c["block_size"], 0).sequences(c["stats_seqs"], c["block_size"]).to(device)
+        val = Batches(c["dataset"], "val", 1, c["block_size"], 0)
+        stats_seqs = val.sequences(min(c["stats_seqs"], val.available(c["block_size"])), c["block_size"]).to(device)
         keep_stats_before(stats_path, iter_num)  # a resumed run rewrites what came after its checkpoint
 
     def log_stats(iter_num):
