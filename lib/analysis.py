@@ -14,17 +14,16 @@ out a token. On Gemma 3 270M and the Summer prompt the '.' token's channel 163 r
 
 Attention outliers (``attention_outlier_keys``): the paper's rule (cumulative attention >= 0.1 x seqlen) made
 to hold on every length. Only the queries that had a choice count (query 0 can only attend to key 0, so the
-paper's sum hands key 0 a free 1), and a key must hold
-  1. >= 0.1 of that choosable mass (the paper's 0.1 x seqlen, as a share), and
-  2. >= 1.25 x the share uniform causal attention would give it (query i spreads 1 / (i + 1) over keys 0..i).
-Why these two: uniform attention must flag nothing, and a sink must be flagged on a prompt of any length.
-Under uniform attention every key gets exactly 1 x its uniform share, so test 2 rejects it on any length,
-while on long sequences test 2 never binds (the uniform share of any key is at most (ln T) / T << 0.1) and
-the rule is the paper's. On short prompts a fixed factor such as 2 x uniform would block real sinks: at 4
-tokens uniform attention already gives key 0 36% of the choosable mass, so a key 0 holding half of it is
-1.39 x uniform; 1.25 passes that and still rejects a key just above uniform (1.1 x). Gemma 3 270M, Summer
-prompt, layer 9: the '.' key holds 0.43 of the choosable mass (3.4 x uniform) and is flagged; keys 0 and 1
-pass the paper's rule but hold 0.11 and 0.13 (0.48 and 0.56 x uniform) and are not.
+paper's sum hands key 0 a free 1), and a key must hold at least 0.1 more of that choosable mass than uniform
+causal attention would give it (query i spreading 1 / (i + 1) over keys 0..i). Why an excess over uniform:
+uniform attention must flag nothing, and a sink must be flagged on a prompt of any length. Under uniform
+attention every key's excess is 0, on any length. On long sequences the uniform share of any key is at most
+about (ln T) / T, so the rule is the paper's 0.1. On short prompts a ratio to uniform cannot do both: at 4
+tokens uniform attention already gives key 0 36% of the choosable mass, so a key 0 holding half of it is only
+1.39 x uniform, while a key just above uniform (1.1 x) must not pass; its excess is 0.14 against 0.04. A
+floor on the share alone passes keys that merely collect their uniform share on short prompts. Gemma 3 270M,
+Summer prompt, layer 9: the '.' key holds 0.43 of the choosable mass (0.30 above uniform) and is flagged;
+keys 0 and 1 pass the paper's rule but hold 0.11 and 0.13, less than uniform would give them (0.23).
 """
 import math
 
@@ -33,8 +32,7 @@ from lib import outliers
 MASSIVE_ABS = 100.0
 MASSIVE_FACTOR = 1000.0
 TOKEN_FACTOR = 2.0
-ATTENTION_FACTOR = 0.1  # the paper's 0.1 x seqlen; ours: the minimum share of the choosable mass
-UNIFORM_MARGIN = 1.25
+ATTENTION_FACTOR = 0.1  # the paper's 0.1 x seqlen; ours: the minimum excess over uniform of the choosable share
 
 
 
@@ -44,8 +42,8 @@ def activation_rule(factor=MASSIVE_FACTOR, min_abs=MASSIVE_ABS, token_factor=TOK
 
 
 ACTIVATION_RULE = activation_rule()
-ATTENTION_RULE = (f"share of the attention of queries 1..T-1 >= {ATTENTION_FACTOR:g} and >= {UNIFORM_MARGIN:g} x the share "
-                  "uniform causal attention gives the key")
+ATTENTION_RULE = (f"share of the attention of queries 1..T-1 >= {ATTENTION_FACTOR:g} above the share uniform causal "
+                  "attention gives the key")
 PAPER_ATTENTION_RULE = f"cumulative attention >= {ATTENTION_FACTOR:g} x seqlen (the paper's rule as written)"
 
 
@@ -62,7 +60,7 @@ def paper_rule_tokens(h):
 
 def attention_outlier_keys(cumulative):
     """Keys under ATTENTION_RULE (module docstring)."""
-    return outliers.sink_keys(cumulative, min_share=ATTENTION_FACTOR, margin=UNIFORM_MARGIN)
+    return outliers.sink_keys(cumulative, min_excess=ATTENTION_FACTOR)
 
 
 def paper_attention_keys(cumulative):
@@ -77,10 +75,10 @@ def rule_disagreement(cumulative, ours, paper):
     parts = []
     for k in sorted(set(paper) - set(ours)):
         parts.append(f"key {k} passes the paper's 0.1 x seqlen but holds {share[k]:.2f} of the choosable mass, "
-                     f"{share[k] / uniform[k]:.2f} x uniform")
+                     f"{share[k] - uniform[k]:+.2f} against uniform")
     for k in sorted(set(ours) - set(paper)):
-        parts.append(f"key {k} holds {share[k]:.2f} of the choosable mass ({share[k] / uniform[k]:.2f} x uniform) "
-                     f"but its cumulative attention {float(cumulative[k]):.2f} is under 0.1 x seqlen")
+        parts.append(f"key {k} holds {share[k]:.2f} of the choosable mass ({share[k] - uniform[k]:+.2f} against "
+                     f"uniform) but its cumulative attention {float(cumulative[k]):.2f} is under 0.1 x seqlen")
     return "rules differ: " + "; ".join(parts)
 
 

@@ -254,13 +254,13 @@ def choosable_shares(cumulative):
     return mass / max(T - 1, 1), uniform / max(T - 1, 1)
 
 
-def sink_keys(cumulative, min_share=0.1, margin=1.25):
+def sink_keys(cumulative, min_excess=0.1):
     """Attention-outlier keys on any length: a key whose share of the choosable mass (``choosable_shares``)
-    is >= ``min_share`` and >= ``margin`` x what uniform attention would give it. Sorted ints; none for T < 2."""
+    exceeds what uniform attention would give it by >= ``min_excess``. Sorted ints; none for T < 2."""
     if cumulative.shape[0] < 2:
         return []
     share, uniform = choosable_shares(cumulative)
-    return torch.nonzero((share >= min_share) & (share >= margin * uniform)).flatten().tolist()
+    return torch.nonzero(share - uniform >= min_excess - 1e-6).flatten().tolist()
 
 
 def head_outlier_ratio_from_sums(sums, keys):
