@@ -155,7 +155,7 @@ def gpt2_subject(path: str, args) -> Subject:
         calib = _dataset_windows(dataset, name, "train", seqlen, args.calib_samples)
         data = {"source": f"gpt-2/data/{name}", "split": "val", "calib_split": "train (first windows)"}
         if dataset.load_meta(name).get("seq_len"):
-            data["note"] = "aligned dataset: each window is one whole sequence from its first (BOS) token"
+            data["note"] = "aligned dataset: each window is one whole sequence from its first token"
     data.update(seqlen=seqlen, windows=windows.shape[0], calib_windows=calib.shape[0])
     variant = model.config.attention
     info = {"checkpoint": os.path.relpath(path, HERE) if path.startswith(str(HERE)) else path,

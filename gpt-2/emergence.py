@@ -89,10 +89,19 @@ def sink_cell(row):
     return " / ".join(cells)
 
 
+CURVE_STEPS = (2000, 10000, 50000)
+
+
+def loss_at(curve, step):
+    """train.py's val loss at the evaluation nearest `step` (None when the run has none within 10%)."""
+    pairs = [(abs(s - step), v) for s, v in zip(curve["steps"], curve["val"]) if abs(s - step) <= 0.1 * step]
+    return min(pairs)[1] if pairs else None
+
+
 def markdown(rows):
     head = ("| run | design | attention | pos | opt | lr | wd | width | steps | val loss | top-1/median per layer "
             "(token, channel, writer) | most-attended key per layer | growth per 1k steps (last half) "
-            "| systematic outliers (first held at step) | max over layers (old) |")
+            "| systematic outliers (first held at step) | max over layers (old) | val loss at 2k / 10k / 50k steps |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         v = r["verdict"]
@@ -101,7 +110,8 @@ def markdown(rows):
         lines.append(f"| {r['run']} | {r['design']} | {r['attention']} | {r['pos_emb']} | {r['optimizer']} | {r['lr']:g} "
                      f"| {r['weight_decay']:g} | {r['width']} | {r['iter']} | {r['val_loss']:.4f} "
                      f"| {' / '.join(layer_cell(x) for x in r['layers'])} | {sink_cell(r)} | {slopes} "
-                     f"| {'**yes**: ' + found if v['outliers'] else 'no'} ({r['first_outlier_step'] if r['first_outlier_step'] is not None else 'never'}) | {r['max_over_layers']:.0f} |")
+                     f"| {'**yes**: ' + found if v['outliers'] else 'no'} ({r['first_outlier_step'] if r['first_outlier_step'] is not None else 'never'}) | {r['max_over_layers']:.0f} "
+                     f"| {' / '.join('-' if x is None else f'{x:.3f}' for x in (loss_at(r['val_curve'], s) for s in CURVE_STEPS))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -31,7 +31,6 @@ DEFAULTS = dict(
     wandb_log=False, wandb_project="systematic-outliers", wandb_run_name="gpt2",
     # data
     dataset="openwebtext", gradient_accumulation_steps=5 * 8, batch_size=12, block_size=1024,
-    # model
     fresh_data=False,  # draw new sequences of a synthetic task at every step (dataset.FreshBatches)
     # model
     n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=False, attention="default",
