@@ -255,3 +255,25 @@ def test_emergence_table_judges_each_run(tmp_path):
     for name in ("table.md", "trajectories.png", "convergence.png"):
         assert (tmp_path / "res" / name).exists()
     assert "max over layers (old)" in open(tmp_path / "res" / "table.md").read()
+
+
+def test_pack_runs_bundles_weights_without_optimizer_state(tmp_path):
+    import subprocess
+    import tarfile
+    data = prepare(tmp_path / "d")
+    run = tmp_path / "out-emergence-default"
+    train.main(fresh_args(data, run, max_iters=10))
+    dest = tmp_path / "packed"
+    subprocess.run([sys.executable, os.path.join(GPT2, "results", "emergence", "pack_runs.py"), str(dest), str(run),
+                    "--max_mb=0.01"], check=True, capture_output=True)
+    files = sorted(os.listdir(dest))
+    assert len(files) >= 2  # the limit splits the bundle
+    names = [m for f in files for m in tarfile.open(dest / f).getnames()]
+    assert sorted(names) == sorted(["out-emergence-default/ckpt_10.pt", "out-emergence-default/train_log.jsonl",
+                                    "out-emergence-default/stats.jsonl"])
+    import io
+    found = [(f, m) for f in files for m in tarfile.open(dest / f).getmembers() if m.name.endswith(".pt")]
+    assert len(found) == 1
+    with tarfile.open(dest / found[0][0]) as tar:
+        ckpt = torch.load(io.BytesIO(tar.extractfile(found[0][1]).read()), weights_only=False)
+    assert "optimizer" not in ckpt and ckpt["iter_num"] == 10 and "model" in ckpt
