@@ -135,7 +135,8 @@ def attention(ctx):
     top1, top2, median = ([0.0] * n_layers for _ in range(3))
     head_ratio = [torch.zeros(ctx.view.num_heads) for _ in range(n_layers)]
     first_key = torch.zeros(n_layers, ctx.view.num_heads)
-    flagged = [0] * n_layers
+    flagged, paper_flagged = [0] * n_layers, [0] * n_layers
+    only_ours, only_paper = 0, 0  # (sequence, layer, key) triples flagged by one rule and not the other
     positions = [set() for _ in range(n)]
     with Capture(ctx.model, ["attn.pattern"], reduce=attention_column_sums) as cap:
         for s in _sequences(ids, "attention"):
@@ -148,7 +149,11 @@ def attention(ctx):
                 top2[layer] += ranked[min(1, len(ranked) - 1)].item() / n
                 median[layer] += cumulative.median().item() / n
                 keys = analysis.attention_outlier_keys(cumulative)
+                paper = analysis.paper_attention_keys(cumulative)
                 flagged[layer] += bool(keys)
+                paper_flagged[layer] += bool(paper)
+                only_ours += len(set(keys) - set(paper))
+                only_paper += len(set(paper) - set(keys))
                 positions[s].update(keys)
                 if keys:
                     head_ratio[layer] += outliers.head_outlier_ratio_from_sums(sums, keys)
@@ -157,11 +162,13 @@ def attention(ctx):
     # per-head ratio: averaged over the sequences in which the layer has outlier keys
     head_ratio = [ratio / max(count, 1) for ratio, count in zip(head_ratio, flagged)]
     rows = [{"layer": i + 1, "top": [top1[i], top2[i]], "median": median[i],
-             "sequences_with_outlier_keys": flagged[i], "head_ratio": head_ratio[i].tolist(),
+             "sequences_with_outlier_keys": flagged[i], "sequences_with_paper_rule_keys": paper_flagged[i],
+             "head_ratio": head_ratio[i].tolist(),
              "head_ratio_mean": head_ratio[i].mean().item(), "head_ratio_min": head_ratio[i].min().item(),
              "head_ratio_max": head_ratio[i].max().item()} for i in range(n_layers)]
     categories = _category_shares(ctx, ids, positions)
     outlier_layers = [r["layer"] for r in rows if 0 < r["sequences_with_outlier_keys"] * 2 >= n]
+    paper_layers = [r["layer"] for r in rows if 0 < r["sequences_with_paper_rule_keys"] * 2 >= n]
     sink = outliers.sink_rate(first_key)
     layers = [r["layer"] for r in rows]
     fig, axes = plotting.figure(ncols=3, size=(5, 4))
@@ -174,11 +181,16 @@ def attention(ctx):
     plotting.category_bars(axes[2], categories, title=f"{ctx.title}, outlier keys (n={categories['count']})")
     ctx.save(fig, "pos_attention_outliers")
     result = {"rule": analysis.ATTENTION_RULE, "calibration": info, "layers": rows, "outlier_layers": outlier_layers,
+              "paper_rule": analysis.PAPER_ATTENTION_RULE, "paper_rule_layers": paper_layers,
+              "keys_only_ours": only_ours, "keys_only_paper_rule": only_paper,
               "categories": categories, "sink_rate_first_token": sink,
               "first_token_attention": first_key.tolist()}
     result["summary"] = [
         f"{ctx.title} attention over {info['nsamples']} x {info['seqlen']} tokens: layers with outlier keys "
         f"in most sequences {outlier_layers}; sink rate on the first token {sink:.3f}",
+        f"paper's >= 0.1 x seqlen rule alone: layers {paper_layers}; (sequence, layer, key) triples flagged by "
+        f"one rule only: ours {only_ours}, the paper's {only_paper} (it also counts query 0's forced weight on key 0 "
+        "and has no uniform baseline)",
         "cumulative top-1 per layer: " + ", ".join(f"{v:.4g}" for v in top1),
         "mean per-head outlier ratio: " + ", ".join(f"{r['head_ratio_mean']:.2f}" for r in rows),
         "outlier key categories: " + ", ".join(f"{k} {categories[k]:.1%}" for k in outliers.CATEGORIES)
