@@ -11,6 +11,9 @@
 """
 import torch
 
+import configurator  # noqa: F401  (puts the repo root on sys.path, for lib/)
+from lib.outliers import column_ratios  # noqa: E402
+
 SINK_RATE_THRESHOLD = 0.3
 
 
@@ -154,10 +157,9 @@ def layer_report(model, seqs):
             w_down = blocks[j].mlp.c_proj.weight  # (C, 4C): column k writes unit k into every channel
             per_unit = parts["unit", j][:, p, :].float().mean(0) * w_down[c].float()
             k = int(per_unit.abs().argmax())
-            col = w_down[:, k].float().abs()
-            col_ratio = w_down.float().abs().amax(0) / w_down.float().abs().mean(0)
+            col_ratio = column_ratios(w_down)  # the paper's weight-outlier measure, per down-projection column
             row.update(unit=k, unit_share=float(per_unit[k]) / contrib[writer] if contrib[writer] else 0.0,
-                       unit_column_ratio=float(col.max() / col.mean()),
+                       unit_column_ratio=float(col_ratio[k]),
                        unit_column_rank=int((col_ratio > col_ratio[k]).sum()) + 1)
         layers.append(row)
     return dict(layers=layers, verdict=verdict(layers), max_over_layers=max(r["ratio"] for r in layers))
