@@ -29,17 +29,15 @@ from pathlib import Path
 
 import torch
 
-from lib import compression, interventions
+from lib import compression, gpt2_checkpoints, interventions
 from lib.errors import UserError, user_errors_exit
 from lib.files import write_json, write_text
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity
 
 HERE = Path(__file__).resolve().parent
-GPT2_DIR = HERE / "gpt-2"
 INTERVENTIONS = ("zero", "zero_random", "mean", "mask_sink", "mask_random", "mask_attn_sink", "mask_attn_random")
 ATTENTION_INTERVENTIONS = ("mask_attn_sink", "mask_attn_random")  # need no activation outlier
 CPU_WINDOWS, CPU_SEQLEN, CALIB_WINDOWS = 8, 512, 4
-GPT2_MAX_WINDOWS = 512
 
 
 @dataclass
@@ -71,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seqlen", type=int, default=None,
                    help=f"window length (default {CPU_SEQLEN} on CPU, the paper's on GPU; gpt-2: block_size + 1)")
     p.add_argument("--nsamples", type=int, default=None,
-                   help=f"evaluation windows (default {CPU_WINDOWS} on CPU, all on GPU; gpt-2: up to {GPT2_MAX_WINDOWS})")
+                   help=f"evaluation windows (default {CPU_WINDOWS} on CPU, all on GPU; gpt-2: up to {gpt2_checkpoints.MAX_WINDOWS})")
     p.add_argument("--calib-samples", type=int, default=CALIB_WINDOWS,
                    help="calibration windows for the outlier layer and the mean values")
     p.add_argument("--seed", type=int, default=1, help="seed for sampling calibration windows")
@@ -80,6 +78,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--outlier-factor", type=float, default=interventions.analysis.MASSIVE_FACTOR,
                    help="interventions: an outlier must exceed this many times the layer's median |h| (default "
                    "%(default)g, lib.analysis' rule; the gpt-2 hypothesis test's criterion is 100)")
+    p.add_argument("--outlier-min-abs", type=float, default=interventions.analysis.MASSIVE_ABS,
+                   help="interventions: and exceed this |h| (default %(default)g, Sun et al.'s floor for LLMs)")
     p.add_argument("--savedir", default=None, help="output folder (default results/consequences/<name>/)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
@@ -109,31 +109,9 @@ def hf_subject(args) -> Subject:
                    windows, calib, data, hf=True)
 
 
-def _gpt2_imports():
-    if str(GPT2_DIR) not in sys.path:
-        sys.path.insert(0, str(GPT2_DIR))
-    import dataset
-    import outlier_stats
-    import train
-    return dataset, outlier_stats, train
-
-
-def gpt2_checkpoint(path: str) -> str:
-    _, _, train = _gpt2_imports()
-    if os.path.isdir(path):
-        found = train.checkpoints(path)
-        if not found:
-            raise UserError(f"no ckpt_<iter>.pt in {path}")
-        return found[-1][1]
-    if not os.path.isfile(path):
-        raise UserError(f"gpt-2 checkpoint not found: {path}")
-    return path
-
-
 def gpt2_subject(path: str, args) -> Subject:
-    dataset, outlier_stats, _ = _gpt2_imports()
-    path = gpt2_checkpoint(path)
-    model, ckpt = outlier_stats.load_model(path, args.device or "cpu")
+    dataset, _, _ = gpt2_checkpoints.gpt2_modules()
+    model, ckpt, path = gpt2_checkpoints.load_gpt(path, args.device or "cpu")
     block = model.config.block_size
     seqlen = args.seqlen or block + 1
     if seqlen > block + 1:
@@ -141,18 +119,16 @@ def gpt2_subject(path: str, args) -> Subject:
     name = ckpt["config"]["dataset"]
     if args.data:  # a text source, tokenized with the GPT-2 BPE
         from lib.data import get_data, get_eval_tokens
-        sys.path.insert(0, str(GPT2_DIR))
-        from tokenizer import gpt2_encoding
-        if model.config.vocab_size < 50257:
+        if model.config.vocab_size < gpt2_checkpoints.BPE_VOCAB:
             raise UserError(f"--data {args.data}: {path} was trained on {name!r} with a {model.config.vocab_size}-token "
                             "vocabulary, not the GPT-2 BPE; leave --data out to use its own validation split")
-        encoding = gpt2_encoding()
+        encoding = gpt2_checkpoints.BPETokenizer().encoding
         windows = eval_windows(get_eval_tokens(encoding, args.data), seqlen, args.nsamples)
         calib = get_data(encoding, args.calib_samples, seqlen, source=args.data, seed=args.seed)
         data = {"source": args.data, "split": "eval", "calib_split": "calib"}
     else:
-        windows = _dataset_windows(dataset, name, "val", seqlen, args.nsamples)
-        calib = _dataset_windows(dataset, name, "train", seqlen, args.calib_samples)
+        windows = gpt2_checkpoints.dataset_windows(name, "val", seqlen, args.nsamples)
+        calib = gpt2_checkpoints.dataset_windows(name, "train", seqlen, args.calib_samples)
         data = {"source": f"gpt-2/data/{name}", "split": "val", "calib_split": "train (first windows)"}
         if dataset.load_meta(name).get("seq_len"):
             data["note"] = "aligned dataset: each window is one whole sequence from its first token"
@@ -163,20 +139,6 @@ def gpt2_subject(path: str, args) -> Subject:
             "n_layer": model.config.n_layer, "n_embd": model.config.n_embd, "block_size": block}
     return Subject(variant, f"GPT ({variant})", model, model.transformer.h, gpt2_logits(model),
                    lambda ids: model(ids), windows, calib, data, hf=False, info=info)
-
-
-def _dataset_windows(dataset, name, split, seqlen, limit):
-    data = dataset.open_split(name, split)
-    aligned = dataset.load_meta(name).get("seq_len")
-    if aligned:  # independent sequences: one window per sequence, from its start
-        if seqlen > aligned:
-            raise UserError(f"--seqlen {seqlen} is longer than the {aligned}-token sequences of {name}")
-        n = min(len(data) // aligned, limit or GPT2_MAX_WINDOWS)
-        rows = torch.from_numpy(data[: n * aligned].astype("int64")).view(n, aligned)
-        return rows[:, :seqlen].clone()
-    tokens = torch.from_numpy(data[:].astype("int64"))
-    n_windows = len(tokens) // seqlen
-    return eval_windows(tokens, seqlen, min(limit or GPT2_MAX_WINDOWS, n_windows))
 
 
 # --- measuring --------------------------------------------------------------------------------------------------
@@ -435,6 +397,8 @@ def check_args(args) -> None:
         raise UserError("--seqlen must be at least 2")
     if not args.outlier_factor > 1:
         raise UserError(f"--outlier-factor must be above 1, got {args.outlier_factor:g}")
+    if args.outlier_min_abs < 0:
+        raise UserError(f"--outlier-min-abs must be at least 0, got {args.outlier_min_abs:g}")
 
 
 def run(args, subjects=None, command=None, log=print) -> dict:
@@ -455,7 +419,7 @@ def run(args, subjects=None, command=None, log=print) -> dict:
         group, title = "gpt2_" + "_".join(datasets), "GPT-2 variants on " + ", ".join(datasets)
     else:
         group, title = subjects[0].name, subjects[0].title
-    rule = interventions.Rule(factor=args.outlier_factor)
+    rule = interventions.Rule(factor=args.outlier_factor, min_abs=args.outlier_min_abs)
     results = [measure(s, args.methods, args.interventions, log, rule) for s in subjects]
     report = {"command": command or "python " + " ".join(shlex.quote(a) for a in sys.argv), "title": title,
               "methods": list(args.methods), "interventions": list(args.interventions), "outlier_rule": str(rule),

@@ -6,8 +6,9 @@ Each run is a train.py out_dir with its newest checkpoint and, where training lo
 stats.jsonl (per-layer statistics against steps) and train_log.jsonl (losses against steps). For each run:
 the val loss of the checkpoint (test.py's evaluation), outlier_stats.layer_report on the first n_seqs
 validation sequences (per block: peak ratio, its position, channel and writer, the attention each layer
-pays that position, the verdict), and from stats.jsonl the step at which the verdict first held and the
-growth of each layer's ratio per 1k steps over the last half of the run. Writes <results_dir>/table.md,
+pays that position, the verdict), outlier_stats.peak_ablation (do the loss and the sinks need the peaks?),
+and from stats.jsonl the step at which the verdict first held and the growth of each layer's ratio per 1k steps
+over the last half of the run. Writes <results_dir>/table.md,
 table.json, trajectories.png (ratio per layer and sink share against steps, one panel per run) and
 convergence.png (val loss against steps). The criteria are outlier_stats' constants, fixed before the runs.
 """
@@ -19,7 +20,7 @@ import numpy as np
 from compare import table_over_runs
 from configurator import configure, resolve_path, user_errors_exit
 from dataset import Batches, load_meta
-from outlier_stats import EMBED_SHARE, SINK_SHARE, SYSTEMATIC_RATIO, layer_report, load_model
+from outlier_stats import EMBED_SHARE, SINK_SHARE, SYSTEMATIC_RATIO, layer_report, load_model, peak_ablation
 from test import evaluate, find_checkpoint
 
 DEFAULTS = dict(runs=[], results_dir="results/emergence", n_seqs=64, eval_iters=50, batch_size=16, device="cpu",
@@ -67,6 +68,7 @@ def row_for(run, c):
     return dict(run=os.path.basename(os.path.normpath(out_dir)), checkpoint=os.path.relpath(path, resolve_path(".")),
                 iter=ckpt["iter_num"], **settings(ckpt), val_loss=losses["val"]["loss"], train_loss=losses["train"]["loss"],
                 layers=report["layers"], verdict=report["verdict"], max_over_layers=report["max_over_layers"],
+                ablation=peak_ablation(model, seqs, report),
                 first_outlier_step=first, slope_per_1k=[slope_per_1k(steps, v) for v in per_layer],
                 peak_over_run=[max(v) if v else None for v in per_layer],
                 trajectory=dict(steps=steps, ratio=per_layer,
@@ -89,6 +91,14 @@ def sink_cell(row):
     return " / ".join(cells)
 
 
+def ablation_cell(row):
+    """The largest peak before the last block zeroed: loss change (control's), its position's share per layer."""
+    a = max(row["ablation"], key=lambda x: x["ratio"])
+    shares = " / ".join(f"{b:.2f}→{c:.2f}" for b, c in zip(a["share_before"], a["share_after"]))
+    return (f"L{a['layer']} t{a['token']} ({len(a['channels'])} ch): {a['loss_zeroed'] - a['loss']:+.4f} "
+            f"({a['loss_control'] - a['loss']:+.4f}); {shares}")
+
+
 CURVE_STEPS = (2000, 10000, 50000)
 
 
@@ -101,7 +111,9 @@ def loss_at(curve, step):
 def markdown(rows):
     head = ("| run | design | attention | pos | opt | lr | wd | width | steps | val loss | top-1/median per layer "
             "(token, channel, writer) | most-attended key per layer | growth per 1k steps (last half) "
-            "| systematic outliers (first held at step) | max over layers (old) | val loss at 2k / 10k / 50k steps |")
+            "| systematic outliers (first held at step) | max over layers (old) | val loss at 2k / 10k / 50k steps "
+            "| largest peak before the last block zeroed: loss change in nats (random control); its position's "
+            "attention share per layer, before → after |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         v = r["verdict"]
@@ -111,7 +123,8 @@ def markdown(rows):
                      f"| {r['weight_decay']:g} | {r['width']} | {r['iter']} | {r['val_loss']:.4f} "
                      f"| {' / '.join(layer_cell(x) for x in r['layers'])} | {sink_cell(r)} | {slopes} "
                      f"| {'**yes**: ' + found if v['outliers'] else 'no'} ({r['first_outlier_step'] if r['first_outlier_step'] is not None else 'never'}) | {r['max_over_layers']:.0f} "
-                     f"| {' / '.join('-' if x is None else f'{x:.3f}' for x in (loss_at(r['val_curve'], s) for s in CURVE_STEPS))} |")
+                     f"| {' / '.join('-' if x is None else f'{x:.3f}' for x in (loss_at(r['val_curve'], s) for s in CURVE_STEPS))} "
+                     f"| {ablation_cell(r)} |")
     return "\n".join(lines) + "\n"
 
 

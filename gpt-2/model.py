@@ -107,9 +107,11 @@ class CausalSelfAttention(nn.Module):
             self.k_extra = nn.Parameter(torch.zeros(shape))
         if self.variant == "ca_softmax":  # S(x) = 2 sigmoid(Linear(x)); zero init -> S = 1 (plain softmax)
             self.scale_proj = nn.Linear(config.n_embd, config.n_head, bias=True)
+            self.hook_scale = nn.Identity()  # S(x) (B, T, nh) passes through here, for capture hooks
         if self.variant == "gated":  # zero weights, bias 3 -> gate ~0.95 at init
             self.gate_proj = nn.Linear(config.n_embd, config.n_embd, bias=True)
         self.blocked_keys = None  # bool (B, T), set by interventions: tokens no other query may attend to
+        self.extra_key_first = self.variant in ("attn_bias", "softmax1")  # explicit weights: column 0 is k'
 
     def forward(self, x, need_weights=False):
         """x: (B, T, C). Returns y (B, T, C) and, if need_weights, the attention weights (B, nh, T, T[+1])."""
@@ -123,7 +125,8 @@ class CausalSelfAttention(nn.Module):
         else:
             y, w = self.fused_attention(q, k, v), None
         if self.variant == "ca_softmax":
-            y = y * (2 * torch.sigmoid(self.scale_proj(x))).transpose(1, 2).unsqueeze(-1)  # (B, nh, T, 1)
+            scale = self.hook_scale(2 * torch.sigmoid(self.scale_proj(x)))  # (B, T, nh)
+            y = y * scale.transpose(1, 2).unsqueeze(-1)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         if self.variant == "gated":
             y = y * torch.sigmoid(self.gate_proj(x))
@@ -213,7 +216,7 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, need_weights=False):
-        a, w = self.attn(self.ln_1(x), need_weights)
+        a, w = self.attn(self.ln_1(x), need_weights=need_weights)  # by keyword: capture hooks may set it
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, w

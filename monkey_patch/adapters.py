@@ -9,6 +9,10 @@ For non-gated MLPs `up` is fc1 and `down` is fc2, so `down_in`/`down_out` mean t
 itself when `mlp` is None, as in OPT). Mixtral's experts are not described, so its MLP internals are not captured.
 `registry`: the family's attention goes through transformers' attention-function registry. Families outside
 it return probabilities from their attention module (always, or when `weights_flag` is passed as True).
+`nanogpt` is gpt-2/model.py's GPT as lib/gpt2_checkpoints.py wraps it (the GPT under `gpt`). Two of its attention
+variants have more to capture: `scale` names the module inside `attn` that a per-token, per-head output scale
+passes through (ca_softmax's S(x)), and `extra_key` the attention attribute that is True when the returned
+probabilities hold an always-visible extra key k' in column 0 (attn_bias, softmax1).
 """
 from dataclasses import dataclass, replace
 
@@ -38,6 +42,8 @@ class Family:
     qkv_layout: str = "concat"
     registry: bool = True
     weights_flag: str | None = None     # outside the registry: the kwarg that makes attention return probabilities
+    scale: str | None = None             # module inside attn whose output is a [batch, pos, head] output scale
+    extra_key: str | None = None         # attn attribute: True when probabilities carry an extra key in column 0
 
 
 _LLAMA = Family(layers="model.layers", final_norm="model.norm", ln1="input_layernorm", ln2="post_attention_layernorm",
@@ -72,6 +78,9 @@ FAMILIES: dict[str, Family] = {
                      ln2=("post_attention_layernorm", "ln_mlp"), attn="self_attention", qkv="query_key_value",
                      qkv_layout="falcon", o="dense", mlp="mlp", up="dense_h_to_4h", down="dense_4h_to_h", act="act",
                      registry=False, weights_flag="output_attentions"),
+    "nanogpt": Family(layers="gpt.transformer.h", final_norm="gpt.transformer.ln_f", ln1="ln_1", ln2="ln_2",
+                      attn="attn", qkv="c_attn", o="c_proj", mlp="mlp", up="c_fc", down="c_proj", act="gelu",
+                      registry=False, weights_flag="need_weights", scale="hook_scale", extra_key="extra_key_first"),
     "mpt": Family(layers="transformer.blocks", final_norm="transformer.norm_f", ln1="norm_1", ln2="norm_2",
                   attn="attn", qkv="Wqkv", o="out_proj", mlp="ffn", up="up_proj", down="down_proj", act="act",
                   registry=False),

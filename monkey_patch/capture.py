@@ -15,6 +15,9 @@ attention scores/pattern are [batch, head, query, key]):
     attn.z, attn_out            per-head attention output (input of the output projection) and its output
     mlp.gate_out, mlp.up_out, mlp.act_out, mlp.down_in, mlp.down_out
                                 gated MLP internals; non-gated MLPs have no gate, up = fc1, down = fc2
+    attn.scale                  a per-token, per-head output scale [batch, pos, head] (gpt-2's ca_softmax S(x))
+    attn.extra                  attention on an always-visible extra key k' [batch, head, query] (gpt-2's
+                                attn_bias, softmax1); attn.pattern then holds the attention on the tokens only
 
 `reduce(point, layer, tensor)` turns each captured tensor into something small on the fly (top-k, medians,
 attention column sums: see monkey_patch.reducers); its results are what `cap[point, layer]` returns, one per
@@ -31,7 +34,7 @@ from monkey_patch.adapters import FAMILIES, Family, get_submodule, head_counts, 
 
 POINTS = ("resid_pre", "resid_post", "ln1", "ln2", "attn.q", "attn.k", "attn.v", "attn.q_rot", "attn.k_rot",
           "attn.scores", "attn.pattern", "attn.z", "attn_out",
-          "mlp.gate_out", "mlp.up_out", "mlp.act_out", "mlp.down_in", "mlp.down_out")
+          "mlp.gate_out", "mlp.up_out", "mlp.act_out", "mlp.down_in", "mlp.down_out", "attn.scale", "attn.extra")
 REGISTRY_POINTS = ("attn.q_rot", "attn.k_rot", "attn.scores", "attn.pattern")
 ATTN_NAME = "systematic_outliers_capture"
 
@@ -118,7 +121,18 @@ class ModelView:
             points.remove("mlp.gate_out")
         if not f.registry:
             points = [p for p in points if p not in ("attn.q_rot", "attn.k_rot", "attn.scores")]
+        if not self.has_scale():
+            points.remove("attn.scale")
+        if not self.has_extra_key():
+            points.remove("attn.extra")
         return points
+
+    def has_scale(self) -> bool:
+        return get_submodule(self.attn(0), self.family.scale) is not None
+
+    def has_extra_key(self) -> bool:
+        f = self.family
+        return f.extra_key is not None and bool(getattr(self.attn(0), f.extra_key, False))
 
     def weight_roles(self) -> list[str]:
         roles = ["q", "k", "v", "o"]
@@ -207,6 +221,12 @@ class Capture:
                 raise CaptureError(f"{point}: MLP internals of {view.model_type} (mixture of experts) are not supported")
             if point == "mlp.gate_out" and f.gate is None and f.gate_up is None:
                 raise CaptureError(f"{point}: {view.model_type} has a non-gated MLP (use mlp.up_out for fc1)")
+            if point == "attn.scale" and not view.has_scale():
+                raise CaptureError(f"{point}: this {view.model_type} model's attention has no output scale "
+                                   "(only gpt-2's ca_softmax has one)")
+            if point == "attn.extra" and not view.has_extra_key():
+                raise CaptureError(f"{point}: this {view.model_type} model's attention has no extra key "
+                                   "(only gpt-2's attn_bias and softmax1 have one)")
             if point in REGISTRY_POINTS and not f.registry and point != "attn.pattern":
                 raise CaptureError(f"{point}: {view.model_type} does not use transformers' attention registry; "
                                    "only attn.pattern among the attention internals can be captured")
@@ -243,8 +263,13 @@ class Capture:
             self._hook(view.module(layer, "o"), lambda m, args, kwargs: emit(self._per_head(args[0])), pre=True)
         elif point == "attn_out":
             self._hook(view.module(layer, "o"), lambda m, i, o: emit(o))
+        elif point == "attn.scale":
+            self._hook(get_submodule(view.attn(layer), f.scale), lambda m, i, o: emit(o))
         elif point == "attn.pattern" and not f.registry:
-            self._hook_legacy_pattern(layer, emit)
+            self._hook_legacy_pattern(layer)
+        elif point == "attn.extra":
+            if "attn.pattern" not in self.points:  # else the pattern hook emits both
+                self._hook_legacy_pattern(layer)
         elif point in REGISTRY_POINTS:
             pass  # served by the registered attention function
         elif point in ("mlp.gate_out", "mlp.up_out") and f.gate_up is not None:
@@ -264,9 +289,11 @@ class Capture:
             return x.transpose(1, 2)
         return x.view(*x.shape[:2], -1, self.view.head_dim)
 
-    def _hook_legacy_pattern(self, layer: int, emit) -> None:
-        """Families outside the registry (falcon, mpt) return probabilities from their attention module."""
+    def _hook_legacy_pattern(self, layer: int) -> None:
+        """Families outside the registry (falcon, mpt, nanogpt) return probabilities from their attention module;
+        where they carry an extra key first, it is split off as attn.extra."""
         flag = self.view.family.weights_flag
+        extra = self.view.has_extra_key()
 
         def force_weights(module, args, kwargs):
             if flag:
@@ -276,7 +303,13 @@ class Capture:
         def take_weights(module, inputs, output):
             if not isinstance(output, tuple) or output[-1] is None or output[-1].dim() != 4:
                 raise CaptureError(f"{self.view.model_type}: attention module returned no probabilities")
-            emit(output[-1])
+            weights = output[-1]
+            if extra:
+                if "attn.extra" in self.points:
+                    self._emit("attn.extra", layer, weights[..., 0])
+                weights = weights[..., 1:]
+            if "attn.pattern" in self.points:
+                self._emit("attn.pattern", layer, weights)
 
         attn = self.view.attn(layer)
         self._handles.append(attn.register_forward_pre_hook(force_weights, with_kwargs=True))

@@ -13,7 +13,7 @@ GPT2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2")
 sys.path.insert(0, GPT2)
 import train  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from outlier_stats import key_shares, layer_report, verdict  # noqa: E402
+from outlier_stats import key_shares, layer_report, peak_ablation, verdict  # noqa: E402
 from task import sample_design  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -72,6 +72,43 @@ def test_an_mlp_written_peak_on_a_sink_token_before_the_last_block_is_a_systemat
     assert r["verdict"]["outliers"] and [v["layer"] for v in r["verdict"]["layers"]] == [1, 2]
     assert r["verdict"]["layers"][0]["sink_layers"] == [3]
     assert "last block" in r["verdict"]["rejected"][3]
+
+
+def test_peak_ablation_zeroes_the_planted_peak_and_nothing_else():
+    """Block 0's MLP plants 500 at position 0, channel 5 (and 300 in channel 9: a peak over two channels); the
+    ablation must zero exactly those two entries: its loss equals the loss with both set to 0 by hand."""
+    model = tiny(3)
+    seqs = torch.randint(0, 17, (4, 16), generator=torch.Generator().manual_seed(1))
+
+    def plant(value5, value9):
+        def hook(module, args, out):
+            out = out.clone()
+            out[:, 0, 5] += value5
+            out[:, 0, 9] += value9
+            return out
+        return model.transformer.h[0].mlp.register_forward_hook(hook)
+
+    def loss_with_block0_output_zeroed_at(channels):
+        def hook(module, args, out):
+            out[0][:, 0, channels] = 0.0
+        h = model.transformer.h[0].register_forward_hook(hook)
+        try:
+            return float(model(seqs[:, :-1], targets=seqs[:, 1:])[1])
+        finally:
+            h.remove()
+    handle = plant(500.0, 300.0)
+    try:
+        report = layer_report(model, seqs)
+        rows = peak_ablation(model, seqs, report)
+        by_hand = loss_with_block0_output_zeroed_at([5, 9])
+        planted = float(model(seqs[:, :-1], targets=seqs[:, 1:])[1])
+    finally:
+        handle.remove()
+    first = rows[0]
+    assert [r["layer"] for r in rows] == [1, 2] and first["token"] == 0 and first["channels"] == [5, 9]
+    assert first["loss"] == pytest.approx(planted, abs=1e-6)
+    assert first["loss_zeroed"] == pytest.approx(by_hand, abs=1e-6) and first["loss_zeroed"] != pytest.approx(planted)
+    assert len(first["share_before"]) == len(first["share_after"]) == 3
 
 
 def test_a_last_block_peak_is_not_counted_even_on_a_sink():

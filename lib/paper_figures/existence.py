@@ -31,7 +31,7 @@ def _activation_figure(ctx, point, found_key, layers_key, what, stem):
         layer = strongest_layer(found_per_layer)
         why = "no outliers anywhere: the layer with the largest max/median ratio"
     h = _capture_one(ctx, point, layer)
-    found = analysis.massive_entries(h)
+    found = analysis.massive_entries(h, **ctx.rule)
     tokens = scan["tokens"]
     fig, (ax,) = plotting.figure(size=(7, 5.5), three_d=True)
     status = "" if found["tokens"] else " (no outliers found)"
@@ -40,7 +40,7 @@ def _activation_figure(ctx, point, found_key, layers_key, what, stem):
     ctx.save(fig, stem)
     paper = analysis.paper_rule_tokens(h)
     result = {
-        "layer": layer + 1, "why": why, "rule": analysis.ACTIVATION_RULE, "tokens": tokens,
+        "layer": layer + 1, "why": why, "rule": ctx.rule_text, "tokens": tokens,
         "outlier_tokens": found["tokens"], "outlier_channels": found["channels"],
         "outlier_entries": found["entries"], "outliers_found": bool(found["tokens"]),
         "max": found["max"], "median": found["median"], "threshold": found["threshold"],

@@ -37,7 +37,7 @@ def _activation_stats(ctx):
     points = [p for p in ACTIVATION_POINTS if p in ctx.view.supported_points()]
     n_layers = ctx.view.num_layers
     stats = {p: [[] for _ in range(n_layers)] for p in points}
-    with Capture(ctx.model, points, reduce=by_point({}, default=analysis.activation_summary(3))) as cap:
+    with Capture(ctx.model, points, reduce=by_point({}, default=analysis.activation_summary(3, **ctx.rule))) as cap:
         for s in _sequences(ids, "activations"):
             ctx.forward(ids[s: s + 1])
             for point in points:
@@ -90,7 +90,7 @@ def _activation_figure(ctx, point, what, stem):
     plotting.category_bars(axes[2], categories, title=f"{ctx.title}, outlier tokens (n={categories['count']})")
     ctx.save(fig, stem)
     view3d = _three_d_view(ctx, point, ids[0:1], shown, what, stem + "_3d")
-    result = {"rule": analysis.ACTIVATION_RULE, "calibration": info, "layers": rows,
+    result = {"rule": ctx.rule_text, "calibration": info, "layers": rows,
               "outlier_layers": outlier_layers, "categories": categories, "view_3d": view3d}
     result["summary"] = [
         f"{ctx.title} {what} over {info['nsamples']} x {info['seqlen']} tokens of {info['data']}: "
@@ -109,7 +109,7 @@ def _three_d_view(ctx, point, ids, layer, what, stem):
     with Capture(ctx.model, [point], layers=[layer]) as cap:
         ctx.forward(ids)
     h = cap[point, layer][0]
-    found = analysis.massive_entries(h)
+    found = analysis.massive_entries(h, **ctx.rule)
     rows = sorted(set(range(min(8, h.shape[0]))) | set(list(dict.fromkeys(t for t, _, _ in found["entries"]))[:6]))
     tokens = ctx.tokens_of(ids[0, rows].tolist())
     labels = [f"{p}:{plotting.short_label(t, 6)}" for p, t in zip(rows, tokens)]

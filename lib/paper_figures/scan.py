@@ -11,11 +11,13 @@ from monkey_patch import Capture
 from monkey_patch.reducers import attention_column_sums, by_point
 
 
-def _activation(point, layer, tensor):
-    sequence = tensor[0]
-    found = analysis.massive_entries(sequence)
-    found["paper_rule_tokens"] = analysis.paper_rule_tokens(sequence)
-    return found
+def _activation(rule):
+    def reduce(point, layer, tensor):
+        sequence = tensor[0]
+        found = analysis.massive_entries(sequence, **rule)
+        found["paper_rule_tokens"] = analysis.paper_rule_tokens(sequence)
+        return found
+    return reduce
 
 
 def prompt_scan(ctx) -> dict:
@@ -24,7 +26,7 @@ def prompt_scan(ctx) -> dict:
     ids, tokens = ctx.prompt()
     supported = ctx.view.supported_points()
     points = [p for p in ("resid_post", "mlp.down_in", "attn.pattern") if p in supported]
-    reduce = by_point({"attn.pattern": lambda p, l, t: attention_column_sums(p, l, t)[0]}, default=_activation)
+    reduce = by_point({"attn.pattern": lambda p, l, t: attention_column_sums(p, l, t)[0]}, default=_activation(ctx.rule))
     with Capture(ctx.model, points, reduce=reduce) as cap:
         ctx.forward(ids)
     layers = range(ctx.view.num_layers)
