@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib.errors import user_errors_exit  # noqa: E402
 from lib.models import DEFAULT_MODEL, load_model  # noqa: E402
 from monkey_patch import Capture, ModelView  # noqa: E402
-from monkey_patch import reducers  # noqa: E402
+from lib import reducers  # noqa: E402
 
 ACTIVATIONS = ("resid_post", "mlp.down_in")
 

@@ -21,7 +21,7 @@ import torch
 from configurator import UserError, configure, resolve_path, user_errors_exit
 from dataset import Batches, FreshBatches, load_meta
 from model import GPT, POSITIONS, VARIANTS, ConfigError, GPTConfig
-from outlier_stats import compact_report, layer_report
+from outlier_stats import compact_report, layer_report, read_checkpoint
 
 # The defaults are the paper's setup: GPT-2 124M on OpenWebText, ~0.5M tokens per step, analysed at 50k steps.
 DEFAULTS = dict(
@@ -169,7 +169,7 @@ def main(argv):
         if not found:
             raise UserError(f"--init_from=resume but no ckpt_<iter>.pt in {out_dir}")
         print(f"resuming from {found[-1][1]}") if master else None
-        ckpt = torch.load(found[-1][1], map_location=device, weights_only=False)
+        ckpt = read_checkpoint(found[-1][1], device)
         model_args = ckpt["model_args"]  # the run's architecture wins over the command line
         iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
     try:

@@ -352,7 +352,8 @@ def attention_sinks(model, run, ids) -> dict[int, list[list[int]]]:
             w = w / w.sum(dim=-1, keepdim=True)
             sums.append([outliers.column_sums(row[..., -ids.shape[1]:]) for row in w])
     else:
-        from monkey_patch import Capture, reducers
+        from lib import reducers
+        from monkey_patch import Capture
         with Capture(model, "attn.pattern", reduce=reducers.attention_column_sums) as cap:
             run(ids)
         sums = [cap["attn.pattern", i][0] for i in range(len(_blocks(model)))]

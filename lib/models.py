@@ -6,8 +6,11 @@ HF-format model folders, as the reference's CACHE_DIR_BASE). The default model, 
 a GGUF split over PyPI packages and is converted once into a cached HF folder: nothing is downloaded from the hub.
 The architecture is read from the model's config, never from its name.
 """
+import hashlib
+import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,12 +190,68 @@ def _first_line(e: Exception) -> str:
 
 # --- the offline default: Gemma 3 270M from the GGUF on PyPI ------------------------------------------------------
 
+COMPLETE_MARKER = ".complete.json"  # written last into a converted folder: each file's size and sha256
+PARTIAL_PREFIX = ".partial-"  # a conversion in progress: .partial-<pid>-*, removed once that process is gone
+
+
 def gemma3_270m_folder() -> Path:
-    """HF-format folder of Gemma 3 270M, converted once from the PyPI GGUF and cached."""
+    """HF-format folder of Gemma 3 270M, converted once from the PyPI GGUF and cached; converted again (saying so)
+    when the cached copy is incomplete or damaged."""
     folder = cache_dir() / "models" / "gemma3_270m"
-    if not (folder / "config.json").is_file():
+    remove_stale_partials(folder.parent)
+    problem = cache_problem(folder)
+    if problem is not None:
+        if folder.exists():
+            print(f"the cached Gemma 3 270M at {folder} {problem}: converting it again", file=sys.stderr)
         _convert_gemma_gguf(folder)
     return folder
+
+
+def cache_problem(folder: Path) -> str | None:
+    """What is wrong with a converted folder (None: complete, every file at its recorded size)."""
+    marker = folder / COMPLETE_MARKER
+    if not marker.is_file():
+        return "is incomplete (no completion marker)"
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (ValueError, KeyError, OSError):
+        return "has an unreadable completion marker"
+    for name, info in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"is damaged ({name} is missing)"
+        if path.stat().st_size != info["size"]:
+            return f"is damaged ({name} has {path.stat().st_size} bytes, {info['size']} when converted)"
+    return None
+
+
+def write_complete_marker(folder: Path) -> None:
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        files[str(path.relative_to(folder))] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    (folder / COMPLETE_MARKER).write_text(json.dumps({"files": files}, indent=1))
+
+
+def remove_stale_partials(parent: Path) -> None:
+    """Delete the temporary folders of conversions whose process no longer runs (killed midway)."""
+    for partial in parent.glob(PARTIAL_PREFIX + "*") if parent.is_dir() else []:
+        pid = partial.name[len(PARTIAL_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _convert_gemma_gguf(folder: Path) -> None:
@@ -205,7 +264,7 @@ def _convert_gemma_gguf(folder: Path) -> None:
                         "(pip install -e . installs it)") from None
     folder.parent.mkdir(parents=True, exist_ok=True)
     steps = tqdm(total=4, desc="Gemma 3 270M: first use, converting the GGUF once", unit="step")
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f"{PARTIAL_PREFIX}{os.getpid()}-") as tmp:
         gguf = assemble(Path(tmp) / "gemma-3-270m-q4_k_m.gguf")
         steps.update()
         quantized = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
@@ -221,6 +280,7 @@ def _convert_gemma_gguf(folder: Path) -> None:
         out = Path(tmp) / "hf"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        write_complete_marker(out)
         if folder.exists():  # left over from an interrupted conversion
             shutil.rmtree(folder)
         os.replace(out, folder)

@@ -20,7 +20,7 @@ attention scores/pattern are [batch, head, query, key]):
                                 attn_bias, softmax1); attn.pattern then holds the attention on the tokens only
 
 `reduce(point, layer, tensor)` turns each captured tensor into something small on the fly (top-k, medians,
-attention column sums: see monkey_patch.reducers); its results are what `cap[point, layer]` returns, one per
+attention column sums: see lib.reducers); its results are what `cap[point, layer]` returns, one per
 forward call in a list. Without `reduce`, each point holds the tensor of the latest forward call.
 Attention points run the family's own eager attention on the requested layers only (every other layer keeps
 its usual kernel); leaving the context removes every hook and restores the attention implementation.

@@ -4,7 +4,8 @@ import torch
 
 from lib import outliers
 from lib.models import DEFAULT_MODEL, load_model
-from monkey_patch import Capture, ModelView, reducers
+from lib import reducers
+from monkey_patch import Capture, ModelView
 
 pytestmark = pytest.mark.slow
 PROMPT = "Summer is warm. Winter is cold.\n"

@@ -1,6 +1,7 @@
 """gpt-2 checkpoints through the capture adapter (lib/gpt2_checkpoints.py, family `nanogpt`): captured tensors
 against a forward pass written out by hand from the checkpoint's weights, the variant-only capture points, the
 figure suite end to end on a checkpoint folder, and bad prompts."""
+import argparse
 import json
 import math
 import os
@@ -90,7 +91,7 @@ def test_captured_tensors_equal_a_hand_computed_forward(variant, tmp_path):
     path = save_checkpoint(tmp_path / "out", variant)
     model, _, spec = load_model(str(path))
     assert spec.name == "out" and spec.seqlen == 12 and model.config.model_type == "nanogpt"
-    ckpt = torch.load(path / "ckpt_7.pt", weights_only=False)
+    ckpt = torch.load(path / "ckpt_7.pt", weights_only=True)
     ids = torch.tensor([[16, 3, 5, 1, 9, 9, 2, 14, 0, 7]])
     extra = {"default": [], "attn_bias": ["attn.extra"], "ca_softmax": ["attn.scale"]}[variant]
     with Capture(model, POINTS + extra) as cap:
@@ -165,6 +166,10 @@ def test_task_prompts_and_bad_checkpoints_are_clear_errors(tmp_path):
     (tmp_path / "empty" / "ckpt_3.pt").write_text("not a checkpoint")
     with pytest.raises(UserError, match="not a train.py checkpoint"):
         load_model(str(tmp_path / "empty"))
+    (tmp_path / "pickled").mkdir()  # a Python object in a checkpoint: safe loading refuses to run its code
+    torch.save({"model_args": argparse.Namespace(n_layer=1)}, tmp_path / "pickled" / "ckpt_1.pt")
+    with pytest.raises(UserError, match="safe loading refuses"):
+        load_model(str(tmp_path / "pickled"))
     with pytest.raises(SystemExit) as e:
         cli.main("lifecycle_emergence", ["--model", str(tmp_path / "o"), "--prompt", "hello",
                                          "--savedir", str(tmp_path / "f")])

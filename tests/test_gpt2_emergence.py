@@ -312,5 +312,5 @@ def test_pack_runs_bundles_weights_without_optimizer_state(tmp_path):
     found = [(f, m) for f in files for m in tarfile.open(dest / f).getmembers() if m.name.endswith(".pt")]
     assert len(found) == 1
     with tarfile.open(dest / found[0][0]) as tar:
-        ckpt = torch.load(io.BytesIO(tar.extractfile(found[0][1]).read()), weights_only=False)
+        ckpt = torch.load(io.BytesIO(tar.extractfile(found[0][1]).read()), weights_only=True)
     assert "optimizer" not in ckpt and ckpt["iter_num"] == 10 and "model" in ckpt

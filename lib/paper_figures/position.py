@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from lib import analysis, outliers, plotting
 from monkey_patch import Capture
-from monkey_patch.reducers import attention_column_sums, by_point
+from lib.reducers import attention_column_sums, by_point
 
 
 def _sequences(ids, what):

@@ -8,7 +8,7 @@ import torch
 
 from lib import analysis
 from monkey_patch import Capture
-from monkey_patch.reducers import attention_column_sums, by_point
+from lib.reducers import attention_column_sums, by_point
 
 
 def _activation(rule):

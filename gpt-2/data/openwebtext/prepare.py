@@ -22,6 +22,8 @@ def main(num_proc):
         sys.exit(2)
     enc = gpt2_encoding()
     try:
+        # Why remote code: the hub's openwebtext is a loading script (it downloads and unpacks the corpus archives),
+        # with no script-free copy of the same corpus; nanoGPT's data prep reads it the same way.
         ds = load_dataset("openwebtext", num_proc=num_proc, trust_remote_code=True)
     except Exception as e:  # no network, hub unreachable
         print(f"prepare.py: error: could not load openwebtext from the Hugging Face hub ({type(e).__name__})", file=sys.stderr)

@@ -23,7 +23,7 @@ def members(run, logs):
     found = checkpoints(run)
     if found:
         it, path = found[-1]
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         ckpt.pop("optimizer", None)
         buf = io.BytesIO()
         torch.save(ckpt, buf)
