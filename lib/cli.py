@@ -30,7 +30,32 @@ CPU_DEFAULTS = {"activations": (4, 512), "attention": (8, 256)}
 PAPER_SAMPLES = {"activations": 10, "attention": 100}
 
 
-def parser(description: str = "") -> argparse.ArgumentParser:
+# Flags beyond the model and output ones, in groups; each figure takes only the groups it uses (FIGURE_FLAGS).
+FLAG_GROUPS = {
+    "prompt": [("--prompt", dict(default=None, help="prompt of the single-prompt figures, no special tokens (default: "
+                                 f"{SUMMER.strip()!r}; a gpt-2 checkpoint of a synthetic task: its first validation "
+                                 "sequence)"))],
+    "calibration": [
+        ("--data", dict(default=None, help="calibration text: gutenberg (offline default), redpajama, wikitext, c4, "
+                        "pg19 or a path (a gpt-2 checkpoint: the val split of its dataset by default)")),
+        ("--nsamples", dict(type=int, default=None, help="calibration sequences (default: paper's on GPU, fewer on CPU)")),
+        ("--seqlen", dict(type=int, default=None, help="calibration sequence length (default: paper's on GPU, 512/256 "
+                          "on CPU)")),
+        ("--seed", dict(type=int, default=1, help="seed for sampling calibration sequences"))],
+    "layer": [("--layer", dict(type=int, default=None, help="1-based layer to show instead of the detected one"))],
+    "head": [("--head", dict(type=int, default=None, help="0-based head to show instead of the detected one"))],
+    "rule": [
+        ("--outlier-factor", dict(type=float, default=MASSIVE_FACTOR,
+                                  help="an activation outlier exceeds this many times its layer's median |h| (default "
+                                  "%(default)g, lib.analysis' rule; the gpt-2 hypothesis test's criterion is 100)")),
+        ("--outlier-min-abs", dict(type=float, default=MASSIVE_ABS,
+                                   help="and exceeds this |h| (default %(default)g, Sun et al.'s floor for LLMs)"))],
+}
+
+
+def parser(description: str = "", groups=None, affects=None) -> argparse.ArgumentParser:
+    """The figure command line with the model and output flags and the flag `groups` (default: all of them);
+    `affects` maps a group to the figures it changes, added to each flag's help (reproduce.py)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="registry name, Hugging Face id, model folder, or a gpt-2/ checkpoint (ckpt_<iter>.pt or out dir)")
@@ -39,21 +64,25 @@ def parser(description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: fp32 on CPU, else the model's)")
     p.add_argument("--savedir", default="figures", help="figures and JSON go to SAVEDIR/<model>/")
     p.add_argument("--format", default="png", choices=sorted(FORMATS), help="figure file format")
-    p.add_argument("--seed", type=int, default=1, help="seed for sampling calibration sequences")
-    p.add_argument("--prompt", default=None, help="prompt of the single-prompt figures, no special tokens (default: "
-                   f"{SUMMER.strip()!r}; a gpt-2 checkpoint of a synthetic task: its first validation sequence)")
-    p.add_argument("--nsamples", type=int, default=None, help="calibration sequences (default: paper's on GPU, fewer on CPU)")
-    p.add_argument("--seqlen", type=int, default=None, help="calibration sequence length (default: paper's on GPU, 512/256 on CPU)")
-    p.add_argument("--data", default=None, help="calibration text: gutenberg (offline default), redpajama, wikitext, c4, "
-                   "pg19 or a path (a gpt-2 checkpoint: the val split of its dataset by default)")
-    p.add_argument("--layer", type=int, default=None, help="1-based layer to show instead of the detected one")
-    p.add_argument("--head", type=int, default=None, help="0-based head to show instead of the detected one")
-    p.add_argument("--outlier-factor", type=float, default=MASSIVE_FACTOR,
-                   help="an activation outlier exceeds this many times its layer's median |h| (default %(default)g, "
-                   "lib.analysis' rule; the gpt-2 hypothesis test's criterion is 100)")
-    p.add_argument("--outlier-min-abs", type=float, default=MASSIVE_ABS,
-                   help="and exceeds this |h| (default %(default)g, Sun et al.'s floor for LLMs)")
+    for group in FLAG_GROUPS if groups is None else groups:
+        for flag, kwargs in FLAG_GROUPS[group]:
+            if affects:
+                kwargs = dict(kwargs, help=kwargs["help"] + f" [figures: {', '.join(affects[group])}]")
+            p.add_argument(flag, **kwargs)
     return p
+
+
+def parse_figure_args(name: str, argv=None) -> argparse.Namespace:
+    """One figure script's flags; a flag the figure does not use is a UserError naming the ones it takes. Flags of
+    other groups get their defaults, so the namespace is the same as reproduce.py's."""
+    from lib.paper_figures import DESCRIPTIONS, FIGURE_FLAGS
+    p = parser(DESCRIPTIONS[name], FIGURE_FLAGS[name])
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        taken = [a.option_strings[0] for a in p._actions if a.option_strings and a.option_strings[0] != "-h"]
+        raise UserError(f"{unknown[0]} is not a flag of {name}, which does not use it; it takes {', '.join(taken)}")
+    full = vars(parser().parse_args([]))
+    return argparse.Namespace(**{**full, **vars(args)})
 
 
 def check_args(args) -> None:
@@ -258,10 +287,8 @@ def run(names, args, model=None, tokenizer=None, spec=None, progress: bool = Fal
 
 def main(name: str, argv=None) -> None:
     """Entry point of one figure script."""
-    from lib.paper_figures import DESCRIPTIONS
     with user_errors_exit(name):
-        args = parser(DESCRIPTIONS[name]).parse_args(argv)
-        run([name], args)
+        run([name], parse_figure_args(name, argv))
 
 
 def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
@@ -289,9 +316,10 @@ def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
 
 def reproduce_main(argv=None) -> None:
     """All eleven figures on one model load, with a progress bar and an index page."""
-    from lib.paper_figures import FIGURES
+    from lib.paper_figures import FIGURE_FLAGS, FIGURES
     with user_errors_exit("reproduce"):
-        p = parser("Reproduce every LLM figure of the paper on one model (one model load).")
+        affects = {g: [n for n in FIGURES if g in FIGURE_FLAGS[n]] for g in FLAG_GROUPS}
+        p = parser("Reproduce every LLM figure of the paper on one model (one model load).", affects=affects)
         p.add_argument("--only", nargs="+", choices=list(FIGURES), default=None, help="a subset of the figures")
         args = p.parse_args(argv)
         start = time.time()

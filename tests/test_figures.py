@@ -228,3 +228,28 @@ def test_full_suite_on_the_default_model(tmp_path):
     assert data["lifecycle_disappearance"]["layer"] > layer["layer"]
     # the prompt's outlier layers are outlier layers over calibration text too
     assert set(layer["outlier_layers"]) & set(data["pos_activation_outliers_layer"]["outlier_layers"])
+
+
+def test_a_flag_a_script_does_not_use_is_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main("existence_activation_outliers_layer", ["--data", "/nonexistent"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert "--data is not a flag of existence_activation_outliers_layer" in err and "--prompt" in err
+    with pytest.raises(SystemExit):
+        cli.main("pos_weight_outliers", ["--prompt", "hi"])
+    assert "--prompt is not a flag of pos_weight_outliers" in capsys.readouterr().err
+
+
+def test_each_script_lists_only_its_flags_and_reproduce_says_what_each_affects():
+    from lib.paper_figures import DESCRIPTIONS, FIGURE_FLAGS
+    flags = lambda p: {a.option_strings[0] for a in p._actions if a.option_strings} - {"-h"}  # noqa: E731
+    common = flags(cli.parser(groups=()))
+    assert flags(cli.parser(DESCRIPTIONS["pos_weight_outliers"], FIGURE_FLAGS["pos_weight_outliers"])) == common
+    spread = flags(cli.parser(groups=FIGURE_FLAGS["lifecycle_spread"]))
+    assert spread - common == {"--prompt", "--layer", "--head", "--outlier-factor", "--outlier-min-abs"}
+    args = cli.parse_figure_args("lifecycle_spread", ["--head", "1"])
+    assert args.head == 1 and args.data is None and args.seed == 1  # other groups keep their defaults
+    affects = {g: [n for n in FIGURES if g in FIGURE_FLAGS[n]] for g in cli.FLAG_GROUPS}
+    help_text = cli.parser(affects=affects).format_help()
+    assert "[figures: lifecycle_spread]" in " ".join(help_text.split())

@@ -29,3 +29,20 @@ DESCRIPTIONS = {
     "lifecycle_spread": "how attention reads the outlier tokens (q, k, v norms, logits, probabilities)",
     "lifecycle_disappearance": "how the last layers cancel the outlier",
 }
+
+# The flag groups of lib.cli each figure uses (beyond the model and output flags); other flags are refused.
+_PROMPT = ("prompt", "layer", "rule")
+_CALIBRATION = ("calibration", "layer", "rule")
+FIGURE_FLAGS = {
+    "existence_activation_outliers_down": _PROMPT,
+    "existence_activation_outliers_layer": _PROMPT,
+    "existence_attention_outliers": _PROMPT,
+    "existence_weight_outliers": _PROMPT,
+    "pos_activation_outliers_down": _CALIBRATION,
+    "pos_activation_outliers_layer": _CALIBRATION,
+    "pos_attention_outliers": ("calibration",),
+    "pos_weight_outliers": (),
+    "lifecycle_emergence": _PROMPT,
+    "lifecycle_spread": _PROMPT + ("head",),
+    "lifecycle_disappearance": _PROMPT,
+}
