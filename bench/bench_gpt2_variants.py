@@ -18,7 +18,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2"))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "gpt-2"))
+from lib.files import write_json  # noqa: E402
 from model import GPT, VARIANTS, GPTConfig  # noqa: E402
 
 
@@ -94,6 +97,8 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=os.path.join("bench", "results", "gpt2_variants.json"),
+                   help="where the ratios are written (JSON, with the command)")
     args = p.parse_args()
     variants = args.variants.split(",")
     bad = [v for v in variants if v not in VARIANTS]
@@ -118,6 +123,11 @@ def main():
     print(f"default / plain SDPA GPT: {tps['default'] / tps['plain_sdpa']:.3f}")
     for v in variants:
         print(f"{v:>11s} / default: {tps[v] / tps['default']:.3f}   ({tps[v]:,.0f} tok/s)")
+    write_json(args.out, {"command": "python " + " ".join(sys.argv), "settings": vars(args),
+                          "threads": torch.get_num_threads(), "tokens_per_s": tps,
+                          "default_vs_plain_sdpa": tps["default"] / tps["plain_sdpa"],
+                          "variant_vs_default": {v: tps[v] / tps["default"] for v in variants}})
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

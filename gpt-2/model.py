@@ -22,9 +22,6 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-VARIANTS = ("default", "vbias", "cabias", "attn_bias", "ca_softmax", "sigmoid", "gated", "clipped", "softmax1")
-POSITIONS = ("learned", "rope", "none")
-
 
 class ConfigError(ValueError):
     """A bad model configuration (unknown variant, inconsistent sizes...)."""
@@ -70,11 +67,16 @@ class GPTConfig:
         return cls(**d)
 
 
-def extra_key_mask(T, device):
-    """Boolean mask (T, T+1): column 0 is an extra key every query sees, the rest is causal."""
-    mask = torch.ones(T, T + 1, dtype=torch.bool, device=device)
-    mask[:, 1:] = torch.tril(mask[:, 1:])
-    return mask
+# --- positions ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Positions:
+    table: bool  # a learned vector per position added to the token embedding (transformer.wpe)
+    rotary: bool  # q and k rotated by position in every layer
+
+
+POSITIONS = {"learned": Positions(table=True, rotary=False), "rope": Positions(table=False, rotary=True),
+             "none": Positions(table=False, rotary=False)}
 
 
 def rotate(x, base=10000.0):
@@ -87,7 +89,20 @@ def rotate(x, base=10000.0):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+# --- attention: softmax, then one subclass per variant ----------------------------------------------------------
+
+def extra_key_mask(T, device):
+    """Boolean mask (T, T+1): column 0 is an extra key every query sees, the rest is causal."""
+    mask = torch.ones(T, T + 1, dtype=torch.bool, device=device)
+    mask[:, 1:] = torch.tril(mask[:, 1:])
+    return mask
+
+
 class CausalSelfAttention(nn.Module):
+    """The paper's `default`: softmax(Q K^T / sqrt(d)) V. A variant subclasses it and overrides what it changes:
+    `fused` (the SDPA path; None where there is no kernel), `explicit` (the same with the weights returned),
+    `combine` (heads -> channels) and `init_extra` (its own parameters' initial values)."""
+    extra_key_first = False  # explicit weights hold an always-visible extra key k' in column 0
 
     def __init__(self, config):
         super().__init__()
@@ -98,99 +113,196 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
-        self.clip_gamma, self.clip_zeta = config.clip_gamma, config.clip_zeta
-        self.rope = config.pos_emb == "rope"
-        shape = (self.n_head, 1, self.head_dim)  # one extra key / value per head
-        if self.variant in ("vbias", "cabias", "attn_bias"):
-            self.v_extra = nn.Parameter(torch.zeros(shape))
-        if self.variant in ("cabias", "attn_bias"):
-            self.k_extra = nn.Parameter(torch.zeros(shape))
-        if self.variant == "ca_softmax":  # S(x) = 2 sigmoid(Linear(x)); zero init -> S = 1 (plain softmax)
-            self.scale_proj = nn.Linear(config.n_embd, config.n_head, bias=True)
-            self.hook_scale = nn.Identity()  # S(x) (B, T, nh) passes through here, for capture hooks
-        if self.variant == "gated":  # zero weights, bias 3 -> gate ~0.95 at init
-            self.gate_proj = nn.Linear(config.n_embd, config.n_embd, bias=True)
+        self.rotary = POSITIONS[config.pos_emb].rotary
         self.blocked_keys = None  # bool (B, T), set by interventions: tokens no other query may attend to
-        self.extra_key_first = self.variant in ("attn_bias", "softmax1")  # explicit weights: column 0 is k'
 
     def forward(self, x, need_weights=False):
         """x: (B, T, C). Returns y (B, T, C) and, if need_weights, the attention weights (B, nh, T, T[+1])."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
-        if self.rope:  # the extra key k' (attn_bias, cabias) stays unrotated: it has no position
+        if self.rotary:  # an extra key k' stays unrotated: it has no position
             q, k = rotate(q), rotate(k)
-        if need_weights or self.blocked_keys is not None:
-            y, w = self.explicit_attention(q, k, v)
+        if need_weights or self.blocked_keys is not None or self.fused is None:
+            y, w = self.explicit(q, k, v, self.visible(T, q.device))
         else:
-            y, w = self.fused_attention(q, k, v), None
-        if self.variant == "ca_softmax":
-            scale = self.hook_scale(2 * torch.sigmoid(self.scale_proj(x)))  # (B, T, nh)
-            y = y * scale.transpose(1, 2).unsqueeze(-1)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        if self.variant == "gated":
-            y = y * torch.sigmoid(self.gate_proj(x))
-        return self.resid_dropout(self.c_proj(y)), w
+            y, w = self.fused(q, k, v), None
+        return self.resid_dropout(self.c_proj(self.combine(y, x))), w
 
-    def with_extra(self, k, v, k_extra, v_extra):
-        """Prepend one always-visible key/value per head to k and v."""
+    def visible(self, T, device):
+        """Which keys each query may attend to: causal, minus blocked tokens (each still sees itself)."""
+        visible = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        if self.blocked_keys is not None:  # (B, 1, T, T)
+            eye = torch.eye(T, dtype=torch.bool, device=device)
+            visible = visible & (~self.blocked_keys.to(device)[:, None, None, :] | eye)
+        return visible
+
+    def dropout_p(self):
+        return self.attn_dropout if self.training else 0.0
+
+    def scores(self, q, k):
+        return (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+
+    def fused(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout_p())
+
+    def explicit(self, q, k, v, visible):
+        """(y, weights) with the weights computed explicitly (for analysis and the unfused variants)."""
+        w = torch.softmax(self.scores(q, k).masked_fill(~visible, float("-inf")), dim=-1)
+        return F.dropout(w, self.dropout_p(), self.training) @ v, w
+
+    def combine(self, y, x):
+        """Per-head outputs (B, nh, T, hd) -> (B, T, C), before the output projection."""
+        B, _, T, _ = y.shape
+        return y.transpose(1, 2).contiguous().view(B, T, self.n_embd)
+
+    def init_extra(self):
+        pass
+
+
+class VBias(CausalSelfAttention):
+    """A V + v' (v' learned, one per head)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.v_extra = nn.Parameter(torch.zeros(self.n_head, 1, self.head_dim))
+
+    def fused(self, q, k, v):
+        return super().fused(q, k, v) + self.v_extra
+
+    def explicit(self, q, k, v, visible):
+        y, w = super().explicit(q, k, v, visible)
+        return y + self.v_extra, w
+
+    def init_extra(self):
+        torch.nn.init.normal_(self.v_extra, std=0.02)
+
+
+class AttnBias(CausalSelfAttention):
+    """softmax(Q [k'; K]^T / sqrt(d)) [v'; V]: an extra key/value every query sees."""
+    extra_key_first = True
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.k_extra = nn.Parameter(torch.zeros(self.n_head, 1, self.head_dim))
+        self.v_extra = nn.Parameter(torch.zeros(self.n_head, 1, self.head_dim))
+
+    def extra(self, q):
+        """(k', v'), each (nh, 1, hd), in q's dtype."""
+        return self.k_extra.to(q.dtype), self.v_extra.to(q.dtype)
+
+    def with_extra(self, q, k, v):
+        k_extra, v_extra = self.extra(q)
         B = k.shape[0]
-        return (torch.cat([k_extra.expand(B, -1, -1, -1).to(k.dtype), k], dim=2),
-                torch.cat([v_extra.expand(B, -1, -1, -1).to(v.dtype), v], dim=2))
+        return torch.cat([k_extra.expand(B, -1, -1, -1), k], dim=2), torch.cat([v_extra.expand(B, -1, -1, -1), v], dim=2)
 
-    def fused_attention(self, q, k, v):
-        T = q.shape[2]
-        p = self.attn_dropout if self.training else 0.0
-        sdpa = F.scaled_dot_product_attention
-        if self.variant in ("default", "ca_softmax", "gated"):
-            return sdpa(q, k, v, is_causal=True, dropout_p=p)
-        if self.variant == "vbias":
-            return sdpa(q, k, v, is_causal=True, dropout_p=p) + self.v_extra
-        if self.variant in ("attn_bias", "softmax1"):
-            if self.variant == "attn_bias":
-                ke, ve = self.with_extra(k, v, self.k_extra, self.v_extra)
-            else:  # a zero key has logit 0 -> contributes exp(0) = 1 to the denominator, and a zero value
-                zero = q.new_zeros(self.n_head, 1, self.head_dim)
-                ke, ve = self.with_extra(k, v, zero, zero)
-            return sdpa(q, ke, ve, attn_mask=extra_key_mask(T, q.device), dropout_p=p)
-        if self.variant == "cabias":
-            ke, ve = self.with_extra(k, torch.zeros_like(v), self.k_extra, self.v_extra)
-            bias = sdpa(q, ke, ve, attn_mask=extra_key_mask(T, q.device), dropout_p=p)  # p'(q) v'
-            return sdpa(q, k, v, is_causal=True, dropout_p=p) + bias
-        # sigmoid and clipped softmax have no fused kernel: explicit weights
-        return self.explicit_attention(q, k, v)[0]
+    def fused(self, q, k, v):
+        k, v = self.with_extra(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=extra_key_mask(q.shape[2], q.device),
+                                              dropout_p=self.dropout_p())
 
-    def explicit_attention(self, q, k, v):
-        """The same attention computed with explicit weights (for analysis and the unfused variants).
-        Returns (y, w); w holds the weights applied to the keys, with the extra key first where there is one."""
-        T, hd = q.shape[2], self.head_dim
-        visible = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        if self.blocked_keys is not None:  # (B, 1, T, T): a blocked token stays visible to itself only
-            eye = torch.eye(T, dtype=torch.bool, device=q.device)
-            visible = visible & (~self.blocked_keys.to(q.device)[:, None, None, :] | eye)
-        drop = lambda w: F.dropout(w, self.attn_dropout, self.training)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(hd)
-        if self.variant == "sigmoid":
-            w = torch.sigmoid(scores - math.log(T)).masked_fill(~visible, 0.0)
-            return drop(w) @ v, w
-        if self.variant in ("attn_bias", "softmax1", "cabias"):
-            if self.variant == "softmax1":
-                k_extra = v_extra = q.new_zeros(self.n_head, 1, hd)
-            else:
-                k_extra, v_extra = self.k_extra, self.v_extra
-            s_extra = (q @ k_extra.transpose(-2, -1).to(q.dtype)) / math.sqrt(hd)  # (B, nh, T, 1)
-            w = torch.softmax(torch.cat([s_extra, scores.masked_fill(~visible, float("-inf"))], dim=-1), dim=-1)
-            if self.variant == "cabias":  # A V + p' v'; report the plain softmax A as the attention to tokens
-                a = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
-                return drop(a) @ v + drop(w)[..., :1] * v_extra.to(v.dtype), a
-            return drop(w) @ torch.cat([v_extra.expand(q.shape[0], -1, -1, -1).to(v.dtype), v], dim=2), w
-        w = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
-        if self.variant == "clipped":
-            w = torch.clamp((self.clip_zeta - self.clip_gamma) * w + self.clip_gamma, 0.0, 1.0)
-        y = drop(w) @ v
-        if self.variant == "vbias":
-            y = y + self.v_extra
-        return y, w
+    def explicit(self, q, k, v, visible):
+        k_extra, v_extra = self.extra(q)
+        s = torch.cat([self.scores(q, k_extra), self.scores(q, k).masked_fill(~visible, float("-inf"))], dim=-1)
+        w = torch.softmax(s, dim=-1)
+        v = torch.cat([v_extra.expand(q.shape[0], -1, -1, -1), v], dim=2)
+        return F.dropout(w, self.dropout_p(), self.training) @ v, w
+
+    def init_extra(self):
+        torch.nn.init.normal_(self.k_extra, std=0.02)
+        torch.nn.init.normal_(self.v_extra, std=0.02)
+
+
+class Softmax1(AttnBias):
+    """exp(s_i) / (1 + sum_j exp(s_j)) V: attn_bias with k' = v' = 0 (a zero key adds exp(0) = 1 to the
+    denominator and nothing to the output); no parameters of its own."""
+
+    def __init__(self, config):
+        CausalSelfAttention.__init__(self, config)
+
+    def extra(self, q):
+        zero = q.new_zeros(self.n_head, 1, self.head_dim)
+        return zero, zero
+
+    def init_extra(self):
+        pass
+
+
+class CaBias(AttnBias):
+    """A V + softmax(Q [k'; K]^T / sqrt(d)) [v'; 0]; its weights are the plain softmax A on the tokens."""
+    extra_key_first = False
+
+    def fused(self, q, k, v):
+        p = self.dropout_p()
+        k_extra, v_extra = self.with_extra(q, k, torch.zeros_like(v))
+        bias = F.scaled_dot_product_attention(q, k_extra, v_extra, attn_mask=extra_key_mask(q.shape[2], q.device),
+                                              dropout_p=p)  # p'(q) v'
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p) + bias
+
+    def explicit(self, q, k, v, visible):
+        y, a = CausalSelfAttention.explicit(self, q, k, v, visible)
+        _, w = AttnBias.explicit(self, q, k, torch.zeros_like(v), visible)
+        return y + F.dropout(w, self.dropout_p(), self.training)[..., :1] * self.extra(q)[1], a
+
+
+class CaSoftmax(CausalSelfAttention):
+    """S(x) * A V with S(x) = 2 sigmoid(Linear(x)), one scale per token and head (zero init: S = 1)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.scale_proj = nn.Linear(config.n_embd, config.n_head, bias=True)
+        self.hook_scale = nn.Identity()  # S(x) (B, T, nh) passes through here, for capture hooks
+
+    def combine(self, y, x):
+        scale = self.hook_scale(2 * torch.sigmoid(self.scale_proj(x)))  # (B, T, nh)
+        return super().combine(y * scale.transpose(1, 2).unsqueeze(-1), x)
+
+    def init_extra(self):
+        torch.nn.init.zeros_(self.scale_proj.weight)
+        torch.nn.init.zeros_(self.scale_proj.bias)
+
+
+class Sigmoid(CausalSelfAttention):
+    """sigmoid(Q K^T / sqrt(d) - log T) V, causal (T = sequence length); no fused kernel."""
+    fused = None
+
+    def explicit(self, q, k, v, visible):
+        w = torch.sigmoid(self.scores(q, k) - math.log(q.shape[2])).masked_fill(~visible, 0.0)
+        return F.dropout(w, self.dropout_p(), self.training) @ v, w
+
+
+class Gated(CausalSelfAttention):
+    """(A V) * sigmoid(Linear(x)), an elementwise output gate (Qiu et al. 2025, G1); init gate ~0.95."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.gate_proj = nn.Linear(config.n_embd, config.n_embd, bias=True)
+
+    def combine(self, y, x):
+        return super().combine(y, x) * torch.sigmoid(self.gate_proj(x))
+
+    def init_extra(self):
+        torch.nn.init.zeros_(self.gate_proj.weight)
+        torch.nn.init.constant_(self.gate_proj.bias, 3.0)
+
+
+class Clipped(CausalSelfAttention):
+    """clip((zeta - gamma) A + gamma, 0, 1) V (clipped softmax, Bondarenko et al. 2023); no fused kernel."""
+    fused = None
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.clip_gamma, self.clip_zeta = config.clip_gamma, config.clip_zeta
+
+    def explicit(self, q, k, v, visible):
+        a = torch.softmax(self.scores(q, k).masked_fill(~visible, float("-inf")), dim=-1)
+        w = torch.clamp((self.clip_zeta - self.clip_gamma) * a + self.clip_gamma, 0.0, 1.0)
+        return F.dropout(w, self.dropout_p(), self.training) @ v, w
+
+
+ATTENTION = {"default": CausalSelfAttention, "vbias": VBias, "cabias": CaBias, "attn_bias": AttnBias,
+             "ca_softmax": CaSoftmax, "sigmoid": Sigmoid, "gated": Gated, "clipped": Clipped, "softmax1": Softmax1}
+VARIANTS = tuple(ATTENTION)
 
 
 class MLP(nn.Module):
@@ -211,7 +323,7 @@ class Block(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
+        self.attn = ATTENTION[config.attention](config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
@@ -229,7 +341,7 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd) if config.pos_emb == "learned" else None,
+            wpe=nn.Embedding(config.block_size, config.n_embd) if POSITIONS[config.pos_emb].table else None,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
@@ -241,17 +353,7 @@ class GPT(nn.Module):
             if name.endswith("c_proj.weight"):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
         for block in self.transformer.h:
-            attn = block.attn
-            if hasattr(attn, "k_extra"):
-                torch.nn.init.normal_(attn.k_extra, std=0.02)
-            if hasattr(attn, "v_extra"):
-                torch.nn.init.normal_(attn.v_extra, std=0.02)
-            if hasattr(attn, "scale_proj"):
-                torch.nn.init.zeros_(attn.scale_proj.weight)
-                torch.nn.init.zeros_(attn.scale_proj.bias)
-            if hasattr(attn, "gate_proj"):
-                torch.nn.init.zeros_(attn.gate_proj.weight)
-                torch.nn.init.constant_(attn.gate_proj.bias, 3.0)
+            block.attn.init_extra()
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):

@@ -167,3 +167,18 @@ def test_bad_model_config_is_a_clear_error(bad):
         tiny("default", **bad) if "attention" not in bad else GPTConfig(attention=bad["attention"])
     with pytest.raises(ConfigError, match="unknown model setting"):
         GPTConfig.from_dict(dict(n_layers=3))
+
+
+def test_parameter_names_stay_those_of_existing_checkpoints():
+    """Checkpoints written before the variants became classes load only if every name stays the same."""
+    expected = {"default": set(), "vbias": {"v_extra"}, "cabias": {"k_extra", "v_extra"},
+                "attn_bias": {"k_extra", "v_extra"}, "softmax1": set(), "sigmoid": set(), "clipped": set(),
+                "ca_softmax": {"scale_proj.weight", "scale_proj.bias"},
+                "gated": {"gate_proj.weight", "gate_proj.bias"}}
+    assert set(expected) == set(VARIANTS)
+    for variant, extra in expected.items():
+        names = {n[len("transformer.h.0.attn."):] for n in GPT(tiny(variant)).state_dict()
+                 if n.startswith("transformer.h.0.attn.")}
+        assert names == {"c_attn.weight", "c_proj.weight"} | extra, variant
+    for pos, has_table in (("learned", True), ("rope", False), ("none", False)):
+        assert ("transformer.wpe.weight" in GPT(tiny("default", pos_emb=pos)).state_dict()) == has_table
