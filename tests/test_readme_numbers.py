@@ -1,0 +1,95 @@
+"""Numbers the README quotes must be the committed results' numbers: each claim below is rendered from a result
+file and must appear in the README word for word. When a result is regenerated, this test names the README
+sentence to update."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(path):
+    return json.loads((ROOT / path).read_text())
+
+
+def ppl(x):
+    """Perplexities as the README writes them: one decimal, or mantissa and exponent when huge (5.3e10)."""
+    if x < 1e4:
+        return f"{x:.1f}"
+    mantissa, exponent = f"{x:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def gemma_consequences():
+    r = load("results/consequences/gemma3_270m/consequences.json")["results"][0]
+    c = {k: v["ppl"] for k, v in r["compression"].items()}
+    row = " | ".join(ppl(v) for v in [r["baseline"]["ppl"], c["w8_tensor"], c["w8_channel"], c["w4_tensor"],
+                                       c["w4_channel"], c["w8a8"], c["prune50"]])
+    i = r["interventions"]
+    d = next(s for s in i["sites"] if s["site"] == "dominant")
+    a = i["attention_sinks"]
+    return [f"| perplexity | {row} |",
+            f"Where channel {i['dominant_channel']}'s massive activations appear (layer {d['layer']}): zeroing them "
+            f"raises perplexity to {ppl(d['zero']['ppl'])}, setting\nthem to their calibration mean leaves it at "
+            f"{ppl(d['mean']['ppl'])}, masking them as attention keys gives {ppl(d['mask_sink']['ppl'])} against "
+            f"{ppl(d['mask_random']['ppl'])}",
+            f"gives {ppl(a['mask_attn_sink']['ppl'])} against {ppl(a['mask_attn_random']['ppl'])} for random keys",
+            f"changes nothing ({ppl(d['zero_random']['ppl'])})"]
+
+
+def capture_bench():
+    b = load("bench/results/capture.json")
+    t, m = b["time"], b["memory"]
+    mib = {k: v / 2**20 for k, v in m["peak_bytes"].items()}
+    return [f"| {t['ratio']:.2f} ({t['capture_s']:.2f} s vs {t['plain_s']:.2f} s) |",
+            f"| {m['stats_vs_plain_eager']:.2f} ({mib['stats']:.0f} vs {mib['plain']:.0f} MiB) |",
+            f"| {m['reference_vs_plain_eager']:.1f} ({mib['reference']:.0f} MiB) |"]
+
+
+def variants_bench():
+    def span(path):
+        b = load(path)
+        ratios = [v for k, v in b["variant_vs_default"].items() if k != "default"]
+        return f"{b['default_vs_plain_sdpa']:.2f} and variant / default {min(ratios):.2f}-{max(ratios):.2f}"
+    return [f"gave default / plain\n{span('bench/results/gpt2_variants_before_classes.json')}",
+            f"after {span('bench/results/gpt2_variants.json').replace(' and variant / default', ' and')}"]
+
+
+def figures_time():
+    took = re.search(r"the last run took (\d+) s", (ROOT / "results/figures/gemma3_270m/index.md").read_text())
+    return [f"took {took.group(1)} s after the model load"]
+
+
+def backcopy_sinks():
+    """Masking the attention sinks of the gpt-2 variants: the paper's softmax variants, then ca_softmax, sigmoid."""
+    change = {}
+    for r in load("results/consequences/gpt2_backcopy/consequences.json")["results"]:
+        a, base = r["interventions"]["attention_sinks"], r["baseline"]["ppl"]
+        change[r["name"]] = {k: 100 * (v["ppl"] / base - 1) for k, v in a.items()}
+    softmax = [change[v] for v in ("default", "vbias", "cabias", "attn_bias")]
+    sink = [c["mask_attn_sink"] for c in softmax]
+    rand = [c["mask_attn_random"] for c in softmax]
+    return [f"+{min(sink):.0f}% to +{max(sink):.0f}% perplexity (random keys: +{min(rand):.0f}% to +{max(rand):.0f}%) "
+            f"and ca_softmax +{change['ca_softmax']['mask_attn_sink']:.0f}%, sigmoid "
+            f"{change['sigmoid']['mask_attn_sink']:.0f}%"]
+
+
+def emergence():
+    rows = {r["run"]: r for r in load("gpt-2/results/emergence/table.json")["rows"]}
+    none, bos = rows["out-emergence-rf-default-none"], rows["out-emergence-default"]
+    cons = load("results/consequences/gpt2_emergence_none/consequences.json")["results"][0]
+    zero = cons["interventions"]["sites"][0]["zero"]["ppl"] / cons["baseline"]["ppl"] - 1
+    return [f"(top-1/median {none['layers'][1]['ratio']:.0f} in block 2 on position\n0",
+            f"costs +{100 * zero:.1f}% perplexity",
+            f"default's peak reaches only {bos['layers'][0]['ratio']:.0f} in {bos['iter'] // 1000}k steps"]
+
+
+@pytest.mark.parametrize("claims", [gemma_consequences, capture_bench, variants_bench, figures_time,
+                                    backcopy_sinks, emergence])
+def test_readme_quotes_the_committed_results(claims):
+    readme = (ROOT / "README.md").read_text()
+    flat = " ".join(readme.split())
+    for claim in claims():
+        assert " ".join(claim.split()) in flat, f"README.md should say {claim!r} ({claims.__name__})"
