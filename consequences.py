@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from lib import compression, gpt2_checkpoints, interventions
+from lib import compression, gpt2_checkpoints, interventions, scale_test
 from lib.errors import UserError, user_errors_exit
 from lib.files import write_json, write_text
-from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity
+from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
 
 HERE = Path(__file__).resolve().parent
 INTERVENTIONS = ("zero", "zero_random", "mean", "mask_sink", "mask_random", "mask_attn_sink", "mask_attn_random")
@@ -80,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
                    "%(default)g, lib.analysis' rule; the gpt-2 hypothesis test's criterion is 100)")
     p.add_argument("--outlier-min-abs", type=float, default=interventions.analysis.MASSIVE_ABS,
                    help="interventions: and exceed this |h| (default %(default)g, Sun et al.'s floor for LLMs)")
+    p.add_argument("--scale-test", action="store_true",
+                   help="is each attention sink only a context-aware scale? perplexity under "
+                   f"{', '.join(scale_test.MODES)} of every layer's sink keys (lib/scale_test.py)")
     p.add_argument("--savedir", default=None, help="output folder (default results/consequences/<name>/)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
@@ -143,7 +146,8 @@ def gpt2_subject(path: str, args) -> Subject:
 
 # --- measuring --------------------------------------------------------------------------------------------------
 
-def measure(subject: Subject, methods, wanted_interventions, log=print, rule=interventions.DEFAULT_RULE) -> dict:
+def measure(subject: Subject, methods, wanted_interventions, log=print, rule=interventions.DEFAULT_RULE,
+            scale=False) -> dict:
     """Every number of one subject: baseline, compression and intervention perplexities, outlier metrics."""
     s = subject
     start = time.time()
@@ -151,17 +155,23 @@ def measure(subject: Subject, methods, wanted_interventions, log=print, rule=int
     with interventions.block_output_hooks(s.blocks, metrics):
         baseline = perplexity(s.logits_fn, s.windows)
     result = {"name": s.name, "title": s.title, "info": s.info, "data": s.data,
-              "baseline": _short(baseline), "outlier_metrics": metrics.summary(), "compression": {},
+              "baseline": summarize(baseline), "outlier_metrics": metrics.summary(), "compression": {},
               "interventions": {}}
     log(f"{s.title}: fp32 perplexity {baseline['ppl']:.4g}; max inf-norm {metrics.summary()['max_inf_norm']:.4g}, "
         f"avg kurtosis {metrics.summary()['avg_kurtosis']:.4g}")
     for method in methods:
         with compression.compressed(s.model, s.blocks, method):
             measured = perplexity(s.logits_fn, s.windows)
-        result["compression"][method] = _short(measured, baseline)
+        result["compression"][method] = summarize(measured, baseline)
         log(f"{s.title}: {method} perplexity {measured['ppl']:.4g}")
     if wanted_interventions:
         result["interventions"] = intervene(s, wanted_interventions, log, baseline, rule)
+    if scale:
+        if interventions.supports_sink_mask(s.model):
+            result["scale_test"] = scale_test.measure(s.model, s.run_fn, s.logits_fn, s.windows, s.calib, baseline,
+                                                      lambda line: log(f"{s.title}: {line}"))
+        else:
+            result["scale_test"] = {"note": MASK_UNSUPPORTED}
     result["seconds"] = round(time.time() - start, 1)
     return result
 
@@ -212,7 +222,7 @@ def _attention_intervention(s: Subject, mode: str, baseline=None) -> dict:
                                                           control=mode == "mask_attn_random")
     measured = perplexity(logits_fn, s.windows)
     n = s.windows.shape[0]
-    return {**_short(measured, baseline), "masked_keys_per_window": state.masked / n,
+    return {**summarize(measured, baseline), "masked_keys_per_window": state.masked / n,
             "masked_layer_keys_per_window": state.masked_layer_keys / n}
 
 
@@ -224,25 +234,12 @@ def _intervention(s: Subject, mode: str, layer: int, means: dict, baseline=None,
         control = mode == "mask_random"
         with interventions.mask_sink_keys(s.model, layer, control=control, seed=layer, rule=rule) as state:
             measured = perplexity(s.logits_fn, s.windows)
-        return {**_short(measured, baseline), "masked_keys_per_window": state.masked / s.windows.shape[0]}
+        return {**summarize(measured, baseline), "masked_keys_per_window": state.masked / s.windows.shape[0]}
     with interventions.edit_outliers(s.blocks, layer, mode, means, rule, seed=layer) as edit:
         measured = perplexity(s.logits_fn, s.windows)
     tokens = [len(t) for t in edit.tokens]
-    return {**_short(measured, baseline), "edited_entries": edit.edited, "entries_without_mean": edit.without_mean,
+    return {**summarize(measured, baseline), "edited_entries": edit.edited, "entries_without_mean": edit.without_mean,
             "outlier_tokens_per_window": sum(tokens) / max(len(tokens), 1)}
-
-
-def _short(measured: dict, baseline: dict | None = None) -> dict:
-    """The numbers worth keeping; against a baseline on the same windows, also the paired change of the mean
-    token NLL and its standard error over windows (how much of a difference the few windows can resolve)."""
-    out = {k: (v if k != "ppl" or math.isfinite(v) else None) for k, v in measured.items() if k != "window_nll"}
-    if baseline is not None:
-        diffs = [a - b for a, b in zip(measured["window_nll"], baseline["window_nll"])]
-        n = len(diffs)
-        mean = sum(diffs) / n
-        spread = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else float("nan")
-        out.update(nll_change=mean, nll_change_stderr=spread / math.sqrt(n) if n > 1 else None)
-    return out
 
 
 # --- output --------------------------------------------------------------------------------------------------------
@@ -332,6 +329,8 @@ def markdown(report: dict) -> str:
                 for m in wanted:
                     if site.get(m, {}).get("note"):
                         lines.append(f"- {r['name']}, {m}: {site[m]['note']}")
+    if report.get("scale_test"):
+        lines += scale_test.markdown(rows)
     return "\n".join(lines) + "\n"
 
 
@@ -420,9 +419,10 @@ def run(args, subjects=None, command=None, log=print) -> dict:
     else:
         group, title = subjects[0].name, subjects[0].title
     rule = interventions.Rule(factor=args.outlier_factor, min_abs=args.outlier_min_abs)
-    results = [measure(s, args.methods, args.interventions, log, rule) for s in subjects]
+    results = [measure(s, args.methods, args.interventions, log, rule, args.scale_test) for s in subjects]
     report = {"command": command or "python " + " ".join(shlex.quote(a) for a in sys.argv), "title": title,
               "methods": list(args.methods), "interventions": list(args.interventions), "outlier_rule": str(rule),
+              "scale_test": bool(args.scale_test),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "results": results, "seconds": round(time.time() - start, 1)}
     savedir = Path(args.savedir) if args.savedir else HERE / "results" / "consequences" / group

@@ -87,3 +87,16 @@ def gpt2_logits(model):
         logits, _ = model(ids, targets=torch.full_like(ids, -1))  # targets only switch on full logits
         return logits
     return logits_fn
+
+
+def summarize(measured: dict, baseline: dict | None = None) -> dict:
+    """The numbers worth keeping; against a baseline on the same windows, also the paired change of the mean
+    token NLL and its standard error over windows (how much of a difference the few windows can resolve)."""
+    out = {k: (v if k != "ppl" or math.isfinite(v) else None) for k, v in measured.items() if k != "window_nll"}
+    if baseline is not None:
+        diffs = [a - b for a, b in zip(measured["window_nll"], baseline["window_nll"])]
+        n = len(diffs)
+        mean = sum(diffs) / n
+        spread = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1)) if n > 1 else float("nan")
+        out.update(nll_change=mean, nll_change_stderr=spread / math.sqrt(n) if n > 1 else None)
+    return out

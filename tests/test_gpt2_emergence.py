@@ -93,7 +93,7 @@ def test_peak_ablation_zeroes_the_planted_peak_and_nothing_else():
             out[0][:, 0, channels] = 0.0
         h = model.transformer.h[0].register_forward_hook(hook)
         try:
-            return float(model(seqs[:, :-1], targets=seqs[:, 1:])[1])
+            return float(model(seqs[:, :-1], targets=seqs[:, 1:])[1].detach())
         finally:
             h.remove()
     handle = plant(500.0, 300.0)
@@ -101,7 +101,7 @@ def test_peak_ablation_zeroes_the_planted_peak_and_nothing_else():
         report = layer_report(model, seqs)
         rows = peak_ablation(model, seqs, report)
         by_hand = loss_with_block0_output_zeroed_at([5, 9])
-        planted = float(model(seqs[:, :-1], targets=seqs[:, 1:])[1])
+        planted = float(model(seqs[:, :-1], targets=seqs[:, 1:])[1].detach())
     finally:
         handle.remove()
     first = rows[0]

@@ -1,0 +1,296 @@
+"""Is an attention sink only a context-aware scale? Counterfactuals on the sink keys (issue 10).
+
+Per head and query, softmax attention splits into the sink keys S and the rest:
+    o = sum_{j in S} w_j v_j + (1 - a_s) o_rest,    a_s = sum_{j in S} w_j,
+o_rest being the output renormalised over the other keys (what masking S gives). If the sinks' values v_s are
+negligible, the sink only scales the head's output by 1 - a_s. The modes, each applied in every layer to that
+layer's sink keys (lib.interventions.attention_sinks: the keys mask_attn_sink masks), per head and query:
+  mask             o_rest (S masked, renormalised)
+  oracle_scale     (1 - a_s) o_rest, a_s measured on the unmasked forward
+  drop_sink_value  o - sum_{j in S} w_j v_j (nothing renormalised; equal to oracle_scale in exact arithmetic)
+  sink_value_only  the forward with v_j = 0 for j in S (computed that way; again equal in exact arithmetic)
+  const_scale      c o_rest, c = the head's mean 1 - a_s over the calibration windows (a context-free scale)
+  fitted_scale     s(x) o_rest, s(x) = 2 sigmoid(w . x + b) (ca_softmax's form) on the attention input x of that
+                   token, one (w, b) per head fitted on calibration windows to the measured 1 - a_s
+A query's own token is never one of its sink keys (masking keeps every token's own key, as mask_attn_sink
+does), so the sink tokens' own rows, and the first token's, stay as they are.
+"""
+from contextlib import contextmanager
+
+import torch
+
+MODES = ("mask", "oracle_scale", "drop_sink_value", "sink_value_only", "const_scale", "fitted_scale")
+SCALE_ATTN_NAME = "systematic_outliers_scale_test"
+RIDGE = 1e-2  # fitted_scale: ridge penalty relative to the mean squared input (keeps the fit stable)
+
+_ACTIVE: dict = {}  # HF attention module -> (ScaleTest, layer) while a test runs
+
+
+class ScaleTest:
+    """The state of one pass: the mode, each layer's sink keys for the current windows (keys[layer][row]), the
+    context-free and fitted scales, and (mode 'record') the calibration measurements."""
+
+    def __init__(self, mode: str):
+        if mode not in MODES + ("record",):
+            raise ValueError(f"unknown scale-test mode {mode!r}")
+        self.mode = mode
+        self.keys: dict[int, list[list[int]]] = {}
+        self.const: dict[int, torch.Tensor] = {}  # layer -> [heads]
+        self.fitted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (w [heads, dim], b [heads])
+        self.inputs: dict[int, torch.Tensor] = {}  # layer -> this forward's attention input [batch, tokens, dim]
+        self.records: dict[int, list] = {}  # layer -> [(x [n, dim], 1 - a_s [n, heads], seen [n, heads])]
+        self.value_ratio: dict[int, list[float]] = {}  # layer -> |v_s| / median |v| per (window, sink key, head)
+
+    def sinks(self, layer: int, batch: int, n_tokens: int, device) -> torch.Tensor | None:
+        """Bool [batch, queries, keys]: key j is a sink of query i (j in S, j != i, j <= i), or None."""
+        rows = self.keys.get(layer)
+        if not rows or not any(rows):
+            return None
+        keys = torch.zeros(batch, n_tokens, dtype=torch.bool, device=device)
+        for b, found in enumerate(rows):
+            keys[b, found] = True
+        causal = torch.ones(n_tokens, n_tokens, dtype=torch.bool, device=device).tril(-1)  # j < i
+        return keys[:, None, :] & causal
+
+
+def apply(state: ScaleTest, layer: int, run, q, k, v, mask_keys, x):
+    """The mode's per-head output [batch, heads, queries, d] for one layer.
+
+    run(value, hidden) -> (output [b, h, T, d], weights [b, h, T, T]) is the layer's own attention with the values
+    replaced by `value` and, where `hidden` [b, 1|h, T, T] is given, those (query, key) pairs masked. v is the
+    value per query head [b, h, T, d]; x the attention input [b, T, dim]."""
+    full, w = run(None, None)
+    S = state.sinks(layer, q.shape[0], q.shape[2], q.device)
+    if S is None:
+        return full
+    S4 = S[:, None].to(w.dtype)
+    a_s = (w * S4).sum(-1)  # [b, h, T]
+    if state.mode == "record":
+        _record(state, layer, x, a_s, S, v)
+        return full
+    if state.mode == "drop_sink_value":
+        return full - (w * S4) @ v
+    if state.mode == "sink_value_only":
+        zeroed = v.clone()
+        sink_keys = S.any(dim=1)  # [b, T]
+        zeroed[sink_keys[:, None, :, None].expand_as(v)] = 0.0
+        own = torch.diag_embed(sink_keys.to(w.dtype))[:, None]  # the sink tokens' own rows keep their own value
+        return run(zeroed, None)[0] + (w * own) @ v
+    masked, _ = run(None, S[:, None])
+    if state.mode == "mask":
+        return masked
+    seen = S.any(dim=-1)[:, None, :, None]  # queries that have a sink key to lose
+    if state.mode == "oracle_scale":
+        scale = (1 - a_s)[..., None]
+    elif state.mode == "const_scale":
+        scale = state.const[layer].to(masked.dtype)[None, :, None, None]
+    else:
+        weight, bias = state.fitted[layer]
+        scale = (2 * torch.sigmoid(x.float() @ weight.T + bias)).transpose(1, 2)[..., None].to(masked.dtype)
+    return torch.where(seen, scale * masked, masked)
+
+
+def _record(state, layer, x, a_s, S, v):
+    seen = S.any(dim=-1)  # [b, T]
+    kept = 1 - a_s.transpose(1, 2)  # [b, T, h]
+    state.records.setdefault(layer, []).append((x.reshape(-1, x.shape[-1]).float().cpu(),
+                                               kept.reshape(-1, kept.shape[-1]).float().cpu(),
+                                               seen.reshape(-1).cpu()))
+    norms = v.float().norm(dim=-1)  # [b, h, T]
+    median = norms.median(dim=-1).values  # [b, h]
+    keys = S.any(dim=1)  # [b, T]
+    for b in range(keys.shape[0]):
+        ratio = norms[b][:, keys[b]] / median[b][:, None].clamp_min(1e-12)
+        state.value_ratio.setdefault(layer, []).extend(ratio.flatten().tolist())
+
+
+def calibrate(state: ScaleTest) -> dict:
+    """From the recorded calibration passes: each head's mean 1 - a_s (const_scale), a fitted 2 sigmoid(w.x + b)
+    per head on the first half of the recorded windows with its R^2 on the second half (fitted_scale), and the
+    distributions of a_s and of |v_s| / median |v| per layer."""
+    report = {}
+    for layer, records in sorted(state.records.items()):
+        x = torch.cat([r[0] for r in records])
+        kept = torch.cat([r[1] for r in records])
+        seen = torch.cat([r[2] for r in records])
+        x, kept = x[seen], kept[seen]
+        state.const[layer] = kept.mean(dim=0)
+        half = max(1, len(records) // 2)
+        n_fit = sum(int(r[2].sum()) for r in records[:half])
+        weight, bias = _fit(x[:n_fit], kept[:n_fit])
+        state.fitted[layer] = (weight, bias)
+        test_x, test_y = (x[n_fit:], kept[n_fit:]) if n_fit < len(x) else (x, kept)
+        predicted = 2 * torch.sigmoid(test_x @ weight.T + bias)
+        ratios = torch.tensor(state.value_ratio.get(layer, [float("nan")]))
+        a_s = 1 - kept
+        report[layer + 1] = {
+            "queries": int(len(x)), "a_s_mean": float(a_s.mean()),
+            "a_s_quantiles": [float(q) for q in torch.quantile(a_s.flatten(), torch.tensor([0.1, 0.5, 0.9]))],
+            "const_scale": [round(float(c), 4) for c in state.const[layer]],
+            "fit_r2": _r2(predicted, test_y), "fit_r2_const": _r2(state.const[layer].expand_as(test_y), test_y),
+            "fit_held_out": n_fit < len(x),
+            "sink_value_ratio_median": float(ratios.median()),
+            "sink_value_ratio_quantiles": [float(q) for q in torch.quantile(ratios, torch.tensor([0.1, 0.9]))],
+        }
+    return report
+
+
+def _fit(x, kept):
+    """Per head: (w, b) with 2 sigmoid(w.x + b) ~ kept, by ridge regression of logit(kept / 2) on x."""
+    target = torch.logit((kept / 2).clamp(1e-4, 0.5 - 1e-4))  # [n, heads]
+    mean_x, mean_t = x.mean(dim=0), target.mean(dim=0)
+    xc = x - mean_x
+    gram = xc.T @ xc
+    penalty = RIDGE * gram.diagonal().mean().clamp_min(1e-12)
+    weight = torch.linalg.solve(gram + penalty * torch.eye(x.shape[1]), xc.T @ (target - mean_t)).T  # [heads, dim]
+    return weight, mean_t - weight @ mean_x
+
+
+def _r2(predicted, actual) -> float:
+    residual = ((actual - predicted) ** 2).sum()
+    total = ((actual - actual.mean(dim=0)) ** 2).sum()
+    return float(1 - residual / total) if total > 0 else float("nan")
+
+
+# --- wiring: Hugging Face families on the attention registry, and gpt-2/ checkpoints ------------------------------
+
+def _hf_attention(module, query, key, value, attention_mask, **kwargs):
+    from monkey_patch.capture import eager_attention
+    state, layer = _ACTIVE[module]
+    eager = eager_attention(module)
+    groups = query.shape[1] // value.shape[1]
+
+    def run(new_value, hidden):
+        mask = attention_mask
+        if hidden is not None:
+            if mask is None:
+                raise ValueError(f"{type(module).__name__}: no attention mask to add the sink mask to")
+            mask = mask.masked_fill(hidden, torch.finfo(mask.dtype).min)
+        vals = value if new_value is None else new_value[:, ::groups]
+        out, w = eager(module, query, key, vals, mask, **kwargs)
+        return out.transpose(1, 2), w
+
+    v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+    out = apply(state, layer, run, query, key, v, None, state.inputs.get(layer))
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _gpt2_wrap(state, layer, attn):
+    original = attn.explicit
+
+    def explicit(q, k, v, visible):
+        def run(new_value, hidden):
+            vis = visible if hidden is None else visible & ~hidden
+            y, w = original(q, k, v if new_value is None else new_value, vis)
+            return y, w[..., -q.shape[2]:]  # the tokens' columns (an extra key k' comes first)
+        return apply(state, layer, run, q, k, v, None, state.inputs.get(layer)), None
+    return explicit
+
+
+@contextmanager
+def scale_test(model, state: ScaleTest):
+    """Within the context every forward runs `state.mode` on the sink keys `state.keys` names."""
+    from lib.interventions import _gpt2_blocks, supports_sink_mask
+    if not supports_sink_mask(model):
+        raise ValueError("the scale test needs a gpt-2/ model or a Hugging Face family on the attention registry")
+    blocks = _gpt2_blocks(model)
+    handles = []
+    if blocks is not None:
+        attns = [b.attn for b in blocks]
+        for i, attn in enumerate(attns):
+            attn.explicit, attn.fused = _gpt2_wrap(state, i, attn), None  # instance attributes, removed below
+    else:
+        from monkey_patch import ModelView
+        from monkey_patch.capture import model_configs, register_attention
+        view = ModelView(model)
+        attns = [view.attn(i) for i in range(view.num_layers)]
+        register_attention(SCALE_ATTN_NAME, _hf_attention)
+        saved = [(c, c._attn_implementation) for c in model_configs(model)]
+        for i, attn in enumerate(attns):
+            _ACTIVE[attn] = (state, i)
+    for i, attn in enumerate(attns):
+        def keep_input(module, args, kwargs, i=i):
+            state.inputs[i] = args[0] if args else kwargs["hidden_states"]
+        handles.append(attn.register_forward_pre_hook(keep_input, with_kwargs=True))
+    try:
+        if blocks is None:
+            for c, _ in saved:
+                c._attn_implementation = SCALE_ATTN_NAME
+        yield state
+    finally:
+        for h in handles:
+            h.remove()
+        state.inputs.clear()
+        if blocks is not None:
+            for attn in attns:
+                del attn.explicit, attn.fused
+        else:
+            for c, implementation in saved:
+                c._attn_implementation = implementation
+            for attn in attns:
+                _ACTIVE.pop(attn, None)
+
+
+def logits_under(model, run, logits_fn, state: ScaleTest):
+    """logits_fn' that finds each window's sink keys (unmodified forward), then runs logits_fn under the test."""
+    from lib.interventions import attention_sinks
+
+    def scaled_logits(ids):
+        state.keys = attention_sinks(model, run, ids)
+        with scale_test(model, state):
+            return logits_fn(ids)
+    return scaled_logits
+
+
+def measure(model, run, logits_fn, windows, calib, baseline, log=print) -> dict:
+    """Calibrate on `calib` windows (const and fitted scales, a_s and |v_s| statistics), then the perplexity of
+    every mode on `windows`, each with its paired change against `baseline` (lib.perplexity.summarize)."""
+    from lib.perplexity import perplexity, summarize
+    record = ScaleTest("record")
+    recording = logits_under(model, run, logits_fn, record)
+    with torch.no_grad():
+        for i in range(calib.shape[0]):
+            recording(calib[i: i + 1, :-1])
+    out = {"layers": calibrate(record), "modes": {}}
+    for mode in MODES:
+        state = ScaleTest(mode)
+        state.const, state.fitted = record.const, record.fitted
+        out["modes"][mode] = summarize(perplexity(logits_under(model, run, logits_fn, state), windows), baseline)
+        log(f"scale test: {mode}: perplexity {out['modes'][mode]['ppl']:.4g}")
+    return out
+
+
+def markdown(rows) -> list[str]:
+    """The scale test's section of consequences.md: perplexity per mode, then per layer the sink shares, the
+    scales and fits, and the sinks' value norms."""
+    def cell(entry):
+        if entry.get("ppl") is None:
+            return "n/a"
+        change = entry.get("nll_change")
+        return f"{entry['ppl']:.4g}" + (f" ({change:+.3f} ± {entry['nll_change_stderr']:.3f})"
+                                        if change is not None and entry.get("nll_change_stderr") is not None else "")
+    lines = ["## Is the sink only a scale? (--scale-test)", "",
+             "| model | fp32 | " + " | ".join(MODES) + " |", "|---" * (len(MODES) + 2) + "|"]
+    for r in rows:
+        test = r.get("scale_test", {})
+        if "modes" in test:
+            lines.append(f"| {r['name']} | {r['baseline']['ppl']:.4g} | "
+                         + " | ".join(cell(test["modes"][m]) for m in MODES) + " |")
+    lines += ["", "Perplexity (change of the mean token NLL against fp32 ± its paired standard error over windows). "
+              "In every layer, that layer's sink keys (found per window as for mask_attn_sink): mask = masked and "
+              "renormalised; oracle_scale = masked, times 1 - a_s of the unmasked forward; drop_sink_value = the "
+              "sinks' term w v removed; sink_value_only = their values set to 0 (the last three agree in exact "
+              "arithmetic); const_scale = masked, times the head's calibration mean of 1 - a_s; fitted_scale = "
+              "masked, times 2 sigmoid(w.x + b) fitted per head on calibration windows (lib/scale_test.py).", "",
+              "| model | layer | queries (calibration) | a_s mean (10/50/90%) | fit R^2 (held out) | const R^2 "
+              "| sink |v| / median |v| (10/50/90%) |", "|---" * 7 + "|"]
+    for r in rows:
+        for layer, m in r.get("scale_test", {}).get("layers", {}).items():
+            q = m["a_s_quantiles"]
+            v = m["sink_value_ratio_quantiles"]
+            lines.append(f"| {r['name']} | {layer} | {m['queries']} | {m['a_s_mean']:.3f} ({q[0]:.2f}/{q[1]:.2f}/"
+                         f"{q[2]:.2f}) | {m['fit_r2']:.3f} | {m['fit_r2_const']:.3f} | {v[0]:.2f}/"
+                         f"{m['sink_value_ratio_median']:.2f}/{v[1]:.2f} |")
+        if r.get("scale_test", {}).get("note"):
+            lines.append(f"- {r['name']}: {r['scale_test']['note']}")
+    return lines + [""]

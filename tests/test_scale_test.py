@@ -1,0 +1,155 @@
+"""The sink-as-scale counterfactuals (lib/scale_test.py): the algebra on a hand-built attention, the identities
+between modes on tiny Hugging Face and gpt-2 models, a planted zero-value sink that masking plus the oracle scale
+must undo exactly, the calibration fits, and the consequences.py wiring."""
+import os
+import sys
+
+import pytest
+import torch
+
+from lib import interventions, scale_test
+from lib.perplexity import hf_logits
+from tiny_models import tiny_model
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2"))
+from model import GPT, GPTConfig  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+
+def hand_attention(q, k, v):
+    """run(value, hidden) of plain causal softmax attention, for apply()."""
+    T = q.shape[2]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+
+    def run(new_value, hidden):
+        visible = causal if hidden is None else causal & ~hidden
+        w = torch.softmax((q @ k.transpose(-1, -2)).masked_fill(~visible, float("-inf")), dim=-1)
+        return w @ (v if new_value is None else new_value), w
+    return run
+
+
+def state_for(mode, keys, heads=2):
+    state = scale_test.ScaleTest(mode)
+    state.keys = keys
+    state.const = {0: torch.full((heads,), 0.5)}
+    state.fitted = {0: (torch.zeros(heads, 4), torch.zeros(heads))}  # 2 sigmoid(0) = 1
+    return state
+
+
+def test_the_modes_on_a_hand_built_attention():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 6, 4, generator=g) for _ in range(3))
+    k[:, :, 0] = q.mean(dim=2) * 3  # key 0 draws attention: a sink
+    run, x = hand_attention(q, k, v), torch.randn(1, 6, 4, generator=g)
+    out = {m: scale_test.apply(state_for(m, {0: [[0]]}), 0, run, q, k, v, None, x) for m in scale_test.MODES}
+    full, w = run(None, None)
+    a_s = w[..., 0].clone()
+    a_s[..., 0] = 0.0  # the sink's own row keeps it
+    torch.testing.assert_close(out["oracle_scale"], out["drop_sink_value"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out["sink_value_only"], out["drop_sink_value"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out["drop_sink_value"][:, :, 1:], (full - w[..., :1] * v[:, :, :1])[:, :, 1:])
+    torch.testing.assert_close(out["oracle_scale"], (1 - a_s)[..., None] * out["mask"], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out["const_scale"][:, :, 1:], 0.5 * out["mask"][:, :, 1:])
+    torch.testing.assert_close(out["fitted_scale"], out["mask"])
+    for m in scale_test.MODES:  # the first row can only see key 0, its own: untouched by every mode
+        torch.testing.assert_close(out[m][:, :, 0], full[:, :, 0])
+    v_zero = v.clone()
+    v_zero[:, :, 0] = 0.0  # a sink whose value is exactly zero: masking plus the oracle scale is the identity
+    run_zero = hand_attention(q, k, v_zero)
+    torch.testing.assert_close(scale_test.apply(state_for("oracle_scale", {0: [[0]]}), 0, run_zero, q, k, v_zero, None, x),
+                               run_zero(None, None)[0], atol=1e-6, rtol=1e-5)
+
+
+def gpt2_tiny(variant="default", vocab_size=37):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=16,
+                          attention=variant)).eval()
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.attn.c_attn.weight.mul_(10)  # sharp attention, so a wrong mask shows
+    return model
+
+
+def logits_with(model, mode, keys, fn):
+    state = state_for(mode, keys)
+    with scale_test.scale_test(model, state), torch.no_grad():
+        return fn()
+
+
+@pytest.mark.parametrize("kind", ["hf", "gpt2", "gpt2_attn_bias"])
+def test_mode_identities_on_tiny_models(kind):
+    ids = torch.randint(0, 37, (2, 12), generator=torch.Generator().manual_seed(1))
+    if kind == "hf":
+        model = tiny_model("llama")
+        fn = lambda: model(input_ids=ids).logits  # noqa: E731
+    else:
+        model = gpt2_tiny("attn_bias" if kind.endswith("attn_bias") else "default")
+        fn = lambda: model(ids, targets=torch.full_like(ids, -1))[0]  # noqa: E731
+    with torch.no_grad():
+        plain = fn()
+    keys = {layer: [[0, 3], [0]] for layer in range(2)}
+    out = {m: logits_with(model, m, keys, fn) for m in ("mask", "oracle_scale", "drop_sink_value", "sink_value_only")}
+    torch.testing.assert_close(out["oracle_scale"], out["drop_sink_value"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out["sink_value_only"], out["drop_sink_value"], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(out["mask"], plain, atol=1e-3)
+    torch.testing.assert_close(logits_with(model, "mask", {}, fn), plain)  # no sink keys: nothing changes
+    masking = interventions.SinkMask()  # the existing masking gives the same masked forward
+    masking.keys = {layer: [list(r) for r in rows] for layer, rows in keys.items()}
+    with interventions.masking(model, masking), torch.no_grad():
+        torch.testing.assert_close(out["mask"], fn(), atol=1e-4, rtol=1e-4)
+
+
+def test_a_planted_zero_value_sink_is_only_a_scale():
+    """Token 0's value zeroed in every layer of a tiny Llama: masking it and scaling by 1 - a_s changes nothing."""
+    model = tiny_model("llama")
+    handles = [layer.self_attn.v_proj.register_forward_hook(lambda m, i, o: o.index_fill(1, torch.tensor([0]), 0.0))
+               for layer in model.model.layers]
+    ids = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(2))
+    try:
+        with torch.no_grad():
+            plain = model(input_ids=ids).logits
+        keys = {layer: [[0]] for layer in range(len(model.model.layers))}
+        scaled = logits_with(model, "oracle_scale", keys, lambda: model(input_ids=ids).logits)
+        masked = logits_with(model, "mask", keys, lambda: model(input_ids=ids).logits)
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(scaled, plain, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(masked, plain, atol=1e-4)
+
+
+def test_measure_calibrates_and_reports_every_mode():
+    model = tiny_model("llama")
+    g = torch.Generator().manual_seed(3)
+    windows, calib = torch.randint(0, 128, (3, 17), generator=g), torch.randint(0, 128, (4, 17), generator=g)
+    from lib.perplexity import perplexity
+    baseline = perplexity(hf_logits(model), windows)
+    report = scale_test.measure(model, lambda ids: model(input_ids=ids), hf_logits(model), windows, calib, baseline,
+                                log=lambda s: None)
+    assert set(report["modes"]) == set(scale_test.MODES)
+    assert all("nll_change_stderr" in m for m in report["modes"].values())
+    for layer in report["layers"].values():
+        assert 0 <= layer["a_s_mean"] <= 1 and len(layer["const_scale"]) == 4 and layer["fit_held_out"]
+        assert layer["queries"] > 0 and layer["sink_value_ratio_median"] > 0
+    assert report["modes"]["oracle_scale"]["ppl"] == pytest.approx(report["modes"]["drop_sink_value"]["ppl"], rel=1e-4)
+
+
+def test_consequences_runs_the_scale_test_on_gpt2_checkpoints(tmp_path):
+    import consequences
+    from lib import gpt2_checkpoints
+    if not (gpt2_checkpoints.GPT2_DIR / "data" / "backcopy" / "val.bin").exists():
+        pytest.skip("gpt-2/data/backcopy not prepared")
+    model = gpt2_tiny(vocab_size=65)  # the backcopy task's vocabulary
+    out = tmp_path / "out-default"
+    out.mkdir()
+    args = dict(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=16, attention="default")
+    torch.save({"model": model.state_dict(), "model_args": args, "iter_num": 1, "config": {"dataset": "backcopy"}},
+               out / "ckpt_1.pt")
+    parsed = consequences.parser().parse_args(["--gpt2", str(out), "--savedir", str(tmp_path / "res"), "--methods",
+                                               "--interventions", "--scale-test", "--nsamples", "4",
+                                               "--calib-samples", "4"])
+    report = consequences.run(parsed, log=lambda s: None)
+    test = report["results"][0]["scale_test"]
+    assert set(test["modes"]) == set(scale_test.MODES)
+    assert "Is the sink only a scale?" in (tmp_path / "res" / "consequences.md").read_text()
