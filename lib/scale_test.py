@@ -40,6 +40,7 @@ class ScaleTest:
         self.inputs: dict[int, torch.Tensor] = {}  # layer -> this forward's attention input [batch, tokens, dim]
         self.records: dict[int, list] = {}  # layer -> [(x [n, dim], 1 - a_s [n, heads], seen [n, heads])]
         self.value_ratio: dict[int, list[float]] = {}  # layer -> |v_s| / median |v| per (window, sink key, head)
+        self.uncalibrated = 0  # (forward, layer) pairs with sinks but no calibrated scale (left masked)
 
     def sinks(self, layer: int, batch: int, n_tokens: int, device) -> torch.Tensor | None:
         """Bool [batch, queries, keys]: key j is a sink of query i (j in S, j != i, j <= i), or None."""
@@ -80,6 +81,9 @@ def apply(state: ScaleTest, layer: int, run, q, k, v, mask_keys, x):
     if state.mode == "mask":
         return masked
     seen = S.any(dim=-1)[:, None, :, None]  # queries that have a sink key to lose
+    if state.mode in ("const_scale", "fitted_scale") and layer not in state.const:
+        state.uncalibrated += 1  # this layer had no sink in the calibration windows: nothing to scale with
+        return masked
     if state.mode == "oracle_scale":
         scale = (1 - a_s)[..., None]
     elif state.mode == "const_scale":
@@ -256,6 +260,8 @@ def measure(model, run, logits_fn, windows, calib, baseline, log=print) -> dict:
         state = ScaleTest(mode)
         state.const, state.fitted = record.const, record.fitted
         out["modes"][mode] = summarize(perplexity(logits_under(model, run, logits_fn, state), windows), baseline)
+        if mode in ("const_scale", "fitted_scale"):
+            out["modes"][mode]["uncalibrated_layer_windows"] = state.uncalibrated
         log(f"scale test: {mode}: perplexity {out['modes'][mode]['ppl']:.4g}")
     return out
 
@@ -281,7 +287,8 @@ def markdown(rows) -> list[str]:
               "renormalised; oracle_scale = masked, times 1 - a_s of the unmasked forward; drop_sink_value = the "
               "sinks' term w v removed; sink_value_only = their values set to 0 (the last three agree in exact "
               "arithmetic); const_scale = masked, times the head's calibration mean of 1 - a_s; fitted_scale = "
-              "masked, times 2 sigmoid(w.x + b) fitted per head on calibration windows (lib/scale_test.py).", "",
+              "masked, times 2 sigmoid(w.x + b) fitted per head on calibration windows (lib/scale_test.py); a layer "
+              "whose sinks never showed in calibration stays masked in those two (counted in the JSON).", "",
               "| model | layer | queries (calibration) | a_s mean (10/50/90%) | fit R^2 (held out) | const R^2 "
               "| sink |v| / median |v| (10/50/90%) |", "|---" * 7 + "|"]
     for r in rows:
