@@ -315,20 +315,43 @@ def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
 
 
 def reproduce_main(argv=None) -> None:
-    """All eleven figures on one model load, with a progress bar and an index page."""
+    """All eleven figures per model, one model load each, with a progress bar and an index page; several models
+    one after the other (--model a,b,c); a table across models (--summary)."""
+    import gc
+
     from lib.paper_figures import FIGURE_FLAGS, FIGURES
+    from lib.summary import write_summary
     with user_errors_exit("reproduce"):
         affects = {g: [n for n in FIGURES if g in FIGURE_FLAGS[n]] for g in FLAG_GROUPS}
-        p = parser("Reproduce every LLM figure of the paper on one model (one model load).", affects=affects)
+        p = parser("Reproduce every LLM figure of the paper on one model (one model load) or several "
+                   "(--model a,b,c: one at a time).", affects=affects)
         p.add_argument("--only", nargs="+", choices=list(FIGURES), default=None, help="a subset of the figures")
+        p.add_argument("--summary", action="store_true",
+                       help="also write SAVEDIR/summary.md and summary.json: one row per model folder in SAVEDIR")
+        p.add_argument("--summary-only", action="store_true", help="only write the summary of the folders there")
+        p.add_argument("--consequences-dir", default="results/consequences",
+                       help="the summary adds the perplexities of <dir>/<model>/consequences.json where it exists")
         args = p.parse_args(argv)
-        start = time.time()
-        results = run(args.only or list(FIGURES), args, progress=True)
-        seconds = time.time() - start
-        first = next(iter(results.values()))
-        outdir = Path(args.savedir) / first["model"]
-        index = write_index(outdir, first["title"], seconds, first.get("notes", []))
-        for result in results.values():
-            for line in result.get("summary", []):
-                print(line)
-        print(f"{len(results)} figures in {seconds:.0f} s; index: {index}")
+        if not args.summary_only:
+            models = [m.strip() for m in args.model.split(",")] if "," in args.model else [args.model]
+            if not all(models):
+                raise UserError(f"--model {args.model!r} has an empty name in its list")
+            for model in models:
+                args.model = model
+                start = time.time()
+                results = run(args.only or list(FIGURES), args, progress=True)
+                seconds = time.time() - start
+                first = next(iter(results.values()))
+                index = write_index(Path(args.savedir) / first["model"], first["title"], seconds,
+                                    first.get("notes", []))
+                for result in results.values():
+                    for line in result.get("summary", []):
+                        print(line)
+                print(f"{len(results)} figures in {seconds:.0f} s; index: {index}")
+                del results
+                gc.collect()  # the model goes before the next one loads
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        if args.summary or args.summary_only:
+            md, _, rows = write_summary(args.savedir, args.consequences_dir)
+            print(f"summary of {len(rows)} model(s): {md}")

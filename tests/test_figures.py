@@ -253,3 +253,26 @@ def test_each_script_lists_only_its_flags_and_reproduce_says_what_each_affects()
     affects = {g: [n for n in FIGURES if g in FIGURE_FLAGS[n]] for g in cli.FLAG_GROUPS}
     help_text = cli.parser(affects=affects).format_help()
     assert "[figures: lifecycle_spread]" in " ".join(help_text.split())
+
+
+def test_summary_across_two_models(random_run, planted_run, tmp_path):
+    import shutil
+    from lib.summary import write_summary
+    for _, outdir in (random_run, planted_run):
+        shutil.copytree(outdir, tmp_path / "figs" / outdir.name)
+    cons = tmp_path / "cons" / "planted"
+    cons.mkdir(parents=True)
+    (cons / "consequences.json").write_text(json.dumps({"results": [{"baseline": {"ppl": 9.5}, "compression": {
+        "w8a8": {"ppl": 10.25}}, "interventions": {"attention_sinks": {"mask_attn_sink": {"ppl": 30.0}}}}]}))
+    md, js, rows = write_summary(tmp_path / "figs", tmp_path / "cons")
+    by_model = {r["model"]: r for r in rows}
+    planted_row, random_row = by_model["planted"], by_model["random"]
+    assert planted_row["prompt_outlier_channels"] == [planted.CHANNEL] and planted_row["writer_column"] == planted.NEURON
+    assert planted_row["emergence_layer"] == planted.PLANTED + 1
+    assert planted_row["consequences"] == {"fp32": 9.5, "w8a8": 10.25, "mask_attn_sink": 30.0}
+    assert random_row["first_outlier_layer"] is None and random_row["emergence_layer"] is None
+    text = md.read_text()
+    assert "| Planted |" in text and "| Random |" in text and "10.25" in text
+    assert json.loads(js.read_text())["models"][0]["model"] in ("planted", "random")
+    with pytest.raises(UserError, match="no model folders"):
+        write_summary(tmp_path / "cons")

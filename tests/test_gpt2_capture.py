@@ -174,3 +174,17 @@ def test_task_prompts_and_bad_checkpoints_are_clear_errors(tmp_path):
         cli.main("lifecycle_emergence", ["--model", str(tmp_path / "o"), "--prompt", "hello",
                                          "--savedir", str(tmp_path / "f")])
     assert e.value.code == 2
+
+
+def test_reproduce_runs_several_models_and_summarizes_them(tmp_path):
+    data = prepare_task(tmp_path / "task")
+    a = save_checkpoint(tmp_path / "out-a", "default", dataset=data)
+    b = save_checkpoint(tmp_path / "out-b", "ca_softmax", dataset=data, seed=1)
+    cli.reproduce_main(["--model", f"{a},{b}", "--savedir", str(tmp_path / "figs"), "--nsamples", "2",
+                        "--summary", "--consequences-dir", str(tmp_path / "none")])
+    assert (tmp_path / "figs" / "out-a" / "index.md").is_file() and (tmp_path / "figs" / "out-b" / "index.md").is_file()
+    rows = json.loads((tmp_path / "figs" / "summary.json").read_text())["models"]
+    assert [r["model"] for r in rows] == ["out-a", "out-b"]
+    with pytest.raises(SystemExit) as e:
+        cli.reproduce_main(["--model", f"{a},", "--savedir", str(tmp_path / "figs")])
+    assert e.value.code == 2
