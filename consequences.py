@@ -32,6 +32,8 @@ import torch
 from lib import compression, gpt2_checkpoints, interventions, scale_test
 from lib.errors import UserError, user_errors_exit
 from lib.files import write_json, write_text
+from lib.models import ModelSpec
+from lib.provenance import provenance
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
 
 HERE = Path(__file__).resolve().parent
@@ -54,6 +56,7 @@ class Subject:
     data: dict
     hf: bool = True
     info: dict = field(default_factory=dict)
+    spec: object = None  # lib.models.ModelSpec: where the weights came from (for the provenance block)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -109,7 +112,7 @@ def hf_subject(args) -> Subject:
     device = model.get_input_embeddings().weight.device
     return Subject(spec.name, spec.title, model, ModelView(model).layers, hf_logits(model),
                    lambda ids: model.base_model(input_ids=ids.to(device), use_cache=False),
-                   windows, calib, data, hf=True)
+                   windows, calib, data, hf=True, spec=spec)
 
 
 def gpt2_subject(path: str, args) -> Subject:
@@ -141,7 +144,8 @@ def gpt2_subject(path: str, args) -> Subject:
             "iter": ckpt.get("iter_num"), "attention": variant, "dataset": name,
             "n_layer": model.config.n_layer, "n_embd": model.config.n_embd, "block_size": block}
     return Subject(variant, f"GPT ({variant})", model, model.transformer.h, gpt2_logits(model),
-                   lambda ids: model(ids), windows, calib, data, hf=False, info=info)
+                   lambda ids: model(ids), windows, calib, data, hf=False, info=info,
+                   spec=ModelSpec(variant, path, f"GPT ({variant})", block, "float32", dataset=name))
 
 
 # --- measuring --------------------------------------------------------------------------------------------------
@@ -173,6 +177,8 @@ def measure(subject: Subject, methods, wanted_interventions, log=print, rule=int
         else:
             result["scale_test"] = {"note": MASK_UNSUPPORTED}
     result["seconds"] = round(time.time() - start, 1)
+    weight = next(s.model.parameters())
+    result["provenance"] = provenance(s.spec, data=s.data, device=weight.device, dtype=weight.dtype)
     return result
 
 
@@ -255,6 +261,9 @@ def markdown(report: dict) -> str:
     methods = report["methods"]
     lines = [f"# Consequences of systematic outliers: {report['title']}", "",
              f"Command: `{report['command']}`", ""]
+    if rows and "provenance" in rows[0]:
+        from lib.provenance import short
+        lines += [f"Made by {short(rows[0]['provenance'])}.", ""]
     for r in rows[:1]:
         d = r["data"]
         lines.append(f"Data: {d['source']} ({d['split']}), {d['windows']} windows x {d['seqlen']} tokens; "
@@ -425,6 +434,7 @@ def run(args, subjects=None, command=None, log=print) -> dict:
               "scale_test": bool(args.scale_test),
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "results": results, "seconds": round(time.time() - start, 1)}
+    report["provenance"] = provenance(command=report["command"])
     savedir = Path(args.savedir) if args.savedir else HERE / "results" / "consequences" / group
     paths = save(report, savedir)
     log("wrote " + ", ".join(str(p) for p in paths))

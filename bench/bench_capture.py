@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib.errors import user_errors_exit  # noqa: E402
+from lib.provenance import provenance  # noqa: E402
 from lib.models import DEFAULT_MODEL, load_model  # noqa: E402
 from monkey_patch import Capture, ModelView  # noqa: E402
 from lib import reducers  # noqa: E402
@@ -179,7 +180,8 @@ def main():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps({"model": args.model, "device": args.device or "default", "time": timing,
-                                   "memory": memory, "command": " ".join(sys.argv)}, indent=2))
+                                   "memory": memory, "command": " ".join(sys.argv),
+                                   "provenance": provenance(device=args.device, dtype=args.dtype)}, indent=2))
         os.replace(tmp, out)
 
 

@@ -22,6 +22,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "gpt-2"))
 from lib.files import write_json  # noqa: E402
+from lib.provenance import provenance  # noqa: E402
 from model import GPT, VARIANTS, GPTConfig  # noqa: E402
 
 
@@ -126,7 +127,8 @@ def main():
     write_json(args.out, {"command": "python " + " ".join(sys.argv), "settings": vars(args),
                           "threads": torch.get_num_threads(), "tokens_per_s": tps,
                           "default_vs_plain_sdpa": tps["default"] / tps["plain_sdpa"],
-                          "variant_vs_default": {v: tps[v] / tps["default"] for v in variants}})
+                          "variant_vs_default": {v: tps[v] / tps["default"] for v in variants},
+                          "provenance": provenance(device=args.device, dtype="float32")})
     print(f"wrote {args.out}")
 
 

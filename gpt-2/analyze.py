@@ -17,7 +17,7 @@ import torch
 from configurator import HERE, UserError, configure, resolve_path, user_errors_exit
 from lib.files import write_json  # noqa: E402  (configurator puts the repo root on sys.path)
 from dataset import Batches, load_meta
-from outlier_stats import activation_stats, attention_stats, summary
+from outlier_stats import activation_stats, attention_stats, checkpoint_provenance, summary
 from test import open_checkpoint
 
 SUMMER = "Summer is warm. Winter is cold.\n"
@@ -75,6 +75,8 @@ def main(argv):
     out_dir = resolve_path(c["analysis_dir"]) if c["analysis_dir"] else os.path.join(os.path.dirname(path), "analysis")
     os.makedirs(out_dir, exist_ok=True)
     json_path = os.path.join(out_dir, "analysis.json")
+    result["provenance"] = checkpoint_provenance(path, ckpt, data=dict(dataset=dataset, n_seqs=c["n_seqs"],
+                                                                       seq_len=seq_len))
     write_json(json_path, result, indent=None)
     for i, (a, t) in enumerate(zip(act, att)):
         print(f"layer {i + 1:2d}: top1 {a['top1']:9.3f} top2 {a['top2']:9.3f} top3 {a['top3']:9.3f} median {a['median']:.4f} "

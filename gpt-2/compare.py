@@ -21,6 +21,7 @@ import torch
 import analyze
 from configurator import UserError, configure, resolve_path, user_errors_exit
 from lib.files import write_json, write_text  # noqa: E402  (configurator puts the repo root on sys.path)
+from lib.provenance import provenance  # noqa: E402
 from dataset import Batches
 from outlier_stats import layer_report, load_model
 from test import evaluate, find_checkpoint
@@ -90,7 +91,8 @@ def table_over_runs(c, row_for, markdown, criteria, script):
     table = markdown(rows)
     write_text(os.path.join(results_dir, "table.md"), table)
     write_json(os.path.join(results_dir, "table.json"),
-               dict(criteria=criteria, command=" ".join(["python", script] + sys.argv[1:]), rows=rows))
+               dict(criteria=criteria, command=" ".join(["python", script] + sys.argv[1:]), rows=rows,
+                    provenance=provenance(command=" ".join(["python", script] + sys.argv[1:]))))
     print(table)
     return rows, results_dir
 

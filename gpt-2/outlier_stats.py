@@ -9,6 +9,8 @@
   top-key share = the same for the token that receives the most (the "sink" when it is most of the mass);
   sink rate (Gu et al. 2025) = share of (layer, head) pairs whose mean weight on position 0 exceeds 0.3.
 """
+import os
+
 import torch
 
 import configurator  # noqa: F401  (puts the repo root on sys.path, for lib/)
@@ -37,6 +39,15 @@ def read_checkpoint(path, device="cpu"):
                         "torch.save of a dict of tensors, numbers, strings, lists and dicts") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise UserError(f"{path} is not a train.py checkpoint ({type(e).__name__}: {str(e)[:160]})") from None
+
+
+def checkpoint_provenance(path, ckpt, data=None):
+    """lib.provenance's block for a result computed from one checkpoint."""
+    from types import SimpleNamespace
+    from lib.provenance import provenance
+    spec = SimpleNamespace(name=os.path.basename(os.path.dirname(os.path.abspath(path))), source=path,
+                           title=f"GPT {ckpt['model_args'].get('attention', 'default')}")
+    return provenance(spec, data=data)
 
 
 def load_model(path, device="cpu"):

@@ -15,7 +15,7 @@ import torch
 from configurator import UserError, configure, resolve_path, user_errors_exit
 from lib.files import write_json  # noqa: E402  (configurator puts the repo root on sys.path)
 from dataset import Batches
-from outlier_stats import load_model
+from outlier_stats import checkpoint_provenance, load_model
 from train import checkpoints
 
 DEFAULTS = dict(ckpt="", out_dir="out", dataset="", batch_size=16, block_size=0, eval_iters=50, device="cpu",
@@ -61,6 +61,8 @@ def main(argv):
                   dataset=dataset, tokens=c["eval_iters"] * c["batch_size"] * block_size)
     for split in ("train", "val"):
         print(f"{split}: loss {result[split]['loss']:.4f}, perplexity {result[split]['perplexity']:.3f}")
+    result["provenance"] = checkpoint_provenance(path, ckpt, data=dict(dataset=dataset, eval_batches=c["eval_iters"],
+                                                                       seed=c["seed"]))
     write_json(path[:-3] + ".eval.json", result)
     return result
 

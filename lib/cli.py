@@ -276,6 +276,7 @@ def run(names, args, model=None, tokenizer=None, spec=None, progress: bool = Fal
         result = {"script": name, "model": spec.name, "title": spec.title, "layers_are": "1-based",
                   **result, "notes": list(ctx.notes), "files": [Path(f).name for f in ctx.files],
                   "seconds": round(time.time() - start, 2)}
+        result["provenance"] = figure_provenance(ctx, name, result)
         write_json(ctx.outdir / f"{name}.json", result)
         results[name] = result
         if not progress:
@@ -291,6 +292,25 @@ def main(name: str, argv=None) -> None:
         run([name], parse_figure_args(name, argv))
 
 
+def figure_provenance(ctx, name, result) -> dict:
+    """lib.provenance's block for one figure: the flags of the groups it uses, the prompt's token ids where it
+    read the prompt, the calibration windows where it read those."""
+    from lib.paper_figures import FIGURE_FLAGS
+    from lib.provenance import provenance
+    flags = {}
+    for group in FIGURE_FLAGS[name]:
+        for flag, _ in FLAG_GROUPS[group]:
+            key = flag[2:].replace("-", "_")
+            flags[key] = getattr(ctx.args, key)
+    data = {"flags": flags}
+    if "prompt" in FIGURE_FLAGS[name] and "prompt" in ctx.cache:
+        data["prompt_ids"] = ctx.cache["prompt"][0][0].tolist()
+    if "calibration" in result:
+        data["calibration"] = result["calibration"]
+    dtype = next(ctx.model.parameters()).dtype
+    return provenance(ctx.spec, data=data, device=ctx.input_device, dtype=dtype)
+
+
 def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
     """index.md next to the figures: every figure whose JSON is in outdir, with its key numbers."""
     from lib.paper_figures import FIGURES
@@ -300,6 +320,10 @@ def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
              f"{len(results)} figures; the last run took {seconds:.0f} s. "
              "Layers are 1-based; tokens, channels, columns and heads 0-based.", ""]
     lines += [f"- {note}" for note in notes] + [""]
+    block = next((r["provenance"] for r in results.values() if "provenance" in r), None)
+    if block is not None:
+        from lib.provenance import short
+        lines += [f"Made by {short(block)}; command: `{block['command']}`.", ""]
     for name, result in results.items():
         lines += [f"## {name}", ""]
         lines += [f"- {line}" for line in result.get("summary", [])]
@@ -329,9 +353,15 @@ def reproduce_main(argv=None) -> None:
         p.add_argument("--summary", action="store_true",
                        help="also write SAVEDIR/summary.md and summary.json: one row per model folder in SAVEDIR")
         p.add_argument("--summary-only", action="store_true", help="only write the summary of the folders there")
+        p.add_argument("--check", metavar="FOLDER", default=None,
+                       help="re-run what the results in FOLDER record (their provenance) and report every number that "
+                       "differs; exit 1 if any does")
         p.add_argument("--consequences-dir", default="results/consequences",
                        help="the summary adds the perplexities of <dir>/<model>/consequences.json where it exists")
         args = p.parse_args(argv)
+        if args.check:
+            from lib import check
+            sys.exit(check.main(args.check))
         if not args.summary_only:
             models = [m.strip() for m in args.model.split(",")] if "," in args.model else [args.model]
             if not all(models):

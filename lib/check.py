@@ -1,0 +1,108 @@
+"""Re-check a results folder: re-run what each result's provenance records and compare every number.
+
+    python reproduce.py --check results/figures/gemma3_270m
+
+Integers (layers, tokens, channels, counts) and strings must match exactly, floats within a relative tolerance
+(RTOL, or an absolute one near zero); times, file lists and the provenance itself are not compared. A result
+made by other code or other weights is said so in one line, and still compared.
+"""
+import json
+import math
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from lib.errors import UserError
+from lib.provenance import ROOT, git_state, model_source
+
+RTOL, ATOL = 1e-3, 1e-6
+SKIP = {"seconds", "provenance", "files", "notes"}
+
+
+def differences(old, new, path="", rtol=RTOL, atol=ATOL) -> list[str]:
+    """Every place where two JSON values differ, as 'path: old -> new'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            if key in SKIP:
+                continue
+            if key not in old or key not in new:
+                out.append(f"{path}/{key}: {'missing' if key not in old else 'present'} -> "
+                           f"{'missing' if key not in new else 'present'}")
+                continue
+            out += differences(old[key], new[key], f"{path}/{key}", rtol, atol)
+        return out
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            return [f"{path}: {len(old)} items -> {len(new)}"]
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in differences(a, b, f"{path}[{i}]", rtol, atol)]
+    if isinstance(old, bool) or isinstance(new, bool) or not isinstance(old, (int, float)) \
+            or not isinstance(new, (int, float)):
+        return [] if old == new else [f"{path}: {old!r} -> {new!r}"]
+    if isinstance(old, int) and isinstance(new, int):
+        return [] if old == new else [f"{path}: {old} -> {new}"]
+    if math.isnan(old) and math.isnan(new):
+        return []
+    return [] if math.isclose(old, new, rel_tol=rtol, abs_tol=atol) else [f"{path}: {old:.6g} -> {new:.6g}"]
+
+
+def _rerun_command(command: str, savedir: str) -> list[str]:
+    """The recorded command with its --savedir pointed at `savedir`."""
+    args = shlex.split(command)
+    if len(args) < 2 or not args[1].endswith(".py"):
+        raise UserError(f"cannot re-run {command!r}: not a 'python <script>.py ...' command")
+    if "--savedir" in args:
+        args[args.index("--savedir") + 1] = savedir
+    else:
+        args += ["--savedir", savedir]
+    return [sys.executable, *args[1:]]
+
+
+def check_folder(folder, log=print) -> list[str]:
+    """Re-run and compare every result JSON with a provenance block in `folder`; returns the differences."""
+    folder = Path(folder)
+    results = {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    results = {name: r for name, r in results.items() if isinstance(r, dict) and "provenance" in r}
+    if not results:
+        raise UserError(f"no result files with a provenance block in {folder}: nothing to re-check")
+    commands = {r["provenance"]["command"] for r in results.values()}
+    if len(commands) > 1:
+        raise UserError(f"{folder} holds results of {len(commands)} different commands; re-check them one folder each")
+    block = next(iter(results.values()))["provenance"]
+    now = git_state()
+    if block["project"].get("commit") != now.get("commit"):
+        log(f"note: {folder} was made at commit {str(block['project'].get('commit'))[:10]}, this is "
+            f"{str(now.get('commit'))[:10]}: comparing anyway")
+    recorded = (block.get("model") or {})
+    if recorded.get("weights_sha256") and Path(recorded["source"]).exists():
+        from types import SimpleNamespace
+        current = model_source(SimpleNamespace(name=recorded["name"], source=recorded["source"],
+                                               title=recorded.get("title", ""))).get("weights_sha256")
+        if current != recorded["weights_sha256"]:
+            log(f"note: the weights at {recorded['source']} are not the ones {folder} was made from "
+                f"(sha256 {recorded['weights_sha256'][:12]} then, {str(current)[:12]} now): comparing anyway")
+    with tempfile.TemporaryDirectory() as tmp:
+        command = _rerun_command(block["command"], tmp)
+        log("re-running: " + " ".join(shlex.quote(a) for a in command[1:]))
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise UserError(f"the re-run failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+        fresh = {p.name: p for p in Path(tmp).rglob("*.json")}
+        found = []
+        for name, old in results.items():
+            if name not in fresh:
+                found.append(f"{name}: not made by the re-run")
+                continue
+            found += [f"{name}{d}" for d in differences(old, json.loads(fresh[name].read_text()))]
+    return found
+
+
+def main(folder, log=print) -> int:
+    found = check_folder(folder, log)
+    for line in found:
+        log(line)
+    log(f"{folder}: {'the same within tolerance' if not found else f'{len(found)} difference(s)'} "
+        f"(relative tolerance {RTOL:g} for floats; integers and text exact)")
+    return 1 if found else 0
