@@ -270,14 +270,15 @@ def markdown(report: dict) -> str:
                      f"calibration {d['calib_windows']} windows ({d['calib_split']}).")
         if "note" in d:
             lines.append(f"Note: {d['note']}.")
-    lines += ["", "## Perplexity under compression", "",
-              "| model | fp32 | " + " | ".join(methods) + " | max inf-norm | avg kurtosis |",
+    title = "Perplexity under compression" if methods else "Perplexity and outlier metrics"
+    lines += ["", f"## {title}", "",
+              "| model | fp32 | " + "".join(f"{m} | " for m in methods) + "max inf-norm | avg kurtosis |",
               "|---" * (len(methods) + 4) + "|"]
     for r in rows:
         cells = [_fmt(r["baseline"]["ppl"])] + [_fmt(r["compression"][m]["ppl"]) for m in methods]
         cells += [_fmt(r["outlier_metrics"]["max_inf_norm"]), _fmt(r["outlier_metrics"]["avg_kurtosis"])]
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
-    lines += ["", "Methods: " + "; ".join(f"{m}: {compression.METHODS[m]}" for m in methods) + ".",
+    lines += [""] + (["Methods: " + "; ".join(f"{m}: {compression.METHODS[m]}" for m in methods) + "."] if methods else []) + [
               "Outlier metrics (Bondarenko et al. 2023) on the evaluation windows: max |h| over all block outputs; "
               "kurtosis of each token's block output over channels, averaged over tokens and blocks (Gaussian: 3).", ""]
     attention = [m for m in report["interventions"] if m in ATTENTION_INTERVENTIONS]
