@@ -76,6 +76,22 @@ def backcopy_sinks():
             f"{change['sigmoid']['mask_attn_sink']:.0f}%"]
 
 
+def scale_tests():
+    def row(path, name, fmt):
+        r = next(x for x in load(path)["results"] if x["name"] == name)
+        m = r["scale_test"]["modes"]
+        return " | ".join(fmt(v) for v in [r["baseline"]["ppl"]] + [m[k]["ppl"] for k in
+                                                                   ("mask", "oracle_scale", "const_scale", "fitted_scale")])
+    gemma = row("results/consequences/gemma3_270m/scale_test/consequences.json", "gemma3_270m", ppl)
+    gpt = row("results/consequences/gpt2_emergence_bos/scale_test/consequences.json", "out-emergence-default",
+              lambda x: f"{x:.4g}")
+    bos = next(x for x in load("results/consequences/gpt2_emergence_bos/scale_test/consequences.json")["results"]
+               if x["name"] == "out-emergence-default")["scale_test"]["modes"]
+    undone = 1 - bos["oracle_scale"]["nll_change"] / bos["mask"]["nll_change"]
+    return [f"| {gemma} |", f"| {gpt} |", f"undoes {100 * undone:.0f}% of the damage",
+            f"(+{bos['oracle_scale']['nll_change']:.2f} nats left of +{bos['mask']['nll_change']:.1f})"]
+
+
 def emergence():
     rows = {r["run"]: r for r in load("gpt-2/results/emergence/table.json")["rows"]}
     none, bos = rows["out-emergence-rf-default-none"], rows["out-emergence-default"]
@@ -87,7 +103,7 @@ def emergence():
 
 
 @pytest.mark.parametrize("claims", [gemma_consequences, capture_bench, variants_bench, figures_time,
-                                    backcopy_sinks, emergence])
+                                    backcopy_sinks, scale_tests, emergence])
 def test_readme_quotes_the_committed_results(claims):
     readme = (ROOT / "README.md").read_text()
     flat = " ".join(readme.split())
