@@ -9,6 +9,7 @@ from pathlib import Path
 from lib.errors import UserError
 from lib.files import write_json, write_text
 from lib.outliers import CATEGORIES
+from lib.provenance import provenance
 
 FIGURE = "existence_activation_outliers_layer"  # a folder holding its JSON is a model reproduce.py ran on
 
@@ -96,5 +97,5 @@ def write_summary(savedir, consequences_dir=None) -> tuple[Path, Path, list]:
             lines.append(f"| {r['title']} | " + " | ".join(_cell(r["consequences"].get(k)) for k in keys) + " |")
     md, js = savedir / "summary.md", savedir / "summary.json"
     write_text(md, "\n".join(lines) + "\n")
-    write_json(js, {"models": rows})
+    write_json(js, {"models": rows, "provenance": provenance()})
     return md, js, rows
