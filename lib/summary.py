@@ -9,7 +9,7 @@ from pathlib import Path
 from lib.errors import UserError
 from lib.files import write_json, write_text
 from lib.outliers import CATEGORIES
-from lib.provenance import provenance
+from lib.provenance import provenance, short
 
 FIGURE = "existence_activation_outliers_layer"  # a folder holding its JSON is a model reproduce.py ran on
 
@@ -41,6 +41,7 @@ def model_row(folder: Path, consequences_dir: Path | None = None) -> dict:
         "disappearance_layer": gone.get("layer") if gone.get("outliers_found") else None,
         "outlier_token_categories": calib.get("categories"),
         "rule": calib.get("rule"), "calibration": calib.get("calibration"),
+        "provenance": prompt.get("provenance"),
     }
     cons = consequences_dir / row["model"] / "consequences.json" if consequences_dir else None
     if cons is not None and cons.is_file():
@@ -88,6 +89,7 @@ def write_summary(savedir, consequences_dir=None) -> tuple[Path, Path, list]:
                      f"({_cell(r['prompt_outlier_channels'])}) | {column} | {_cell(r['emergence_layer'])} / "
                      f"{_cell(r['disappearance_layer'])} | {_cell(r['sink_layers'])} | "
                      f"{_shares(r['outlier_token_categories'])} | {_shares(r['sink_key_categories'])} |")
+    lines += [""] + [f"- {r['title']}: made by {short(r['provenance'])}" for r in rows if r.get("provenance")]
     with_cons = [r for r in rows if "consequences" in r]
     if with_cons:
         keys = list(dict.fromkeys(k for r in with_cons for k in r["consequences"]))
