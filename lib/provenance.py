@@ -5,6 +5,7 @@ versions, device and dtype, the model's source with a content hash of its weight
 and cached; a converted GGUF also names the file and quantization it came from), the data, and the UTC time.
 Nothing in it differs between two runs of the same thing except the time.
 """
+import functools
 import hashlib
 import json
 import platform
@@ -55,7 +56,10 @@ def project_version() -> str:
     return "unknown"
 
 
+@functools.lru_cache(maxsize=1)
 def git_state() -> dict:
+    """The commit and whether tracked files differ from it, read once per process: a run that rewrites committed
+    result files in place must not call its own later results dirty."""
     def git(*args):
         out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10)
         return out.stdout.strip() if out.returncode == 0 else None
