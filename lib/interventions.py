@@ -200,6 +200,16 @@ def edit_outliers(blocks, layer: int, mode: str, means=None, rule: Rule = DEFAUL
 _MASKING: dict = {}  # HF attention module -> (SinkMask, layer) while masking is on
 
 
+def key_mask(rows, batch: int, n_tokens: int, device) -> torch.Tensor | None:
+    """Bool [batch, tokens], True at the token positions rows[b] lists; None when no row lists any."""
+    if not rows or not any(rows):
+        return None
+    out = torch.zeros(batch, n_tokens, dtype=torch.bool, device=device)
+    for b, keys in enumerate(rows):
+        out[b, keys] = True
+    return out
+
+
 class SinkMask:
     """The keys to mask in the current forward: keys[layer][row] = token positions. Every query but the key's own
     token loses that key. With `control`, each key is swapped for another token drawn at random (one swap per
@@ -231,13 +241,7 @@ class SinkMask:
 
     def blocked(self, layer: int, batch: int, n_tokens: int, device) -> torch.Tensor | None:
         """Bool [batch, tokens]: the keys masked at `layer`, or None."""
-        rows = self.keys.get(layer)
-        if not rows or not any(rows):
-            return None
-        out = torch.zeros(batch, n_tokens, dtype=torch.bool, device=device)
-        for b, keys in enumerate(rows):
-            out[b, keys] = True
-        return out
+        return key_mask(self.keys.get(layer), batch, n_tokens, device)
 
     def apply(self, attention_mask, query, layer: int):
         """The eager additive mask [batch, 1|heads, queries, keys] with this layer's keys blocked."""

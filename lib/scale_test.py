@@ -44,12 +44,10 @@ class ScaleTest:
 
     def sinks(self, layer: int, batch: int, n_tokens: int, device) -> torch.Tensor | None:
         """Bool [batch, queries, keys]: key j is a sink of query i (j in S, j != i, j <= i), or None."""
-        rows = self.keys.get(layer)
-        if not rows or not any(rows):
+        from lib.interventions import key_mask
+        keys = key_mask(self.keys.get(layer), batch, n_tokens, device)
+        if keys is None:
             return None
-        keys = torch.zeros(batch, n_tokens, dtype=torch.bool, device=device)
-        for b, found in enumerate(rows):
-            keys[b, found] = True
         causal = torch.ones(n_tokens, n_tokens, dtype=torch.bool, device=device).tril(-1)  # j < i
         return keys[:, None, :] & causal
 
