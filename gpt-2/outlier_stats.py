@@ -202,7 +202,8 @@ def peak_ablation(model, seqs, report, seed=0):
     next-token loss on seqs and the attention share of p in every layer against the unchanged model. The control
     zeroes as many random channels at one random other position instead."""
     blocks = model.transformer.h
-    x, y = seqs[:, :-1], seqs[:, 1:]
+    x = seqs  # every position the report can name; the last one has no next token to predict
+    y = torch.cat([seqs[:, 1:], torch.full_like(seqs[:, :1], -1)], dim=1)
     T, C = x.shape[1], model.config.n_embd
     g = torch.Generator().manual_seed(seed)
 
