@@ -8,7 +8,6 @@ of every variant relative to default. Each configuration is timed `repeats` time
 median is kept, so the ratios survive a machine shared with other work.
 """
 import argparse
-import math
 import os
 import statistics
 import sys

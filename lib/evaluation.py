@@ -1,0 +1,194 @@
+"""Perplexity-based measurements of one model (a Hugging Face LM or a gpt-2/ checkpoint): the evaluation and
+calibration windows, the baseline with Bondarenko et al.'s outlier metrics, compression, the interventions of
+lib.interventions and the scale test of lib.scale_test. consequences.py is the command line over it;
+lib.evaluation_report renders what it measures.
+"""
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lib import compression, gpt2_checkpoints, interventions, scale_test
+from lib.errors import UserError
+from lib.models import ModelSpec
+from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
+from lib.provenance import provenance
+
+ROOT = Path(__file__).resolve().parents[1]
+INTERVENTIONS = ("zero", "zero_random", "mean", "mask_sink", "mask_random", "mask_attn_sink", "mask_attn_random")
+ATTENTION_INTERVENTIONS = ("mask_attn_sink", "mask_attn_random")  # need no activation outlier
+CPU_WINDOWS, CPU_SEQLEN, CALIB_WINDOWS = 8, 512, 4
+
+
+@dataclass
+class Subject:
+    """One model under evaluation, with everything the measurements need."""
+    name: str
+    title: str
+    model: torch.nn.Module
+    blocks: torch.nn.ModuleList
+    logits_fn: object  # inputs [b, L-1] -> logits [b, L-1, V]
+    run_fn: object  # ids [b, L] -> anything: a forward pass for the hooks (logits not needed)
+    windows: torch.Tensor  # evaluation windows [n, L]
+    calib: torch.Tensor  # calibration windows [m, L]
+    data: dict
+    hf: bool = True
+    info: dict = field(default_factory=dict)
+    spec: object = None  # lib.models.ModelSpec: where the weights came from (for the provenance block)
+
+
+def hf_subject(args) -> Subject:
+    from lib.data import DEFAULT_SOURCE, get_data, get_eval_tokens
+    from lib.models import DEFAULT_MODEL, load_model
+    from monkey_patch import ModelView
+    model, tokenizer, spec = load_model(args.model or DEFAULT_MODEL, args.model_path, args.device, args.dtype)
+    on_cpu = model.get_input_embeddings().weight.device.type == "cpu"
+    seqlen = args.seqlen or (min(CPU_SEQLEN, spec.seqlen) if on_cpu else spec.seqlen)
+    nsamples = args.nsamples or (CPU_WINDOWS if on_cpu else None)
+    source = args.data or DEFAULT_SOURCE
+    windows = eval_windows(get_eval_tokens(tokenizer, source), seqlen, nsamples)
+    calib = get_data(tokenizer, args.calib_samples, seqlen, source=source, seed=args.seed, split="calib")
+    data = {"source": source, "split": "eval", "seqlen": seqlen, "windows": windows.shape[0],
+            "calib_windows": calib.shape[0], "calib_split": "calib", "seed": args.seed}
+    if on_cpu and (args.nsamples is None or args.seqlen is None):
+        data["note"] = (f"CPU run: {windows.shape[0]} windows x {seqlen} tokens spread evenly over the held-out "
+                        "text; a full evaluation uses every window (--nsamples) at the paper's length (--seqlen)")
+    device = model.get_input_embeddings().weight.device
+    return Subject(spec.name, spec.title, model, ModelView(model).layers, hf_logits(model),
+                   lambda ids: model.base_model(input_ids=ids.to(device), use_cache=False),
+                   windows, calib, data, hf=True, spec=spec)
+
+
+def gpt2_subject(path: str, args) -> Subject:
+    dataset, _, _ = gpt2_checkpoints.gpt2_modules()
+    model, ckpt, path = gpt2_checkpoints.load_gpt(path, args.device or "cpu")
+    block = model.config.block_size
+    seqlen = args.seqlen or block + 1
+    if seqlen > block + 1:
+        raise UserError(f"--seqlen {seqlen}: {path} has block_size {block}, so windows hold at most {block + 1} tokens")
+    name = ckpt["config"]["dataset"]
+    if args.data:  # a text source, tokenized with the GPT-2 BPE
+        from lib.data import get_data, get_eval_tokens
+        if model.config.vocab_size < gpt2_checkpoints.BPE_VOCAB:
+            raise UserError(f"--data {args.data}: {path} was trained on {name!r} with a {model.config.vocab_size}-token "
+                            "vocabulary, not the GPT-2 BPE; leave --data out to use its own validation split")
+        encoding = gpt2_checkpoints.BPETokenizer().encoding
+        windows = eval_windows(get_eval_tokens(encoding, args.data), seqlen, args.nsamples)
+        calib = get_data(encoding, args.calib_samples, seqlen, source=args.data, seed=args.seed)
+        data = {"source": args.data, "split": "eval", "calib_split": "calib"}
+    else:
+        windows = gpt2_checkpoints.dataset_windows(name, "val", seqlen, args.nsamples)
+        calib = gpt2_checkpoints.dataset_windows(name, "train", seqlen, args.calib_samples)
+        data = {"source": f"gpt-2/data/{name}", "split": "val", "calib_split": "train (first windows)"}
+        if dataset.load_meta(name).get("seq_len"):
+            data["note"] = "aligned dataset: each window is one whole sequence from its first token"
+    data.update(seqlen=seqlen, windows=windows.shape[0], calib_windows=calib.shape[0])
+    variant = model.config.attention
+    info = {"checkpoint": os.path.relpath(path, ROOT) if path.startswith(str(ROOT)) else path,
+            "iter": ckpt.get("iter_num"), "attention": variant, "dataset": name,
+            "n_layer": model.config.n_layer, "n_embd": model.config.n_embd, "block_size": block}
+    return Subject(variant, f"GPT ({variant})", model, model.transformer.h, gpt2_logits(model),
+                   lambda ids: model(ids), windows, calib, data, hf=False, info=info,
+                   spec=ModelSpec(variant, path, f"GPT ({variant})", block, "float32", dataset=name))
+
+
+# --- measuring --------------------------------------------------------------------------------------------------
+
+def measure(subject: Subject, methods, wanted_interventions, log=print, rule=interventions.DEFAULT_RULE,
+            scale=False) -> dict:
+    """Every number of one subject: baseline, compression and intervention perplexities, outlier metrics."""
+    s = subject
+    start = time.time()
+    metrics = interventions.OutlierMetrics(len(s.blocks))
+    with interventions.block_output_hooks(s.blocks, metrics):
+        baseline = perplexity(s.logits_fn, s.windows)
+    result = {"name": s.name, "title": s.title, "info": s.info, "data": s.data,
+              "baseline": summarize(baseline), "outlier_metrics": metrics.summary(), "compression": {},
+              "interventions": {}}
+    log(f"{s.title}: fp32 perplexity {baseline['ppl']:.4g}; max inf-norm {metrics.summary()['max_inf_norm']:.4g}, "
+        f"avg kurtosis {metrics.summary()['avg_kurtosis']:.4g}")
+    for method in methods:
+        with compression.compressed(s.model, s.blocks, method):
+            measured = perplexity(s.logits_fn, s.windows)
+        result["compression"][method] = summarize(measured, baseline)
+        log(f"{s.title}: {method} perplexity {measured['ppl']:.4g}")
+    if wanted_interventions:
+        result["interventions"] = intervene(s, wanted_interventions, log, baseline, rule)
+    if scale:
+        if interventions.supports_sink_mask(s.model):
+            result["scale_test"] = scale_test.measure(s.model, s.run_fn, s.logits_fn, s.windows, s.calib, baseline,
+                                                      lambda line: log(f"{s.title}: {line}"))
+        else:
+            result["scale_test"] = {"note": MASK_UNSUPPORTED}
+    result["seconds"] = round(time.time() - start, 1)
+    weight = next(s.model.parameters())
+    result["provenance"] = provenance(s.spec, data=s.data, device=weight.device, dtype=weight.dtype)
+    return result
+
+
+def intervene(s: Subject, wanted, log=print, baseline=None, rule=interventions.DEFAULT_RULE) -> dict:
+    """Interventions at the first outlier layer and, where it differs, where the dominant outlier channel
+    appears, and on the attention sinks (lib.interventions); all on the same windows as the baseline."""
+    out = {"rule": str(rule), "sites": []}
+    attention = [m for m in wanted if m in ATTENTION_INTERVENTIONS]
+    if attention:
+        out["attention_sinks"] = {m: _attention_intervention(s, m, baseline) for m in attention}
+        for m, entry in out["attention_sinks"].items():
+            if "ppl" in entry:
+                log(f"{s.title}: attention sinks -> {m}: perplexity {entry['ppl']:.4g}")
+    wanted = [m for m in wanted if m not in ATTENTION_INTERVENTIONS]
+    if not wanted:
+        return out
+    scan = interventions.scan_outliers(s.blocks, s.run_fn, s.calib[:, :-1], rule)  # what the model sees of a window
+    first = interventions.first_outlier_layer(scan)
+    out.update(outlier_layers=[i + 1 for i in interventions.outlier_layers(scan)],
+               dominant_channel=interventions.dominant_channel(scan))
+    if first is None:
+        out["note"] = f"no block output has activation outliers in at least half of the {len(scan)} calibration windows"
+        log(f"{s.title}: interventions skipped ({out['note']})")
+        return out
+    dominant = interventions.dominant_outlier_layer(scan)
+    sites = [("first", first)]  # the first outlier layer
+    if dominant is not None and dominant != first:
+        sites.append(("dominant", dominant))  # where the channel of the largest outliers appears
+    for site, layer in sites:
+        means = interventions.calibration_means(scan, layer)
+        entry = {"site": site, "layer": layer + 1, "calibration_means": {str(c): v for c, v in means.items()}}
+        for mode in wanted:
+            entry[mode] = _intervention(s, mode, layer, means, baseline, rule)
+            if "ppl" in entry[mode]:
+                log(f"{s.title}: outliers of layer {layer + 1} ({site}) -> {mode}: perplexity {entry[mode]['ppl']:.4g}")
+        out["sites"].append(entry)
+    return out
+
+
+MASK_UNSUPPORTED = "key masking needs a gpt-2/ model or a Hugging Face family on transformers' attention registry"
+
+
+def _attention_intervention(s: Subject, mode: str, baseline=None) -> dict:
+    if not interventions.supports_sink_mask(s.model):
+        return {"note": MASK_UNSUPPORTED}
+    logits_fn, state = interventions.mask_attention_sinks(s.model, s.run_fn, s.logits_fn,
+                                                          control=mode == "mask_attn_random")
+    measured = perplexity(logits_fn, s.windows)
+    n = s.windows.shape[0]
+    return {**summarize(measured, baseline), "masked_keys_per_window": state.masked / n,
+            "masked_layer_keys_per_window": state.masked_layer_keys / n}
+
+
+def _intervention(s: Subject, mode: str, layer: int, means: dict, baseline=None,
+                  rule=interventions.DEFAULT_RULE) -> dict:
+    if mode in ("mask_sink", "mask_random"):
+        if not interventions.supports_sink_mask(s.model):
+            return {"note": MASK_UNSUPPORTED}
+        control = mode == "mask_random"
+        with interventions.mask_sink_keys(s.model, layer, control=control, seed=layer, rule=rule) as state:
+            measured = perplexity(s.logits_fn, s.windows)
+        return {**summarize(measured, baseline), "masked_keys_per_window": state.masked / s.windows.shape[0]}
+    with interventions.edit_outliers(s.blocks, layer, mode, means, rule, seed=layer) as edit:
+        measured = perplexity(s.logits_fn, s.windows)
+    tokens = [len(t) for t in edit.tokens]
+    return {**summarize(measured, baseline), "edited_entries": edit.edited, "entries_without_mean": edit.without_mean,
+            "outlier_tokens_per_window": sum(tokens) / max(len(tokens), 1)}

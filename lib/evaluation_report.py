@@ -1,0 +1,152 @@
+"""What lib.evaluation measured, as consequences.md, consequences.png and consequences.json."""
+from pathlib import Path
+
+from lib import compression, interventions, scale_test
+from lib.evaluation import ATTENTION_INTERVENTIONS
+from lib.files import write_json, write_text
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.3e}"
+
+
+def markdown(report: dict) -> str:
+    rows = report["results"]
+    methods = report["methods"]
+    lines = [f"# Consequences of systematic outliers: {report['title']}", "",
+             f"Command: `{report['command']}`", ""]
+    if rows and "provenance" in rows[0]:
+        from lib.provenance import short
+        lines += [f"Made by {short(rows[0]['provenance'])}.", ""]
+    for r in rows[:1]:
+        d = r["data"]
+        lines.append(f"Data: {d['source']} ({d['split']}), {d['windows']} windows x {d['seqlen']} tokens; "
+                     f"calibration {d['calib_windows']} windows ({d['calib_split']}).")
+        if "note" in d:
+            lines.append(f"Note: {d['note']}.")
+    title = "Perplexity under compression" if methods else "Perplexity and outlier metrics"
+    lines += ["", f"## {title}", "",
+              "| model | fp32 | " + "".join(f"{m} | " for m in methods) + "max inf-norm | avg kurtosis |",
+              "|---" * (len(methods) + 4) + "|"]
+    for r in rows:
+        cells = [_fmt(r["baseline"]["ppl"])] + [_fmt(r["compression"][m]["ppl"]) for m in methods]
+        cells += [_fmt(r["outlier_metrics"]["max_inf_norm"]), _fmt(r["outlier_metrics"]["avg_kurtosis"])]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    lines += [""] + (["Methods: " + "; ".join(f"{m}: {compression.METHODS[m]}" for m in methods) + "."] if methods else []) + [
+              "Outlier metrics (Bondarenko et al. 2023) on the evaluation windows: max |h| over all block outputs; "
+              "kurtosis of each token's block output over channels, averaged over tokens and blocks (Gaussian: 3).", ""]
+    attention = [m for m in report["interventions"] if m in ATTENTION_INTERVENTIONS]
+    if attention:
+        lines += ["## Attention sinks masked", "",
+                  "| model | fp32 | " + " | ".join(attention) + " | sink keys / window | (layer, key) pairs / window |",
+                  "|---" * (len(attention) + 4) + "|"]
+        for r in rows:
+            found = r["interventions"].get("attention_sinks", {})
+            counts = found.get("mask_attn_sink", next(iter(found.values()), {}))
+            lines.append(f"| {r['name']} | {_fmt(r['baseline']['ppl'])} | "
+                         + " | ".join(_fmt(found.get(m, {}).get("ppl")) for m in attention)
+                         + f" | {_fmt(counts.get('masked_keys_per_window'))}"
+                         + f" | {_fmt(counts.get('masked_layer_keys_per_window'))} |")
+        lines += ["", "Sinks are found in each window from an unmasked forward: in every layer, the keys with "
+                  + interventions.analysis.ATTENTION_RULE
+                  + " (cumulative attention: the head average summed over queries)"
+                  + ". mask_attn_sink: each layer's sink keys are masked in that layer (every query but the key's own "
+                  "token loses them); mask_attn_random: each sink key swapped for another token drawn at random, the "
+                  "same swap in every layer (a control). No activation outlier is needed.", ""]
+        for r in rows:
+            for m, entry in r["interventions"].get("attention_sinks", {}).items():
+                if entry.get("note"):
+                    lines.append(f"- {r['name']}, {m}: {entry['note']}")
+    wanted = [m for m in report["interventions"] if m not in ATTENTION_INTERVENTIONS]
+    if wanted:
+        lines += ["## Interventions on the activation outliers", "",
+                  "| model | site | layer (1-based) | outlier channels (calibration) | fp32 | " + " | ".join(wanted)
+                  + " | outlier tokens / window |", "|---" * (len(wanted) + 6) + "|"]
+        for r in rows:
+            iv = r["interventions"]
+            if not iv.get("sites"):
+                lines.append(f"| {r['name']} | none found | - | - | {_fmt(r['baseline']['ppl'])} | "
+                             + " | ".join("n/a" for _ in wanted) + " | 0 |")
+            for site in iv.get("sites", []):
+                per_window = next((site[m]["outlier_tokens_per_window"] for m in ("zero", "mean") if m in site), None)
+                channels = ", ".join(site["calibration_means"])
+                where = "first outlier layer" if site["site"] == "first" else \
+                    f"where channel {iv['dominant_channel']} (largest outliers) appears"
+                lines.append(f"| {r['name']} | {where} | {site['layer']} | {channels} | "
+                             f"{_fmt(r['baseline']['ppl'])} | "
+                             + " | ".join(_fmt(site.get(m, {}).get("ppl")) for m in wanted) + f" | {_fmt(per_window)} |")
+        lines += ["", "Detection rule: " + report["outlier_rule"] + ". An outlier layer has outliers "
+                  "in at least half of the calibration windows. zero / mean: the outlier entries of that block's "
+                  "output, detected in each evaluation window, set to 0 / to their channel's mean over the "
+                  "calibration windows; zero_random: as many other entries of that output, drawn at random, set to 0 (the control). "
+                  "mask_sink: every later block may not attend to that window's outlier tokens "
+                  "(each token still sees itself); mask_random: the same number of other tokens, drawn at random, masked "
+                  "the same way (a control).", ""]
+        for r in rows:
+            iv = r["interventions"]
+            if iv.get("outlier_layers"):
+                lines.append(f"- {r['name']}: outlier layers (1-based) {iv['outlier_layers']}; "
+                             f"largest outliers in channel {iv['dominant_channel']}")
+            if iv.get("note"):
+                lines.append(f"- {r['name']}: {iv['note']}")
+            for site in iv.get("sites", []):
+                for m in wanted:
+                    if site.get(m, {}).get("note"):
+                        lines.append(f"- {r['name']}, {m}: {site[m]['note']}")
+    if report.get("scale_test"):
+        lines += scale_test.markdown(rows)
+    return "\n".join(lines) + "\n"
+
+
+def figure(report: dict, path: Path) -> None:
+    from lib import plotting
+    rows = report["results"]
+    sites = [site for site in ("first", "dominant")
+             if any(x["site"] == site for r in rows for x in r["interventions"].get("sites", []))]
+    attention = [m for m in report["interventions"] if m in ATTENTION_INTERVENTIONS]
+    groups = ["fp32"] + report["methods"] + [f"{site}:{m}" for site in sites for m in report["interventions"]
+                                             if m not in attention] + attention
+
+    def value(r, g):
+        if g == "fp32":
+            return r["baseline"]["ppl"]
+        if g in attention:
+            return r["interventions"].get("attention_sinks", {}).get(g, {}).get("ppl")
+        if ":" in g:
+            site, mode = g.split(":")
+            found = [x for x in r["interventions"].get("sites", []) if x["site"] == site]
+            return found[0].get(mode, {}).get("ppl") if found else None
+        return r["compression"][g]["ppl"]
+
+    fig, (ax,) = plotting.figure(size=(max(6.0, 0.55 * len(groups) * max(1, len(rows)) ** 0.5 + 3), 4.2))
+    width = 0.8 / len(rows)
+    for i, r in enumerate(rows):
+        xs = [g + (i - (len(rows) - 1) / 2) * width for g in range(len(groups))]
+        ys = [value(r, g) or float("nan") for g in groups]
+        bars = ax.bar(xs, ys, width=width, label=r["name"])
+        if len(rows) <= 2:  # few bars: print their values, the interventions differ by less than the axis shows
+            ax.bar_label(bars, labels=[_fmt(y) if y == y else "" for y in ys], fontsize=7, rotation=90, padding=2)
+    shown = [v for r in rows for g in groups if (v := value(r, g))]
+    if max(shown) / min(shown) > 10:  # else a log axis would start the bars at an arbitrary value
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, rotation=30, ha="right")
+    ax.set_ylabel("perplexity" + (" (log scale)" if ax.get_yscale() == "log" else ""))
+    ax.set_title(f"{report['title']}: perplexity per method")
+    top = max(shown)
+    ax.set_ylim(top=top * 1e3 if ax.get_yscale() == "log" else top * 1.2)  # headroom for the legend and labels
+    ax.legend(fontsize=7, ncol=min(len(rows), 6), loc="upper left")
+    plotting.save(fig, path.with_suffix(""), ["png"])
+
+
+def save(report: dict, savedir: Path) -> list[Path]:
+    savedir.mkdir(parents=True, exist_ok=True)
+    write_json(savedir / "consequences.json", report)
+    write_text(savedir / "consequences.md", markdown(report))
+    figure(report, savedir / "consequences.png")
+    return [savedir / f"consequences.{ext}" for ext in ("json", "md", "png")]
+
+
+# --- entry point ---------------------------------------------------------------------------------------------------
