@@ -44,6 +44,7 @@ class Family:
     weights_flag: str | None = None     # outside the registry: the kwarg that makes attention return probabilities
     scale: str | None = None             # module inside attn whose output is a [batch, pos, head] output scale
     extra_key: str | None = None         # attn attribute: True when probabilities carry an extra key in column 0
+    mlp_out_norm: str | None = None      # sandwich norms: the norm between the MLP's output and the residual
 
 
 _LLAMA = Family(layers="model.layers", final_norm="model.norm", ln1="input_layernorm", ln2="post_attention_layernorm",
@@ -57,8 +58,9 @@ FAMILIES: dict[str, Family] = {
     "qwen2": _LLAMA,
     "qwen3": replace(_LLAMA, **_QK_NORM),
     "gemma": _LLAMA,
-    "gemma2": replace(_LLAMA, ln2="pre_feedforward_layernorm"),
-    "gemma3_text": replace(_LLAMA, ln2="pre_feedforward_layernorm", **_QK_NORM),
+    "gemma2": replace(_LLAMA, ln2="pre_feedforward_layernorm", mlp_out_norm="post_feedforward_layernorm"),
+    "gemma3_text": replace(_LLAMA, ln2="pre_feedforward_layernorm", mlp_out_norm="post_feedforward_layernorm",
+                           **_QK_NORM),
     "mixtral": replace(_LLAMA, mlp=None, gate=None, up=None, down=None, act=None),
     "phi": Family(layers="model.layers", final_norm="model.final_layernorm", ln1="input_layernorm", ln2=None,
                   attn="self_attn", q="q_proj", k="k_proj", v="v_proj", qk_norm=("q_layernorm", "k_layernorm"), o="dense",

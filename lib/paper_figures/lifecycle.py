@@ -7,6 +7,7 @@ from lib import outliers, plotting
 from lib.errors import UserError
 from lib.paper_figures.scan import main_outlier, persistent_channel_values, prompt_scan, strongest_layer
 from monkey_patch import Capture
+from monkey_patch.adapters import get_submodule
 
 
 def _capture(ctx, points, layer):
@@ -30,7 +31,7 @@ def _outlier(ctx, scan):
 def _mlp_write(ctx, layer, token, channel, down_out):
     """What the MLP adds to the residual at (token, channel): down_proj's output, or for sandwich-norm
     families (Gemma 2/3) that output after the post-feedforward norm."""
-    post = getattr(ctx.view.layers[layer], "post_feedforward_layernorm", None)
+    post = get_submodule(ctx.view.layers[layer], ctx.view.family.mlp_out_norm)
     if post is None:
         return down_out
     seen = {}
