@@ -8,6 +8,7 @@
 
     python bench/bench_capture.py                      # default model, 2048 tokens for memory, 512 for time
     python bench/bench_capture.py --model llama2_7b --model-path /models --device cuda
+    python bench/bench_capture.py --shape llama-30x576   # a random-init model of that shape (no download)
 """
 import argparse
 import json
@@ -31,13 +32,45 @@ from lib import reducers  # noqa: E402
 ACTIVATIONS = ("resid_post", "mlp.down_in")
 
 
+def _llama(**kw):
+    import transformers
+    return transformers.LlamaConfig(**kw)
+
+
+def _default_shape():
+    import transformers
+    from lib.models import gemma3_270m_folder
+    return transformers.AutoConfig.from_pretrained(gemma3_270m_folder())
+
+
+# Random-init shapes: weights do not matter for time or memory, so no download is needed.
+SHAPES = {
+    "llama-30x576": lambda: _llama(num_hidden_layers=30, hidden_size=576, intermediate_size=1536,
+                                   num_attention_heads=9, num_key_value_heads=3, vocab_size=49152),
+    "llama2-7b-2layers": lambda: _llama(num_hidden_layers=2, hidden_size=4096, intermediate_size=11008,
+                                        num_attention_heads=32, num_key_value_heads=32, vocab_size=32000),
+    "gemma3-270m": _default_shape,
+}
+
+
+def _load(args, attn_implementation=None):
+    """The model to bench: a registry/folder model, or a random-init one of --shape."""
+    if not args.shape:
+        return load_model(args.model, args.model_path, args.device, args.dtype, attn_implementation=attn_implementation)[0]
+    import transformers
+    torch.manual_seed(0)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    model = transformers.AutoModelForCausalLM.from_config(SHAPES[args.shape](), **kwargs)
+    return model.to(args.device or "cpu").eval()
+
+
 def _inputs(model, tokens, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, model.config.vocab_size, (1, tokens), generator=g).to(model.device)
 
 
 def bench_time(args):
-    model, _, _ = load_model(args.model, args.model_path, args.device, args.dtype)
+    model = _load(args)
     view = ModelView(model)
     ids = _inputs(model, args.time_tokens)
     layer = view.num_layers // 2
@@ -102,7 +135,7 @@ class _PeakRSS:
 def bench_memory_mode(args) -> int:
     """Peak bytes above the loaded model for one mode: plain | stats | reference."""
     attn = "eager" if args.memory_mode in ("plain", "reference") else None
-    model, _, _ = load_model(args.model, args.model_path, args.device, args.dtype, attn_implementation=attn)
+    model = _load(args, attn)
     ids = _inputs(model, args.memory_tokens)
     cuda = model.device.type == "cuda"
     everything = ["resid_post", "mlp.down_in", "attn.pattern"]
@@ -136,7 +169,8 @@ def bench_memory(args):
     for mode in ("plain", "stats", "reference"):
         cmd = [sys.executable, __file__, "--memory-mode", mode, "--model", args.model, "--memory-tokens",
                str(args.memory_tokens)]
-        for flag, value in (("--model-path", args.model_path), ("--device", args.device), ("--dtype", args.dtype)):
+        for flag, value in (("--model-path", args.model_path), ("--device", args.device), ("--dtype", args.dtype),
+                            ("--shape", args.shape)):
             if value:
                 cmd += [flag, value]
         out = subprocess.run(cmd, capture_output=True, text=True)
@@ -153,14 +187,16 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--model-path")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="a random-init model of this shape instead of --model")
     p.add_argument("--device")
     p.add_argument("--dtype")
     p.add_argument("--time-tokens", type=int, default=1024)
     p.add_argument("--memory-tokens", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--memory-mode", choices=("plain", "stats", "reference"), help=argparse.SUPPRESS)
-    p.add_argument("--out", default="bench/results/capture.json")
+    p.add_argument("--out", default=None, help="default bench/results/capture.json, or capture_<shape>.json")
     args = p.parse_args()
+    args.out = args.out or f"bench/results/capture{'_' + args.shape if args.shape else ''}.json"
     with user_errors_exit("bench_capture"):
         if args.memory_mode:
             print(bench_memory_mode(args))
@@ -179,7 +215,7 @@ def main():
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"model": args.model, "device": args.device or "default", "time": timing,
+        tmp.write_text(json.dumps({"model": args.model if not args.shape else f"random-init {args.shape}", "shape": args.shape, "device": args.device or "default", "time": timing,
                                    "memory": memory, "command": " ".join(sys.argv),
                                    "provenance": provenance(device=args.device, dtype=args.dtype)}, indent=2))
         os.replace(tmp, out)
