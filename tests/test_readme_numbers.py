@@ -92,6 +92,15 @@ def scale_tests():
             f"(+{bos['oracle_scale']['nll_change']:.2f} nats left of +{bos['mask']['nll_change']:.1f})"]
 
 
+def scale_bench():
+    b = load("bench/results/scale.json")
+    peak = {k: v / 2**30 for k, v in b["peak_bytes_above_weights"].items()}
+    full = {k: v / 2**30 for k, v in b["estimate_32_layers_bytes"].items()}
+    return [f"| {peak['logits']:.2f} GiB | {full['logits']:.1f} GiB |", f"| {peak['stats']:.2f} GiB | {full['stats']:.1f} GiB |",
+            f"| {peak['reference']:.2f} GiB | {full['reference']:.1f} GiB |",
+            f"{b['stats_vs_logits_memory']:.1f}x the plain forward's peak and {b['time']['stats_vs_logits']:.1f}x its time"]
+
+
 def emergence():
     rows = {r["run"]: r for r in load("gpt-2/results/emergence/table.json")["rows"]}
     none, bos = rows["out-emergence-rf-default-none"], rows["out-emergence-default"]
@@ -103,7 +112,7 @@ def emergence():
 
 
 @pytest.mark.parametrize("claims", [gemma_consequences, capture_bench, variants_bench, figures_time,
-                                    backcopy_sinks, scale_tests, emergence])
+                                    backcopy_sinks, scale_tests, scale_bench, emergence])
 def test_readme_quotes_the_committed_results(claims):
     readme = (ROOT / "README.md").read_text()
     flat = " ".join(readme.split())

@@ -1,0 +1,162 @@
+"""Do the paper's GPU settings fit? LLaMA-2-7B's shape at 4096 tokens, simulated without a GPU.
+
+    python bench/bench_scale.py                     # 2 of LLaMA-2-7B's 32 layers, bf16, 4096 tokens
+    python bench/bench_scale.py --layers 4 --device cuda
+
+A random-init LLaMA with LLaMA-2-7B's width (4096, MLP 11008, 32 heads, vocabulary 32000) and --layers of its
+layers. Peak memory above the loaded weights, each mode in its own process (resident memory on a CPU, the
+allocator's peak on a GPU):
+  logits     a plain forward (SDPA) that computes the LM head's logits, as a user's forward does
+  decoder    the same without the LM head: all that the statistics need
+  stats      the figures' all-layer statistics (top-3 and median of resid_post and mlp.down_in, attention column
+             sums per head), decoder only, reduced on the fly
+  reference  (--reference) every layer's full tensors and attention maps kept in fp64, as the original code does
+Time: stats / logits, median over --repeats alternating pairs in one process. The 32-layer estimate adds the
+weights of 32 layers to each mode's peak: the statistics keep a few numbers per layer, so their peak does not
+grow with depth; the reference keeps every layer's tensors, so its per-layer growth is multiplied by 32.
+Writes bench/results/scale.json with the command and provenance.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_capture import _PeakRSS  # noqa: E402
+from lib import reducers  # noqa: E402
+from lib.files import write_json  # noqa: E402
+from lib.provenance import provenance  # noqa: E402
+from monkey_patch import Capture  # noqa: E402
+
+POINTS = ["resid_post", "mlp.down_in", "attn.pattern"]
+FULL_LAYERS, GPU_BYTES = 32, 80 * 2**30
+
+
+def build(args, attn_implementation="sdpa"):
+    import transformers
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(num_hidden_layers=args.layers, hidden_size=args.hidden,
+                                      intermediate_size=args.intermediate, num_attention_heads=args.heads,
+                                      num_key_value_heads=args.heads, vocab_size=args.vocab,
+                                      max_position_embeddings=max(4096, args.tokens))
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=getattr(torch, args.dtype),
+                                                          attn_implementation=attn_implementation)
+    return model.to(args.device).eval()
+
+
+def run_mode(model, mode, ids):
+    if mode == "logits":
+        return model(ids)
+    if mode == "decoder":
+        return model.base_model(ids)
+    if mode == "stats":
+        reduce = reducers.by_point({"attn.pattern": reducers.attention_column_sums}, default=reducers.topk_median(3))
+        with Capture(model, POINTS, reduce=reduce):
+            return model.base_model(ids)
+    with Capture(model, POINTS) as cap:  # the reference: full tensors, then fp64 copies of all of them
+        model.base_model(ids)
+    return [t.double() for t in cap.results.values()]
+
+
+def memory_mode(args) -> int:
+    """Peak bytes above the loaded weights of one mode, in this process."""
+    model = build(args, "eager" if args.memory_mode == "reference" else "sdpa")
+    ids = torch.randint(0, args.vocab, (1, args.tokens), generator=torch.Generator().manual_seed(1)).to(args.device)
+    cuda = args.device.startswith("cuda")
+    with torch.no_grad():
+        model.base_model(ids[:, :8])
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        with _PeakRSS() as rss:
+            kept = run_mode(model, args.memory_mode, ids)
+        if cuda:
+            extra = sum(t.numel() * 8 for t in kept) if args.memory_mode == "reference" else 0
+            return torch.cuda.max_memory_allocated() - base + extra
+    return rss.peak - rss.base
+
+
+def bench_time(args) -> dict:
+    model = build(args)
+    ids = torch.randint(0, args.vocab, (1, args.tokens), generator=torch.Generator().manual_seed(1)).to(args.device)
+
+    def seconds(mode):
+        start = time.perf_counter()
+        run_mode(model, mode, ids)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    with torch.no_grad():
+        seconds("logits"), seconds("stats")  # warm up
+        pairs = [(seconds("logits"), seconds("stats")) for _ in range(args.repeats)]
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"logits_s": statistics.median(p for p, _ in pairs), "stats_s": statistics.median(s for _, s in pairs),
+            "stats_vs_logits": statistics.median(s / p for p, s in pairs), "weights_bytes": weights,
+            "layer_weights_bytes": sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--reference", action="store_true", help="also the reference mode (memory heavy)")
+    p.add_argument("--hidden", type=int, default=4096)
+    p.add_argument("--intermediate", type=int, default=11008)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
+    p.add_argument("--memory-mode", choices=("logits", "decoder", "stats", "reference"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_mode:
+        print(memory_mode(args))
+        return None
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    shape = ["--layers", str(args.layers), "--tokens", str(args.tokens), "--dtype", args.dtype, "--device", args.device,
+             "--hidden", str(args.hidden), "--intermediate", str(args.intermediate), "--heads", str(args.heads),
+             "--vocab", str(args.vocab)]
+    peaks = {}
+    for mode in ("logits", "decoder", "stats") + (("reference",) if args.reference else ()):
+        out = subprocess.run([sys.executable, __file__, "--memory-mode", mode, *shape], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"memory run {mode} failed: {out.stderr.strip().splitlines()[-1:]}")
+        peaks[mode] = int(out.stdout.strip().splitlines()[-1])
+    timing = bench_time(args)
+    layer_w, other_w = timing["layer_weights_bytes"], timing["weights_bytes"] - args.layers * timing["layer_weights_bytes"]
+    full_weights = other_w + FULL_LAYERS * layer_w
+    estimate = {mode: full_weights + peak * (FULL_LAYERS / args.layers if mode == "reference" else 1)
+                for mode, peak in peaks.items()}
+    result = {"settings": vars(args), "peak_bytes_above_weights": peaks,
+              "stats_vs_logits_memory": peaks["stats"] / peaks["logits"],
+              "decoder_vs_logits_memory": peaks["decoder"] / peaks["logits"],
+              "time": timing, "estimate_32_layers_bytes": estimate,
+              "estimate_fits_80GB": {mode: bytes_ <= GPU_BYTES for mode, bytes_ in estimate.items()},
+              "command": "python " + " ".join(sys.argv if argv is None else [__file__, *argv]),
+              "provenance": provenance(device=args.device, dtype=args.dtype)}
+    gib = {k: v / 2**30 for k, v in peaks.items()}
+    print(f"{args.layers} layers of LLaMA-2-7B's shape, {args.tokens} tokens, {args.dtype}, {args.device}: peak above "
+          "the weights " + ", ".join(f"{k} {v:.2f} GiB" for k, v in gib.items()))
+    print(f"stats / logits: memory {result['stats_vs_logits_memory']:.3f}x (goal <= 1.0), time "
+          f"{timing['stats_vs_logits']:.3f}x (goal <= 1.1); skipping the LM head saves "
+          f"{(peaks['logits'] - peaks['decoder']) / 2**30:.2f} GiB")
+    print("32 layers (weights + peak): " + ", ".join(f"{k} {v / 2**30:.1f} GiB" for k, v in estimate.items())
+          + " against 80 GiB")
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""bench/bench_scale.py at a reduced size: every mode measured in its own process, the ratios and the 32-layer
+estimate written with the command (the full size is LLaMA-2-7B's width at 4096 tokens; see bench/results/)."""
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import bench_scale  # noqa: E402
+
+
+def test_reduced_size_run_writes_every_ratio(tmp_path):
+    out = tmp_path / "scale.json"
+    result = bench_scale.main(["--layers", "2", "--tokens", "128", "--hidden", "64", "--intermediate", "160",
+                               "--heads", "4", "--vocab", "500", "--repeats", "1", "--reference", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert set(saved["peak_bytes_above_weights"]) == {"logits", "decoder", "stats", "reference"}
+    assert all(v >= 0 for v in saved["peak_bytes_above_weights"].values())
+    assert saved["time"]["stats_vs_logits"] > 0 and saved["provenance"]["command"]
+    w = result["time"]
+    full = w["weights_bytes"] + 30 * w["layer_weights_bytes"]  # 2 layers measured, 32 estimated
+    assert result["estimate_32_layers_bytes"]["decoder"] == full + result["peak_bytes_above_weights"]["decoder"]
