@@ -22,6 +22,9 @@ def attention_column_sums(point, layer, probs):
     return [outliers.column_sums(sequence).cpu() for sequence in probs]
 
 
+attention_column_sums.sums_over_queries = True  # Capture may reduce long maps query chunk by chunk and add up
+
+
 def keep(point, layer, tensor):
     """No reduction: the full tensor, float32 on the CPU (one item per sequence)."""
     return [sequence.to("cpu", torch.float32, copy=True) for sequence in tensor]
@@ -34,4 +37,5 @@ def by_point(reducers: dict, default=None):
         if fn is None:
             raise KeyError(f"no reducer for capture point {point!r}")
         return fn(point, layer, tensor)
+    reduce.sums_over_queries = frozenset(p for p, fn in reducers.items() if getattr(fn, "sums_over_queries", False))
     return reduce

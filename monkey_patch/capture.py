@@ -37,6 +37,7 @@ POINTS = ("resid_pre", "resid_post", "ln1", "ln2", "attn.q", "attn.k", "attn.v",
           "mlp.gate_out", "mlp.up_out", "mlp.act_out", "mlp.down_in", "mlp.down_out", "attn.scale", "attn.extra")
 REGISTRY_POINTS = ("attn.q_rot", "attn.k_rot", "attn.scores", "attn.pattern")
 ATTN_NAME = "systematic_outliers_capture"
+CHUNK_ELEMENTS = 2**25  # attention-map entries one layer may hold at once when its reducer works chunk by chunk
 
 _ACTIVE: dict[nn.Module, "Capture"] = {}  # attention module -> the capture that owns it right now
 
@@ -342,17 +343,45 @@ class Capture:
         layer = self._layer_index[module]
         if layer not in self._requested:
             return _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
-        out, weights = eager_attention(module)(module, query, key, value, attention_mask, **kwargs)
         wanted = set(self.points)
+        chunk = self._query_chunk(query, key, attention_mask)
+        if chunk:
+            out, weights = self._chunked_pattern(module, layer, chunk, query, key, value, attention_mask, **kwargs)
+        else:
+            out, weights = eager_attention(module)(module, query, key, value, attention_mask, **kwargs)
         if "attn.q_rot" in wanted:
             self._emit("attn.q_rot", layer, query.transpose(1, 2))
         if "attn.k_rot" in wanted:
             self._emit("attn.k_rot", layer, key.transpose(1, 2))
         if "attn.scores" in wanted:
             self._emit("attn.scores", layer, _scores(module, query, key, attention_mask, **kwargs))
-        if "attn.pattern" in wanted:
+        if "attn.pattern" in wanted and not chunk:
             self._emit("attn.pattern", layer, weights)
         return out, weights
+
+    def _query_chunk(self, query, key, attention_mask) -> int | None:
+        """Queries per chunk when attn.pattern can be reduced chunk by chunk (its reducer declares that its results
+        add up over queries, e.g. column sums) and the whole map would exceed CHUNK_ELEMENTS; else None."""
+        flag = getattr(self.reduce, "sums_over_queries", False)
+        additive = flag is True or (isinstance(flag, (set, frozenset)) and "attn.pattern" in flag)
+        if not additive or "attn.scores" in self.points or attention_mask is None:
+            return None
+        heads, queries, keys = query.shape[1], query.shape[2], key.shape[2]
+        chunk = max(1, CHUNK_ELEMENTS // (heads * keys))
+        return chunk if chunk < queries else None
+
+    def _chunked_pattern(self, module, layer, chunk, query, key, value, attention_mask, **kwargs):
+        """The family's eager attention over query chunks (each row's mask travels with it), reducing each chunk's
+        probabilities at once and adding them up: one layer never holds the whole map."""
+        eager, outs, total = eager_attention(module), [], None
+        for start in range(0, query.shape[2], chunk):
+            rows = slice(start, start + chunk)
+            out, weights = eager(module, query[:, :, rows], key, value, attention_mask[:, :, rows], **kwargs)
+            outs.append(out)
+            part = self.reduce("attn.pattern", layer, weights.detach())
+            total = part if total is None else [a + b for a, b in zip(total, part)]
+        self.results.setdefault(("attn.pattern", layer), []).append(total)
+        return torch.cat(outs, dim=1), None
 
 
 def model_configs(model: nn.Module) -> list:

@@ -203,3 +203,29 @@ def test_monkey_patch_imports_nothing_from_lib():
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n == "lib" or n.startswith("lib.") for n in names), f"{path.name} imports {names}"
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_long_attention_maps_are_reduced_chunk_by_chunk_with_the_same_result(family, monkeypatch):
+    """Column sums over query chunks equal those of the whole map, and the model's output is unchanged."""
+    from lib import reducers
+    from monkey_patch import capture as capture_module
+    model = tiny_model(family)
+    ids = torch.randint(0, 128, (1, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with Capture(model, ["attn.pattern"], reduce=reducers.attention_column_sums) as whole:
+            model(input_ids=ids)
+        monkeypatch.setattr(capture_module, "CHUNK_ELEMENTS", 4 * 40 * 7)  # 7 queries per chunk
+        seen = []
+        eager = capture_module.eager_attention
+        monkeypatch.setattr(capture_module, "eager_attention", lambda m: (lambda *a, **k: (
+            seen.append(a[1].shape[2]), eager(m)(*a, **k))[1]))
+        reduce = reducers.by_point({"attn.pattern": reducers.attention_column_sums}, default=reducers.topk_median(3))
+        with Capture(model, ["attn.pattern", "resid_post"], reduce=reduce) as chunked:
+            out = model(input_ids=ids).logits
+    assert max(seen) == 7 and len(seen) > 6  # it did chunk
+    torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
+    for layer in range(model.config.num_hidden_layers):
+        torch.testing.assert_close(chunked["attn.pattern", layer][0][0], whole["attn.pattern", layer][0][0],
+                                   atol=1e-5, rtol=1e-5)
