@@ -68,14 +68,16 @@ def topk_magnitudes(h, k=3):
     0-based token and channel positions of each top value. ``k`` is clamped to ``h.numel()``.
     """
     _require_tensor(h, 2, "h", "[tokens, channels]")
-    magnitudes = _abs_fp32(h)
+    # abs, top-k and median only select values, so they are exact in h's own dtype: no float32 copy of a large
+    # bf16/fp16 tensor is needed, and the results are the same floats as on its float32 upcast.
+    magnitudes = h.detach().abs()
     top = torch.topk(magnitudes.flatten(), min(k, magnitudes.numel()))
     tokens, channels = _unravel(top.indices, magnitudes.shape[1])
     return {
-        "top": top.values.tolist(),
+        "top": top.values.float().tolist(),
         "tokens": tokens,
         "channels": channels,
-        "median": magnitudes.median().item(),
+        "median": magnitudes.median().float().item(),
     }
 
 

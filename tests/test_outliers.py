@@ -411,3 +411,11 @@ def test_the_rules_disagreement_is_explained():
     line = analysis.rule_disagreement(cumulative, ours, paper)
     assert "key 0" in line and "key 1" in line and "key 3" not in line
     assert analysis.rule_disagreement(cumulative, [3], [3]) is None
+
+
+def test_topk_and_median_of_half_precision_equal_those_of_its_float32_upcast():
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float16):
+        h = (torch.randn(37, 53, generator=g) * 50).to(dtype)
+        h[5, 7] = -3000.0
+        assert O.topk_magnitudes(h, k=4) == O.topk_magnitudes(h.float(), k=4)
