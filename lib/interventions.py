@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from lib import analysis, outliers
-from monkey_patch.capture import eager_attention, model_configs, register_attention
+from monkey_patch.capture import eager_attention, routed_attention
 
 MASK_ATTN_NAME = "systematic_outliers_sink_mask"
 
@@ -306,22 +306,9 @@ def masking(model, state: SinkMask):
             for block in blocks:
                 block.attn.blocked_keys = None
         return
-    from monkey_patch import ModelView
-    view = ModelView(model)
     # the eager mask function builds the additive float mask (sliding windows included) that SinkMask edits
-    register_attention(MASK_ATTN_NAME, _masked_attention)
-    saved = [(c, c._attn_implementation) for c in model_configs(model)]
-    try:
-        for i in range(view.num_layers):
-            _MASKING[view.attn(i)] = (state, i)
-        for c, _ in saved:
-            c._attn_implementation = MASK_ATTN_NAME
+    with routed_attention(model, MASK_ATTN_NAME, _masked_attention, _MASKING, lambda i: (state, i)):
         yield state
-    finally:
-        for c, implementation in saved:
-            c._attn_implementation = implementation
-        for i in range(view.num_layers):
-            _MASKING.pop(view.attn(i), None)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ layer's sink keys (lib.interventions.attention_sinks: the keys mask_attn_sink ma
 A query's own token is never one of its sink keys (masking keeps every token's own key, as mask_attn_sink
 does), so the sink tokens' own rows, and the first token's, stay as they are.
 """
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
@@ -196,41 +196,23 @@ def scale_test(model, state: ScaleTest):
     if not supports_sink_mask(model):
         raise ValueError("the scale test needs a gpt-2/ model or a Hugging Face family on the attention registry")
     blocks = _gpt2_blocks(model)
-    handles = []
-    if blocks is not None:
-        attns = [b.attn for b in blocks]
-        for i, attn in enumerate(attns):
-            attn.explicit, attn.fused = _gpt2_wrap(state, i, attn), None  # instance attributes, removed below
-    else:
-        from monkey_patch import ModelView
-        from monkey_patch.capture import model_configs, register_attention
-        view = ModelView(model)
-        attns = [view.attn(i) for i in range(view.num_layers)]
-        register_attention(SCALE_ATTN_NAME, _hf_attention)
-        saved = [(c, c._attn_implementation) for c in model_configs(model)]
-        for i, attn in enumerate(attns):
-            _ACTIVE[attn] = (state, i)
-    for i, attn in enumerate(attns):
-        def keep_input(module, args, kwargs, i=i):
-            state.inputs[i] = args[0] if args else kwargs["hidden_states"]
-        handles.append(attn.register_forward_pre_hook(keep_input, with_kwargs=True))
-    try:
-        if blocks is None:
-            for c, _ in saved:
-                c._attn_implementation = SCALE_ATTN_NAME
-        yield state
-    finally:
-        for h in handles:
-            h.remove()
-        state.inputs.clear()
+    with ExitStack() as stack:
         if blocks is not None:
-            for attn in attns:
-                del attn.explicit, attn.fused
+            attns = [b.attn for b in blocks]
+            for i, attn in enumerate(attns):
+                attn.explicit, attn.fused = _gpt2_wrap(state, i, attn), None  # instance attributes, removed below
+                stack.callback(delattr, attn, "explicit")
+                stack.callback(delattr, attn, "fused")
         else:
-            for c, implementation in saved:
-                c._attn_implementation = implementation
-            for attn in attns:
-                _ACTIVE.pop(attn, None)
+            from monkey_patch.capture import routed_attention
+            attns = stack.enter_context(routed_attention(model, SCALE_ATTN_NAME, _hf_attention, _ACTIVE,
+                                                         lambda i: (state, i)))
+        for i, attn in enumerate(attns):
+            def keep_input(module, args, kwargs, i=i):
+                state.inputs[i] = args[0] if args else kwargs["hidden_states"]
+            stack.callback(attn.register_forward_pre_hook(keep_input, with_kwargs=True).remove)
+        stack.callback(state.inputs.clear)
+        yield state
 
 
 def logits_under(model, run, logits_fn, state: ScaleTest):

@@ -26,6 +26,7 @@ Attention points run the family's own eager attention on the requested layers on
 its usual kernel); leaving the context removes every hook and restores the attention implementation.
 """
 import sys
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -438,3 +439,25 @@ def register_attention(name: str, fn) -> None:
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     AttentionInterface.register(name, fn)
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+
+
+@contextmanager
+def routed_attention(model: nn.Module, name: str, fn, table: dict, entry):
+    """Within the context every attention call of `model` goes to `fn` (registered as `name`), which finds what it
+    needs in `table[module]`, set to `entry(layer)` for each layer's attention module; yields those modules.
+    Leaving restores each config's attention implementation and empties the table of them."""
+    view = ModelView(model)
+    modules = [view.attn(i) for i in range(view.num_layers)]
+    register_attention(name, fn)
+    saved = [(c, c._attn_implementation) for c in model_configs(model)]
+    try:
+        for i, module in enumerate(modules):
+            table[module] = entry(i)
+        for config, _ in saved:
+            config._attn_implementation = name
+        yield modules
+    finally:
+        for config, implementation in saved:
+            config._attn_implementation = implementation
+        for module in modules:
+            table.pop(module, None)
