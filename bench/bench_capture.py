@@ -30,6 +30,7 @@ from monkey_patch import Capture, ModelView  # noqa: E402
 from lib import reducers  # noqa: E402
 
 ACTIVATIONS = ("resid_post", "mlp.down_in")
+STAT_POINTS = ["resid_post", "mlp.down_in", "attn.pattern"]  # what the figures' all-layer statistics capture
 
 
 def _llama(**kw):
@@ -132,14 +133,26 @@ class _PeakRSS:
         self.peak = max(self.peak, self.rss())
 
 
-def bench_memory_mode(args) -> int:
-    """Peak bytes above the loaded model for one mode: plain | stats | reference."""
-    attn = "eager" if args.memory_mode in ("plain", "reference") else None
-    model = _load(args, attn)
-    ids = _inputs(model, args.memory_tokens)
-    cuda = model.device.type == "cuda"
-    everything = ["resid_post", "mlp.down_in", "attn.pattern"]
-    kept = []
+def statistics_pass(model, ids, mode: str) -> list:
+    """One decoder pass over ids capturing STAT_POINTS in every layer. 'stats': reduced on the fly (top-3 and
+    median, attention column sums); 'reference': the full tensors kept as fp64 CPU copies, as the reference code
+    keeps them (returned, so they stay alive while memory is measured)."""
+    if mode == "stats":
+        reduce = reducers.by_point({"attn.pattern": reducers.attention_column_sums}, default=reducers.topk_median(3))
+        with Capture(model, STAT_POINTS, reduce=reduce):
+            model.base_model(ids)
+        return []
+    with Capture(model, STAT_POINTS) as cap:
+        model.base_model(ids)
+    kept = [t.double() for t in cap.results.values()]
+    cap.results.clear()
+    return kept
+
+
+def peak_bytes(model, ids, run) -> int:
+    """Peak memory above the loaded model while run() runs; run returns the CPU tensors it keeps (counted beside
+    a GPU's peak, where they do not show)."""
+    cuda = next(model.parameters()).device.type == "cuda"
     with torch.no_grad():
         model.base_model(ids[:, :8])  # touch every weight first: memory-mapped weights must not count
         if cuda:
@@ -147,21 +160,23 @@ def bench_memory_mode(args) -> int:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         with _PeakRSS() as rss:
-            if args.memory_mode == "plain":
-                model.base_model(ids)
-            elif args.memory_mode == "stats":
-                reduce = reducers.by_point({"attn.pattern": reducers.attention_column_sums},
-                                           default=reducers.topk_median(3))
-                with Capture(model, everything, reduce=reduce):
-                    model.base_model(ids)
-            else:  # the reference: fp64 CPU copies of every layer's activations and full attention maps
-                with Capture(model, everything) as cap:
-                    model.base_model(ids)
-                kept = [t.double() for t in cap.results.values()]
-                cap.results.clear()
-        if cuda:  # the reference's fp64 copies live in CPU memory: count them beside the GPU peak
+            kept = run()
+        if cuda:
             return torch.cuda.max_memory_allocated() - base + sum(t.numel() * 8 for t in kept)
     return rss.peak - rss.base
+
+
+def bench_memory_mode(args) -> int:
+    """Peak bytes above the loaded model for one mode: plain | stats | reference."""
+    attn = "eager" if args.memory_mode in ("plain", "reference") else None
+    model = _load(args, attn)
+    ids = _inputs(model, args.memory_tokens)
+    def run():
+        if args.memory_mode == "plain":
+            model.base_model(ids)
+            return []
+        return statistics_pass(model, ids, args.memory_mode)
+    return peak_bytes(model, ids, run)
 
 
 def bench_memory(args):

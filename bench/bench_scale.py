@@ -17,7 +17,6 @@ grow with depth; the reference keeps every layer's tensors, so its per-layer gro
 Writes bench/results/scale.json with the command and provenance.
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -30,13 +29,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_capture import _PeakRSS  # noqa: E402
-from lib import reducers  # noqa: E402
+from bench_capture import peak_bytes, statistics_pass  # noqa: E402
 from lib.files import write_json  # noqa: E402
 from lib.provenance import provenance  # noqa: E402
-from monkey_patch import Capture  # noqa: E402
 
-POINTS = ["resid_post", "mlp.down_in", "attn.pattern"]
 FULL_LAYERS, GPU_BYTES = 32, 80 * 2**30
 
 
@@ -52,37 +48,22 @@ def build(args, attn_implementation="sdpa"):
     return model.to(args.device).eval()
 
 
-def run_mode(model, mode, ids):
+def run_mode(model, mode, ids) -> list:
+    """One pass of a mode; returns the tensors it keeps (the reference's)."""
     if mode == "logits":
-        return model(ids)
+        model(ids)
+        return []
     if mode == "decoder":
-        return model.base_model(ids)
-    if mode == "stats":
-        reduce = reducers.by_point({"attn.pattern": reducers.attention_column_sums}, default=reducers.topk_median(3))
-        with Capture(model, POINTS, reduce=reduce):
-            return model.base_model(ids)
-    with Capture(model, POINTS) as cap:  # the reference: full tensors, then fp64 copies of all of them
         model.base_model(ids)
-    return [t.double() for t in cap.results.values()]
+        return []
+    return statistics_pass(model, ids, mode)
 
 
 def memory_mode(args) -> int:
     """Peak bytes above the loaded weights of one mode, in this process."""
     model = build(args, "eager" if args.memory_mode == "reference" else "sdpa")
     ids = torch.randint(0, args.vocab, (1, args.tokens), generator=torch.Generator().manual_seed(1)).to(args.device)
-    cuda = args.device.startswith("cuda")
-    with torch.no_grad():
-        model.base_model(ids[:, :8])
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        with _PeakRSS() as rss:
-            kept = run_mode(model, args.memory_mode, ids)
-        if cuda:
-            extra = sum(t.numel() * 8 for t in kept) if args.memory_mode == "reference" else 0
-            return torch.cuda.max_memory_allocated() - base + extra
-    return rss.peak - rss.base
+    return peak_bytes(model, ids, lambda: run_mode(model, args.memory_mode, ids))
 
 
 def bench_time(args) -> dict:
