@@ -207,9 +207,9 @@ def peak_ablation(model, seqs, report, seed=0):
     T, C = x.shape[1], model.config.n_embd
     g = torch.Generator().manual_seed(seed)
 
-    def run(pos, layer=None, channels=None):
-        """(loss, share of position pos in every layer) with h[:, pos, channels] of block `layer` zeroed, if given;
-        also the block outputs of the unchanged model."""
+    def run(layer=None, pos=None, channels=None):
+        """(loss, every layer's key shares (T,), block outputs) with h[:, pos, channels] of block `layer` zeroed,
+        if a layer is given."""
         def zero(module, args, out):
             out[0][:, pos, channels] = 0.0
         hook = blocks[layer].register_forward_hook(zero) if layer is not None else None
@@ -218,20 +218,21 @@ def peak_ablation(model, seqs, report, seed=0):
         finally:
             if hook is not None:
                 hook.remove()
-        return float(out["loss"]), [float(key_shares(w, T)[pos]) for w in out["attn"]], out["hidden"]
+        return float(out["loss"]), [key_shares(w, T) for w in out["attn"]], out["hidden"]
 
+    loss, shares, hidden = run()  # the unchanged model, once for every block
     rows = []
     for r in report["layers"][:-1]:
         layer, p, c = r["layer"] - 1, r["token"], r["channel"]
-        loss, before, hidden = run(p)
         size = hidden[layer][:, p].abs().float().mean(0)
         channels = sorted({c} | set(torch.nonzero(size >= PEAK_CHANNEL_SHARE * size[c]).flatten().tolist()))
-        zeroed, after, _ = run(p, layer, channels)
+        zeroed, after, _ = run(layer, p, channels)
         q = int(torch.randint(0, T - 1, (1,), generator=g))
         q = q + 1 if q >= p else q  # any position but p
-        control, _, _ = run(q, layer, torch.randperm(C, generator=g)[: len(channels)].tolist())
+        control, _, _ = run(layer, q, torch.randperm(C, generator=g)[: len(channels)].tolist())
         rows.append(dict(layer=layer + 1, token=p, channels=channels, ratio=r["ratio"], loss=loss, loss_zeroed=zeroed,
-                         loss_control=control, share_before=before, share_after=after))
+                         loss_control=control, share_before=[float(s[p]) for s in shares],
+                         share_after=[float(s[p]) for s in after]))
     return rows
 
 
