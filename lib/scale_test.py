@@ -215,12 +215,17 @@ def scale_test(model, state: ScaleTest):
         yield state
 
 
-def logits_under(model, run, logits_fn, state: ScaleTest):
-    """logits_fn' that finds each window's sink keys (unmodified forward), then runs logits_fn under the test."""
+def logits_under(model, run, logits_fn, state: ScaleTest, sinks: dict | None = None):
+    """logits_fn' that finds each window's sink keys (unmodified forward), then runs logits_fn under the test.
+    `sinks` caches them by window across calls (every mode tests the same windows: one search per window)."""
     from lib.interventions import attention_sinks
+    sinks = {} if sinks is None else sinks
 
     def scaled_logits(ids):
-        state.keys = attention_sinks(model, run, ids)
+        key = (tuple(ids.shape), ids.cpu().numpy().tobytes())
+        if key not in sinks:
+            sinks[key] = attention_sinks(model, run, ids)
+        state.keys = sinks[key]  # only read by the test
         with scale_test(model, state):
             return logits_fn(ids)
     return scaled_logits
@@ -235,11 +240,12 @@ def measure(model, run, logits_fn, windows, calib, baseline, log=print) -> dict:
     with torch.no_grad():
         for i in range(calib.shape[0]):
             recording(calib[i: i + 1, :-1])
-    out = {"layers": calibrate(record), "modes": {}}
+    out, sinks = {"layers": calibrate(record), "modes": {}}, {}
     for mode in MODES:
         state = ScaleTest(mode)
         state.const, state.fitted = record.const, record.fitted
-        out["modes"][mode] = summarize(perplexity(logits_under(model, run, logits_fn, state), windows), baseline)
+        scaled = logits_under(model, run, logits_fn, state, sinks)
+        out["modes"][mode] = summarize(perplexity(scaled, windows), baseline)
         if mode in ("const_scale", "fitted_scale"):
             out["modes"][mode]["uncalibrated_layer_windows"] = state.uncalibrated
         log(f"scale test: {mode}: perplexity {out['modes'][mode]['ppl']:.4g}")
