@@ -146,13 +146,9 @@ class BPETokenizer:
         return [self.encoding.decode_single_token_bytes(int(i)).decode("utf-8", errors="replace") for i in ids]
 
 
-def load(path: str, device: str | None = None, dtype=None):
-    """(CheckpointLM, tokenizer, ModelSpec) of a gpt-2 checkpoint or out dir, like lib.models.load_model."""
-    device = device or "cpu"
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for but no CUDA GPU is available; use --device cpu")
+def load(path: str, device: str = "cpu", dtype=None):
+    """(CheckpointLM, tokenizer, ModelSpec) of a gpt-2 checkpoint or out dir on `device` (checked by
+    lib.models.load_model, which loads it through here)."""
     gpt, ckpt, file = load_gpt(str(Path(path).expanduser()), device)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype)
     if torch_dtype is not None:

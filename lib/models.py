@@ -143,16 +143,10 @@ def load_model(model: str = DEFAULT_MODEL, model_path: str | None = None, device
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from lib import gpt2_checkpoints
-    if model and gpt2_checkpoints.is_checkpoint(model):
-        return gpt2_checkpoints.load(model, device, dtype)
+    device = check_device(device or default_device())
+    if model and gpt2_checkpoints.is_checkpoint(model):  # one device, not spread: "auto" means the GPU
+        return gpt2_checkpoints.load(model, "cuda" if device == "auto" else device, dtype)
     spec = resolve(model, model_path)
-    device = device or default_device()
-    if device not in ("cpu", "auto", "mps") and not device.startswith("cuda"):
-        raise UserError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
-    if device == "auto" and not torch.cuda.is_available():
-        device = "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for but no CUDA GPU is available; use --device cpu")
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype)
     torch_dtype = torch_dtype or default_dtype(device, spec)
     try:
@@ -175,6 +169,17 @@ def load_model(model: str = DEFAULT_MODEL, model_path: str | None = None, device
         net = net.to(device)
     net.eval()
     return net, tokenizer, spec
+
+
+def check_device(device: str) -> str:
+    """The device, checked: cpu, mps, cuda, cuda:N or auto ("auto" becomes cpu where there is no GPU)."""
+    if device not in ("cpu", "auto", "mps") and not device.startswith("cuda"):
+        raise UserError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
+    if device == "auto" and not torch.cuda.is_available():
+        return "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for but no CUDA GPU is available; use --device cpu")
+    return device
 
 
 def check_supported(config) -> None:
