@@ -1,5 +1,6 @@
 """Atomic writes: a temp file in the same folder, then os.replace, so a crash or a full disk never leaves a
 half-written result, table, figure or cache file where a good one was."""
+import hashlib
 import json
 import os
 import tempfile
@@ -34,3 +35,12 @@ def write_text(path, text: str) -> None:
 
 def write_json(path, data, indent=1) -> None:
     write_text(path, json.dumps(data, indent=indent) + "\n")
+
+
+def sha256_of(path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -6,7 +6,6 @@ HF-format model folders, as the reference's CACHE_DIR_BASE). The default model, 
 a GGUF split over PyPI packages and is converted once into a cached HF folder: nothing is downloaded from the hub.
 The architecture is read from the model's config, never from its name.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from lib.errors import UserError
+from lib.files import sha256_of
 from lib.sdist import cache_dir
 from monkey_patch.adapters import FAMILIES
 
@@ -231,13 +231,8 @@ def cache_problem(folder: Path) -> str | None:
 
 
 def write_complete_marker(folder: Path, converted_from: dict | None = None) -> None:
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        files[str(path.relative_to(folder))] = {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+    files = {str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": sha256_of(path)}
+             for path in sorted(p for p in folder.rglob("*") if p.is_file())}
     (folder / COMPLETE_MARKER).write_text(json.dumps({"files": files, "converted_from": converted_from}, indent=1))
 
 

@@ -15,6 +15,9 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from lib.files import sha256_of, write_text
+from lib.models import COMPLETE_MARKER
+
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 HASH_CACHE = "weight_hashes.json"
@@ -82,7 +85,7 @@ def model_source(spec) -> dict:
         for f in files:
             digest.update(f"{f.name}:{file_sha256(f)}\n".encode())
         out["weights_sha256"] = digest.hexdigest()
-    marker = path / ".complete.json" if path.is_dir() else None
+    marker = path / COMPLETE_MARKER if path.is_dir() else None
     if marker is not None and marker.is_file():
         origin = json.loads(marker.read_text()).get("converted_from")
         if origin:
@@ -101,13 +104,8 @@ def file_sha256(path: Path) -> str:
     except (OSError, ValueError):
         cache = {}
     if key not in cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        cache[key] = digest.hexdigest()
+        cache[key] = sha256_of(path)
         try:
-            from lib.files import write_text
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             write_text(cache_file, json.dumps(cache, indent=1))
         except OSError:
