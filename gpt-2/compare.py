@@ -90,9 +90,9 @@ def table_over_runs(c, row_for, markdown, criteria, script):
     os.makedirs(results_dir, exist_ok=True)
     table = markdown(rows)
     write_text(os.path.join(results_dir, "table.md"), table)
+    command = " ".join(["python", script] + sys.argv[1:])
     write_json(os.path.join(results_dir, "table.json"),
-               dict(criteria=criteria, command=" ".join(["python", script] + sys.argv[1:]), rows=rows,
-                    provenance=provenance(command=" ".join(["python", script] + sys.argv[1:]))))
+               dict(criteria=criteria, command=command, rows=rows, provenance=provenance(command=command)))
     print(table)
     return rows, results_dir
 
