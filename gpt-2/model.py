@@ -181,11 +181,13 @@ class VBias(CausalSelfAttention):
 class AttnBias(CausalSelfAttention):
     """softmax(Q [k'; K]^T / sqrt(d)) [v'; V]: an extra key/value every query sees."""
     extra_key_first = True
+    learned_extra = True  # k' and v' are parameters
 
     def __init__(self, config):
         super().__init__(config)
-        self.k_extra = nn.Parameter(torch.zeros(self.n_head, 1, self.head_dim))
-        self.v_extra = nn.Parameter(torch.zeros(self.n_head, 1, self.head_dim))
+        if self.learned_extra:
+            self.k_extra = nn.Parameter(torch.zeros(self.n_head, 1, self.head_dim))
+            self.v_extra = nn.Parameter(torch.zeros(self.n_head, 1, self.head_dim))
 
     def extra(self, q):
         """(k', v'), each (nh, 1, hd), in q's dtype."""
@@ -201,31 +203,30 @@ class AttnBias(CausalSelfAttention):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=extra_key_mask(q.shape[2], q.device),
                                               dropout_p=self.dropout_p())
 
+    def extra_weights(self, q, k, visible):
+        """softmax over [k'; visible keys]: (B, nh, T, T + 1), k' in column 0."""
+        tokens = self.scores(q, k).masked_fill(~visible, float("-inf"))
+        return torch.softmax(torch.cat([self.scores(q, self.extra(q)[0]), tokens], dim=-1), dim=-1)
+
     def explicit(self, q, k, v, visible):
-        k_extra, v_extra = self.extra(q)
-        s = torch.cat([self.scores(q, k_extra), self.scores(q, k).masked_fill(~visible, float("-inf"))], dim=-1)
-        w = torch.softmax(s, dim=-1)
-        v = torch.cat([v_extra.expand(q.shape[0], -1, -1, -1), v], dim=2)
+        w = self.extra_weights(q, k, visible)
+        v = torch.cat([self.extra(q)[1].expand(q.shape[0], -1, -1, -1), v], dim=2)
         return F.dropout(w, self.dropout_p(), self.training) @ v, w
 
     def init_extra(self):
-        torch.nn.init.normal_(self.k_extra, std=0.02)
-        torch.nn.init.normal_(self.v_extra, std=0.02)
+        if self.learned_extra:
+            torch.nn.init.normal_(self.k_extra, std=0.02)
+            torch.nn.init.normal_(self.v_extra, std=0.02)
 
 
 class Softmax1(AttnBias):
     """exp(s_i) / (1 + sum_j exp(s_j)) V: attn_bias with k' = v' = 0 (a zero key adds exp(0) = 1 to the
     denominator and nothing to the output); no parameters of its own."""
-
-    def __init__(self, config):
-        CausalSelfAttention.__init__(self, config)
+    learned_extra = False
 
     def extra(self, q):
         zero = q.new_zeros(self.n_head, 1, self.head_dim)
         return zero, zero
-
-    def init_extra(self):
-        pass
 
 
 class CaBias(AttnBias):
@@ -241,7 +242,7 @@ class CaBias(AttnBias):
 
     def explicit(self, q, k, v, visible):
         y, a = CausalSelfAttention.explicit(self, q, k, v, visible)
-        _, w = AttnBias.explicit(self, q, k, torch.zeros_like(v), visible)
+        w = self.extra_weights(q, k, visible)
         return y + F.dropout(w, self.dropout_p(), self.training)[..., :1] * self.extra(q)[1], a
 
 
