@@ -52,7 +52,7 @@ class ScaleTest:
         return keys[:, None, :] & causal
 
 
-def apply(state: ScaleTest, layer: int, run, q, k, v, mask_keys, x):
+def apply(state: ScaleTest, layer: int, run, q, v, x):
     """The mode's per-head output [batch, heads, queries, d] for one layer.
 
     run(value, hidden) -> (output [b, h, T, d], weights [b, h, T, T]) is the layer's own attention with the values
@@ -173,7 +173,7 @@ def _hf_attention(module, query, key, value, attention_mask, **kwargs):
         return out.transpose(1, 2), w
 
     v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
-    out = apply(state, layer, run, query, key, v, None, state.inputs.get(layer))
+    out = apply(state, layer, run, query, v, state.inputs.get(layer))
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -185,7 +185,7 @@ def _gpt2_wrap(state, layer, attn):
             vis = visible if hidden is None else visible & ~hidden
             y, w = original(q, k, v if new_value is None else new_value, vis)
             return y, w[..., -q.shape[2]:]  # the tokens' columns (an extra key k' comes first)
-        return apply(state, layer, run, q, k, v, None, state.inputs.get(layer)), None
+        return apply(state, layer, run, q, v, state.inputs.get(layer)), None
     return explicit
 
 

@@ -42,7 +42,7 @@ def test_the_modes_on_a_hand_built_attention():
     q, k, v = (torch.randn(1, 2, 6, 4, generator=g) for _ in range(3))
     k[:, :, 0] = q.mean(dim=2) * 3  # key 0 draws attention: a sink
     run, x = hand_attention(q, k, v), torch.randn(1, 6, 4, generator=g)
-    out = {m: scale_test.apply(state_for(m, {0: [[0]]}), 0, run, q, k, v, None, x) for m in scale_test.MODES}
+    out = {m: scale_test.apply(state_for(m, {0: [[0]]}), 0, run, q, v, x) for m in scale_test.MODES}
     full, w = run(None, None)
     a_s = w[..., 0].clone()
     a_s[..., 0] = 0.0  # the sink's own row keeps it
@@ -57,7 +57,7 @@ def test_the_modes_on_a_hand_built_attention():
     v_zero = v.clone()
     v_zero[:, :, 0] = 0.0  # a sink whose value is exactly zero: masking plus the oracle scale is the identity
     run_zero = hand_attention(q, k, v_zero)
-    torch.testing.assert_close(scale_test.apply(state_for("oracle_scale", {0: [[0]]}), 0, run_zero, q, k, v_zero, None, x),
+    torch.testing.assert_close(scale_test.apply(state_for("oracle_scale", {0: [[0]]}), 0, run_zero, q, v_zero, x),
                                run_zero(None, None)[0], atol=1e-6, rtol=1e-5)
 
 
