@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from lib.errors import UserError
-from lib.models import ModelSpec, parse_dtype
+from lib.models import ModelSpec, check_device, parse_dtype
 from lib.perplexity import eval_windows
 
 GPT2_DIR = Path(__file__).resolve().parent.parent / "gpt-2"
@@ -55,7 +55,10 @@ def checkpoint_file(path: str) -> str:
 
 
 def load_gpt(path: str, device: str = "cpu"):
-    """(GPT in eval mode, checkpoint dict, checkpoint file) of a checkpoint or out dir."""
+    """(GPT in eval mode, checkpoint dict, checkpoint file) of a checkpoint or out dir, on one device ("auto":
+    the GPU where there is one)."""
+    device = check_device(device)
+    device = "cuda" if device == "auto" else device
     _, outlier_stats, _ = gpt2_modules()
     file = checkpoint_file(path)
     model, ckpt = outlier_stats.load_model(file, device)
@@ -147,8 +150,8 @@ class BPETokenizer:
 
 
 def load(path: str, device: str = "cpu", dtype=None):
-    """(CheckpointLM, tokenizer, ModelSpec) of a gpt-2 checkpoint or out dir on `device` (checked by
-    lib.models.load_model, which loads it through here)."""
+    """(CheckpointLM, tokenizer, ModelSpec) of a gpt-2 checkpoint or out dir on `device`, like lib.models.load_model
+    (which loads it through here)."""
     gpt, ckpt, file = load_gpt(str(Path(path).expanduser()), device)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype)
     if torch_dtype is not None:

@@ -143,9 +143,9 @@ def load_model(model: str = DEFAULT_MODEL, model_path: str | None = None, device
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from lib import gpt2_checkpoints
+    if model and gpt2_checkpoints.is_checkpoint(model):
+        return gpt2_checkpoints.load(model, device or default_device(), dtype)
     device = check_device(device or default_device())
-    if model and gpt2_checkpoints.is_checkpoint(model):  # one device, not spread: "auto" means the GPU
-        return gpt2_checkpoints.load(model, "cuda" if device == "auto" else device, dtype)
     spec = resolve(model, model_path)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype)
     torch_dtype = torch_dtype or default_dtype(device, spec)

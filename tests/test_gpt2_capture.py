@@ -164,6 +164,8 @@ def test_task_prompts_and_bad_checkpoints_are_clear_errors(tmp_path):
     assert spec.default_prompt[0] == 16 and len(spec.default_prompt) == 12
     with pytest.raises(UserError, match="unknown device 'foo'"):  # not blamed on the checkpoint
         load_model(str(tmp_path / "o"), device="foo")
+    with pytest.raises(UserError, match="unknown device 'foo'"):  # consequences.py --gpt2 loads through here
+        gpt2_checkpoints.load_gpt(str(tmp_path / "o"), "foo")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "ckpt_3.pt").write_text("not a checkpoint")
     with pytest.raises(UserError, match="not a train.py checkpoint"):
