@@ -15,6 +15,7 @@ Beyond the paper, behind the same switch:
   clipped     clip((zeta - gamma) A + gamma, 0, 1) V  (clipped softmax, Bondarenko et al. 2023)
   softmax1    exp(s_i) / (1 + sum_j exp(s_j)) V  ("softmax plus one" = attn_bias with k' = v' = 0)
 """
+import functools
 import math
 from dataclasses import dataclass, fields
 
@@ -79,12 +80,20 @@ POSITIONS = {"learned": Positions(table=True, rotary=False), "rope": Positions(t
              "none": Positions(table=False, rotary=False)}
 
 
+@functools.lru_cache(maxsize=16)
+def rotary_angles(T, hd, device, dtype, base):
+    """cos and sin (T, hd/2) of the angles t * base^(-2i/hd); cached, since every layer and step needs the same
+    (made outside inference mode, so that a first call under it does not poison later training steps)."""
+    with torch.inference_mode(False):
+        freq = base ** (-torch.arange(0, hd // 2, device=device, dtype=torch.float32) * 2 / hd)
+        angle = torch.arange(T, device=device, dtype=torch.float32)[:, None] * freq
+        return angle.cos().to(dtype), angle.sin().to(dtype)
+
+
 def rotate(x, base=10000.0):
     """Rotary position embedding of x (B, nh, T, hd): channel pairs (i, i + hd/2) turned by angle t * base^(-2i/hd)."""
     T, hd = x.shape[-2], x.shape[-1]
-    freq = base ** (-torch.arange(0, hd // 2, device=x.device, dtype=torch.float32) * 2 / hd)
-    angle = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * freq  # (T, hd/2)
-    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    cos, sin = rotary_angles(T, hd, x.device, x.dtype, base)
     x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 

@@ -1,9 +1,9 @@
 """Bundle training runs for transfer: each run's newest checkpoint without optimizer state (weights, model
 settings, config, losses), its train_log.jsonl, stats.jsonl and console log, into DEST/runs_<k>.tar.gz of at
 most --max_mb each (the optimizer state is left out to keep them small: such a checkpoint evaluates and
-analyses, but cannot resume training exactly).
+analyses, but cannot resume training exactly, unless --keep_optimizer names the run).
 
-    python results/emergence/pack_runs.py DEST out-emergence-* [--logs=logs-emergence] [--max_mb=15]
+    python results/emergence/pack_runs.py DEST out-emergence-* [--logs=logs-emergence] [--max_mb=15] [--keep_optimizer=a,b]
 """
 import argparse
 import io
@@ -18,13 +18,14 @@ sys.path.insert(0, os.path.join(HERE, "..", ".."))
 from train import checkpoints  # noqa: E402
 
 
-def members(run, logs):
+def members(run, logs, keep_optimizer=()):
     name = os.path.basename(run.rstrip("/"))
     found = checkpoints(run)
     if found:
         it, path = found[-1]
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        ckpt.pop("optimizer", None)
+        if name.replace("out-emergence-", "") not in keep_optimizer:
+            ckpt.pop("optimizer", None)
         buf = io.BytesIO()
         torch.save(ckpt, buf)
         yield f"{name}/ckpt_{it}.pt", buf.getvalue()
@@ -40,11 +41,13 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("dest"); p.add_argument("runs", nargs="+")
     p.add_argument("--logs", default=None); p.add_argument("--max_mb", type=float, default=15.0)
+    p.add_argument("--keep_optimizer", default="", help="comma-separated run names (without out-emergence-) whose "
+                   "optimizer state is packed too, so that they resume exactly")
     a = p.parse_args()
     os.makedirs(a.dest, exist_ok=True)
     k, size, tar = 0, 0, None
     for run in sorted(a.runs):
-        for arcname, data in members(run, a.logs):
+        for arcname, data in members(run, a.logs, a.keep_optimizer.split(",")):
             if tar is None or size + len(data) > a.max_mb * 2 ** 20:
                 if tar is not None:
                     tar.close()
