@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from lib.sdist import cache_dir
+
 
 def _default_mode() -> int:
     umask = os.umask(0)
@@ -44,3 +46,25 @@ def sha256_of(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+HASH_CACHE = "weight_hashes.json"  # in the project cache: sha256 by (path, size, modification time)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, cached by (path, size, modification time) so each file is read once."""
+    cache_file = cache_dir() / HASH_CACHE
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        cache[key] = sha256_of(path)
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            write_text(cache_file, json.dumps(cache, indent=1))
+        except OSError:
+            pass  # a read-only cache only costs a re-hash next time
+    return cache[key]

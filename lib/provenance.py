@@ -7,7 +7,6 @@ Nothing in it differs between two runs of the same thing except the time.
 """
 import functools
 import hashlib
-import json
 import platform
 import shlex
 import subprocess
@@ -15,12 +14,12 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lib.files import sha256_of, write_text
-from lib.models import COMPLETE_MARKER
+from lib.files import file_sha256
+from lib.gguf_models import converted_from
 
 ROOT = Path(__file__).resolve().parents[1]
+LOSSLESS = ("F32", "F16", "BF16")  # GGUF file types that hold the weights as they were
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-HASH_CACHE = "weight_hashes.json"
 
 
 def provenance(model=None, data=None, device=None, dtype=None, command=None) -> dict:
@@ -85,29 +84,15 @@ def model_source(spec) -> dict:
         for f in files:
             digest.update(f"{f.name}:{file_sha256(f)}\n".encode())
         out["weights_sha256"] = digest.hexdigest()
-    marker = path / COMPLETE_MARKER if path.is_dir() else None
-    if marker is not None and marker.is_file():
-        origin = json.loads(marker.read_text()).get("converted_from")
-        if origin:
-            out["converted_from"] = ", ".join(f"{k} {v}" for k, v in origin.items())
+    origin = converted_from(path) if path.is_dir() else None
+    if origin:
+        out["converted_from"] = origin_line(origin)
+        out["gguf"] = origin
     return out
 
 
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, cached by (path, size, modification time) so each file is read once."""
-    from lib.sdist import cache_dir
-    cache_file = cache_dir() / HASH_CACHE
-    stat = path.stat()
-    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, ValueError):
-        cache = {}
-    if key not in cache:
-        cache[key] = sha256_of(path)
-        try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            write_text(cache_file, json.dumps(cache, indent=1))
-        except OSError:
-            pass  # a read-only cache only costs a re-hash next time
-    return cache[key]
+def origin_line(origin: dict) -> str:
+    """The GGUF a converted model came from, in a few words: dequantized weights are not the original ones."""
+    sha = f", sha256 {origin['sha256'][:12]}" if origin.get("sha256") else ""
+    lossy = "" if origin.get("quantization") in LOSSLESS else ": dequantized, not the original weights"
+    return f"{origin.get('file')} ({origin.get('quantization')} GGUF{sha}{lossy})"

@@ -88,6 +88,10 @@ FAMILIES: dict[str, Family] = {
                   registry=False),
 }
 
+# llama.cpp's name for a family's GGUF architecture, where it is not the model_type (GGUF files of Gemma 3 hold
+# only the text model, which transformers calls gemma3_text)
+GGUF_ARCHITECTURES = {"gemma3_text": "gemma3"}
+
 
 def get_submodule(root: nn.Module, names) -> nn.Module | None:
     """The first of `names` (a dotted path or a tuple of alternatives) that exists under `root`, else None."""

