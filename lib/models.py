@@ -74,7 +74,8 @@ class ModelSpec:
 
 
 def resolve(model: str, model_path: str | None = None) -> ModelSpec:
-    """Find where a model's weights are: a local folder, the offline default, or a hub id."""
+    """Find where a model's weights are: a local folder, a GGUF file's cached conversion, the offline default,
+    or a hub id."""
     if not model or not model.strip():
         raise UserError("--model is empty")
     path = Path(model).expanduser()

@@ -103,15 +103,18 @@ def test_another_file_is_another_conversion(tmp_path):
     assert resolve(str(tmp_path / "tiny-llama.gguf")).source != first
 
 
-def test_a_failed_conversion_leaves_nothing_in_the_cache(tmp_path, monkeypatch, cache):
+def test_a_failed_conversion_leaves_nothing_in_the_cache_and_is_redone(tmp_path, monkeypatch, cache):
     path = _gguf(tmp_path)
 
     def killed(*args, **kwargs):
         raise RuntimeError("killed")
+    load_tokenizer = tf.AutoTokenizer.from_pretrained
     monkeypatch.setattr(tf.AutoTokenizer, "from_pretrained", killed)
     with pytest.raises(RuntimeError, match="killed"):
         resolve(str(path))
     assert list((cache / "models" / "gguf").iterdir()) == []
+    monkeypatch.setattr(tf.AutoTokenizer, "from_pretrained", load_tokenizer)
+    assert gguf_models.cache_problem(Path(resolve(str(path)).source)) is None  # the next run converts it
 
 
 def test_temporary_folders_of_killed_conversions_are_removed(tmp_path):
