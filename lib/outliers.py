@@ -71,14 +71,51 @@ def topk_magnitudes(h, k=3):
     # abs, top-k and median only select values, so they are exact in h's own dtype: no float32 copy of a large
     # bf16/fp16 tensor is needed, and the results are the same floats as on its float32 upcast.
     magnitudes = h.detach().abs()
-    top = torch.topk(magnitudes.flatten(), min(k, magnitudes.numel()))
-    tokens, channels = _unravel(top.indices, magnitudes.shape[1])
+    values, flat = _topk_2d(magnitudes, min(k, magnitudes.numel()))
+    tokens, channels = _unravel(flat, magnitudes.shape[1])
     return {
-        "top": top.values.float().tolist(),
+        "top": values.float().tolist(),
         "tokens": tokens,
         "channels": channels,
-        "median": magnitudes.median().float().item(),
+        "median": magnitude_median(magnitudes),
     }
+
+
+def _topk_2d(m, k):
+    """torch.topk of a 2-D tensor's flattened values (values, flat indices), reading the whole tensor once: the k
+    largest entries lie in the k rows with the largest row maxima, so only those rows are searched."""
+    row_max = m.amax(dim=1)
+    if k >= m.shape[0] or torch.isnan(row_max).any():
+        top = torch.topk(m.flatten(), k)
+        return top.values, top.indices
+    rows = torch.topk(row_max, k).indices.sort().values
+    top = torch.topk(m[rows].flatten(), k)
+    n = m.shape[1]
+    return top.values, rows[top.indices // n] * n + top.indices % n
+
+
+def magnitude_median(m) -> float:
+    """torch.median (the lower middle value) of a tensor of magnitudes (>= 0), as a float, in one counting pass
+    instead of a selection: a non-negative float's bit pattern read as an integer sorts as the float does, so
+    counting the 16-bit patterns of bf16/fp16 values finds the median exactly; for float32 the top 16 bits find
+    the median's bucket and a selection inside that bucket finishes it. Falls back to torch.median for other
+    dtypes and for NaN (which torch.median returns)."""
+    flat = m.detach().flatten()
+    if (flat.numel() == 0 or flat.dtype not in (torch.bfloat16, torch.float16, torch.float32) or flat.is_cuda
+            or flat.isnan().any()):
+        return flat.median().float().item()
+    rank = (flat.numel() - 1) // 2  # torch.median's element, counting from 0 in ascending order
+    if flat.dtype == torch.float32:
+        buckets = flat.view(torch.int32) >> 16
+    else:
+        buckets = flat.view(torch.int16)
+    below = torch.bincount(buckets, minlength=1 << 15).cumsum(0)
+    bucket = int(torch.searchsorted(below, rank, right=True))
+    if flat.dtype != torch.float32:
+        return torch.tensor([bucket], dtype=torch.int16).view(flat.dtype).float().item()
+    inside = flat[buckets == bucket]
+    before = int(below[bucket - 1]) if bucket else 0
+    return inside.kthvalue(rank - before + 1).values.item()
 
 
 def _outlier_threshold(magnitudes, rule, factor, min_abs):
@@ -88,7 +125,7 @@ def _outlier_threshold(magnitudes, rule, factor, min_abs):
         return factor * magnitudes.mean().item(), factor
     if rule in ("median", "token"):
         # "> min_abs and > factor * median" is the same as "> the larger of the two".
-        return max(float(min_abs), factor * magnitudes.median().item()), factor
+        return max(float(min_abs), factor * magnitude_median(magnitudes)), factor
     raise ValueError(f"rule must be 'mean', 'median' or 'token', got {rule!r}")
 
 

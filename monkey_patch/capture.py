@@ -322,7 +322,9 @@ class Capture:
     def _enter_attention(self) -> None:
         if not self.view.family.registry:
             return
-        register_attention(ATTN_NAME, _dispatch)
+        # sdpa's masks: the layers not captured then run exactly as in a plain forward (is_causal, grouped heads
+        # without copies), and the captured ones turn the mask into eager's (additive_mask)
+        register_attention(ATTN_NAME, _dispatch, mask="sdpa")
         self._layer_index = {self.view.attn(layer): layer for layer in range(self.view.num_layers)}
         if any(module in _ACTIVE for module in self._layer_index):
             raise CaptureError("another Capture of attention points is already active on this model: "
@@ -345,6 +347,7 @@ class Capture:
         if layer not in self._requested:
             return _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
         wanted = set(self.points)
+        attention_mask = additive_mask(attention_mask, query, key)
         chunk = self._query_chunk(query, key, attention_mask)
         if chunk:
             out, weights = self._chunked_pattern(module, layer, chunk, query, key, value, attention_mask, **kwargs)
@@ -406,7 +409,7 @@ def eager_attention(module):
 def _delegate(name, module, query, key, value, attention_mask, **kwargs):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     if name == "eager":
-        return eager_attention(module)(module, query, key, value, attention_mask, **kwargs)
+        return eager_attention(module)(module, query, key, value, additive_mask(attention_mask, query, key), **kwargs)
     return ALL_ATTENTION_FUNCTIONS[name](module, query, key, value, attention_mask, **kwargs)
 
 
@@ -432,13 +435,25 @@ def _dispatch(module, query, key, value, attention_mask, **kwargs):
     return capture._attention(module, query, key, value, attention_mask, **kwargs)
 
 
-def register_attention(name: str, fn) -> None:
-    """Register `fn` in transformers' attention registry under `name`, with the eager (additive float) mask it
-    needs; setting a model's configs to `name` then routes every attention call through `fn`."""
+def additive_mask(mask, query, key):
+    """The additive float mask that eager attention adds to its scores, from what sdpa's mask function gave: None
+    (plain causal, which sdpa runs as is_causal) or a boolean mask (True: attend); a float mask is returned as is."""
+    if mask is not None and mask.dtype != torch.bool:
+        return mask
+    if mask is None:
+        queries, keys = query.shape[-2], key.shape[-2]
+        mask = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril(keys - queries)[None, None]
+    blocked = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
+    return blocked.masked_fill_(~mask, torch.finfo(query.dtype).min)
+
+
+def register_attention(name: str, fn, mask: str = "eager") -> None:
+    """Register `fn` in transformers' attention registry under `name`, with the mask function of implementation
+    `mask`; setting a model's configs to `name` then routes every attention call through `fn`."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     AttentionInterface.register(name, fn)
-    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS["eager"])
+    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask])
 
 
 @contextmanager

@@ -229,3 +229,21 @@ def test_long_attention_maps_are_reduced_chunk_by_chunk_with_the_same_result(fam
     for layer in range(model.config.num_hidden_layers):
         torch.testing.assert_close(chunked["attn.pattern", layer][0][0], whole["attn.pattern", layer][0][0],
                                    atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_pattern_of_a_left_padded_batch_matches_eager(family):
+    # a padded batch makes sdpa's mask function return a boolean mask, which capture turns into eager's
+    model = tiny_model(family)
+    ids = _ids(length=9)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    eager = tiny_model(family, attn_implementation="eager")
+    eager.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        ref = eager(ids, attention_mask=mask, output_attentions=True).attentions
+        with Capture(model, ["attn.pattern"]) as cap:
+            model(ids, attention_mask=mask)
+    for layer, probs in enumerate(ref):
+        torch.testing.assert_close(cap["attn.pattern", layer][1], probs[1].float(), atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(cap["attn.pattern", layer][0, :, 3:], probs[0, :, 3:].float(), atol=ATOL, rtol=1e-4)

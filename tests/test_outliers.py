@@ -1,4 +1,5 @@
 """Tests of lib/outliers.py against hand computations on small planted tensors."""
+import math
 import numpy as np
 import pytest
 import torch
@@ -419,3 +420,25 @@ def test_topk_and_median_of_half_precision_equal_those_of_its_float32_upcast():
         h = (torch.randn(37, 53, generator=g) * 50).to(dtype)
         h[5, 7] = -3000.0
         assert O.topk_magnitudes(h, k=4) == O.topk_magnitudes(h.float(), k=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_counting_median_and_row_topk_equal_torch_on_every_dtype(dtype):
+    # the counting median and the row-maxima top-k against torch.median / torch.topk, ties and a planted peak
+    g = torch.Generator().manual_seed(0)
+    for shape in [(1, 1), (2, 3), (7, 5), (64, 33), (300, 257)]:
+        for scale in (1e-3, 1.0, 1e3):
+            h = (torch.randn(*shape, generator=g) * scale).to(dtype)
+            if h.numel() > 6:
+                h[0, 0], h.view(-1)[3] = 5e3, h.view(-1)[5]
+            m = h.abs()
+            assert O.magnitude_median(m) == m.median().float().item()
+            stats = O.topk_magnitudes(h, k=3)
+            assert stats["top"] == torch.topk(m.flatten(), min(3, m.numel())).values.float().tolist()
+            assert [m[t, c].float().item() for t, c in zip(stats["tokens"], stats["channels"])] == stats["top"]
+
+
+def test_counting_median_returns_nan_as_torch_does():
+    h = torch.ones(4, 4)
+    h[1, 2] = float("nan")
+    assert math.isnan(O.magnitude_median(h.abs())) and math.isnan(h.abs().median().item())

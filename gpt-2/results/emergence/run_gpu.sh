@@ -19,7 +19,8 @@ mkdir -p logs-emergence "$DEST"
 if [ "${USE_MPS:-0}" = 1 ] && command -v nvidia-cuda-mps-control > /dev/null; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-  if nvidia-cuda-mps-control -d && timeout 60 $PY -c "import torch; assert torch.ones(4, device='cuda').sum().item() == 4"; then
+  # a daemon left by an earlier call of this script on the same machine is as good as a new one
+  if { nvidia-cuda-mps-control -d || pgrep -x nvidia-cuda-mps-control > /dev/null; } && timeout 60 $PY -c "import torch; assert torch.ones(4, device='cuda').sum().item() == 4"; then
     echo "MPS on"
   else
     echo "MPS failed; running without it"; echo quit | timeout 10 nvidia-cuda-mps-control
