@@ -180,7 +180,9 @@ def bench_memory_mode(args) -> int:
 
 
 def bench_memory(args):
-    results = {}
+    """Each mode's peak in fresh processes: the median of --memory-repeats runs for plain and stats (a CPU's
+    resident-memory peak varies by a quarter from run to run with the allocator's timing), one for the reference."""
+    results, samples = {}, {}
     for mode in ("plain", "stats", "reference"):
         cmd = [sys.executable, __file__, "--memory-mode", mode, "--model", args.model, "--memory-tokens",
                str(args.memory_tokens)]
@@ -188,11 +190,14 @@ def bench_memory(args):
                             ("--shape", args.shape)):
             if value:
                 cmd += [flag, value]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(f"memory run {mode} failed: {out.stderr.strip().splitlines()[-1:]}")
-        results[mode] = int(out.stdout.strip().splitlines()[-1])
-    return {"tokens": args.memory_tokens, "peak_bytes": results,
+        samples[mode] = []
+        for _ in range(1 if mode == "reference" else args.memory_repeats):
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"memory run {mode} failed: {out.stderr.strip().splitlines()[-1:]}")
+            samples[mode].append(int(out.stdout.strip().splitlines()[-1]))
+        results[mode] = int(statistics.median(samples[mode]))
+    return {"tokens": args.memory_tokens, "peak_bytes": results, "peak_bytes_samples": samples,
             "stats_vs_plain_eager": results["stats"] / results["plain"],
             "reference_vs_plain_eager": results["reference"] / results["plain"],
             "reference_vs_stats": results["reference"] / results["stats"]}
@@ -208,6 +213,7 @@ def main():
     p.add_argument("--time-tokens", type=int, default=1024)
     p.add_argument("--memory-tokens", type=int, default=2048)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--memory-repeats", type=int, default=3, help="processes per memory mode (plain, stats)")
     p.add_argument("--memory-mode", choices=("plain", "stats", "reference"), help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="default bench/results/capture.json, or capture_<shape>.json")
     args = p.parse_args()
