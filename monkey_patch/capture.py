@@ -23,7 +23,10 @@ attention scores/pattern are [batch, head, query, key]):
 attention column sums: see lib.reducers); its results are what `cap[point, layer]` returns, one per
 forward call in a list. Without `reduce`, each point holds the tensor of the latest forward call.
 Attention points run the family's own eager attention on the requested layers only (every other layer keeps
-its usual kernel); leaving the context removes every hook and restores the attention implementation.
+its usual kernel, called exactly as in a plain forward). Where attn.pattern's reducer adds up over queries
+(column sums), the layer keeps its usual kernel too and the probabilities are made beside it, chunk by chunk
+over the keys each chunk sees, and never handed to the model. Leaving the context removes every hook and
+restores the attention implementation.
 """
 import sys
 from contextlib import contextmanager
@@ -347,45 +350,57 @@ class Capture:
         if layer not in self._requested:
             return _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
         wanted = set(self.points)
-        attention_mask = additive_mask(attention_mask, query, key)
-        chunk = self._query_chunk(query, key, attention_mask)
-        if chunk:
-            out, weights = self._chunked_pattern(module, layer, chunk, query, key, value, attention_mask, **kwargs)
+        eager_mask = additive_mask(attention_mask, query, key)
+        if self._sums_pattern_over_queries():
+            out, weights = self._summed_pattern(module, layer, query, key, value, attention_mask, eager_mask,
+                                                **kwargs)
         else:
-            out, weights = eager_attention(module)(module, query, key, value, attention_mask, **kwargs)
+            out, weights = eager_attention(module)(module, query, key, value, eager_mask, **kwargs)
         if "attn.q_rot" in wanted:
             self._emit("attn.q_rot", layer, query.transpose(1, 2))
         if "attn.k_rot" in wanted:
             self._emit("attn.k_rot", layer, key.transpose(1, 2))
         if "attn.scores" in wanted:
-            self._emit("attn.scores", layer, _scores(module, query, key, attention_mask, **kwargs))
-        if "attn.pattern" in wanted and not chunk:
+            self._emit("attn.scores", layer, _scores(module, query, key, eager_mask, **kwargs))
+        if "attn.pattern" in wanted and weights is not None:
             self._emit("attn.pattern", layer, weights)
         return out, weights
 
-    def _query_chunk(self, query, key, attention_mask) -> int | None:
-        """Queries per chunk when attn.pattern can be reduced chunk by chunk (its reducer declares that its results
-        add up over queries, e.g. column sums) and the whole map would exceed CHUNK_ELEMENTS; else None."""
+    def _sums_pattern_over_queries(self) -> bool:
+        """attn.pattern's reducer adds its results up over queries (column sums), so the map can be made and
+        reduced chunk by chunk, and no other point asks for the whole map (attn.scores)."""
         flag = getattr(self.reduce, "sums_over_queries", False)
         additive = flag is True or (isinstance(flag, (set, frozenset)) and "attn.pattern" in flag)
-        if not additive or "attn.scores" in self.points or attention_mask is None:
-            return None
-        heads, queries, keys = query.shape[1], query.shape[2], key.shape[2]
-        chunk = max(1, CHUNK_ELEMENTS // (heads * keys))
-        return chunk if chunk < queries else None
+        return additive and "attn.pattern" in self.points and "attn.scores" not in self.points
 
-    def _chunked_pattern(self, module, layer, chunk, query, key, value, attention_mask, **kwargs):
-        """The family's eager attention over query chunks (each row's mask travels with it), reducing each chunk's
-        probabilities at once and adding them up: one layer never holds the whole map."""
-        eager, outs, total = eager_attention(module), [], None
-        for start in range(0, query.shape[2], chunk):
+    def _summed_pattern(self, module, layer, query, key, value, attention_mask, eager_mask, **kwargs):
+        """The layer's output from the model's own attention kernel (as in a plain forward), and its probabilities
+        made separately in float32, query chunk by query chunk (at most CHUNK_ELEMENTS entries at once), each chunk
+        over only the keys its queries can see (a causal map's masked half is never made) and reduced at once;
+        the reduced chunks, zero-padded to every key, are added up. No probabilities go back to the model."""
+        out, _ = _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
+        mask = eager_mask[..., : key.shape[-2]]
+        visible = mask > torch.finfo(mask.dtype).min / 2
+        heads, queries, keys = query.shape[1], query.shape[2], key.shape[2]
+        chunk, total = max(1, CHUNK_ELEMENTS // (heads * keys)), None
+        for start in range(0, queries, chunk):
             rows = slice(start, start + chunk)
-            out, weights = eager(module, query[:, :, rows], key, value, attention_mask[:, :, rows], **kwargs)
-            outs.append(out)
-            part = self.reduce("attn.pattern", layer, weights.detach())
+            seen = _keys_seen(visible[:, :, rows])
+            logits = _logits(module, query[:, :, rows], key[:, :, :seen], **kwargs).add_(mask[:, :, rows, :seen])
+            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # as eager: masked in the model's dtype
+            part = [nn.functional.pad(r, (0, keys - seen)) for r in self.reduce("attn.pattern", layer, probs)]
             total = part if total is None else [a + b for a, b in zip(total, part)]
         self.results.setdefault(("attn.pattern", layer), []).append(total)
-        return torch.cat(outs, dim=1), None
+        return out, None
+
+
+def _keys_seen(visible) -> int:
+    """How many leading keys the queries of a mask chunk (bool, True: attend) need: up to the last key any of them
+    sees; all keys when a query sees none (eager then spreads it evenly over every key)."""
+    keys = visible.shape[-1]
+    if not visible.any(-1).all():
+        return keys
+    return int(visible.flatten(0, -2).any(0).nonzero().max()) + 1
 
 
 def model_configs(model: nn.Module) -> list:
@@ -413,14 +428,20 @@ def _delegate(name, module, query, key, value, attention_mask, **kwargs):
     return ALL_ATTENTION_FUNCTIONS[name](module, query, key, value, attention_mask, **kwargs)
 
 
-def _scores(module, query, key, attention_mask, scaling=None, softcap=None, **kwargs):
-    """The logits the softmax sees: scaled q.k (soft-capped where the family does), masked entries -inf."""
+def _logits(module, query, key, scaling=None, softcap=None, **kwargs):
+    """Scaled q.k for every head (key heads repeated for grouped queries), soft-capped where the family does."""
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1) if groups > 1 else key
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
+    return scores
+
+
+def _scores(module, query, key, attention_mask, **kwargs):
+    """The logits the softmax sees: scaled q.k (soft-capped where the family does), masked entries -inf."""
+    scores = _logits(module, query, key, **kwargs)
     if attention_mask is not None:
         mask = attention_mask[..., : key.shape[-2]]
         blocked = ~mask if mask.dtype == torch.bool else mask <= torch.finfo(mask.dtype).min / 2
