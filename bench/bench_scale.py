@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_capture import peak_bytes, statistics_pass  # noqa: E402
+from bench_capture import MEMORY_ENV, peak_bytes, statistics_pass  # noqa: E402
 from lib.files import write_json  # noqa: E402
 from lib.provenance import provenance  # noqa: E402
 
@@ -110,7 +110,8 @@ def main(argv=None):
              "--vocab", str(args.vocab)]
     peaks = {}
     for mode in ("logits", "decoder", "stats") + (("reference",) if args.reference else ()):
-        out = subprocess.run([sys.executable, __file__, "--memory-mode", mode, *shape], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, __file__, "--memory-mode", mode, *shape], capture_output=True, text=True,
+                             env=MEMORY_ENV)
         if out.returncode != 0:
             raise SystemExit(f"memory run {mode} failed: {out.stderr.strip().splitlines()[-1:]}")
         peaks[mode] = int(out.stdout.strip().splitlines()[-1])

@@ -41,7 +41,7 @@ POINTS = ("resid_pre", "resid_post", "ln1", "ln2", "attn.q", "attn.k", "attn.v",
           "mlp.gate_out", "mlp.up_out", "mlp.act_out", "mlp.down_in", "mlp.down_out", "attn.scale", "attn.extra")
 REGISTRY_POINTS = ("attn.q_rot", "attn.k_rot", "attn.scores", "attn.pattern")
 ATTN_NAME = "systematic_outliers_capture"
-CHUNK_ELEMENTS = 2**25  # attention-map entries one layer may hold at once when its reducer works chunk by chunk
+CHUNK_ELEMENTS = 2**23  # attention-map entries one layer may hold at once when its reducer works chunk by chunk
 
 _ACTIVE: dict[nn.Module, "Capture"] = {}  # attention module -> the capture that owns it right now
 
@@ -350,11 +350,10 @@ class Capture:
         if layer not in self._requested:
             return _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
         wanted = set(self.points)
-        eager_mask = additive_mask(attention_mask, query, key)
         if self._sums_pattern_over_queries():
-            out, weights = self._summed_pattern(module, layer, query, key, value, attention_mask, eager_mask,
-                                                **kwargs)
+            out, weights = self._summed_pattern(module, layer, query, key, value, attention_mask, **kwargs)
         else:
+            eager_mask = additive_mask(attention_mask, query, key)
             out, weights = eager_attention(module)(module, query, key, value, eager_mask, **kwargs)
         if "attn.q_rot" in wanted:
             self._emit("attn.q_rot", layer, query.transpose(1, 2))
@@ -373,20 +372,19 @@ class Capture:
         additive = flag is True or (isinstance(flag, (set, frozenset)) and "attn.pattern" in flag)
         return additive and "attn.pattern" in self.points and "attn.scores" not in self.points
 
-    def _summed_pattern(self, module, layer, query, key, value, attention_mask, eager_mask, **kwargs):
+    def _summed_pattern(self, module, layer, query, key, value, attention_mask, **kwargs):
         """The layer's output from the model's own attention kernel (as in a plain forward), and its probabilities
         made separately in float32, query chunk by query chunk (at most CHUNK_ELEMENTS entries at once), each chunk
         over only the keys its queries can see (a causal map's masked half is never made) and reduced at once;
         the reduced chunks, zero-padded to every key, are added up. No probabilities go back to the model."""
         out, _ = _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
-        mask = eager_mask[..., : key.shape[-2]]
-        visible = mask > torch.finfo(mask.dtype).min / 2
         heads, queries, keys = query.shape[1], query.shape[2], key.shape[2]
         chunk, total = max(1, CHUNK_ELEMENTS // (heads * keys)), None
         for start in range(0, queries, chunk):
             rows = slice(start, start + chunk)
-            seen = _keys_seen(visible[:, :, rows])
-            logits = _logits(module, query[:, :, rows], key[:, :, :seen], **kwargs).add_(mask[:, :, rows, :seen])
+            mask = additive_mask(attention_mask, query, key, rows)  # these rows only: no whole mask either
+            seen = _keys_seen(mask > torch.finfo(mask.dtype).min / 2)
+            logits = _logits(module, query[:, :, rows], key[:, :, :seen], **kwargs).add_(mask[..., :seen])
             probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # as eager: masked in the model's dtype
             part = [nn.functional.pad(r, (0, keys - seen)) for r in self.reduce("attn.pattern", layer, probs)]
             total = part if total is None else [a + b for a, b in zip(total, part)]
@@ -456,14 +454,18 @@ def _dispatch(module, query, key, value, attention_mask, **kwargs):
     return capture._attention(module, query, key, value, attention_mask, **kwargs)
 
 
-def additive_mask(mask, query, key):
-    """The additive float mask that eager attention adds to its scores, from what sdpa's mask function gave: None
-    (plain causal, which sdpa runs as is_causal) or a boolean mask (True: attend); a float mask is returned as is."""
-    if mask is not None and mask.dtype != torch.bool:
-        return mask
-    if mask is None:
-        queries, keys = query.shape[-2], key.shape[-2]
-        mask = torch.ones(queries, keys, dtype=torch.bool, device=query.device).tril(keys - queries)[None, None]
+def additive_mask(mask, query, key, rows=slice(None)):
+    """The additive float mask that eager attention adds to its scores (its query rows `rows`, keys up to key's
+    length), from what sdpa's mask function gave: None (plain causal, which sdpa runs as is_causal), a boolean
+    mask (True: attend) or already a float one."""
+    queries, keys = query.shape[-2], key.shape[-2]
+    if mask is not None:
+        mask = mask[:, :, rows, :keys]
+        if mask.dtype != torch.bool:
+            return mask
+    else:
+        last_key = torch.arange(queries, device=query.device)[rows, None] + (keys - queries)
+        mask = (torch.arange(keys, device=query.device) <= last_key)[None, None]
     blocked = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
     return blocked.masked_fill_(~mask, torch.finfo(query.dtype).min)
 
