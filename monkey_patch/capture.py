@@ -208,11 +208,13 @@ class Capture:
         return False
 
     # --- storing ----------------------------------------------------------------------------------------------
-    def _emit(self, point: str, layer: int, tensor: torch.Tensor) -> None:
+    def _emit(self, point: str, layer: int, tensor: torch.Tensor, ours: bool = False) -> None:
+        """Hand a captured tensor to the reducer, or keep it (float32, CPU); `ours`: made by capture itself, so no
+        model can write into it later and it needs no copy."""
         tensor = tensor.detach()
         if self.reduce is None:
             kept = tensor.to("cpu", torch.float32)
-            if kept.data_ptr() == tensor.data_ptr():  # models may later write into it in place (falcon does)
+            if kept.data_ptr() == tensor.data_ptr() and not ours:  # models may write into theirs (falcon does)
                 kept = kept.clone()
             self.results[(point, layer)] = kept
         else:
@@ -360,7 +362,7 @@ class Capture:
         if "attn.k_rot" in wanted:
             self._emit("attn.k_rot", layer, key.transpose(1, 2))
         if "attn.scores" in wanted:
-            self._emit("attn.scores", layer, _scores(module, query, key, eager_mask, **kwargs))
+            self._emit("attn.scores", layer, _scores(module, query, key, eager_mask, **kwargs), ours=True)
         if "attn.pattern" in wanted and weights is not None:
             self._emit("attn.pattern", layer, weights)
         return out, weights
@@ -443,7 +445,7 @@ def _scores(module, query, key, attention_mask, **kwargs):
     if attention_mask is not None:
         mask = attention_mask[..., : key.shape[-2]]
         blocked = ~mask if mask.dtype == torch.bool else mask <= torch.finfo(mask.dtype).min / 2
-        scores = scores.masked_fill(blocked, float("-inf"))
+        scores.masked_fill_(blocked, float("-inf"))
     return scores
 
 
