@@ -44,8 +44,8 @@ def _llama(**kw):
 
 def _default_shape():
     import transformers
-    from lib.models import gemma3_270m_folder
-    return transformers.AutoConfig.from_pretrained(gemma3_270m_folder())
+    from lib.models import default_model_folder
+    return transformers.AutoConfig.from_pretrained(default_model_folder())
 
 
 # Random-init shapes: weights do not matter for time or memory, so no download is needed.

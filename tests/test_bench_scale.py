@@ -19,3 +19,10 @@ def test_reduced_size_run_writes_every_ratio(tmp_path):
     w = result["time"]
     full = w["weights_bytes"] + 30 * w["layer_weights_bytes"]  # 2 layers measured, 32 estimated
     assert result["estimate_32_layers_bytes"]["decoder"] == full + result["peak_bytes_above_weights"]["decoder"]
+
+
+def test_every_capture_bench_shape_builds_its_config():
+    # the default model's shape reads the converted default model's config (an integration check)
+    import bench_capture
+    for name, config in bench_capture.SHAPES.items():
+        assert config().num_hidden_layers >= 2, name
