@@ -58,16 +58,21 @@ def project_version() -> str:
     return "unknown"
 
 
+RESULT_SUFFIXES = (".json", ".jsonl", ".md", ".png", ".log")  # what runs write: not code
+
+
 @functools.lru_cache(maxsize=1)
 def git_state() -> dict:
-    """The commit and whether tracked files differ from it, read once per process: a run that rewrites committed
-    result files in place must not call its own later results dirty."""
+    """The commit and whether tracked files other than results differ from it (`dirty`: the code is not the
+    commit's), read once per process: a run that rewrites committed result files in place must not call its own
+    later results dirty, nor one run another's."""
     def git(*args):
         out = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() if out.returncode == 0 else None
+        return out.stdout if out.returncode == 0 else None
     try:
-        commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+        commit = (git("rev-parse", "HEAD") or "").strip() or None
+        changed = [line[3:] for line in (git("status", "--porcelain", "--untracked-files=no") or "").splitlines()]
+        dirty = any(not path.endswith(RESULT_SUFFIXES) for path in changed) if commit else None
     except (OSError, subprocess.TimeoutExpired):
         commit, dirty = None, None
     return {"commit": commit, "dirty": dirty}

@@ -74,3 +74,24 @@ def test_check_reruns_a_results_folder_and_finds_what_changed(tmp_path, monkeypa
     assert any("not the ones" in n for n in notes)
     with pytest.raises(Exception, match="no result files"):
         check.check_folder(tmp_path / "task")
+
+
+def test_rewritten_results_do_not_make_the_code_dirty(tmp_path, monkeypatch):
+    import subprocess
+    from lib import provenance as P
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "result.json").write_text("{}\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    monkeypatch.setattr(P, "ROOT", tmp_path)
+    states = []
+    for path, text in (("result.json", '{"a": 1}\n'), ("code.py", "x = 2\n")):
+        (tmp_path / path).write_text(text)
+        P.git_state.cache_clear()
+        states.append(P.git_state()["dirty"])
+    P.git_state.cache_clear()
+    assert states == [False, True]

@@ -41,7 +41,8 @@ def gemma_consequences():
 
 def capture_bench():
     claims = []
-    for name in ("capture.json", "capture_llama-30x576.json"):
+    for name in ("capture.json", "capture_gemma3-270m.json", "capture_llama-30x576.json",
+                 "capture_llama2-7b-2layers.json"):
         b = load(f"bench/results/{name}")
         t, m = b["time"], b["memory"]
         mib = {k: v / 2**20 for k, v in m["peak_bytes"].items()}
