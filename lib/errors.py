@@ -7,6 +7,12 @@ class UserError(Exception):
     """A mistake in what the user asked for (bad flag, missing weights, too little data...)."""
 
 
+def first_line(e: Exception) -> str:
+    """An exception's message cut to its first line (its type's name if it has none), to quote in a UserError."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 @contextmanager
 def user_errors_exit(prog: str = ""):
     """Turn UserError (and a few obvious user-caused OS errors) into a one-line message and exit code 2."""

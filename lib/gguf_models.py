@@ -12,11 +12,12 @@ import re
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
 
-from lib.errors import UserError
+from lib.errors import UserError, first_line
 from lib.files import file_sha256, sha256_of
 from lib.sdist import cache_dir
 from monkey_patch.adapters import FAMILIES, GGUF_ARCHITECTURES
@@ -171,7 +172,7 @@ def _read(path: Path):
     try:
         reader = GGUFReader(path)
     except Exception as e:  # the reader's errors for a short or mangled file are ValueError, IndexError...
-        raise UserError(f"{path} is truncated or damaged: the GGUF reader fails on it ({_first_line(e)}); "
+        raise UserError(f"{path} is truncated or damaged: the GGUF reader fails on it ({first_line(e)}); "
                         "download or copy it again") from None
     end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
     if end > path.stat().st_size:
@@ -240,23 +241,15 @@ def quantization(reader) -> str:
     file_type = field_value(reader, "general.file_type")
     if file_type in LlamaFileType._value2member_map_:
         return LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    elements = {}
+    elements = Counter()
     for tensor in reader.tensors:
-        elements[tensor.tensor_type.name] = elements.get(tensor.tensor_type.name, 0) + int(tensor.n_elements)
-    return max(elements, key=elements.get) if elements else "unknown"
+        elements[tensor.tensor_type.name] += int(tensor.n_elements)
+    return elements.most_common(1)[0][0] if elements else "unknown"
 
 
 def tensor_type_counts(reader) -> dict[str, int]:
     """How many tensors the file stores in each type: a Q4_K_M file mixes Q4_K, Q6_K and F32."""
-    counts = {}
-    for tensor in reader.tensors:
-        counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
-    return dict(sorted(counts.items()))
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return dict(sorted(Counter(tensor.tensor_type.name for tensor in reader.tensors).items()))
 
 
 # --- the default model's file ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from lib import gguf_models
-from lib.errors import UserError
+from lib.errors import UserError, first_line
 from lib.sdist import cache_dir
 from monkey_patch.adapters import FAMILIES
 
@@ -173,7 +173,7 @@ def load_model(model: str = DEFAULT_MODEL, model_path: str | None = None, device
     try:
         config = AutoConfig.from_pretrained(spec.source)
     except (OSError, ValueError) as e:
-        raise UserError(f"cannot load the config of {model!r} from {spec.source} ({_first_line(e)}); "
+        raise UserError(f"cannot load the config of {model!r} from {spec.source} ({first_line(e)}); "
                         f"download it first or point --model-path / ${MODELS_ENV} at local weights") from None
     check_supported(config)
     kwargs = dict(dtype=torch_dtype)
@@ -185,7 +185,7 @@ def load_model(model: str = DEFAULT_MODEL, model_path: str | None = None, device
         net = AutoModelForCausalLM.from_pretrained(spec.source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(spec.source)
     except OSError as e:
-        raise UserError(f"cannot load the weights of {model!r} from {spec.source}: {_first_line(e)}") from None
+        raise UserError(f"cannot load the weights of {model!r} from {spec.source}: {first_line(e)}") from None
     if device != "auto":
         net = net.to(device)
     net.eval()
@@ -207,8 +207,3 @@ def check_supported(config) -> None:
     model_type = getattr(config, "model_type", None)
     if model_type not in FAMILIES:
         raise UserError(f"unsupported architecture {model_type!r}: supported families are {', '.join(sorted(FAMILIES))}")
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -439,14 +439,11 @@ def _logits(module, query, key, scaling=None, softcap=None, **kwargs):
     return scores
 
 
-def _scores(module, query, key, attention_mask, **kwargs):
-    """The logits the softmax sees: scaled q.k (soft-capped where the family does), masked entries -inf."""
+def _scores(module, query, key, eager_mask, **kwargs):
+    """The logits the softmax sees: scaled q.k (soft-capped where the family does), entries that eager's additive
+    mask blocks set to -inf."""
     scores = _logits(module, query, key, **kwargs)
-    if attention_mask is not None:
-        mask = attention_mask[..., : key.shape[-2]]
-        blocked = ~mask if mask.dtype == torch.bool else mask <= torch.finfo(mask.dtype).min / 2
-        scores.masked_fill_(blocked, float("-inf"))
-    return scores
+    return scores.masked_fill_(eager_mask <= torch.finfo(eager_mask.dtype).min / 2, float("-inf"))
 
 
 def _dispatch(module, query, key, value, attention_mask, **kwargs):
