@@ -20,11 +20,12 @@ from train import checkpoints  # noqa: E402
 
 def members(run, logs, keep_optimizer=()):
     name = os.path.basename(run.rstrip("/"))
+    short = name.removeprefix("out-emergence-")  # as run_gpu.sh names the run (and its log)
     found = checkpoints(run)
     if found:
         it, path = found[-1]
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if name.replace("out-emergence-", "") not in keep_optimizer:
+        if short not in keep_optimizer:
             ckpt.pop("optimizer", None)
         buf = io.BytesIO()
         torch.save(ckpt, buf)
@@ -32,7 +33,7 @@ def members(run, logs, keep_optimizer=()):
     for fname in ("train_log.jsonl", "stats.jsonl"):
         if os.path.exists(os.path.join(run, fname)):
             yield f"{name}/{fname}", open(os.path.join(run, fname), "rb").read()
-    log = os.path.join(logs, name.replace("out-emergence-", "") + ".log") if logs else None
+    log = os.path.join(logs, short + ".log") if logs else None
     if log and os.path.exists(log):
         yield f"{name}/console.log", open(log, "rb").read()
 
