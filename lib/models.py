@@ -88,6 +88,8 @@ def resolve(model: str, model_path: str | None = None) -> ModelSpec:
             return _gguf_spec(gguf, folder.name)
         _require_config(folder)
         return ModelSpec(folder.name, str(folder), folder.name, 4096, "float16")
+    if model.endswith(".gguf") or model.startswith(("/", "./", "../", "~")):  # a path, never a hub id
+        raise UserError(f"--model {model!r}: no such file or folder")
     info = REGISTRY.get(model)
     if info is None:
         if "/" not in model:

@@ -94,3 +94,9 @@ def test_bad_device_and_dtype_are_user_errors(tmp_path):
 def test_folder_without_config_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="no config.json"):
         resolve(str(tmp_path))
+
+
+def test_a_missing_file_or_folder_is_a_user_error_not_a_hub_lookup(tmp_path):
+    for missing in (str(tmp_path / "model.gguf"), str(tmp_path / "absent"), "missing.gguf", "./absent"):
+        with pytest.raises(UserError, match="no such file or folder"):
+            resolve(missing)
