@@ -68,52 +68,90 @@ def topk_magnitudes(h, k=3):
     0-based token and channel positions of each top value. ``k`` is clamped to ``h.numel()``.
     """
     _require_tensor(h, 2, "h", "[tokens, channels]")
-    # abs, top-k and median only select values, so they are exact in h's own dtype: no float32 copy of a large
-    # bf16/fp16 tensor is needed, and the results are the same floats as on its float32 upcast.
-    magnitudes = h.detach().abs()
-    values, flat = _topk_2d(magnitudes, min(k, magnitudes.numel()))
-    tokens, channels = _unravel(flat, magnitudes.shape[1])
-    return {
-        "top": values.float().tolist(),
-        "tokens": tokens,
-        "channels": channels,
-        "median": magnitude_median(magnitudes),
-    }
+    # top-k and median only select values, so they are exact in h's own dtype; one pass over |h|, a block of rows
+    # at a time, gives both the median's counts and each row's largest |h|: no copy of a large tensor, in any dtype
+    h = h.detach()
+    if _countable(h):
+        row_max = torch.empty(h.shape[0], dtype=h.dtype)
+        median = _median_from_counts(h, _count_top_bits(h, row_max))
+    else:
+        row_max, median = h.abs().amax(dim=1), magnitude_median(h, absolute=True)
+    values, flat = _topk_abs_2d(h, row_max, min(k, h.numel()))
+    tokens, channels = _unravel(flat, h.shape[1])
+    return {"top": values.float().tolist(), "tokens": tokens, "channels": channels, "median": median}
 
 
-def _topk_2d(m, k):
-    """torch.topk of a 2-D tensor's flattened values (values, flat indices), reading the whole tensor once: the k
-    largest entries lie in the k rows with the largest row maxima, so only those rows are searched."""
-    row_max = m.amax(dim=1)
-    if k >= m.shape[0] or torch.isnan(row_max).any():
-        top = torch.topk(m.flatten(), k)
+def _topk_abs_2d(h, row_max, k):
+    """torch.topk of |h| flattened (values, flat indices) for a 2-D h whose rows' largest |h| are row_max: the k
+    largest entries lie in the k rows with the largest maxima, so only those rows are searched."""
+    if k >= h.shape[0] or torch.isnan(row_max).any():
+        top = torch.topk(h.abs().flatten(), k)
         return top.values, top.indices
     rows = torch.topk(row_max, k).indices.sort().values
-    top = torch.topk(m[rows].flatten(), k)
-    n = m.shape[1]
+    top = torch.topk(h[rows].abs().flatten(), k)
+    n = h.shape[1]
     return top.values, rows[top.indices // n] * n + top.indices % n
 
 
-def magnitude_median(m) -> float:
-    """torch.median (the lower middle value) of a tensor of magnitudes (>= 0), as a float, in one counting pass
-    instead of a selection: a non-negative float's bit pattern read as an integer sorts as the float does, so
-    counting the 16-bit patterns of bf16/fp16 values finds the median exactly; for float32 the top 16 bits find
-    the median's bucket and a selection inside that bucket finishes it. Falls back to torch.median for other
-    dtypes and for NaN (which torch.median returns)."""
-    flat = m.detach().flatten()
-    if (flat.numel() == 0 or flat.dtype not in (torch.bfloat16, torch.float16, torch.float32) or flat.is_cuda
-            or flat.isnan().any()):
-        return flat.median().float().item()
-    rank = (flat.numel() - 1) // 2  # torch.median's element, counting from 0 in ascending order
-    if flat.dtype == torch.float32:
-        buckets = flat.view(torch.int32) >> 16
+MEDIAN_SLICE = 2**20  # entries of |h| made at a time by the counting median (its temporaries stay this small)
+_INF_BITS = {torch.bfloat16: 0x7F80, torch.float16: 0x7C00, torch.float32: 0x7F80}  # top 16 bits of +inf
+
+
+def magnitude_median(m, absolute=False) -> float:
+    """torch.median (the lower middle value) of a tensor of magnitudes (>= 0), or of |m| where `absolute`, as a
+    float, by counting instead of a selection: a non-negative float's bit pattern read as an integer sorts as the
+    float does, so counting the 16-bit patterns of bf16/fp16 values finds the median exactly; for float32 the top
+    16 bits find the median's bucket and a selection inside that bucket finishes it. |m| is made MEDIAN_SLICE
+    entries at a time. Falls back to torch.median for other dtypes and on a GPU; NaN gives NaN, as there."""
+    m = m.detach()
+    if not _countable(m):
+        return (m.abs() if absolute else m).median().float().item()
+    return _median_from_counts(m, _count_top_bits(m))
+
+
+def _countable(m) -> bool:
+    return m.numel() > 0 and m.dtype in _INF_BITS and not m.is_cuda
+
+
+def _abs_blocks(m):
+    """(rows or None, |block|): a 2-D m by blocks of whole rows, any other by slices, about MEDIAN_SLICE entries each."""
+    if m.dim() == 2:
+        step = max(1, MEDIAN_SLICE // max(1, m.shape[1]))
+        for start in range(0, m.shape[0], step):
+            yield slice(start, start + step), m[start:start + step].abs()
     else:
-        buckets = flat.view(torch.int16)
-    below = torch.bincount(buckets, minlength=1 << 15).cumsum(0)
+        flat = m.reshape(-1)
+        for start in range(0, flat.numel(), MEDIAN_SLICE):
+            yield None, flat[start:start + MEDIAN_SLICE].abs()
+
+
+def _top_bits(magnitudes):
+    """The top 16 bits of non-negative floats' bit patterns, as non-negative integers (bf16/fp16: all of them)."""
+    if magnitudes.dtype == torch.float32:
+        return magnitudes.view(torch.int32) >> 16
+    return magnitudes.view(torch.int16)
+
+
+def _count_top_bits(m, row_max=None):
+    """Counts of the top 16 bits of |m| ([2**15]); each row's largest |m| into row_max where given (2-D m)."""
+    counts = torch.zeros(1 << 15, dtype=torch.int64)
+    for rows, part in _abs_blocks(m):
+        counts += torch.bincount(_top_bits(part).flatten(), minlength=1 << 15)
+        if row_max is not None:
+            torch.amax(part, dim=1, out=row_max[rows])
+    return counts
+
+
+def _median_from_counts(m, counts) -> float:
+    """The lower median of |m| from its top-bit counts (float32: a second pass selects inside the bucket)."""
+    if counts[_INF_BITS[m.dtype]:].any() and m.isnan().any():  # NaN counts beside +inf: checked only when either is there
+        return float("nan")
+    rank = (m.numel() - 1) // 2  # torch.median's element, counting from 0 in ascending order
+    below = counts.cumsum(0)
     bucket = int(torch.searchsorted(below, rank, right=True))
-    if flat.dtype != torch.float32:
-        return torch.tensor([bucket], dtype=torch.int16).view(flat.dtype).float().item()
-    inside = flat[buckets == bucket]
+    if m.dtype != torch.float32:
+        return torch.tensor([bucket], dtype=torch.int16).view(m.dtype).float().item()
+    inside = torch.cat([part[_top_bits(part) == bucket] for _, part in _abs_blocks(m)])
     before = int(below[bucket - 1]) if bucket else 0
     return inside.kthvalue(rank - before + 1).values.item()
 

@@ -22,7 +22,9 @@ def attention_column_sums(point, layer, probs):
     return [outliers.column_sums(sequence).cpu() for sequence in probs]
 
 
-attention_column_sums.sums_over_queries = True  # Capture may reduce long maps query chunk by chunk and add up
+# Capture may reduce long maps chunk by chunk (query rows, blocks of heads) and add the results into their heads
+# and keys: a reducer flagged so returns per sequence a float32 CPU [heads, keys] sum over queries
+attention_column_sums.sums_over_queries = True
 
 
 def keep(point, layer, tensor):

@@ -22,14 +22,16 @@ attention scores/pattern are [batch, head, query, key]):
 `reduce(point, layer, tensor)` turns each captured tensor into something small on the fly (top-k, medians,
 attention column sums: see lib.reducers); its results are what `cap[point, layer]` returns, one per
 forward call in a list. Without `reduce`, each point holds the tensor of the latest forward call.
-Attention points run the family's own eager attention on the requested layers only (every other layer keeps
-its usual kernel, called exactly as in a plain forward). Where attn.pattern's reducer adds up over queries
-(column sums), the layer keeps its usual kernel too and the probabilities are made beside it, chunk by chunk
-over the keys each chunk sees, and never handed to the model. Leaving the context removes every hook and
-restores the attention implementation.
+Every layer's attention output comes from the model's own kernel, called exactly as in a plain forward, so a
+capture changes no number downstream. On the requested layers attn.scores and attn.pattern are made beside it
+the way the family's eager attention makes them (scaled q.k in the model's dtype, soft-capped where the family
+does, eager's additive mask, softmax in float32), chunk by chunk over the keys each chunk's queries see. Where
+attn.pattern's reducer adds up over queries (column sums), each chunk is reduced at once and the whole map is
+never held. Leaving the context removes every hook and restores the attention implementation.
 """
 import sys
 from contextlib import contextmanager
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -41,7 +43,9 @@ POINTS = ("resid_pre", "resid_post", "ln1", "ln2", "attn.q", "attn.k", "attn.v",
           "mlp.gate_out", "mlp.up_out", "mlp.act_out", "mlp.down_in", "mlp.down_out", "attn.scale", "attn.extra")
 REGISTRY_POINTS = ("attn.q_rot", "attn.k_rot", "attn.scores", "attn.pattern")
 ATTN_NAME = "systematic_outliers_capture"
-CHUNK_ELEMENTS = 2**23  # attention-map entries one layer may hold at once when its reducer works chunk by chunk
+CHUNK_ELEMENTS = 2**20  # attention-map entries made at once on a CPU (float32: 4 MiB, so each step stays in cache)
+CHUNK_ELEMENTS_GPU = 2**25  # on a GPU, where fewer, larger kernels are faster
+CHUNK_QUERIES = 256  # queries per chunk at most: smaller chunks skip more of a causal map's masked half
 
 _ACTIVE: dict[nn.Module, "Capture"] = {}  # attention module -> the capture that owns it right now
 
@@ -349,22 +353,26 @@ class Capture:
 
     def _attention(self, module, query, key, value, attention_mask, **kwargs):
         layer = self._layer_index[module]
+        # every layer's output comes from the model's own kernel, as in a plain forward; the maps are made beside it
+        out, weights = _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
         if layer not in self._requested:
-            return _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
+            return out, weights
         wanted = set(self.points)
-        if self._sums_pattern_over_queries():
-            out, weights = self._summed_pattern(module, layer, query, key, value, attention_mask, **kwargs)
-        else:
-            eager_mask = additive_mask(attention_mask, query, key)
-            out, weights = eager_attention(module)(module, query, key, value, eager_mask, **kwargs)
         if "attn.q_rot" in wanted:
             self._emit("attn.q_rot", layer, query.transpose(1, 2))
         if "attn.k_rot" in wanted:
             self._emit("attn.k_rot", layer, key.transpose(1, 2))
-        if "attn.scores" in wanted:
-            self._emit("attn.scores", layer, _scores(module, query, key, eager_mask, **kwargs), ours=True)
-        if "attn.pattern" in wanted and weights is not None:
-            self._emit("attn.pattern", layer, weights)
+        if self._sums_pattern_over_queries():
+            self._summed_pattern(module, layer, query, key, attention_mask, **kwargs)
+            return out, weights
+        if "attn.scores" in wanted or "attn.pattern" in wanted:
+            scores, pattern = _maps(module, query, key, attention_mask, "attn.scores" in wanted,
+                                    "attn.pattern" in wanted, **kwargs)
+            if scores is not None:
+                self._emit("attn.scores", layer, scores, ours=True)
+            if pattern is not None:
+                self._emit("attn.pattern", layer, pattern, ours=True)
+                weights = pattern if weights is None else weights
         return out, weights
 
     def _sums_pattern_over_queries(self) -> bool:
@@ -374,24 +382,104 @@ class Capture:
         additive = flag is True or (isinstance(flag, (set, frozenset)) and "attn.pattern" in flag)
         return additive and "attn.pattern" in self.points and "attn.scores" not in self.points
 
-    def _summed_pattern(self, module, layer, query, key, value, attention_mask, **kwargs):
-        """The layer's output from the model's own attention kernel (as in a plain forward), and its probabilities
-        made separately in float32, query chunk by query chunk (at most CHUNK_ELEMENTS entries at once), each chunk
-        over only the keys its queries can see (a causal map's masked half is never made) and reduced at once;
-        the reduced chunks, zero-padded to every key, are added up. No probabilities go back to the model."""
-        out, _ = _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
-        heads, queries, keys = query.shape[1], query.shape[2], key.shape[2]
-        chunk, total = max(1, CHUNK_ELEMENTS // (heads * keys)), None
-        for start in range(0, queries, chunk):
-            rows = slice(start, start + chunk)
-            mask = additive_mask(attention_mask, query, key, rows)  # these rows only: no whole mask either
-            seen = _keys_seen(mask > torch.finfo(mask.dtype).min / 2)
-            logits = _logits(module, query[:, :, rows], key[:, :, :seen], **kwargs).add_(mask[..., :seen])
-            probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # as eager: masked in the model's dtype
-            part = [nn.functional.pad(r, (0, keys - seen)) for r in self.reduce("attn.pattern", layer, probs)]
-            total = part if total is None else [a + b for a, b in zip(total, part)]
-        self.results.setdefault(("attn.pattern", layer), []).append(total)
-        return out, None
+    def _summed_pattern(self, module, layer, query, key, attention_mask, **kwargs) -> None:
+        """attn.pattern reduced chunk by chunk and added up; the whole map is never held. A reducer that sums over
+        queries gives per sequence a [heads, keys] float32 CPU tensor, so each chunk's result is added into its
+        heads and keys."""
+        total = torch.zeros(query.shape[0], query.shape[1], key.shape[2])
+        for chunk in _chunks(module, query, key, attention_mask, **kwargs):
+            for sequence, part in enumerate(self.reduce("attn.pattern", layer, chunk.probs())):
+                total[sequence, chunk.heads, :chunk.seen] += part
+        self.results.setdefault(("attn.pattern", layer), []).append(list(total))
+
+
+class _Chunk(NamedTuple):
+    """Eager attention's logits [batch, heads, rows, seen] (model dtype) for some heads and query rows, over the keys
+    up to the last one those queries see; the mask blocks `blocked` [.., rows, seen - acts] of keys acts..seen-1
+    and leaves the keys before `acts` alone. `spare`: a float32 buffer of the logits' shape."""
+    heads: slice
+    rows: slice
+    seen: int
+    logits: torch.Tensor
+    acts: int
+    blocked: torch.Tensor
+    spare: torch.Tensor
+
+    def probs(self) -> torch.Tensor:
+        """Eager's softmax, in float32 (in the spare buffer)."""
+        return torch.softmax(self.spare.copy_(self.logits), dim=-1, out=self.spare)
+
+    def scores(self) -> torch.Tensor:
+        """The logits with the blocked entries -inf (in place)."""
+        self.logits[..., self.acts:].masked_fill_(self.blocked, float("-inf"))
+        return self.logits
+
+
+def _chunks(module, query, key, attention_mask, **kwargs):
+    """Eager attention's logits chunk by chunk (_Chunk). A chunk holds at most CHUNK_QUERIES queries, the keys up to
+    the last one they see (so a causal map's masked half is mostly never made), and as many whole key-head groups
+    as keep it within the device's chunk_elements (on a CPU one group: a plain matrix product, each step in cache).
+    Two buffers serve every chunk: the next chunk overwrites the last one's logits and probabilities."""
+    batch, heads, queries, _ = query.shape
+    keys, groups = key.shape[2], heads // key.shape[1]
+    budget = chunk_elements(query.device)
+    rows_per = max(1, min(CHUNK_QUERIES, budget // (batch * groups * keys)))
+    heads_per = groups * max(1, budget // (batch * groups * rows_per * keys))
+    size = batch * min(heads, heads_per) * rows_per * keys
+    logits_buffer = torch.empty(size, dtype=query.dtype, device=query.device)
+    spare_buffer = torch.empty(size, dtype=torch.float32, device=query.device)
+    for start in range(0, queries, rows_per):
+        rows = slice(start, min(start + rows_per, queries))
+        seen, acts, mask, blocked = _chunk_mask(attention_mask, query, key, rows)
+        for first in range(0, heads, heads_per):
+            block = slice(first, first + heads_per)
+            kv = slice(first // groups, (first + heads_per) // groups)
+            logits = _logits(module, query[:, block, rows], key[:, kv, :seen], out=logits_buffer, **kwargs)
+            logits[..., acts:] += mask
+            yield _Chunk(block, rows, seen, logits, acts, blocked, spare_buffer[:logits.numel()].view(logits.shape))
+
+
+def _chunk_mask(attention_mask, query, key, rows):
+    """For the queries `rows`: (seen, acts, mask, blocked): the keys up to the last one any of them sees (all keys
+    where one sees none: eager then spreads it over every key), the first key the mask changes, and over keys
+    acts..seen-1 eager's additive mask and where it blocks. Plain causal attention (no mask) is masked only in
+    the chunk's own diagonal block, and only that block is made."""
+    queries, keys = query.shape[-2], key.shape[-2]
+    if attention_mask is None:
+        offset = keys - queries  # query i sees keys up to i + offset
+        seen, acts = min(keys, rows.stop + offset), min(keys, rows.start + offset + 1)
+        last = torch.arange(rows.start, rows.stop, device=query.device)[:, None] + offset
+        blocked = (torch.arange(acts, seen, device=query.device) > last)[None, None]
+        mask = torch.zeros(blocked.shape, dtype=query.dtype, device=query.device)
+        return seen, acts, mask.masked_fill_(blocked, torch.finfo(query.dtype).min), blocked
+    mask = additive_mask(attention_mask, query, key, rows)
+    blocked = mask <= torch.finfo(mask.dtype).min / 2
+    seen = _keys_seen(~blocked)
+    changed = mask[..., :seen].ne(0).flatten(0, -2).any(0).nonzero()
+    acts = int(changed.min()) if len(changed) else seen
+    return seen, acts, mask[..., acts:seen], blocked[..., acts:seen]
+
+
+def chunk_elements(device) -> int:
+    return CHUNK_ELEMENTS if device.type == "cpu" else CHUNK_ELEMENTS_GPU
+
+
+def _maps(module, query, key, attention_mask, want_scores: bool, want_pattern: bool, **kwargs):
+    """attn.scores (the logits the softmax sees, blocked entries -inf) and attn.pattern (eager's probabilities:
+    softmax in float32, rounded to the model's dtype), float32 [batch, heads, queries, keys], made chunk by chunk;
+    None for the one not wanted."""
+    shape = (query.shape[0], query.shape[1], query.shape[2], key.shape[2])
+    scores = torch.empty(shape, device=query.device) if want_scores else None
+    pattern = torch.empty(shape, device=query.device) if want_pattern else None
+    for chunk in _chunks(module, query, key, attention_mask, **kwargs):
+        heads, rows, seen = chunk.heads, chunk.rows, chunk.seen
+        if want_pattern:
+            pattern[:, heads, rows, :seen] = chunk.probs().to(query.dtype)
+            pattern[:, heads, rows, seen:] = 0.0
+        if want_scores:
+            scores[:, heads, rows, :seen] = chunk.scores()
+            scores[:, heads, rows, seen:] = float("-inf")
+    return scores, pattern
 
 
 def _keys_seen(visible) -> int:
@@ -428,22 +516,27 @@ def _delegate(name, module, query, key, value, attention_mask, **kwargs):
     return ALL_ATTENTION_FUNCTIONS[name](module, query, key, value, attention_mask, **kwargs)
 
 
-def _logits(module, query, key, scaling=None, softcap=None, **kwargs):
-    """Scaled q.k for every head (key heads repeated for grouped queries), soft-capped where the family does."""
-    groups = query.shape[1] // key.shape[1]
-    key = key.repeat_interleave(groups, dim=1) if groups > 1 else key
-    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scaling
+def _logits(module, query, key, out=None, scaling=None, softcap=None, **kwargs):
+    """Scaled q.k for every head, soft-capped where the family does, in the model's dtype as eager makes them (in the
+    flat buffer `out` where given). Grouped query heads share their key head without copies: each key head's
+    queries are stacked as rows of one product. With one sequence and one key head that is a plain matrix product
+    with the scale applied inside it (batched bf16 products are several times slower on a CPU, and a separate
+    scaling pass costs as much as the product)."""
+    batch, heads, queries, dim = query.shape
+    kv_heads, keys = key.shape[1], key.shape[2]
+    scale = scaling if scaling is not None else dim ** -0.5
+    stacked = query.reshape(batch, kv_heads, heads // kv_heads * queries, dim)
+    n = batch * heads * queries * keys
+    out = (torch.empty(n, dtype=query.dtype, device=query.device) if out is None else out[:n]).view(
+        *stacked.shape[:3], keys)
+    if batch * kv_heads == 1:
+        torch.addmm(out[0, 0], stacked[0, 0], key[0, 0].T, beta=0, alpha=scale, out=out[0, 0])
+    else:
+        torch.matmul(stacked, key.transpose(-1, -2), out=out).mul_(scale)
+    scores = out.view(batch, heads, queries, keys)
     if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
+        scores.copy_(torch.tanh(scores / softcap) * softcap)
     return scores
-
-
-def _scores(module, query, key, eager_mask, **kwargs):
-    """The logits the softmax sees: scaled q.k (soft-capped where the family does), entries that eager's additive
-    mask blocks set to -inf."""
-    scores = _logits(module, query, key, **kwargs)
-    return scores.masked_fill_(eager_mask <= torch.finfo(eager_mask.dtype).min / 2, float("-inf"))
 
 
 def _dispatch(module, query, key, value, attention_mask, **kwargs):

@@ -205,10 +205,12 @@ def test_monkey_patch_imports_nothing_from_lib():
             assert not any(n == "lib" or n.startswith("lib.") for n in names), f"{path.name} imports {names}"
 
 
+@pytest.mark.parametrize("head_blocks", [False, True])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_column_sums_made_chunk_by_chunk_equal_those_of_eager_attentions(family, monkeypatch):
-    """Column sums reduced over query chunks, each over only the keys its queries see, equal those of Hugging
-    Face's eager output_attentions, in a right-padded batch too; the model's output is that of a plain forward.
+def test_column_sums_made_chunk_by_chunk_equal_those_of_eager_attentions(family, head_blocks, monkeypatch):
+    """Column sums reduced over query chunks (and over blocks of heads), each over only the keys its queries see,
+    equal those of Hugging Face's eager output_attentions, in a right-padded batch too; the model's output is that
+    of a plain forward.
     Left padding leaves the pad queries nothing to see, where families' eager code differs (transformers 4.57's
     GPT-2 spreads them over the earlier keys, later releases over every key): there only the unpadded sequence
     is compared, and the padded one must stay finite."""
@@ -223,8 +225,10 @@ def test_column_sums_made_chunk_by_chunk_equal_those_of_eager_attentions(family,
     left[0, :5] = 0
     eager = tiny_model(family, attn_implementation="eager")
     eager.load_state_dict(model.state_dict())
-    heads = model.config.num_attention_heads
-    monkeypatch.setattr(capture_module, "CHUNK_ELEMENTS", heads * 40 * 7)  # 7 queries per chunk
+    monkeypatch.setattr(capture_module, "CHUNK_QUERIES", 7)
+    kv, groups = ModelView(model).num_kv_heads, model.config.num_attention_heads // ModelView(model).num_kv_heads
+    # with head blocks: 7 queries of 2 key heads' groups per chunk in a batch of one, of 1 in a batch of two
+    monkeypatch.setattr(capture_module, "CHUNK_ELEMENTS", 7 * 40 * groups * 2 if head_blocks else 2**20)
     shapes, logits = [], capture_module._logits
     monkeypatch.setattr(capture_module, "_logits", lambda m, q, k, **kw: (
         shapes.append((q.shape[2], k.shape[2])), logits(m, q, k, **kw))[1])
@@ -240,8 +244,9 @@ def test_column_sums_made_chunk_by_chunk_equal_those_of_eager_attentions(family,
                eager(input_ids=ids, attention_mask=left, output_attentions=True).attentions]
     layers = model.config.num_hidden_layers
     # unpadded: chunks of 7 queries over the keys up to their last query; padded: every key where a row sees none
-    assert shapes[:6] == [(7, 7), (7, 14), (7, 21), (7, 28), (7, 35), (5, 40)]
-    assert (7, 40) in shapes[12 * layers:]
+    one, two = ((kv + 1) // 2, kv) if head_blocks else (1, 1)  # logits per chunk of queries, batch of one / two
+    assert shapes[:6 * one] == [s for s in [(7, 7), (7, 14), (7, 21), (7, 28), (7, 35), (5, 40)] for _ in range(one)]
+    assert (7, 40) in shapes[6 * layers * (one + two):]
     torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
     for call, probs in enumerate(ref):
         for layer in range(layers):

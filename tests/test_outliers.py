@@ -422,9 +422,12 @@ def test_topk_and_median_of_half_precision_equal_those_of_its_float32_upcast():
         assert O.topk_magnitudes(h, k=4) == O.topk_magnitudes(h.float(), k=4)
 
 
+@pytest.mark.parametrize("slice_entries", [2**20, 100])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
-def test_counting_median_and_row_topk_equal_torch_on_every_dtype(dtype):
-    # the counting median and the row-maxima top-k against torch.median / torch.topk, ties and a planted peak
+def test_counting_median_and_row_topk_equal_torch_on_every_dtype(dtype, slice_entries, monkeypatch):
+    # the counting median (in one slice, and in slices of 100 entries) and the row-maxima top-k against
+    # torch.median / torch.topk, ties and a planted peak
+    monkeypatch.setattr(O, "MEDIAN_SLICE", slice_entries)
     g = torch.Generator().manual_seed(0)
     for shape in [(1, 1), (2, 3), (7, 5), (64, 33), (300, 257)]:
         for scale in (1e-3, 1.0, 1e3):
@@ -433,6 +436,7 @@ def test_counting_median_and_row_topk_equal_torch_on_every_dtype(dtype):
                 h[0, 0], h.view(-1)[3] = 5e3, h.view(-1)[5]
             m = h.abs()
             assert O.magnitude_median(m) == m.median().float().item()
+            assert O.magnitude_median(h, absolute=True) == m.median().float().item()
             stats = O.topk_magnitudes(h, k=3)
             assert stats["top"] == torch.topk(m.flatten(), min(3, m.numel())).values.float().tolist()
             assert [m[t, c].float().item() for t, c in zip(stats["tokens"], stats["channels"])] == stats["top"]
@@ -442,3 +446,5 @@ def test_counting_median_returns_nan_as_torch_does():
     h = torch.ones(4, 4)
     h[1, 2] = float("nan")
     assert math.isnan(O.magnitude_median(h.abs())) and math.isnan(h.abs().median().item())
+    assert math.isnan(O.magnitude_median(h, absolute=True))
+    assert math.isnan(O.topk_magnitudes(h)["median"])
