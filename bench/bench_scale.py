@@ -12,9 +12,9 @@ allocator's peak on a GPU):
              sums per head), decoder only, reduced on the fly
   reference  (--reference) every layer's full tensors and attention maps kept in fp64, as the original code does
 Time: stats / logits, the fastest of --repeats alternating runs of each in one process (and the median of the
-pair ratios). The 32-layer estimate adds the
-weights of 32 layers to each mode's peak: the statistics keep a few numbers per layer, so their peak does not
-grow with depth; the reference keeps every layer's tensors, so its per-layer growth is multiplied by 32.
+pair ratios). The 32-layer estimate adds the weights of 32 layers to each mode's peak: the statistics keep a few
+numbers per layer, so their peak does not grow with depth; the reference keeps every layer's tensors, so its
+per-layer growth is multiplied by 32.
 Writes bench/results/scale.json with the command and provenance.
 """
 import argparse
