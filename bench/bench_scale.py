@@ -64,7 +64,7 @@ def memory_mode(args) -> int:
     """Peak bytes above the loaded weights of one mode, in this process."""
     model = build(args, "eager" if args.memory_mode == "reference" else "sdpa")
     ids = torch.randint(0, args.vocab, (1, args.tokens), generator=torch.Generator().manual_seed(1)).to(args.device)
-    return peak_bytes(model, ids, lambda: run_mode(model, args.memory_mode, ids))
+    return peak_bytes(model, ids, lambda x: run_mode(model, args.memory_mode, x))
 
 
 def bench_time(args) -> dict:

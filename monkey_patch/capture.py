@@ -353,10 +353,15 @@ class Capture:
 
     def _attention(self, module, query, key, value, attention_mask, **kwargs):
         layer = self._layer_index[module]
-        # every layer's output comes from the model's own kernel, as in a plain forward; the maps are made beside it
+        pattern = None
+        if layer in self._requested:  # first, so that its buffers and the kernel's output are never held at once
+            pattern = self._capture_attention(module, layer, query, key, attention_mask, **kwargs)
+        # every layer's output comes from the model's own kernel, as in a plain forward
         out, weights = _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
-        if layer not in self._requested:
-            return out, weights
+        return out, pattern if weights is None else weights
+
+    def _capture_attention(self, module, layer, query, key, attention_mask, **kwargs):
+        """Emit the attention points of a requested layer; returns the whole pattern where it was made."""
         wanted = set(self.points)
         if "attn.q_rot" in wanted:
             self._emit("attn.q_rot", layer, query.transpose(1, 2))
@@ -364,16 +369,16 @@ class Capture:
             self._emit("attn.k_rot", layer, key.transpose(1, 2))
         if self._sums_pattern_over_queries():
             self._summed_pattern(module, layer, query, key, attention_mask, **kwargs)
-            return out, weights
-        if "attn.scores" in wanted or "attn.pattern" in wanted:
-            scores, pattern = _maps(module, query, key, attention_mask, "attn.scores" in wanted,
-                                    "attn.pattern" in wanted, **kwargs)
-            if scores is not None:
-                self._emit("attn.scores", layer, scores, ours=True)
-            if pattern is not None:
-                self._emit("attn.pattern", layer, pattern, ours=True)
-                weights = pattern if weights is None else weights
-        return out, weights
+            return None
+        if "attn.scores" not in wanted and "attn.pattern" not in wanted:
+            return None
+        scores, pattern = _maps(module, query, key, attention_mask, "attn.scores" in wanted,
+                                "attn.pattern" in wanted, **kwargs)
+        if scores is not None:
+            self._emit("attn.scores", layer, scores, ours=True)
+        if pattern is not None:
+            self._emit("attn.pattern", layer, pattern, ours=True)
+        return pattern
 
     def _sums_pattern_over_queries(self) -> bool:
         """attn.pattern's reducer adds its results up over queries (column sums), so the map can be made and
