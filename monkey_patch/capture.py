@@ -44,7 +44,7 @@ POINTS = ("resid_pre", "resid_post", "ln1", "ln2", "attn.q", "attn.k", "attn.v",
 REGISTRY_POINTS = ("attn.q_rot", "attn.k_rot", "attn.scores", "attn.pattern")
 ATTN_NAME = "systematic_outliers_capture"
 CHUNK_ELEMENTS = 2**20  # attention-map entries made at once on a CPU (float32: 4 MiB, so each step stays in cache)
-CHUNK_ELEMENTS_GPU = 2**25  # on a GPU, where fewer, larger kernels are faster
+CHUNK_ELEMENTS_GPU = 2**25  # on a GPU, where fewer, larger kernels are faster (see _chunk_plan)
 CHUNK_QUERIES = 256  # queries per chunk at most: smaller chunks skip more of a causal map's masked half
 
 _ACTIVE: dict[nn.Module, "Capture"] = {}  # attention module -> the capture that owns it right now
@@ -393,15 +393,16 @@ class Capture:
         heads and keys."""
         total = torch.zeros(query.shape[0], query.shape[1], key.shape[2])
         for chunk in _chunks(module, query, key, attention_mask, **kwargs):
-            for sequence, part in enumerate(self.reduce("attn.pattern", layer, chunk.probs())):
-                total[sequence, chunk.heads, :chunk.seen] += part
+            parts = self.reduce("attn.pattern", layer, chunk.probs())
+            total[chunk.sequences, chunk.heads, :chunk.seen] += torch.stack(parts)
         self.results.setdefault(("attn.pattern", layer), []).append(list(total))
 
 
 class _Chunk(NamedTuple):
-    """Eager attention's logits [batch, heads, rows, seen] (model dtype) for some heads and query rows, over the keys
-    up to the last one those queries see; the mask blocks `blocked` [.., rows, seen - acts] of keys acts..seen-1
-    and leaves the keys before `acts` alone. `spare`: a float32 buffer of the logits' shape."""
+    """Eager attention's logits [sequences, heads, rows, seen] (model dtype) for some sequences, heads and query
+    rows, over the keys up to the last one those queries see; the mask blocks `blocked` [.., rows, seen - acts] of
+    keys acts..seen-1 and leaves the keys before `acts` alone. `spare`: a float32 buffer of the logits' shape."""
+    sequences: slice
     heads: slice
     rows: slice
     seen: int
@@ -421,27 +422,40 @@ class _Chunk(NamedTuple):
 
 
 def _chunks(module, query, key, attention_mask, **kwargs):
-    """Eager attention's logits chunk by chunk (_Chunk). A chunk holds at most CHUNK_QUERIES queries, the keys up to
-    the last one they see (so a causal map's masked half is mostly never made), and as many whole key-head groups
-    as keep it within the device's chunk_elements (on a CPU one group: a plain matrix product, each step in cache).
-    Two buffers serve every chunk: the next chunk overwrites the last one's logits and probabilities."""
+    """Eager attention's logits chunk by chunk (_Chunk), each over the keys up to the last one its queries see (so
+    a causal map's masked half is mostly never made), in the shapes of _chunk_plan. Two buffers serve every chunk:
+    the next chunk overwrites the last one's logits and probabilities."""
     batch, heads, queries, _ = query.shape
     keys, groups = key.shape[2], heads // key.shape[1]
-    budget = chunk_elements(query.device)
-    rows_per = max(1, min(CHUNK_QUERIES, budget // (batch * groups * keys)))
-    heads_per = groups * max(1, budget // (batch * groups * rows_per * keys))
-    size = batch * min(heads, heads_per) * rows_per * keys
+    seqs_per, heads_per, rows_per = _chunk_plan(batch, heads, groups, keys, cpu=query.device.type == "cpu")
+    size = seqs_per * heads_per * rows_per * keys
     logits_buffer = torch.empty(size, dtype=query.dtype, device=query.device)
     spare_buffer = torch.empty(size, dtype=torch.float32, device=query.device)
     for start in range(0, queries, rows_per):
         rows = slice(start, min(start + rows_per, queries))
         seen, acts, mask, blocked = _chunk_mask(attention_mask, query, key, rows)
-        for first in range(0, heads, heads_per):
-            block = slice(first, first + heads_per)
-            kv = slice(first // groups, (first + heads_per) // groups)
-            logits = _logits(module, query[:, block, rows], key[:, kv, :seen], out=logits_buffer, **kwargs)
-            logits[..., acts:] += mask
-            yield _Chunk(block, rows, seen, logits, acts, blocked, spare_buffer[:logits.numel()].view(logits.shape))
+        for first_sequence in range(0, batch, seqs_per):
+            sequences = slice(first_sequence, first_sequence + seqs_per)
+            chunk_mask, chunk_blocked = (mask, blocked) if mask.shape[0] == 1 else (mask[sequences], blocked[sequences])
+            for first in range(0, heads, heads_per):
+                block = slice(first, first + heads_per)
+                kv = slice(first // groups, (first + heads_per) // groups)
+                logits = _logits(module, query[sequences, block, rows], key[sequences, kv, :seen], out=logits_buffer,
+                                 **kwargs)
+                logits[..., acts:] += chunk_mask
+                spare = spare_buffer[:logits.numel()].view(logits.shape)
+                yield _Chunk(sequences, block, rows, seen, logits, acts, chunk_blocked, spare)
+
+
+def _chunk_plan(batch: int, heads: int, groups: int, keys: int, cpu: bool) -> tuple[int, int, int]:
+    """(sequences, heads, queries) that one chunk holds. On a CPU one sequence and one key head's group of query
+    heads, and as many queries as keep it within CHUNK_ELEMENTS: a plain matrix product whose steps stay in cache
+    (batched bf16 products are several times slower there). On a GPU every sequence and as many whole groups as
+    keep it within CHUNK_ELEMENTS_GPU: fewer, larger kernels. At most CHUNK_QUERIES queries either way."""
+    if cpu:
+        return 1, groups, max(1, min(CHUNK_QUERIES, CHUNK_ELEMENTS // (groups * keys)))
+    rows = max(1, min(CHUNK_QUERIES, CHUNK_ELEMENTS_GPU // (batch * groups * keys)))
+    return batch, min(heads, groups * max(1, CHUNK_ELEMENTS_GPU // (batch * groups * rows * keys))), rows
 
 
 def _chunk_mask(attention_mask, query, key, rows):
@@ -465,10 +479,6 @@ def _chunk_mask(attention_mask, query, key, rows):
     return seen, acts, mask[..., acts:seen], blocked[..., acts:seen]
 
 
-def chunk_elements(device) -> int:
-    return CHUNK_ELEMENTS if device.type == "cpu" else CHUNK_ELEMENTS_GPU
-
-
 def _maps(module, query, key, attention_mask, want_scores: bool, want_pattern: bool, **kwargs):
     """attn.scores (the logits the softmax sees, blocked entries -inf) and attn.pattern (eager's probabilities:
     softmax in float32, rounded to the model's dtype), float32 [batch, heads, queries, keys], made chunk by chunk;
@@ -477,13 +487,13 @@ def _maps(module, query, key, attention_mask, want_scores: bool, want_pattern: b
     scores = torch.empty(shape, device=query.device) if want_scores else None
     pattern = torch.empty(shape, device=query.device) if want_pattern else None
     for chunk in _chunks(module, query, key, attention_mask, **kwargs):
-        heads, rows, seen = chunk.heads, chunk.rows, chunk.seen
+        sequences, heads, rows, seen = chunk.sequences, chunk.heads, chunk.rows, chunk.seen
         if want_pattern:
-            pattern[:, heads, rows, :seen] = chunk.probs().to(query.dtype)
-            pattern[:, heads, rows, seen:] = 0.0
+            pattern[sequences, heads, rows, :seen] = chunk.probs().to(query.dtype)
+            pattern[sequences, heads, rows, seen:] = 0.0
         if want_scores:
-            scores[:, heads, rows, :seen] = chunk.scores()
-            scores[:, heads, rows, seen:] = float("-inf")
+            scores[sequences, heads, rows, :seen] = chunk.scores()
+            scores[sequences, heads, rows, seen:] = float("-inf")
     return scores, pattern
 
 

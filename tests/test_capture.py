@@ -30,7 +30,7 @@ def family_run(request):
     with torch.no_grad():
         logits_before = model(ids).logits
         with Capture(model, view.supported_points()) as cap:
-            model(ids)
+            logits_inside = model(ids).logits
         logits_after = model(ids).logits
     eager = tiny_model(family, attn_implementation="eager")
     eager.load_state_dict(model.state_dict())
@@ -38,7 +38,7 @@ def family_run(request):
         ref = eager(ids, output_hidden_states=True, output_attentions=True)
     return dict(family=family, model=model, view=view, cap=cap, ref=ref, ids=ids,
                 hooks_before=hooks_before, impl_before=impl_before,
-                logits_before=logits_before, logits_after=logits_after)
+                logits_before=logits_before, logits_after=logits_after, logits_inside=logits_inside)
 
 
 def test_hooks_leave_no_trace(family_run):
@@ -46,6 +46,38 @@ def test_hooks_leave_no_trace(family_run):
     assert torch.equal(r["logits_before"], r["logits_after"])
     assert _hook_count(r["model"]) == r["hooks_before"]
     assert r["model"].config._attn_implementation == r["impl_before"]
+
+
+def test_capture_changes_no_output(family_run):
+    # every attention output comes from the model's own kernel, the maps are made beside it; families outside the
+    # registry return their probabilities from a forced eager path, equal up to rounding
+    r = family_run
+    if r["view"].family.registry:
+        assert torch.equal(r["logits_inside"], r["logits_before"])
+    else:
+        torch.testing.assert_close(r["logits_inside"], r["logits_before"], atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_bf16_maps_match_eager(family):
+    # in bf16 the logits are made as eager makes them (in the model's dtype), so pattern and column sums agree with
+    # eager's own output_attentions to bf16's precision
+    from lib import reducers
+    model = tiny_model(family).to(torch.bfloat16)
+    eager = tiny_model(family, attn_implementation="eager").to(torch.bfloat16)
+    eager.load_state_dict(model.state_dict())
+    ids = _ids(length=33)
+    with torch.no_grad():
+        ref = eager(ids, output_attentions=True).attentions
+        with Capture(model, ["attn.pattern"]) as cap:
+            model(ids)
+        with Capture(model, ["attn.pattern"], reduce=reducers.attention_column_sums) as summed:
+            model(ids)
+    for layer, probs in enumerate(ref):
+        torch.testing.assert_close(cap["attn.pattern", layer], probs.float(), atol=1e-2, rtol=1e-2)
+        for seq in range(ids.shape[0]):
+            torch.testing.assert_close(summed["attn.pattern", layer][0][seq], probs[seq].float().sum(1),
+                                       atol=5e-2, rtol=1e-2)
 
 
 def test_residual_stream_matches_hidden_states(family_run):
@@ -205,10 +237,11 @@ def test_monkey_patch_imports_nothing_from_lib():
             assert not any(n == "lib" or n.startswith("lib.") for n in names), f"{path.name} imports {names}"
 
 
-@pytest.mark.parametrize("head_blocks", [False, True])
+@pytest.mark.parametrize("plan", ["cpu", "gpu"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_column_sums_made_chunk_by_chunk_equal_those_of_eager_attentions(family, head_blocks, monkeypatch):
-    """Column sums reduced over query chunks (and over blocks of heads), each over only the keys its queries see,
+def test_column_sums_made_chunk_by_chunk_equal_those_of_eager_attentions(family, plan, monkeypatch):
+    """Column sums reduced chunk by chunk (on a CPU per sequence and key head, with plain matrix products; in the
+    GPU's plan all sequences and heads at once, with batched ones), each chunk over only the keys its queries see,
     equal those of Hugging Face's eager output_attentions, in a right-padded batch too; the model's output is that
     of a plain forward.
     Left padding leaves the pad queries nothing to see, where families' eager code differs (transformers 4.57's
@@ -226,9 +259,10 @@ def test_column_sums_made_chunk_by_chunk_equal_those_of_eager_attentions(family,
     eager = tiny_model(family, attn_implementation="eager")
     eager.load_state_dict(model.state_dict())
     monkeypatch.setattr(capture_module, "CHUNK_QUERIES", 7)
-    kv, groups = ModelView(model).num_kv_heads, model.config.num_attention_heads // ModelView(model).num_kv_heads
-    # with head blocks: 7 queries of 2 key heads' groups per chunk in a batch of one, of 1 in a batch of two
-    monkeypatch.setattr(capture_module, "CHUNK_ELEMENTS", 7 * 40 * groups * 2 if head_blocks else 2**20)
+    if plan == "gpu":
+        monkeypatch.setattr(capture_module, "_chunk_plan", lambda *a, cpu, plan=capture_module._chunk_plan: plan(
+            *a, cpu=False))
+    kv = ModelView(model).num_kv_heads
     shapes, logits = [], capture_module._logits
     monkeypatch.setattr(capture_module, "_logits", lambda m, q, k, **kw: (
         shapes.append((q.shape[2], k.shape[2])), logits(m, q, k, **kw))[1])
@@ -244,7 +278,7 @@ def test_column_sums_made_chunk_by_chunk_equal_those_of_eager_attentions(family,
                eager(input_ids=ids, attention_mask=left, output_attentions=True).attentions]
     layers = model.config.num_hidden_layers
     # unpadded: chunks of 7 queries over the keys up to their last query; padded: every key where a row sees none
-    one, two = ((kv + 1) // 2, kv) if head_blocks else (1, 1)  # logits per chunk of queries, batch of one / two
+    one, two = (kv, 2 * kv) if plan == "cpu" else (1, 1)  # logits per chunk of queries, batch of one / two
     assert shapes[:6 * one] == [s for s in [(7, 7), (7, 14), (7, 21), (7, 28), (7, 35), (5, 40)] for _ in range(one)]
     assert (7, 40) in shapes[6 * layers * (one + two):]
     torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
@@ -272,3 +306,14 @@ def test_pattern_of_a_left_padded_batch_matches_eager(family):
     for layer, probs in enumerate(ref):
         torch.testing.assert_close(cap["attn.pattern", layer][1], probs[1].float(), atol=ATOL, rtol=1e-4)
         torch.testing.assert_close(cap["attn.pattern", layer][0, :, 3:], probs[0, :, 3:].float(), atol=ATOL, rtol=1e-4)
+
+
+def test_chunk_plan_keeps_cpu_chunks_in_cache_and_gpu_chunks_large():
+    from monkey_patch.capture import CHUNK_ELEMENTS, _chunk_plan
+    # LLaMA-2-7B at 4096 tokens: on a CPU one head and 256 queries (1 Mi entries); on a GPU all 32 heads at once
+    assert _chunk_plan(1, 32, 1, 4096, cpu=True) == (1, 1, 256)
+    assert _chunk_plan(1, 32, 1, 4096, cpu=False) == (1, 32, 256)
+    # grouped queries go by whole groups; a very long context still gets one query per chunk
+    assert _chunk_plan(2, 9, 3, 1024, cpu=True) == (1, 3, 256)
+    sequences, heads, rows = _chunk_plan(4, 32, 4, 2**21, cpu=True)
+    assert (sequences, heads, rows) == (1, 4, 1) and heads * rows * 2**21 > CHUNK_ELEMENTS
