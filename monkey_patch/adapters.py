@@ -45,6 +45,7 @@ class Family:
     scale: str | None = None             # module inside attn whose output is a [batch, pos, head] output scale
     extra_key: str | None = None         # attn attribute: True when probabilities carry an extra key in column 0
     mlp_out_norm: str | None = None      # sandwich norms: the norm between the MLP's output and the residual
+    copies: tuple = ()                   # points the family's forward changes in place after capture: copied
 
 
 _LLAMA = Family(layers="model.layers", final_norm="model.norm", ln1="input_layernorm", ln2="post_attention_layernorm",
@@ -79,7 +80,7 @@ FAMILIES: dict[str, Family] = {
     "falcon": Family(layers="transformer.h", final_norm="transformer.ln_f", ln1=("input_layernorm", "ln_attn"),
                      ln2=("post_attention_layernorm", "ln_mlp"), attn="self_attention", qkv="query_key_value",
                      qkv_layout="falcon", o="dense", mlp="mlp", up="dense_h_to_4h", down="dense_4h_to_h", act="act",
-                     registry=False, weights_flag="output_attentions"),
+                     registry=False, weights_flag="output_attentions", copies=("mlp.down_out",)),  # out += attn
     "nanogpt": Family(layers="gpt.transformer.h", final_norm="gpt.transformer.ln_f", ln1="ln_1", ln2="ln_2",
                       attn="attn", qkv="c_attn", o="c_proj", mlp="mlp", up="c_fc", down="c_proj", act="gelu",
                       registry=False, weights_flag="need_weights", scale="hook_scale", extra_key="extra_key_first"),

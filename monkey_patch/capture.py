@@ -177,6 +177,7 @@ class Capture:
         self.layers = [self.view.check_layer(layer) for layer in ([layers] if isinstance(layers, int) else layers)]
         self.reduce = reduce
         self.results: dict = {}
+        self._watched: dict = {}  # (point, layer) -> (tensor kept without a copy, its version when captured)
         self._handles = []
         self._saved_impl: list = []
         self._check_supported()
@@ -195,12 +196,24 @@ class Capture:
                     self._install(point, layer)
             if any(p in REGISTRY_POINTS for p in self.points):
                 self._enter_attention()
+            if self.reduce is None:  # the end of a forward of the model or of its decoder (the bench's)
+                for module in {id(m): m for m in (self.view.model, getattr(self.view.model, "base_model", None))
+                               if m is not None}.values():
+                    self._hook(module, self._check_unchanged)
         except BaseException:
-            self.__exit__(None, None, None)
+            self._restore()
             raise
         return self
 
     def __exit__(self, *exc):
+        try:
+            if exc[0] is None:  # a forward the hooks did not see the end of (a layer called on its own)
+                self._check_unchanged()
+        finally:
+            self._restore()
+        return False
+
+    def _restore(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
@@ -209,20 +222,33 @@ class Capture:
         self._saved_impl.clear()
         for module in [m for m, c in _ACTIVE.items() if c is self]:
             del _ACTIVE[module]
-        return False
 
     # --- storing ----------------------------------------------------------------------------------------------
     def _emit(self, point: str, layer: int, tensor: torch.Tensor, ours: bool = False) -> None:
-        """Hand a captured tensor to the reducer, or keep it (float32, CPU); `ours`: made by capture itself, so no
-        model can write into it later and it needs no copy."""
+        """Hand a captured tensor to the reducer, or keep it (float32, CPU); `ours`: made by capture itself. The
+        model's own tensor is kept without a copy and its version counter watched: a forward that changes it in
+        place afterwards is a CaptureError, not a silently wrong result. Points the family is known to change in
+        place (its `copies`), and tensors made under inference_mode (they have no version counter), are copied."""
         tensor = tensor.detach()
-        if self.reduce is None:
-            kept = tensor.to("cpu", torch.float32)
-            if kept.data_ptr() == tensor.data_ptr() and not ours:  # models may write into theirs (falcon does)
-                kept = kept.clone()
-            self.results[(point, layer)] = kept
-        else:
+        if self.reduce is not None:
             self.results.setdefault((point, layer), []).append(self.reduce(point, layer, tensor))
+            return
+        kept = tensor.to("cpu", torch.float32)
+        if kept.data_ptr() == tensor.data_ptr() and not ours:
+            if point in self.view.family.copies or kept.is_inference():
+                kept = kept.clone()
+            else:
+                self._watched[(point, layer)] = (kept, kept._version)
+        self.results[(point, layer)] = kept
+
+    def _check_unchanged(self, *_) -> None:
+        """After a forward: every tensor kept without a copy is as it was captured (then no longer watched)."""
+        watched, self._watched = self._watched, {}
+        for (point, layer), (tensor, version) in watched.items():
+            if tensor._version != version:
+                raise CaptureError(f"{point} at layer {layer}: this {self.view.model_type} model changed the tensor "
+                                   "in place after it was captured; add the point to the family's `copies` in "
+                                   "monkey_patch/adapters.py")
 
     # --- hooks ------------------------------------------------------------------------------------------------
     def _check_supported(self) -> None:
@@ -489,7 +515,11 @@ def _maps(module, query, key, attention_mask, want_scores: bool, want_pattern: b
     for chunk in _chunks(module, query, key, attention_mask, **kwargs):
         sequences, heads, rows, seen = chunk.sequences, chunk.heads, chunk.rows, chunk.seen
         if want_pattern:
-            pattern[sequences, heads, rows, :seen] = chunk.probs().to(query.dtype)
+            target = pattern[sequences, heads, rows, :seen]
+            if query.dtype == torch.float32:
+                torch.softmax(chunk.logits, dim=-1, out=target)
+            else:
+                target.copy_(chunk.probs().to(query.dtype))
             pattern[sequences, heads, rows, seen:] = 0.0
         if want_scores:
             scores[sequences, heads, rows, :seen] = chunk.scores()

@@ -317,3 +317,28 @@ def test_chunk_plan_keeps_cpu_chunks_in_cache_and_gpu_chunks_large():
     assert _chunk_plan(2, 9, 3, 1024, cpu=True) == (1, 3, 256)
     sequences, heads, rows = _chunk_plan(4, 32, 4, 2**21, cpu=True)
     assert (sequences, heads, rows) == (1, 4, 1) and heads * rows * 2**21 > CHUNK_ELEMENTS
+
+
+def test_a_tensor_changed_in_place_after_capture_is_an_error_not_a_wrong_result():
+    # captured tensors are kept without a copy and watched: plant an in-place change of layer 0's output (the next
+    # layer's input) and the forward must fail; under inference_mode (no version counters) they are copied
+    model = tiny_model("llama")
+    ids = _ids()
+    with torch.no_grad():
+        reference = model(ids, output_hidden_states=True).hidden_states[1]
+    hooks = _hook_count(model)  # after transformers installed its own for output_hidden_states
+
+    def double_input(module, args, kwargs):
+        (args[0] if args else kwargs["hidden_states"]).mul_(2.0)
+
+    handle = ModelView(model).layers[1].register_forward_pre_hook(double_input, with_kwargs=True)
+    try:
+        with torch.no_grad(), pytest.raises(CaptureError, match="resid_post at layer 0.*in place"):
+            with Capture(model, ["resid_post", "attn.pattern"], layers=[0]):
+                model(ids)
+        with torch.inference_mode(), Capture(model, ["resid_post"], layers=[0]) as cap:
+            model(ids)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(cap["resid_post", 0], reference)
+    assert _hook_count(model) == hooks
