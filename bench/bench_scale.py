@@ -4,8 +4,8 @@
     python bench/bench_scale.py --layers 4 --device cuda
 
 A random-init LLaMA with LLaMA-2-7B's width (4096, MLP 11008, 32 heads, vocabulary 32000) and --layers of its
-layers. Peak memory above the loaded weights, each mode in its own process (resident memory on a CPU, the
-allocator's peak on a GPU):
+layers. Peak memory above the loaded weights, each mode in its own processes (the median of --memory-repeats; resident
+memory on a CPU, the allocator's peak on a GPU), in the steady state (bench_capture.peak_bytes):
   logits     a plain forward (SDPA) that computes the LM head's logits, as a user's forward does
   decoder    the same without the LM head: all that the statistics need
   stats      the figures' all-layer statistics (top-3 and median of resid_post and mlp.down_in, attention column
@@ -98,6 +98,8 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--reference", action="store_true", help="also the reference mode (memory heavy)")
+    p.add_argument("--memory-repeats", type=int, default=3, help="processes per memory mode (the median; one for "
+                   "the reference)")
     p.add_argument("--hidden", type=int, default=4096)
     p.add_argument("--intermediate", type=int, default=11008)
     p.add_argument("--heads", type=int, default=32)
@@ -112,19 +114,22 @@ def main(argv=None):
     shape = ["--layers", str(args.layers), "--tokens", str(args.tokens), "--dtype", args.dtype, "--device", args.device,
              "--hidden", str(args.hidden), "--intermediate", str(args.intermediate), "--heads", str(args.heads),
              "--vocab", str(args.vocab)]
-    peaks = {}
+    peaks, samples = {}, {}
     for mode in ("logits", "decoder", "stats") + (("reference",) if args.reference else ()):
-        out = subprocess.run([sys.executable, __file__, "--memory-mode", mode, *shape], capture_output=True, text=True,
-                             env=MEMORY_ENV)
-        if out.returncode != 0:
-            raise SystemExit(f"memory run {mode} failed: {out.stderr.strip().splitlines()[-1:]}")
-        peaks[mode] = int(out.stdout.strip().splitlines()[-1])
+        samples[mode] = []
+        for _ in range(1 if mode == "reference" else args.memory_repeats):
+            out = subprocess.run([sys.executable, __file__, "--memory-mode", mode, *shape], capture_output=True,
+                                 text=True, env=MEMORY_ENV)
+            if out.returncode != 0:
+                raise SystemExit(f"memory run {mode} failed: {out.stderr.strip().splitlines()[-1:]}")
+            samples[mode].append(int(out.stdout.strip().splitlines()[-1]))
+        peaks[mode] = int(statistics.median(samples[mode]))
     timing = bench_time(args)
     layer_w, other_w = timing["layer_weights_bytes"], timing["weights_bytes"] - args.layers * timing["layer_weights_bytes"]
     full_weights = other_w + FULL_LAYERS * layer_w
     estimate = {mode: full_weights + peak * (FULL_LAYERS / args.layers if mode == "reference" else 1)
                 for mode, peak in peaks.items()}
-    result = {"settings": vars(args), "peak_bytes_above_weights": peaks,
+    result = {"settings": vars(args), "peak_bytes_above_weights": peaks, "peak_bytes_samples": samples,
               "stats_vs_logits_memory": peaks["stats"] / peaks["logits"],
               "decoder_vs_logits_memory": peaks["decoder"] / peaks["logits"],
               "time": timing, "estimate_32_layers_bytes": estimate,
