@@ -11,7 +11,8 @@ import bench_scale  # noqa: E402
 def test_reduced_size_run_writes_every_ratio(tmp_path):
     out = tmp_path / "scale.json"
     result = bench_scale.main(["--layers", "2", "--tokens", "128", "--hidden", "64", "--intermediate", "160",
-                               "--heads", "4", "--vocab", "500", "--repeats", "1", "--reference", "--out", str(out)])
+                               "--heads", "4", "--vocab", "500", "--repeats", "1", "--memory-repeats", "1",
+                               "--reference", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert set(saved["peak_bytes_above_weights"]) == {"logits", "decoder", "stats", "reference"}
     assert all(v >= 0 for v in saved["peak_bytes_above_weights"].values())
