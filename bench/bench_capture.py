@@ -219,7 +219,7 @@ def main():
     p.add_argument("--dtype")
     p.add_argument("--time-tokens", type=int, default=1024)
     p.add_argument("--memory-tokens", type=int, default=2048)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=21)
     p.add_argument("--memory-repeats", type=int, default=3, help="processes per memory mode (plain, stats)")
     p.add_argument("--memory-mode", choices=("plain", "stats", "reference"), help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="default bench/results/capture.json, or capture_<shape>.json")
