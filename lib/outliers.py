@@ -114,7 +114,8 @@ def _countable(m) -> bool:
 
 
 def _abs_blocks(m):
-    """(rows or None, |block|): a 2-D m by blocks of whole rows, any other by slices, about MEDIAN_SLICE entries each."""
+    """(rows or None, |block|): a 2-D m by blocks of whole rows, any other by slices; about MEDIAN_SLICE entries
+    each."""
     if m.dim() == 2:
         step = max(1, MEDIAN_SLICE // max(1, m.shape[1]))
         for start in range(0, m.shape[0], step):
@@ -144,7 +145,7 @@ def _count_top_bits(m, row_max=None):
 
 def _median_from_counts(m, counts) -> float:
     """The lower median of |m| from its top-bit counts (float32: a second pass selects inside the bucket)."""
-    if counts[_INF_BITS[m.dtype]:].any() and m.isnan().any():  # NaN counts beside +inf: checked only when either is there
+    if counts[_INF_BITS[m.dtype]:].any() and m.isnan().any():  # NaN counts beside +inf: checked where either is
         return float("nan")
     rank = (m.numel() - 1) // 2  # torch.median's element, counting from 0 in ascending order
     below = counts.cumsum(0)

@@ -357,8 +357,8 @@ class Capture:
     def _enter_attention(self) -> None:
         if not self.view.family.registry:
             return
-        # sdpa's masks: the layers not captured then run exactly as in a plain forward (is_causal, grouped heads
-        # without copies), and the captured ones turn the mask into eager's (additive_mask)
+        # sdpa's masks: every layer's kernel then runs exactly as in a plain forward (is_causal, grouped heads
+        # without copies), and the captured layers' maps turn the mask into eager's (additive_mask)
         register_attention(ATTN_NAME, _dispatch, mask="sdpa")
         self._layer_index = {self.view.attn(layer): layer for layer in range(self.view.num_layers)}
         if any(module in _ACTIVE for module in self._layer_index):
@@ -489,14 +489,11 @@ def _chunk_mask(attention_mask, query, key, rows):
     where one sees none: eager then spreads it over every key), the first key the mask changes, and over keys
     acts..seen-1 eager's additive mask and where it blocks. Plain causal attention (no mask) is masked only in
     the chunk's own diagonal block, and only that block is made."""
-    queries, keys = query.shape[-2], key.shape[-2]
     if attention_mask is None:
-        offset = keys - queries  # query i sees keys up to i + offset
-        seen, acts = min(keys, rows.stop + offset), min(keys, rows.start + offset + 1)
-        last = torch.arange(rows.start, rows.stop, device=query.device)[:, None] + offset
-        blocked = (torch.arange(acts, seen, device=query.device) > last)[None, None]
-        mask = torch.zeros(blocked.shape, dtype=query.dtype, device=query.device)
-        return seen, acts, mask.masked_fill_(blocked, torch.finfo(query.dtype).min), blocked
+        offset = key.shape[-2] - query.shape[-2]  # query i sees keys up to i + offset
+        seen, acts = min(key.shape[-2], rows.stop + offset), min(key.shape[-2], rows.start + offset + 1)
+        mask = additive_mask(None, query, key, rows, slice(acts, seen))
+        return seen, acts, mask, mask <= torch.finfo(mask.dtype).min / 2
     mask = additive_mask(attention_mask, query, key, rows)
     blocked = mask <= torch.finfo(mask.dtype).min / 2
     seen = _keys_seen(~blocked)
@@ -591,18 +588,18 @@ def _dispatch(module, query, key, value, attention_mask, **kwargs):
     return capture._attention(module, query, key, value, attention_mask, **kwargs)
 
 
-def additive_mask(mask, query, key, rows=slice(None)):
-    """The additive float mask that eager attention adds to its scores (its query rows `rows`, keys up to key's
-    length), from what sdpa's mask function gave: None (plain causal, which sdpa runs as is_causal), a boolean
-    mask (True: attend) or already a float one."""
+def additive_mask(mask, query, key, rows=slice(None), columns=slice(None)):
+    """The additive float mask that eager attention adds to its scores (its query rows `rows` and key columns
+    `columns`, of the keys up to key's length), from what sdpa's mask function gave: None (plain causal, which sdpa
+    runs as is_causal), a boolean mask (True: attend) or already a float one."""
     queries, keys = query.shape[-2], key.shape[-2]
     if mask is not None:
-        mask = mask[:, :, rows, :keys]
+        mask = mask[:, :, rows, :keys][..., columns]
         if mask.dtype != torch.bool:
             return mask
     else:
         last_key = torch.arange(queries, device=query.device)[rows, None] + (keys - queries)
-        mask = (torch.arange(keys, device=query.device) <= last_key)[None, None]
+        mask = (torch.arange(keys, device=query.device)[columns] <= last_key)[None, None]
     blocked = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
     return blocked.masked_fill_(~mask, torch.finfo(query.dtype).min)
 
