@@ -100,14 +100,12 @@ def bench_time(args):
 
     with torch.no_grad():
         plain(), captured()  # warm up
-        # alternated, so that a busy machine slows both alike; a machine's noise only ever adds time, so the
-        # ratio is that of the minima (the issue's measure), with the median of the pair ratios beside it
+        # alternated, so that a busy machine slows both alike
         pairs = [(seconds(plain), seconds(captured)) for _ in range(args.repeats)]
-    t_plain = min(p for p, _ in pairs)
-    t_capture = min(c for _, c in pairs)
-    return {"tokens": args.time_tokens, "layer": layer, "plain_s": t_plain, "capture_s": t_capture,
-            "ratio": t_capture / t_plain, "ratio_median_of_pairs": statistics.median(c / p for p, c in pairs),
-            "pairs_s": pairs}
+    summary = fastest_ratio(pairs)
+    return {"tokens": args.time_tokens, "layer": layer, "plain_s": summary["fastest_s"][0],
+            "capture_s": summary["fastest_s"][1], "ratio": summary["ratio"],
+            "ratio_median_of_pairs": summary["ratio_median_of_pairs"], "pairs_s": pairs}
 
 
 class _PeakRSS:
@@ -186,6 +184,26 @@ def bench_memory_mode(args) -> int:
     return peak_bytes(model, ids, run)
 
 
+def median_peak(cmd: list, repeats: int) -> tuple[int, list]:
+    """Run a memory-mode command ([python, script, "--memory-mode", mode, ...]: it prints its peak bytes last) in
+    `repeats` fresh processes under MEMORY_ENV: (the median peak, every sample)."""
+    samples = []
+    for _ in range(repeats):
+        out = subprocess.run(cmd, capture_output=True, text=True, env=MEMORY_ENV)
+        if out.returncode != 0:
+            raise SystemExit(f"memory run {cmd[3]} failed: {out.stderr.strip().splitlines()[-1:]}")
+        samples.append(int(out.stdout.strip().splitlines()[-1]))
+    return int(statistics.median(samples)), samples
+
+
+def fastest_ratio(pairs) -> dict:
+    """Alternating (baseline, measured) times: a machine's noise only ever adds time, so the ratio of the fastest
+    of each, with the median of the pair ratios beside it."""
+    fastest = min(a for a, _ in pairs), min(b for _, b in pairs)
+    return {"fastest_s": fastest, "ratio": fastest[1] / fastest[0],
+            "ratio_median_of_pairs": statistics.median(b / a for a, b in pairs), "pairs_s": pairs}
+
+
 def bench_memory(args):
     """Each mode's peak in fresh processes: the median of --memory-repeats runs for plain and stats (a CPU's
     resident-memory peak varies by a quarter from run to run with the allocator's timing), one for the reference."""
@@ -197,13 +215,7 @@ def bench_memory(args):
                             ("--shape", args.shape)):
             if value:
                 cmd += [flag, value]
-        samples[mode] = []
-        for _ in range(1 if mode == "reference" else args.memory_repeats):
-            out = subprocess.run(cmd, capture_output=True, text=True, env=MEMORY_ENV)
-            if out.returncode != 0:
-                raise SystemExit(f"memory run {mode} failed: {out.stderr.strip().splitlines()[-1:]}")
-            samples[mode].append(int(out.stdout.strip().splitlines()[-1]))
-        results[mode] = int(statistics.median(samples[mode]))
+        results[mode], samples[mode] = median_peak(cmd, 1 if mode == "reference" else args.memory_repeats)
     return {"tokens": args.memory_tokens, "peak_bytes": results, "peak_bytes_samples": samples,
             "stats_vs_plain_eager": results["stats"] / results["plain"],
             "reference_vs_plain_eager": results["reference"] / results["plain"],

@@ -4,8 +4,8 @@
     python bench/bench_scale.py --layers 4 --device cuda
 
 A random-init LLaMA with LLaMA-2-7B's width (4096, MLP 11008, 32 heads, vocabulary 32000) and --layers of its
-layers. Peak memory above the loaded weights, each mode in its own processes (the median of --memory-repeats; resident
-memory on a CPU, the allocator's peak on a GPU), in the steady state (bench_capture.peak_bytes):
+layers. Peak memory above the loaded weights, each mode in its own processes (the median of --memory-repeats;
+resident memory on a CPU, the allocator's peak on a GPU), in the steady state (bench_capture.peak_bytes):
   logits     a plain forward (SDPA) that computes the LM head's logits, as a user's forward does
   decoder    the same without the LM head: all that the statistics need
   stats      the figures' all-layer statistics (top-3 and median of resid_post and mlp.down_in, attention column
@@ -19,8 +19,6 @@ Writes bench/results/scale.json with the command and provenance.
 """
 import argparse
 import os
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_capture import MEMORY_ENV, peak_bytes, statistics_pass  # noqa: E402
+from bench_capture import fastest_ratio, median_peak, peak_bytes, statistics_pass  # noqa: E402
 from lib.files import write_json  # noqa: E402
 from lib.provenance import provenance  # noqa: E402
 
@@ -82,11 +80,10 @@ def bench_time(args) -> dict:
         seconds("logits"), seconds("stats")  # warm up
         pairs = [(seconds("logits"), seconds("stats")) for _ in range(args.repeats)]
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    # a machine's noise only ever adds time: the ratio of the fastest runs, the median of the pair ratios beside it
-    fastest = min(p for p, _ in pairs), min(s for _, s in pairs)
-    return {"logits_s": fastest[0], "stats_s": fastest[1], "stats_vs_logits": fastest[1] / fastest[0],
-            "stats_vs_logits_median_of_pairs": statistics.median(s / p for p, s in pairs), "pairs_s": pairs,
-            "weights_bytes": weights,
+    summary = fastest_ratio(pairs)
+    return {"logits_s": summary["fastest_s"][0], "stats_s": summary["fastest_s"][1],
+            "stats_vs_logits": summary["ratio"], "stats_vs_logits_median_of_pairs": summary["ratio_median_of_pairs"],
+            "pairs_s": pairs, "weights_bytes": weights,
             "layer_weights_bytes": sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())}
 
 
@@ -116,14 +113,8 @@ def main(argv=None):
              "--vocab", str(args.vocab)]
     peaks, samples = {}, {}
     for mode in ("logits", "decoder", "stats") + (("reference",) if args.reference else ()):
-        samples[mode] = []
-        for _ in range(1 if mode == "reference" else args.memory_repeats):
-            out = subprocess.run([sys.executable, __file__, "--memory-mode", mode, *shape], capture_output=True,
-                                 text=True, env=MEMORY_ENV)
-            if out.returncode != 0:
-                raise SystemExit(f"memory run {mode} failed: {out.stderr.strip().splitlines()[-1:]}")
-            samples[mode].append(int(out.stdout.strip().splitlines()[-1]))
-        peaks[mode] = int(statistics.median(samples[mode]))
+        peaks[mode], samples[mode] = median_peak([sys.executable, __file__, "--memory-mode", mode, *shape],
+                                                 1 if mode == "reference" else args.memory_repeats)
     timing = bench_time(args)
     layer_w, other_w = timing["layer_weights_bytes"], timing["weights_bytes"] - args.layers * timing["layer_weights_bytes"]
     full_weights = other_w + FULL_LAYERS * layer_w
