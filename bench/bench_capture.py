@@ -184,6 +184,17 @@ def bench_memory_mode(args) -> int:
     return peak_bytes(model, ids, run)
 
 
+def at_least_one(text: str) -> int:
+    """argparse type of the benches' counts (tokens, layers, repeats): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
 def median_peak(cmd: list, repeats: int) -> tuple[int, list]:
     """Run a memory-mode command ([python, script, "--memory-mode", mode, ...]: it prints its peak bytes last) in
     `repeats` fresh processes under MEMORY_ENV: (the median peak, every sample)."""
@@ -229,10 +240,10 @@ def main():
     p.add_argument("--shape", choices=sorted(SHAPES), help="a random-init model of this shape instead of --model")
     p.add_argument("--device")
     p.add_argument("--dtype")
-    p.add_argument("--time-tokens", type=int, default=1024)
-    p.add_argument("--memory-tokens", type=int, default=2048)
-    p.add_argument("--repeats", type=int, default=21)
-    p.add_argument("--memory-repeats", type=int, default=3, help="processes per memory mode (plain, stats)")
+    p.add_argument("--time-tokens", type=at_least_one, default=1024)
+    p.add_argument("--memory-tokens", type=at_least_one, default=2048)
+    p.add_argument("--repeats", type=at_least_one, default=21)
+    p.add_argument("--memory-repeats", type=at_least_one, default=3, help="processes per memory mode (plain, stats)")
     p.add_argument("--memory-mode", choices=("plain", "stats", "reference"), help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="default bench/results/capture.json, or capture_<shape>.json")
     args = p.parse_args()

@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from bench_capture import fastest_ratio, median_peak, peak_bytes, statistics_pass  # noqa: E402
+from bench_capture import at_least_one, fastest_ratio, median_peak, peak_bytes, statistics_pass  # noqa: E402
 from lib.files import write_json  # noqa: E402
 from lib.provenance import provenance  # noqa: E402
 
@@ -89,18 +89,18 @@ def bench_time(args) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--layers", type=at_least_one, default=2)
+    p.add_argument("--tokens", type=at_least_one, default=4096)
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=at_least_one, default=5)
     p.add_argument("--reference", action="store_true", help="also the reference mode (memory heavy)")
-    p.add_argument("--memory-repeats", type=int, default=3, help="processes per memory mode (the median; one for "
-                   "the reference)")
-    p.add_argument("--hidden", type=int, default=4096)
-    p.add_argument("--intermediate", type=int, default=11008)
-    p.add_argument("--heads", type=int, default=32)
-    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--memory-repeats", type=at_least_one, default=3,
+                   help="processes per memory mode (the median; one for the reference)")
+    p.add_argument("--hidden", type=at_least_one, default=4096)
+    p.add_argument("--intermediate", type=at_least_one, default=11008)
+    p.add_argument("--heads", type=at_least_one, default=32)
+    p.add_argument("--vocab", type=at_least_one, default=32000)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
     p.add_argument("--memory-mode", choices=("logits", "decoder", "stats", "reference"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -4,6 +4,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import bench_scale  # noqa: E402
 
@@ -27,3 +29,10 @@ def test_every_capture_bench_shape_builds_its_config():
     import bench_capture
     for name, config in bench_capture.SHAPES.items():
         assert config().num_hidden_layers >= 2, name
+
+
+def test_a_count_below_one_is_a_one_line_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench_scale.main(["--repeats", "0"])
+    assert exit_.value.code == 2
+    assert "--repeats: must be an integer >= 1, got '0'" in capsys.readouterr().err
