@@ -32,10 +32,10 @@ from dataclasses import dataclass
 
 import torch
 
-from lib import analysis, outliers
-from monkey_patch.capture import eager_attention, routed_attention
-
-MASK_ATTN_NAME = "systematic_outliers_sink_mask"
+from lib import analysis, outliers, reducers
+from monkey_patch import AttentionEdit, Capture, CaptureError, ModelView, route
+from monkey_patch.capture import paused
+from monkey_patch.routing import hide
 
 
 @dataclass(frozen=True)
@@ -197,8 +197,6 @@ def edit_outliers(blocks, layer: int, mode: str, means=None, rule: Rule = DEFAUL
 
 # --- attention-side interventions: mask the sink keys ----------------------------------------------------
 
-_MASKING: dict = {}  # HF attention module -> (SinkMask, layer) while masking is on
-
 
 def key_mask(rows, batch: int, n_tokens: int, device) -> torch.Tensor | None:
     """Bool [batch, tokens], True at the token positions rows[b] lists; None when no row lists any."""
@@ -243,35 +241,49 @@ class SinkMask:
         """Bool [batch, tokens]: the keys masked at `layer`, or None."""
         return key_mask(self.keys.get(layer), batch, n_tokens, device)
 
-    def apply(self, attention_mask, query, layer: int):
-        """The eager additive mask [batch, 1|heads, queries, keys] with this layer's keys blocked."""
-        blocked = self.blocked(layer, attention_mask.shape[0], attention_mask.shape[-1], attention_mask.device)
+
+
+class KeyMaskEdit(AttentionEdit):
+    """SinkMask's keys as an attention edit (monkey_patch.routing): in each layer, every query but the key's own
+    token loses the keys `state` names for that layer. Raises when a forward ends with a layer that had keys to mask
+    never reached through the router (the mask would otherwise not have applied)."""
+
+    def __init__(self, state: SinkMask):
+        self.state = state
+        self.reached: set[int] = set()
+
+    def mask(self, layer, query, key, mask):
+        self.reached.add(layer)
+        n_keys = key.shape[-2]
+        rows = self.state.keys.get(layer)
+        if rows and max((k for r in rows for k in r), default=-1) >= n_keys:
+            raise CaptureError(f"layer {layer}: a masked key lies beyond the {n_keys} keys of this forward")
+        blocked = key_mask(rows, query.shape[0], n_keys, query.device)
         if blocked is None:
-            return attention_mask
-        q_len, kv_len = query.shape[2], attention_mask.shape[-1]
-        queries = torch.arange(kv_len - q_len, kv_len, device=blocked.device)  # their positions among the keys
-        own = queries[:, None] == torch.arange(kv_len, device=blocked.device)[None, :]
-        hide = blocked[:, None, None, :] & ~own  # a key stays visible to its own token
-        return attention_mask.masked_fill(hide, torch.finfo(attention_mask.dtype).min)
+            return mask
+        positions = torch.arange(n_keys, device=query.device)
+        own = positions[n_keys - query.shape[-2]:, None] == positions[None, :]  # each query's own key
+        return hide(mask, query, key, blocked[:, None, None, :] & ~own)
 
+    def start_forward(self, *_):
+        self.reached.clear()
 
-def _masked_attention(module, query, key, value, attention_mask, **kwargs):
-    entry = _MASKING.get(module)
-    if entry is not None and attention_mask is not None:
-        attention_mask = entry[0].apply(attention_mask, query, entry[1])
-    return eager_attention(module)(module, query, key, value, attention_mask, **kwargs)
+    def check_applied(self, *_):
+        missed = [layer for layer, rows in self.state.keys.items() if any(rows) and layer not in self.reached]
+        if missed:
+            raise CaptureError(f"key mask not applied: layers {missed} did not call attention through the router")
 
 
 def _gpt2_blocks(model):
     """The blocks of a gpt-2/ package GPT (its attention modules take `blocked_keys`), else None."""
     blocks = getattr(getattr(model, "transformer", None), "h", None)
-    return blocks if blocks is not None and len(blocks) and hasattr(blocks[0].attn, "blocked_keys") else None
+    return blocks if blocks is not None and len(blocks) and hasattr(getattr(blocks[0], "attn", None), "blocked_keys") \
+        else None
 
 
 def supports_sink_mask(model) -> bool:
     if _gpt2_blocks(model) is not None:
         return True
-    from monkey_patch import ModelView
     view = ModelView(model)
     return bool(view.family.registry) and getattr(sys.modules[type(view.attn(0)).__module__],
                                                   "eager_attention_forward", None) is not None
@@ -279,10 +291,7 @@ def supports_sink_mask(model) -> bool:
 
 def _blocks(model):
     blocks = _gpt2_blocks(model)
-    if blocks is None:
-        from monkey_patch import ModelView
-        blocks = ModelView(model).layers
-    return blocks
+    return ModelView(model).layers if blocks is None else blocks
 
 
 def _gpt2_block_keys(blocks, state: SinkMask, batch: int, n_tokens: int, device) -> None:
@@ -306,9 +315,16 @@ def masking(model, state: SinkMask):
             for block in blocks:
                 block.attn.blocked_keys = None
         return
-    # the eager mask function builds the additive float mask (sliding windows included) that SinkMask edits
-    with routed_attention(model, MASK_ATTN_NAME, _masked_attention, _MASKING, lambda i: (state, i)):
-        yield state
+    view = ModelView(model)
+    edit = KeyMaskEdit(state)
+    with route(model, view.layers, view.family.attn, edit=edit):
+        handles = [view.layers[0].register_forward_pre_hook(edit.start_forward),
+                   view.layers[-1].register_forward_hook(edit.check_applied)]
+        try:
+            yield state
+        finally:
+            for handle in handles:
+                handle.remove()
 
 
 @contextmanager
@@ -336,6 +352,11 @@ def attention_sinks(model, run, ids) -> dict[int, list[list[int]]]:
     cumulative attention) of an unmasked forward on ids [b, L]. `run(ids)` is the HF model's forward; gpt-2/
     models are run with their attention weights, each row divided by its total (sigmoid rows do not sum to 1),
     the extra key k' left out."""
+    with paused(model):  # a capture open around the intervention records only the intervened forward
+        return _attention_sinks(model, run, ids)
+
+
+def _attention_sinks(model, run, ids):
     if _gpt2_blocks(model) is not None:
         weights = model(ids, need_weights=True)["attn"]
         sums = []
@@ -343,8 +364,6 @@ def attention_sinks(model, run, ids) -> dict[int, list[list[int]]]:
             w = w / w.sum(dim=-1, keepdim=True)
             sums.append([outliers.column_sums(row[..., -ids.shape[1]:]) for row in w])
     else:
-        from lib import reducers
-        from monkey_patch import Capture
         with Capture(model, "attn.pattern", reduce=reducers.attention_column_sums) as cap:
             run(ids)
         sums = [cap["attn.pattern", i][0] for i in range(len(_blocks(model)))]

@@ -19,11 +19,11 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
-MODES = ("mask", "oracle_scale", "drop_sink_value", "sink_value_only", "const_scale", "fitted_scale")
-SCALE_ATTN_NAME = "systematic_outliers_scale_test"
-RIDGE = 1e-2  # fitted_scale: ridge penalty relative to the mean squared input (keeps the fit stable)
+from monkey_patch import AttentionEdit, ModelView, route
+from monkey_patch.routing import additive_mask, eager_attention
 
-_ACTIVE: dict = {}  # HF attention module -> (ScaleTest, layer) while a test runs
+MODES = ("mask", "oracle_scale", "drop_sink_value", "sink_value_only", "const_scale", "fitted_scale")
+RIDGE = 1e-2  # fitted_scale: ridge penalty relative to the mean squared input (keeps the fit stable)
 
 
 class ScaleTest:
@@ -156,25 +156,28 @@ def _r2(predicted, actual) -> float:
 
 # --- wiring: Hugging Face families on the attention registry, and gpt-2/ checkpoints ------------------------------
 
-def _hf_attention(module, query, key, value, attention_mask, **kwargs):
-    from monkey_patch.capture import eager_attention
-    state, layer = _ACTIVE[module]
-    eager = eager_attention(module)
-    groups = query.shape[1] // value.shape[1]
+class ScaleEdit(AttentionEdit):
+    """The scale test as an attention edit (monkey_patch.routing): it replaces each layer's attention output with
+    the mode's (`apply`), computed with the family's eager attention on the mask the router hands it."""
+    replaces_kernel = True
 
-    def run(new_value, hidden):
-        mask = attention_mask
-        if hidden is not None:
-            if mask is None:
-                raise ValueError(f"{type(module).__name__}: no attention mask to add the sink mask to")
-            mask = mask.masked_fill(hidden, torch.finfo(mask.dtype).min)
-        vals = value if new_value is None else new_value[:, ::groups]
-        out, w = eager(module, query, key, vals, mask, **kwargs)
-        return out.transpose(1, 2), w
+    def __init__(self, state: ScaleTest):
+        self.state = state
 
-    v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
-    out = apply(state, layer, run, query, v, state.inputs.get(layer))
-    return out.transpose(1, 2).contiguous(), None
+    def kernel(self, layer, run, module, query, key, value, mask, **kwargs):
+        eager = eager_attention(module)
+        additive = additive_mask(mask, query, key)
+        groups = query.shape[1] // value.shape[1]
+
+        def run_eager(new_value, hidden):
+            masked = additive if hidden is None else torch.where(hidden, torch.finfo(additive.dtype).min, additive)
+            vals = value if new_value is None else new_value[:, ::groups]
+            out, w = eager(module, query, key, vals, masked, **kwargs)
+            return out.transpose(1, 2), w
+
+        v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
+        out = apply(self.state, layer, run_eager, query, v, self.state.inputs.get(layer))
+        return out.transpose(1, 2).contiguous(), None
 
 
 def _gpt2_wrap(state, layer, attn):
@@ -204,9 +207,9 @@ def scale_test(model, state: ScaleTest):
                 stack.callback(delattr, attn, "explicit")
                 stack.callback(delattr, attn, "fused")
         else:
-            from monkey_patch.capture import routed_attention
-            attns = stack.enter_context(routed_attention(model, SCALE_ATTN_NAME, _hf_attention, _ACTIVE,
-                                                         lambda i: (state, i)))
+            view = ModelView(model)
+            stack.enter_context(route(model, view.layers, view.family.attn, edit=ScaleEdit(state)))
+            attns = [view.attn(i) for i in range(view.num_layers)]
         for i, attn in enumerate(attns):
             def keep_input(module, args, kwargs, i=i):
                 state.inputs[i] = args[0] if args else kwargs["hidden_states"]

@@ -29,29 +29,41 @@ does, eager's additive mask, softmax in float32), chunk by chunk over the keys e
 attn.pattern's reducer adds up over queries (column sums), each chunk is reduced at once and the whole map is
 never held. Leaving the context removes every hook and restores the attention implementation.
 """
-import sys
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from monkey_patch.adapters import FAMILIES, Family, get_submodule, head_counts, split_qkv
+from monkey_patch.routing import CaptureError, additive_mask, model_configs, route
 
 POINTS = ("resid_pre", "resid_post", "ln1", "ln2", "attn.q", "attn.k", "attn.v", "attn.q_rot", "attn.k_rot",
           "attn.scores", "attn.pattern", "attn.z", "attn_out",
           "mlp.gate_out", "mlp.up_out", "mlp.act_out", "mlp.down_in", "mlp.down_out", "attn.scale", "attn.extra")
 REGISTRY_POINTS = ("attn.q_rot", "attn.k_rot", "attn.scores", "attn.pattern")
-ATTN_NAME = "systematic_outliers_capture"
 CHUNK_ELEMENTS = 2**20  # attention-map entries made at once on a CPU (float32: 4 MiB, so each step stays in cache)
 CHUNK_ELEMENTS_GPU = 2**25  # on a GPU, where fewer, larger kernels are faster (see _chunk_plan)
 CHUNK_QUERIES = 256  # queries per chunk at most: smaller chunks skip more of a causal map's masked half
 
-_ACTIVE: dict[nn.Module, "Capture"] = {}  # attention module -> the capture that owns it right now
+_OPEN: list = []  # the captures open now
 
 
-class CaptureError(ValueError):
-    """A capture request this model cannot serve (unknown point, layer out of range, unsupported family)."""
+@contextmanager
+def paused(model: nn.Module):
+    """Within the context, the captures open on `model` (or on a model that holds it, or that it holds) record
+    nothing: for the extra forwards an intervention runs for itself (finding the sinks before masking them), so
+    that a user's capture sees only the user's own forwards."""
+    def related(other):
+        return any(m is model for m in other.modules()) or any(m is other for m in model.modules())
+    captures = [c for c in _OPEN if related(c.view.model)]
+    for capture in captures:
+        capture._paused = True
+    try:
+        yield
+    finally:
+        for capture in captures:
+            capture._paused = False
 
 
 class ModelView:
@@ -180,6 +192,8 @@ class Capture:
         self._watched: dict = {}  # (point, layer) -> (tensor kept without a copy, its version when captured)
         self._handles = []
         self._saved_impl: list = []
+        self._routes = ExitStack()  # the attention router's entry, where attention points are asked for
+        self._paused = False
         self._check_supported()
 
     # --- public -----------------------------------------------------------------------------------------------
@@ -190,6 +204,7 @@ class Capture:
         return self.results[(point, layer)]
 
     def __enter__(self):
+        _OPEN.append(self)
         try:
             for layer in self.layers:
                 for point in self.points:
@@ -220,8 +235,9 @@ class Capture:
         for config, impl in self._saved_impl:
             config._attn_implementation = impl
         self._saved_impl.clear()
-        for module in [m for m, c in _ACTIVE.items() if c is self]:
-            del _ACTIVE[module]
+        self._routes.close()
+        if self in _OPEN:
+            _OPEN.remove(self)
 
     # --- storing ----------------------------------------------------------------------------------------------
     def _emit(self, point: str, layer: int, tensor: torch.Tensor, ours: bool = False) -> None:
@@ -229,6 +245,8 @@ class Capture:
         model's own tensor is kept without a copy and its version counter watched: a forward that changes it in
         place afterwards is a CaptureError, not a silently wrong result. Points the family is known to change in
         place (its `copies`), and tensors made under inference_mode (they have no version counter), are copied."""
+        if self._paused:
+            return
         tensor = tensor.detach()
         if self.reduce is not None:
             self.results.setdefault((point, layer), []).append(self.reduce(point, layer, tensor))
@@ -355,21 +373,12 @@ class Capture:
 
     # --- attention registry -----------------------------------------------------------------------------------
     def _enter_attention(self) -> None:
+        """Join the model's attention router (monkey_patch.routing): its one attention function applies the
+        active edits, hands the edited mask to this capture, then runs the model's own kernel."""
         if not self.view.family.registry:
             return
-        # sdpa's masks: every layer's kernel then runs exactly as in a plain forward (is_causal, grouped heads
-        # without copies), and the captured layers' maps turn the mask into eager's (additive_mask)
-        register_attention(ATTN_NAME, _dispatch, mask="sdpa")
-        self._layer_index = {self.view.attn(layer): layer for layer in range(self.view.num_layers)}
-        if any(module in _ACTIVE for module in self._layer_index):
-            raise CaptureError("another Capture of attention points is already active on this model: "
-                               "ask for all points in one Capture instead of nesting them")
-        implementations = {c._attn_implementation for c in model_configs(self.view.model)}
-        self._fallback = "eager" if "eager" in implementations else "sdpa"
         self._requested = set(self.layers)
-        for module in self._layer_index:
-            _ACTIVE[module] = self
-        self._switch_implementation(ATTN_NAME)
+        self._routes.enter_context(route(self.view.model, self.view.layers, self.view.family.attn, capture=self))
 
     def _switch_implementation(self, name: str) -> None:
         for config in model_configs(self.view.model):
@@ -377,18 +386,20 @@ class Capture:
                 self._saved_impl.append((config, config._attn_implementation))
             config._attn_implementation = name
 
-    def _attention(self, module, query, key, value, attention_mask, **kwargs):
-        layer = self._layer_index[module]
-        pattern = None
-        if layer in self._requested:  # first, so that its buffers and the kernel's output are never held at once
-            pattern = self._capture_attention(module, layer, query, key, attention_mask, **kwargs)
-        # every layer's output comes from the model's own kernel, as in a plain forward
-        out, weights = _delegate(self._fallback, module, query, key, value, attention_mask, **kwargs)
-        return out, pattern if weights is None else weights
-
-    def _capture_attention(self, module, layer, query, key, attention_mask, **kwargs):
-        """Emit the attention points of a requested layer; returns the whole pattern where it was made."""
+    def _capture_attention(self, module, layer, query, key, attention_mask, replaced=(), **kwargs):
+        """Emit the attention points of a requested layer (from the edited mask the router hands over); returns
+        the whole pattern where it was made. Maps are made without autograd (captured tensors are detached)."""
+        if layer not in self._requested:
+            return None
         wanted = set(self.points)
+        if replaced and wanted & {"attn.scores", "attn.pattern"}:
+            raise CaptureError(f"layer {layer}: {type(replaced[0]).__name__} replaces this layer's attention output, "
+                               "so its attention maps are not defined; capture other points under it")
+        with torch.no_grad():
+            return self._attention_maps(module, layer, query.detach(), key.detach(), attention_mask, wanted,
+                                        **kwargs)
+
+    def _attention_maps(self, module, layer, query, key, attention_mask, wanted, **kwargs):
         if "attn.q_rot" in wanted:
             self._emit("attn.q_rot", layer, query.transpose(1, 2))
         if "attn.k_rot" in wanted:
@@ -533,31 +544,6 @@ def _keys_seen(visible) -> int:
     return int(visible.flatten(0, -2).any(0).nonzero().max()) + 1
 
 
-def model_configs(model: nn.Module) -> list:
-    """Every distinct config object in the model (sub-models may hold their own)."""
-    seen = {}
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        if config is not None and hasattr(config, "_attn_implementation"):
-            seen[id(config)] = config
-    return list(seen.values())
-
-
-def eager_attention(module):
-    """The family's own eager attention function (transformers' `eager_attention_forward` of its module)."""
-    fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
-    if fn is None:
-        raise CaptureError(f"{type(module).__name__}: its module has no eager_attention_forward")
-    return fn
-
-
-def _delegate(name, module, query, key, value, attention_mask, **kwargs):
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-    if name == "eager":
-        return eager_attention(module)(module, query, key, value, additive_mask(attention_mask, query, key), **kwargs)
-    return ALL_ATTENTION_FUNCTIONS[name](module, query, key, value, attention_mask, **kwargs)
-
-
 def _logits(module, query, key, out=None, scaling=None, softcap=None, **kwargs):
     """Scaled q.k for every head, soft-capped where the family does, in the model's dtype as eager makes them (in the
     flat buffer `out` where given). Grouped query heads share their key head without copies: each key head's
@@ -579,57 +565,3 @@ def _logits(module, query, key, out=None, scaling=None, softcap=None, **kwargs):
     if softcap is not None:
         scores.copy_(torch.tanh(scores / softcap) * softcap)
     return scores
-
-
-def _dispatch(module, query, key, value, attention_mask, **kwargs):
-    capture = _ACTIVE.get(module)
-    if capture is None:  # a model switched to our name outside a capture: behave like sdpa
-        return _delegate("sdpa", module, query, key, value, attention_mask, **kwargs)
-    return capture._attention(module, query, key, value, attention_mask, **kwargs)
-
-
-def additive_mask(mask, query, key, rows=slice(None), columns=slice(None)):
-    """The additive float mask that eager attention adds to its scores (its query rows `rows` and key columns
-    `columns`, of the keys up to key's length), from what sdpa's mask function gave: None (plain causal, which sdpa
-    runs as is_causal), a boolean mask (True: attend) or already a float one."""
-    queries, keys = query.shape[-2], key.shape[-2]
-    if mask is not None:
-        mask = mask[:, :, rows, :keys][..., columns]
-        if mask.dtype != torch.bool:
-            return mask
-    else:
-        last_key = torch.arange(queries, device=query.device)[rows, None] + (keys - queries)
-        mask = (torch.arange(keys, device=query.device)[columns] <= last_key)[None, None]
-    blocked = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
-    return blocked.masked_fill_(~mask, torch.finfo(query.dtype).min)
-
-
-def register_attention(name: str, fn, mask: str = "eager") -> None:
-    """Register `fn` in transformers' attention registry under `name`, with the mask function of implementation
-    `mask`; setting a model's configs to `name` then routes every attention call through `fn`."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-    AttentionInterface.register(name, fn)
-    AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[mask])
-
-
-@contextmanager
-def routed_attention(model: nn.Module, name: str, fn, table: dict, entry):
-    """Within the context every attention call of `model` goes to `fn` (registered as `name`), which finds what it
-    needs in `table[module]`, set to `entry(layer)` for each layer's attention module; yields those modules.
-    Leaving restores each config's attention implementation and empties the table of them."""
-    view = ModelView(model)
-    modules = [view.attn(i) for i in range(view.num_layers)]
-    register_attention(name, fn)
-    saved = [(c, c._attn_implementation) for c in model_configs(model)]
-    try:
-        for i, module in enumerate(modules):
-            table[module] = entry(i)
-        for config, _ in saved:
-            config._attn_implementation = name
-        yield modules
-    finally:
-        for config, implementation in saved:
-            config._attn_implementation = implementation
-        for module in modules:
-            table.pop(module, None)

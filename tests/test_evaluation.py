@@ -240,6 +240,7 @@ def test_mask_sink_cuts_later_attention_to_the_outlier_token(family):
     longer depend on what token k carries after layer L (attention is the only path between tokens)."""
     model = tiny_model(family)
     view = ModelView(model)
+    before = model.config._attn_implementation
     L, k = 0, 3
     ids = torch.randint(0, 128, (1, 10), generator=torch.Generator().manual_seed(0))
 
@@ -269,7 +270,7 @@ def test_mask_sink_cuts_later_attention_to_the_outlier_token(family):
     assert not torch.allclose(logits(0.0, False)[others], logits(200.0, False)[others], atol=1e-3)
     assert torch.allclose(logits(0.0, True)[others], logits(200.0, True)[others], atol=1e-5)
     assert not torch.allclose(logits(0.0, True), logits(0.0, False), atol=1e-4)
-    assert model.config._attn_implementation != interventions.MASK_ATTN_NAME  # restored
+    assert model.config._attn_implementation == before  # restored
 
 
 @pytest.mark.parametrize("variant", ["default", "attn_bias", "ca_softmax", "sigmoid", "clipped"])
@@ -338,7 +339,7 @@ def test_attention_sinks_found_and_masked_in_the_planted_llama():
         assert plain[i][0, :, others[sink:], sink].mean() > 0.5  # the planted sink, unmasked
         assert torch.all(weights[i][0, :, others, sink] == 0)
     assert state.masked >= 1 and state.masked_layer_keys >= 2
-    assert model.config._attn_implementation != interventions.MASK_ATTN_NAME  # restored
+    assert model.config._attn_implementation == "eager"  # restored
 
 
 def _gpt2_with_a_sink_at_position_0(variant):
@@ -512,13 +513,22 @@ def test_random_key_control_masks_as_many_other_tokens():
     again.set({i: [list(r) for r in rows] for i, rows in keys.items()}, 12)
     assert again.keys == state.keys  # seeded
     mask = torch.zeros(2, 1, 12, 12)
-    masked = state.apply(mask, torch.zeros(2, 4, 12, 8), layer=1)
+    edit = interventions.KeyMaskEdit(state)
+    query = key = torch.zeros(2, 4, 12, 8)
+    masked = edit.mask(1, query, key, mask)
     for b, row in enumerate(state.keys[1]):
         for k in row:
             blocked = masked[b, 0, :, k] < -1e30
             assert blocked.sum() == 11 and not blocked[k]  # every query but the key itself
     assert (masked == 0).sum() == mask.numel() - 11 * 3
-    assert torch.equal(state.apply(mask, torch.zeros(2, 4, 12, 8), layer=0), mask)  # nothing at layer 0
+    assert torch.equal(edit.mask(0, query, key, mask), mask)  # nothing at layer 0
+    visible = edit.mask(1, query, key, None)  # plain causal (sdpa's None): a causal bool mask with the keys hidden
+    causal = torch.ones(12, 12, dtype=torch.bool).tril()
+    for b, row in enumerate(state.keys[1]):
+        expected = causal.clone()
+        expected[:, row] = False
+        expected[row, row] = True
+        assert torch.equal(visible[b, 0], expected)
 
 
 def test_paired_change_against_the_baseline_by_hand():
