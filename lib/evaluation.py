@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lib import compression, gpt2_checkpoints, interventions, scale_test
+from lib import compression, gpt2_checkpoints, interventions, relocation, scale_test
 from lib.errors import UserError
 from lib.models import ModelSpec
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
@@ -102,11 +102,12 @@ def measure(subject: Subject, methods, wanted_interventions, log=print, rule=int
     s = subject
     start = time.time()
     metrics = interventions.OutlierMetrics(len(s.blocks))
-    with interventions.block_output_hooks(s.blocks, metrics):
+    with interventions.block_output_hooks(s.blocks, metrics), relocation.track(s.model) as where:
         baseline = perplexity(s.logits_fn, s.windows)
+    baseline["where"] = where.summary(rule)
     result = {"name": s.name, "title": s.title, "info": s.info, "data": s.data,
-              "baseline": summarize(baseline), "outlier_metrics": metrics.summary(), "compression": {},
-              "interventions": {}}
+              "baseline": {**summarize(baseline), "where": baseline["where"]},
+              "outlier_metrics": metrics.summary(), "compression": {}, "interventions": {}}
     log(f"{s.title}: fp32 perplexity {baseline['ppl']:.4g}; max inf-norm {metrics.summary()['max_inf_norm']:.4g}, "
         f"avg kurtosis {metrics.summary()['avg_kurtosis']:.4g}")
     for method in methods:
@@ -119,7 +120,7 @@ def measure(subject: Subject, methods, wanted_interventions, log=print, rule=int
     if scale:
         if interventions.supports_sink_mask(s.model):
             result["scale_test"] = scale_test.measure(s.model, s.run_fn, s.logits_fn, s.windows, s.calib, baseline,
-                                                      lambda line: log(f"{s.title}: {line}"))
+                                                      lambda line: log(f"{s.title}: {line}"), rule=rule)
         else:
             result["scale_test"] = {"note": MASK_UNSUPPORTED}
     result["seconds"] = round(time.time() - start, 1)
@@ -172,10 +173,21 @@ def _attention_intervention(s: Subject, mode: str, baseline=None) -> dict:
         return {"note": MASK_UNSUPPORTED}
     logits_fn, state = interventions.mask_attention_sinks(s.model, s.run_fn, s.logits_fn,
                                                           control=mode == "mask_attn_random")
-    measured = perplexity(logits_fn, s.windows)
+    measured, where = tracked(s, logits_fn, baseline)
     n = s.windows.shape[0]
-    return {**summarize(measured, baseline), "masked_keys_per_window": state.masked / n,
-            "masked_layer_keys_per_window": state.masked_layer_keys / n}
+    return {**summarize(measured, baseline), "masked_layers": "each layer: its own attention-outlier keys",
+            "masked_keys_per_window": state.masked / n,
+            "masked_layer_keys_per_window": state.masked_layer_keys / n, **where}
+
+
+def tracked(s: Subject, logits_fn, baseline=None, rule=interventions.DEFAULT_RULE, attention=True):
+    """Perplexity under an intervention, and where the massive activation and the sink went in the same forwards
+    (lib.relocation): {"where": summary, "moved": against the baseline's}."""
+    with relocation.track(s.model, attention=attention) as where:
+        measured = perplexity(logits_fn, s.windows)
+    summary = where.summary(rule)
+    moved = relocation.compare(baseline["where"], summary) if baseline and "where" in baseline else {}
+    return measured, {"where": summary, "moved": moved}
 
 
 def _intervention(s: Subject, mode: str, layer: int, means: dict, baseline=None,
@@ -185,10 +197,12 @@ def _intervention(s: Subject, mode: str, layer: int, means: dict, baseline=None,
             return {"note": MASK_UNSUPPORTED}
         control = mode == "mask_random"
         with interventions.mask_sink_keys(s.model, layer, control=control, seed=layer, rule=rule) as state:
-            measured = perplexity(s.logits_fn, s.windows)
-        return {**summarize(measured, baseline), "masked_keys_per_window": state.masked / s.windows.shape[0]}
+            measured, where = tracked(s, s.logits_fn, baseline, rule)
+        return {**summarize(measured, baseline), "masked_layers": list(range(layer + 2, len(s.blocks) + 1)),
+                "masked_keys_per_window": state.masked / s.windows.shape[0], **where}
     with interventions.edit_outliers(s.blocks, layer, mode, means, rule, seed=layer) as edit:
-        measured = perplexity(s.logits_fn, s.windows)
+        measured, where = tracked(s, s.logits_fn, baseline, rule)
     tokens = [len(t) for t in edit.tokens]
-    return {**summarize(measured, baseline), "edited_entries": edit.edited, "entries_without_mean": edit.without_mean,
-            "outlier_tokens_per_window": sum(tokens) / max(len(tokens), 1)}
+    return {**summarize(measured, baseline), "edited_layer": layer + 1, "edited_entries": edit.edited,
+            "entries_without_mean": edit.without_mean, "outlier_tokens_per_window": sum(tokens) / max(len(tokens), 1),
+            **where}

@@ -199,9 +199,12 @@ def edit_outliers(blocks, layer: int, mode: str, means=None, rule: Rule = DEFAUL
 
 
 def key_mask(rows, batch: int, n_tokens: int, device) -> torch.Tensor | None:
-    """Bool [batch, tokens], True at the token positions rows[b] lists; None when no row lists any."""
+    """Bool [batch, tokens], True at the token positions rows[b] lists (one row: the same for every sequence); None
+    when no row lists any."""
     if not rows or not any(rows):
         return None
+    if len(rows) == 1:
+        rows = rows * batch
     out = torch.zeros(batch, n_tokens, dtype=torch.bool, device=device)
     for b, keys in enumerate(rows):
         out[b, keys] = True
@@ -325,6 +328,28 @@ def masking(model, state: SinkMask):
         finally:
             for handle in handles:
                 handle.remove()
+
+
+@contextmanager
+def mask_keys(model, keys, layers=None):
+    """Within the context, in each of `layers` (0-based, as in Capture; None: every layer) no query but the key's
+    own token may attend to the token positions `keys` (one list for every sequence, or a list per sequence).
+    Works on Hugging Face families on transformers' attention registry and on gpt-2/ models; composes with
+    Capture in either nesting order. Yields the SinkMask; anything it cannot apply raises.
+
+    >>> with mask_keys(model, [3], layers=range(4, 18)):       # doctest: +SKIP
+    ...     logits = model(ids).logits
+    """
+    n_layers = len(_blocks(model))
+    layers = list(range(n_layers)) if layers is None else sorted(set(layers))
+    bad = [layer for layer in layers if not isinstance(layer, int) or not 0 <= layer < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the model has layers 0..{n_layers - 1}")
+    rows = [list(keys)] if keys and isinstance(keys[0], int) else [list(r) for r in keys]
+    state = SinkMask()
+    state.keys = {layer: rows for layer in layers}
+    with masking(model, state):
+        yield state
 
 
 @contextmanager

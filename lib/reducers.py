@@ -41,3 +41,23 @@ def by_point(reducers: dict, default=None):
         return fn(point, layer, tensor)
     reduce.sums_over_queries = frozenset(p for p, fn in reducers.items() if getattr(fn, "sums_over_queries", False))
     return reduce
+
+
+def token_max_abs(point, layer, tensor):
+    """Activations [batch, tokens, channels] -> per sequence: float32 [tokens], each token's largest |h| (the curve
+    a massive activation stands out of)."""
+    return [sequence.detach().abs().amax(dim=-1).float().cpu() for sequence in tensor]
+
+
+def attention_received(point, layer, probs):
+    """Attention probabilities [batch, heads, queries, keys] (queries = keys, causal) -> per sequence: float32
+    [heads, keys], the mean attention that the queries after each key pay it (its own query left out; 0 for the
+    last key, which no later query sees). Needs each layer's whole map: for long sequences reduce with
+    attention_column_sums instead."""
+    n = probs.shape[-1]
+    later = torch.arange(n - 1, -1, -1, device=probs.device, dtype=torch.float32)  # queries after key k: n - 1 - k
+    out = []
+    for sequence in probs.detach().float():
+        paid = sequence.sum(dim=1) - sequence.diagonal(dim1=-2, dim2=-1)
+        out.append((paid / later.clamp_min(1)).cpu())
+    return out

@@ -234,10 +234,14 @@ def logits_under(model, run, logits_fn, state: ScaleTest, sinks: dict | None = N
     return scaled_logits
 
 
-def measure(model, run, logits_fn, windows, calib, baseline, log=print) -> dict:
+def measure(model, run, logits_fn, windows, calib, baseline, log=print, rule=None) -> dict:
     """Calibrate on `calib` windows (const and fitted scales, a_s and |v_s| statistics), then the perplexity of
-    every mode on `windows`, each with its paired change against `baseline` (lib.perplexity.summarize)."""
+    every mode on `windows`, each with its paired change against `baseline` (lib.perplexity.summarize) and where
+    the massive activation went (lib.relocation; the modes replace attention's output, so no sink is tracked)."""
+    from lib import relocation
+    from lib.interventions import DEFAULT_RULE
     from lib.perplexity import perplexity, summarize
+    rule = rule or DEFAULT_RULE
     record = ScaleTest("record")
     recording = logits_under(model, run, logits_fn, record)
     with torch.no_grad():
@@ -248,7 +252,11 @@ def measure(model, run, logits_fn, windows, calib, baseline, log=print) -> dict:
         state = ScaleTest(mode)
         state.const, state.fitted = record.const, record.fitted
         scaled = logits_under(model, run, logits_fn, state, sinks)
-        out["modes"][mode] = summarize(perplexity(scaled, windows), baseline)
+        with relocation.track(model, attention=False) as where:
+            measured = perplexity(scaled, windows)
+        summary = where.summary(rule)
+        out["modes"][mode] = {**summarize(measured, baseline), "masked_layers": "each layer: its own sink keys",
+                              "where": summary, "moved": relocation.compare(baseline.get("where", {}), summary)}
         if mode in ("const_scale", "fitted_scale"):
             out["modes"][mode]["uncalibrated_layer_windows"] = state.uncalibrated
         log(f"scale test: {mode}: perplexity {out['modes'][mode]['ppl']:.4g}")
