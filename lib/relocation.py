@@ -18,7 +18,7 @@ from statistics import median
 
 import torch
 
-from lib import reducers
+from lib import interventions, reducers
 from lib.gpt2_checkpoints import CheckpointLM
 from lib.interventions import DEFAULT_RULE, Rule
 from monkey_patch import Capture
@@ -135,3 +135,92 @@ def tokens_max_abs(tracker_windows: list[list[dict]], window: int = 0) -> torch.
 def received(tracker_windows: list[list[dict]], window: int = 0) -> torch.Tensor:
     """float32 [layers, keys]: the head-averaged attention each key receives from later queries, per layer."""
     return torch.stack([layer["received"] for layer in tracker_windows[window]])
+
+
+# --- the relocation experiment: block the outlier tokens as keys and see where the outlier and the sink go --------
+
+CONDITIONS = ("every_layer", "from_sink_layer", "before_sink_layer")
+CONDITION_TEXT = {"every_layer": "masked in every layer", "from_sink_layer": "masked from the first sink layer on",
+                  "before_sink_layer": "masked only in the layers before the first sink layer"}
+
+
+def condition_layers(condition: str, first_sink_layer: int, n_layers: int) -> list[int]:
+    """0-based layers a condition masks; `first_sink_layer` is 1-based."""
+    start = first_sink_layer - 1
+    return {"every_layer": list(range(n_layers)), "from_sink_layer": list(range(start, n_layers)),
+            "before_sink_layer": list(range(start))}[condition]
+
+
+def outlier_tokens(scan) -> list[list[int]]:
+    """Per window of an outlier scan (lib.interventions.scan_outliers): the tokens flagged in any layer."""
+    return [sorted({t for mask, _ in per_layer for t in torch.nonzero(mask.any(dim=1)).flatten().tolist()})
+            for per_layer in scan]
+
+
+def random_tokens(keys: list[int], n_tokens: int, generator: torch.Generator) -> list[int]:
+    """As many tokens as `keys`, drawn among the others (the control)."""
+    others = torch.tensor([t for t in range(n_tokens) if t not in set(keys)])
+    return sorted(others[torch.randperm(len(others), generator=generator)[:len(keys)]].tolist())
+
+
+def masked_logits(model, logits_fn, keys_per_window: list[list[int]], layers: list[int]):
+    """logits_fn' that masks window i's keys in `layers` (windows are evaluated one at a time, in order)."""
+    state = interventions.SinkMask()
+    calls = iter(keys_per_window)
+
+    def run(ids):
+        keys = next(calls)
+        state.keys = {layer: [keys] for layer in layers} if keys and layers else {}
+        with interventions.masking(model, state):
+            return logits_fn(ids)
+    return run
+
+
+def measure(model, blocks, logits_fn, run_fn, windows, rule: Rule = DEFAULT_RULE, seed: int = 0) -> dict:
+    """The relocation experiment on evaluation windows [n, L]: each window's outlier tokens (flagged by `rule` in
+    any layer of its unmasked forward) blocked as keys for every other query in each condition's layers, and a
+    control that blocks as many other tokens of the window, drawn with `seed`. Per condition and kind: perplexity
+    with its paired change against the unmasked model, the masked layers (1-based), and where the massive activation
+    and the sink went. The first sink layer is the unmasked model's (`summarize`)."""
+    from lib.perplexity import perplexity, summarize as summarize_ppl
+    inputs = windows[:, :-1]  # what the model sees of a window
+    keys = outlier_tokens(interventions.scan_outliers(blocks, run_fn, inputs, rule))
+    generator = torch.Generator().manual_seed(seed)
+    controls = [random_tokens(k, inputs.shape[1], generator) for k in keys]
+    with track(model) as where:
+        baseline = perplexity(logits_fn, windows)
+    before = where.summary(rule)
+    first_sink = before.get("sink", {}).get("first_layer")
+    out = {"rule": str(rule), "windows": int(windows.shape[0]), "seqlen": int(windows.shape[1]),
+           "outlier_tokens": keys, "control_tokens": controls, "first_sink_layer": first_sink,
+           "baseline": {**summarize_ppl(baseline), "where": before}, "conditions": {}}
+    if first_sink is None:
+        out["note"] = f"no layer has a sink (a key receiving >= {SINK_SHARE} of its later queries' attention) in at " \
+                      "least half of the windows: only the every-layer condition is defined"
+    for condition in CONDITIONS if first_sink is not None else CONDITIONS[:1]:
+        layers = condition_layers(condition, first_sink or 1, len(blocks))
+        out["conditions"][condition] = {}
+        for kind, per_window in (("outliers", keys), ("control", controls)):
+            with track(model) as where:
+                measured = perplexity(masked_logits(model, logits_fn, per_window, layers), windows)
+            after = where.summary(rule)
+            out["conditions"][condition][kind] = {**summarize_ppl(measured, baseline),
+                                                  "masked_layers": [layer + 1 for layer in layers],
+                                                  "where": after, "moved": compare(before, after)}
+    return out
+
+
+def prompt_maps(model, ids: torch.Tensor, keys: list[int], layers: list[int]) -> dict:
+    """One prompt [1, T], unmasked and with `keys` masked in `layers`: each token's max |h| per layer and the
+    attention each key receives from later queries, float32 [layers, tokens] each, before and after."""
+    maps = {}
+    for name, masked in (("before", False), ("after", True)):
+        with torch.no_grad(), track(model) as where:
+            if masked:
+                with interventions.mask_keys(model, keys, layers):
+                    model(ids)
+            else:
+                model(ids)
+        windows = where.windows()
+        maps[name] = {"max_abs": tokens_max_abs(windows), "received": received(windows)}
+    return maps

@@ -78,3 +78,29 @@ def test_mask_keys_refuses_layers_out_of_range():
     with pytest.raises(ValueError, match="out of range"):
         with interventions.mask_keys(model, [1], layers=[3]):
             pass
+
+
+def test_relocation_measures_every_condition_and_its_control_on_a_planted_model():
+    from lib.interventions import Rule
+    from lib.perplexity import hf_logits
+    model = tiny_model("llama")
+    windows = torch.randint(0, 128, (2, 10), generator=torch.Generator().manual_seed(4))
+    handle = _plant(model)
+    try:
+        out = relocation.measure(model, model.model.layers, hf_logits(model), lambda x: model.model(input_ids=x),
+                                 windows, rule=Rule(factor=100.0))
+    finally:
+        handle.remove()
+    assert out["outlier_tokens"] == [[PLANTED_TOKEN], [PLANTED_TOKEN]]
+    assert all(len(c) == 1 and c[0] != PLANTED_TOKEN for c in out["control_tokens"])
+    first = out["first_sink_layer"]
+    if first is None:
+        assert list(out["conditions"]) == ["every_layer"]
+    else:
+        assert set(out["conditions"]) == set(relocation.CONDITIONS)
+        assert out["conditions"]["before_sink_layer"]["outliers"]["masked_layers"] == list(range(1, first))
+    every = out["conditions"]["every_layer"]
+    assert every["outliers"]["masked_layers"] == [1, 2, 3]
+    for kind in ("outliers", "control"):
+        entry = every[kind]
+        assert entry["ppl"] > 0 and "nll_change_stderr" in entry and "moved" in entry
