@@ -8,6 +8,7 @@ cached HF folder (lib/gguf_models.py); so is the default model, Google's Gemma 3
 PyPI packages: nothing is downloaded from the hub.
 The architecture is read from the model's config, never from its name.
 """
+import difflib
 import os
 import sys
 from dataclasses import dataclass
@@ -88,13 +89,14 @@ def resolve(model: str, model_path: str | None = None) -> ModelSpec:
             return _gguf_spec(gguf, folder.name)
         _require_config(folder)
         return ModelSpec(folder.name, str(folder), folder.name, 4096, "float16")
-    if model.endswith(".gguf") or model.startswith(("/", "./", "../", "~")):  # a path, never a hub id
-        raise UserError(f"--model {model!r}: no such file or folder")
+    if model.endswith(".gguf") or model.startswith(("/", "./", "../", "~")) or Path(path.parts[0]).is_dir():
+        # a path, never a hub id: it names a file, starts like a path, or its first component is a local folder
+        raise UserError(f"--model {model!r}: no such file or folder{_nearest(path.name, _siblings(path))}")
     info = REGISTRY.get(model)
     if info is None:
         if "/" not in model:
-            raise UserError(f"unknown model {model!r}: use a registry name ({', '.join(REGISTRY)}), "
-                            "a Hugging Face id (org/name), a local model folder or a GGUF file")
+            raise UserError(f"unknown model {model!r}{_nearest(model, REGISTRY)}: use a registry name "
+                            f"({', '.join(REGISTRY)}), a Hugging Face id (org/name), a local model folder or a GGUF file")
         info = ModelInfo(model, model.split("/")[-1])
     name = model if model in REGISTRY else model.replace("/", "--")
     local, looked = _find_local(model, info.hf_id, model_path)
@@ -106,6 +108,18 @@ def resolve(model: str, model_path: str | None = None) -> ModelSpec:
     if model == DEFAULT_MODEL:
         return ModelSpec(name, str(default_model_folder()), info.title, info.seqlen, info.cuda_dtype)
     return ModelSpec(name, info.hf_id, info.title, info.seqlen, info.cuda_dtype)
+
+
+def _siblings(path: Path) -> list[str]:
+    """The names in the folder that `path` would sit in, where that folder exists."""
+    parent = path.parent
+    return [p.name for p in parent.iterdir()] if parent.is_dir() else []
+
+
+def _nearest(name: str, choices) -> str:
+    """' (did you mean X?)' for the closest of `choices`, or ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _gguf_spec(gguf: Path, name: str) -> ModelSpec:

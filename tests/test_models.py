@@ -100,3 +100,15 @@ def test_a_missing_file_or_folder_is_a_user_error_not_a_hub_lookup(tmp_path):
     for missing in (str(tmp_path / "model.gguf"), str(tmp_path / "absent"), "missing.gguf", "./absent"):
         with pytest.raises(UserError, match="no such file or folder"):
             resolve(missing)
+
+
+def test_a_value_whose_first_component_is_a_local_folder_is_a_path_not_a_hub_id(tmp_path, monkeypatch):
+    (tmp_path / "gpt-2" / "out-backcopy-ca_softmax").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match="no such file or folder .did you mean out-backcopy-ca_softmax"):
+        resolve("gpt-2/out-backcopy-ca_softmx")
+
+
+def test_an_unknown_registry_name_suggests_the_nearest():
+    with pytest.raises(UserError, match="did you mean gemma3_270m"):
+        resolve("gemma3_270")
