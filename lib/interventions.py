@@ -189,7 +189,17 @@ class OutlierEdit:
 
 
 @contextmanager
-def edit_outliers(blocks, layer: int, mode: str, means=None, rule: Rule = DEFAULT_RULE, seed: int = 0):
+def edit_outliers(model, layer: int, mode: str, means=None, rule: Rule = DEFAULT_RULE, seed: int = 0):
+    """Within the context, the activation outliers of decoder layer `layer`'s output (0-based, as in Capture; the
+    figures' layer L is L - 1) are edited in every forward: `mode` "zero" sets them to 0, "mean" to their channel's
+    calibration mean (`means`, {channel: value}, from `calibration_means`), "zero_random" zeroes as many other
+    entries of the same output (the control). Outliers are detected per sequence on the unedited output with
+    `rule`. `model` is a model (any supported family or a gpt-2/ GPT) or its list of decoder blocks. Yields the
+    OutlierEdit: `edited` (entries changed), `tokens` (the outlier tokens of each sequence seen),
+    `without_mean` (outliers in a channel that has no calibration mean, left as they were)."""
+    blocks = model if isinstance(model, torch.nn.ModuleList) else _blocks(model)
+    if not isinstance(layer, int) or not 0 <= layer < len(blocks):
+        raise ValueError(f"layer {layer} out of range: the model has layers 0..{len(blocks) - 1}")
     edit = OutlierEdit(mode, means, rule, seed)
     with block_output_hooks(blocks, edit, layers=[layer]):
         yield edit

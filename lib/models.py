@@ -11,7 +11,7 @@ The architecture is read from the model's config, never from its name.
 import difflib
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ import torch
 from lib import gguf_models
 from lib.errors import UserError, first_line
 from lib.sdist import cache_dir
+from monkey_patch import ModelView
 from monkey_patch.adapters import FAMILIES
 
 DEFAULT_MODEL = "gemma3_270m"
@@ -72,6 +73,7 @@ class ModelSpec:
     cuda_dtype: str
     dataset: str | None = None             # gpt-2 checkpoints: the dataset whose val split is the default data
     default_prompt: tuple | None = None    # token ids used when no --prompt is given (text means nothing to it)
+    num_layers: int | None = None          # decoder layers, set by load_model once the model is loaded
 
 
 def resolve(model: str, model_path: str | None = None) -> ModelSpec:
@@ -181,7 +183,8 @@ def load_model(model: str = DEFAULT_MODEL, model_path: str | None = None, device
 
     from lib import gpt2_checkpoints
     if model and gpt2_checkpoints.is_checkpoint(model):
-        return gpt2_checkpoints.load(model, device or default_device(), dtype)
+        net, tokenizer, spec = gpt2_checkpoints.load(model, device or default_device(), dtype)
+        return net, tokenizer, replace(spec, num_layers=ModelView(net).num_layers)
     device = check_device(device or default_device())
     spec = resolve(model, model_path)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype)
@@ -205,7 +208,7 @@ def load_model(model: str = DEFAULT_MODEL, model_path: str | None = None, device
     if device != "auto":
         net = net.to(device)
     net.eval()
-    return net, tokenizer, spec
+    return net, tokenizer, replace(spec, num_layers=ModelView(net).num_layers)
 
 
 def check_device(device: str) -> str:

@@ -67,7 +67,10 @@ def paused(model: nn.Module):
 
 
 class ModelView:
-    """A model seen through its family's adapter: layers, their submodules and weights."""
+    """A model seen through its family's adapter (monkey_patch.adapters): `num_layers`, `layers` (the decoder
+    blocks), `num_heads`, `num_kv_heads`, `head_dim`, each layer's submodules by role (`module`, `attn`, `mlp`), its
+    projection weights as [out, in] matrices (`weight`) and the capture points the family serves
+    (`supported_points`). Raises CaptureError for a family outside the adapter table."""
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -178,6 +181,46 @@ def _hidden_states_arg(args, kwargs):
 
 
 class Capture:
+    """Capture named internals of `model` in every forward run inside the `with` block.
+
+    Args:
+        model: a Hugging Face causal LM of a supported family (`ModelView`), or a gpt-2/ checkpoint loaded with
+            lib.models.load_model.
+        points: a capture point or a list of them (`POINTS`; the module docstring says what each holds).
+        layers: 0-based layer indices (an int or a list; default: every layer). The figure scripts' --layer and
+            every JSON count layers from 1: layer L there is L - 1 here.
+        reduce: None, or `reduce(point, layer, tensor) -> list` with one small result per sequence of the batch
+            (lib.reducers has top-k/median, attention column sums, the attention a key receives from later
+            queries, each token's max |h|, and `by_point` to pick one per point).
+
+    `cap[point, layer]`: without `reduce`, the tensor of the latest forward (float32, CPU, detached); with it, a
+    list with one entry per forward call, each a list with one entry per sequence (what `reduce` returned).
+    Captured tensors are detached: a forward inside a capture backpropagates as it would outside it. Attention
+    edits (lib.interventions' key masks, the scale test) compose with a capture in either nesting order: the
+    captured maps are those of the edited model. Raises CaptureError for an unknown point, a layer out of range, a
+    point the family cannot serve or a second capture of attention points on the same model.
+
+    >>> import torch, transformers
+    >>> torch.manual_seed(0) and None
+    >>> config = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+    ...                                   num_attention_heads=2)
+    >>> model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    >>> ids = torch.tensor([[1, 5, 9, 3]])
+    >>> with Capture(model, ["resid_post", "attn.pattern"], layers=[1]) as cap:
+    ...     logits = model(ids).logits
+    >>> cap["resid_post", 1].shape            # [batch, tokens, hidden]
+    torch.Size([1, 4, 16])
+    >>> cap["attn.pattern", 1].shape          # [batch, heads, queries, keys]
+    torch.Size([1, 2, 4, 4])
+    >>> bool(torch.allclose(cap["attn.pattern", 1].sum(-1), torch.ones(1, 2, 4)))
+    True
+    >>> with Capture(model, "resid_post", reduce=lambda point, layer, h: [x.abs().max() for x in h]) as cap:
+    ...     _ = model(ids)
+    ...     _ = model(ids)
+    >>> len(cap["resid_post", 0]), len(cap["resid_post", 0][0])   # forward calls, then sequences
+    (2, 1)
+    """
+
     def __init__(self, model: nn.Module, points, layers=None, reduce=None):
         self.view = ModelView(model)
         self.points = [points] if isinstance(points, str) else list(points)

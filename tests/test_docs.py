@@ -1,0 +1,44 @@
+"""Every example in the docs runs: the README's Python blocks (in order, in one namespace, as a reader would paste
+them) and the doctests of the public modules."""
+import doctest
+import re
+from pathlib import Path
+
+import pytest
+
+import lib.interventions
+import lib.reducers
+import lib.relocation
+import monkey_patch.capture
+import monkey_patch.routing
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCTEST_MODULES = [monkey_patch.capture, monkey_patch.routing, lib.interventions, lib.reducers, lib.relocation]
+
+
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
+
+
+@pytest.mark.parametrize("module", DOCTEST_MODULES, ids=lambda m: m.__name__)
+def test_docstring_examples_run(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
+
+
+def test_the_capture_class_has_a_doctest():
+    assert "Capture(" in (monkey_patch.capture.Capture.__doc__ or "") and ">>>" in monkey_patch.capture.Capture.__doc__
+
+
+@pytest.mark.slow
+def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch):
+    blocks = python_blocks(ROOT / "README.md")
+    assert len(blocks) >= 3  # capture, reduce, interventions
+    monkeypatch.chdir(tmp_path)  # anything an example writes lands here
+    monkeypatch.syspath_prepend(str(ROOT))
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        try:
+            exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
+        except Exception as e:  # name the block, not just the line
+            pytest.fail(f"README python block {i + 1} fails: {type(e).__name__}: {e}\n{block}")
