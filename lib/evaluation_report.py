@@ -97,7 +97,57 @@ def markdown(report: dict) -> str:
                         lines.append(f"- {r['name']}, {m}: {site[m]['note']}")
     if report.get("scale_test"):
         lines += scale_test.markdown(rows)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + where_section(rows)) + "\n"
+
+
+def _entries(r: dict):
+    """(label, entry) of every measured condition of one model that records where the outlier and sink went."""
+    yield "none (fp32)", r["baseline"]
+    iv = r["interventions"]
+    for m, entry in iv.get("attention_sinks", {}).items():
+        yield m, entry
+    for site in iv.get("sites", []):
+        for m, entry in site.items():
+            if isinstance(entry, dict) and "where" in entry:
+                yield f"{m} (layer {site['layer']})", entry
+    for m, entry in r.get("scale_test", {}).get("modes", {}).items():
+        yield f"scale test: {m}", entry
+
+
+def _layers(layers) -> str:
+    if isinstance(layers, str) or not layers:
+        return layers or "-"
+    return f"{layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else ", ".join(map(str, layers))
+
+
+def where_section(rows) -> list[str]:
+    """Per model and condition: the masked or edited layers, and where the massive activation and the sink sat in
+    the same forwards (lib.relocation), with the share of windows where each moved to another token."""
+    table = []
+    for r in rows:
+        for label, entry in _entries(r):
+            where = entry.get("where")
+            if not where:
+                continue
+            massive, sink, moved = where["massive"], where.get("sink"), entry.get("moved", {})
+            layers = entry.get("masked_layers", entry.get("edited_layer"))
+            layers = layers if isinstance(layers, (list, str)) else [layers] if layers else []
+            sink_cell = "-" if not sink else f"{sink['first_layer'] or '-'} / {_fmt(sink['share_median'])}"
+            table.append(f"| {r['name']} | {label} | {_layers(layers)} | {massive['largest_layer']} / "
+                         f"{massive['channel']} / {_fmt(massive['value_median'])} | {_fmt(moved.get('massive_moved'))} "
+                         f"| {sink_cell} | {_fmt(moved.get('sink_moved'))} |")
+    if not table:
+        return []
+    return ["## Where the outlier and the sink went", "",
+            "| model | intervention | masked / edited layers (1-based) | massive: layer / channel / median |h| "
+            "| massive moved | sink: first layer / share | sink moved |", "|---" * 7 + "|"] + table + [
+            "", "Measured in the intervened forwards themselves (the same evaluation windows). Massive: the layer whose "
+            "largest |h| stands highest over its median |h| (median over windows), that entry's most common channel "
+            "and its median |h|. Sink: the first layer where the key most attended by its later queries (head-"
+            "averaged) receives at least 0.3 of their attention in at least half of the windows, and that share. "
+            "Moved: the share of windows where the massive activation (at its layer) or the sink (at its layer) sits "
+            "on another token than in the unedited model; the scale test replaces attention's output, so no sink is "
+            "tracked there.", ""]
 
 
 def figure(report: dict, path: Path) -> None:
