@@ -302,9 +302,13 @@ def supports_sink_mask(model) -> bool:
                                                   "eager_attention_forward", None) is not None
 
 
-def _blocks(model):
+def decoder_blocks(model):
+    """The decoder blocks of a supported Hugging Face model or of a gpt-2/ GPT."""
     blocks = _gpt2_blocks(model)
     return ModelView(model).layers if blocks is None else blocks
+
+
+_blocks = decoder_blocks
 
 
 def _gpt2_block_keys(blocks, state: SinkMask, batch: int, n_tokens: int, device) -> None:

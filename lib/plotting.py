@@ -188,3 +188,20 @@ def signed_line(ax, values, mark=None, title="", xlabel="", color=NORMAL):
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     bold_ticks(ax)
+
+
+def layer_token_map(ax, values, labels, highlight=(), title="", vmin=None, vmax=None):
+    """Heatmap of a [layers, tokens] map: layers 1-based up the y axis, tokens along x (outlier tokens in magenta)."""
+    values = np.asarray(values, dtype=np.float64)
+    image = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower", vmin=vmin, vmax=vmax,
+                      extent=(-0.5, values.shape[1] - 0.5, 0.5, values.shape[0] + 0.5))
+    ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=90, fontsize=7)
+    for k, label in enumerate(ax.get_xticklabels()):
+        if k in set(highlight):
+            label.set_color(OUTLIER)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("token", fontweight="bold")
+    ax.set_ylabel("layer", fontweight="bold")
+    ax.set_title(title, fontsize=9)
