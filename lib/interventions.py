@@ -197,7 +197,7 @@ def edit_outliers(model, layer: int, mode: str, means=None, rule: Rule = DEFAULT
     `rule`. `model` is a model (any supported family or a gpt-2/ GPT) or its list of decoder blocks. Yields the
     OutlierEdit: `edited` (entries changed), `tokens` (the outlier tokens of each sequence seen),
     `without_mean` (outliers in a channel that has no calibration mean, left as they were)."""
-    blocks = model if isinstance(model, torch.nn.ModuleList) else _blocks(model)
+    blocks = model if isinstance(model, torch.nn.ModuleList) else decoder_blocks(model)
     if not isinstance(layer, int) or not 0 <= layer < len(blocks):
         raise ValueError(f"layer {layer} out of range: the model has layers 0..{len(blocks) - 1}")
     edit = OutlierEdit(mode, means, rule, seed)
@@ -308,8 +308,6 @@ def decoder_blocks(model):
     return ModelView(model).layers if blocks is None else blocks
 
 
-_blocks = decoder_blocks
-
 
 def _gpt2_block_keys(blocks, state: SinkMask, batch: int, n_tokens: int, device) -> None:
     for i, block in enumerate(blocks):
@@ -354,7 +352,7 @@ def mask_keys(model, keys, layers=None):
     >>> with mask_keys(model, [3], layers=range(4, 18)):       # doctest: +SKIP
     ...     logits = model(ids).logits
     """
-    n_layers = len(_blocks(model))
+    n_layers = len(decoder_blocks(model))
     layers = list(range(n_layers)) if layers is None else sorted(set(layers))
     bad = [layer for layer in layers if not isinstance(layer, int) or not 0 <= layer < n_layers]
     if bad:
@@ -371,7 +369,7 @@ def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0, rule
     """Within the context, blocks after `layer` cannot attend to the outlier tokens found at `layer` in each
     forward (with `control`: to as many other tokens, drawn at random with `seed`)."""
     state = SinkMask(control, seed)
-    blocks = _blocks(model)
+    blocks = decoder_blocks(model)
     gpt2 = _gpt2_blocks(model) is not None
 
     def detect(i, output):
@@ -405,7 +403,7 @@ def _attention_sinks(model, run, ids):
     else:
         with Capture(model, "attn.pattern", reduce=reducers.attention_column_sums) as cap:
             run(ids)
-        sums = [cap["attn.pattern", i][0] for i in range(len(_blocks(model)))]
+        sums = [cap["attn.pattern", i][0] for i in range(len(decoder_blocks(model)))]
     return {i: [analysis.attention_outlier_keys(c.mean(dim=0)) for c in per_layer] for i, per_layer in enumerate(sums)}
 
 
