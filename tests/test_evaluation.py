@@ -16,7 +16,6 @@ from monkey_patch import ModelView
 from planted import CHANNEL, PLANTED, SINK, CharTokenizer, planted_llama
 from tiny_models import tiny_model
 
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "gpt-2"))
 from model import GPT, GPTConfig  # noqa: E402
 

@@ -174,9 +174,10 @@ def test_bad_requests_are_user_errors(tmp_path, extra, message):
                 spec=planted.spec("p", "P"))
 
 
-def _script(name, *argv):
+def _script(name, *argv, cwd):
+    """The script in a subprocess, run from `cwd` (its default --savedir, figures/, is relative to it)."""
     return subprocess.run([sys.executable, str(ROOT / f"{name}.py"), *argv], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+                          cwd=cwd, timeout=300)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -184,8 +185,8 @@ def _script(name, *argv):
     (["--prompt", ""], "--prompt is empty"),
     (["--savedir", "/dev/null/figures"], "cannot write to --savedir"),
 ])
-def test_scripts_fail_with_one_line(argv, message):
-    result = _script("existence_activation_outliers_layer", *argv)
+def test_scripts_fail_with_one_line(argv, message, tmp_path):
+    result = _script("existence_activation_outliers_layer", *argv, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr

@@ -21,7 +21,6 @@ GPT2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2")
 sys.path.insert(0, GPT2)
 from model import GPT, GPTConfig  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 POINTS = ["resid_pre", "resid_post", "ln1", "ln2", "attn.v", "attn.pattern", "attn.z", "attn_out", "mlp.up_out",
           "mlp.act_out", "mlp.down_in", "mlp.down_out"]
 

@@ -14,7 +14,6 @@ from tiny_models import tiny_model
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2"))
 from model import GPT, GPTConfig  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 
 def hand_attention(q, k, v):
