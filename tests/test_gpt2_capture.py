@@ -129,10 +129,11 @@ def test_rope_checkpoint_captures_and_matches_its_own_forward(tmp_path):
     torch.testing.assert_close(cap["attn.pattern", 1], hidden["attn"][1])
 
 
-def prepare_task(path):
+def prepare_task(path, seq_len=13):
+    """A small back-copy task (gpt-2/data/backcopy/prepare.py) written under `path`: 16 tokens and BOS (16)."""
     sys.path.insert(0, os.path.join(GPT2, "data", "backcopy"))
     import prepare as prep
-    prep.main([f"--out_dir={path}", "--vocab=16", "--seq_len=13", "--train_seqs=50", "--val_seqs=20",
+    prep.main([f"--out_dir={path}", "--vocab=16", f"--seq_len={seq_len}", "--train_seqs=50", "--val_seqs=20",
                "--offsets=[1, 2]", "--triggers=1", "--design=bos"])
     return str(path)
 
