@@ -138,11 +138,11 @@ def test_weights_and_variant_only_points(tmp_path):
     assert "attn.scale" in Capture(model, ["resid_post"]).view.supported_points()
 
 
-def prepare_task(path, seq_len=13):
-    """A small back-copy task (gpt-2/data/backcopy/prepare.py) written under `path`: 16 tokens and BOS (16)."""
+def prepare_task(path):
+    """A small back-copy task (gpt-2/data/backcopy/prepare.py) under `path`: 16 tokens and BOS (16), 13 per sequence."""
     sys.path.insert(0, os.path.join(GPT2, "data", "backcopy"))
     import prepare as prep
-    prep.main([f"--out_dir={path}", "--vocab=16", f"--seq_len={seq_len}", "--train_seqs=50", "--val_seqs=20",
+    prep.main([f"--out_dir={path}", "--vocab=16", "--seq_len=13", "--train_seqs=50", "--val_seqs=20",
                "--offsets=[1, 2]", "--triggers=1", "--design=bos"])
     return str(path)
 
