@@ -4,9 +4,13 @@ import torch
 import torch.nn.functional as F
 
 from monkey_patch import POINTS, Capture, CaptureError, ModelView
+from monkey_patch.adapters import FAMILIES as ADAPTERS
 from tiny_models import FAMILY_CONFIGS, tiny_model
 
 FAMILIES = list(FAMILY_CONFIGS)
+# attn.q_rot, attn.k_rot and attn.scores come from transformers' attention registry, so only its families have them
+REGISTRY = [f for f in FAMILIES if ADAPTERS[FAMILY_CONFIGS[f]().model_type].registry]
+ROTARY = [f for f in REGISTRY if f not in ("opt", "gpt2")]  # the others add learned positions to the embedding
 ATOL = 1e-5
 
 
@@ -99,13 +103,68 @@ def test_attention_pattern_matches_eager_output_attentions(family_run):
         torch.testing.assert_close(r["cap"]["attn.pattern", layer], probs.float(), atol=ATOL, rtol=1e-4)
 
 
-def test_scores_softmax_to_pattern(family_run):
+def _rotary_by_hand(r, layer):
+    """attn.q and attn.k ([batch, pos, head, d], before rotary) turned by the family's own rotary embedding: its
+    model's rotary_emb module and its modeling file's apply_rotary_pos_emb, on the first cos.shape[-1] dims of
+    each head (partial rotary: phi, gpt_neox), as [batch, head, pos, d]."""
+    import inspect
+    import sys
+    view, cap = r["view"], r["cap"]
+    q, k = cap["attn.q", layer].transpose(1, 2), cap["attn.k", layer].transpose(1, 2)
+    rotary = view.model.base_model.rotary_emb
+    positions = torch.arange(q.shape[2])[None]
+    if "layer_type" in inspect.signature(rotary.forward).parameters:  # gemma3: local and global frequencies
+        cos, sin = rotary(q, positions, view.config.layer_types[layer])
+    else:
+        cos, sin = rotary(q, positions)
+    apply = sys.modules[type(view.attn(layer)).__module__].apply_rotary_pos_emb
+    n = cos.shape[-1]
+    q_turned, k_turned = apply(q[..., :n], k[..., :n], cos, sin)
+    return torch.cat([q_turned, q[..., n:]], dim=-1), torch.cat([k_turned, k[..., n:]], dim=-1)
+
+
+@pytest.mark.parametrize("family_run", ROTARY, indirect=True)
+def test_rotated_queries_and_keys_are_the_familys_rotary_of_q_and_k(family_run):
     r = family_run
-    if not r["view"].family.registry:
-        pytest.skip("scores are captured through the attention registry only")
     for layer in range(r["view"].num_layers):
-        probs = torch.softmax(r["cap"]["attn.scores", layer], dim=-1)
-        torch.testing.assert_close(probs, r["cap"]["attn.pattern", layer], atol=ATOL, rtol=1e-4)
+        q, k = _rotary_by_hand(r, layer)
+        assert not torch.allclose(q, r["cap"]["attn.q", layer].transpose(1, 2), atol=1e-3)  # the rotation shows
+        torch.testing.assert_close(r["cap"]["attn.q_rot", layer], q.transpose(1, 2), atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(r["cap"]["attn.k_rot", layer], k.transpose(1, 2), atol=ATOL, rtol=1e-4)
+
+
+def _scores_by_hand(r, layer):
+    """q.k / sqrt(d) from attn.q and attn.k (turned by the family's rotary where it has one), soft-capped where the
+    config says so (gemma2), with -inf where the query may not see the key: later keys, and keys at or beyond
+    the sliding window on the layers that have one. d is the head dim, or query_pre_attn_scalar (gemma2/3)."""
+    view, cap, config = r["view"], r["cap"], r["view"].config
+    if r["family"] in ROTARY:
+        q, k = _rotary_by_hand(r, layer)
+    else:
+        q, k = cap["attn.q", layer].transpose(1, 2), cap["attn.k", layer].transpose(1, 2)
+    k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # grouped queries share a key head
+    d = getattr(config, "query_pre_attn_scalar", None) or view.head_dim
+    scores = q @ k.transpose(-1, -2) / d ** 0.5
+    cap_value = getattr(config, "attn_logit_softcapping", None)
+    if cap_value:
+        scores = torch.tanh(scores / cap_value) * cap_value
+    tokens = torch.arange(q.shape[2])
+    visible = tokens[None, :] <= tokens[:, None]
+    types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None) if types is None or types[layer] == "sliding_attention" else None
+    if window:
+        visible &= tokens[None, :] > tokens[:, None] - window
+    return scores.masked_fill(~visible, float("-inf"))
+
+
+@pytest.mark.parametrize("family_run", REGISTRY, indirect=True)
+def test_scores_are_scaled_q_dot_k_with_the_mask(family_run):
+    r = family_run
+    for layer in range(r["view"].num_layers):
+        scores = r["cap"]["attn.scores", layer]
+        torch.testing.assert_close(scores, _scores_by_hand(r, layer), atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(torch.softmax(scores, dim=-1), r["cap"]["attn.pattern", layer], atol=ATOL,
+                                   rtol=1e-4)
 
 
 def _linear(x, module_weight, module):
@@ -141,25 +200,26 @@ def test_projections_agree_with_weights(family_run):
 
 
 def test_weights_are_out_by_in_matrices(family_run):
-    view = family_run["view"]
-    hidden = view.config.hidden_size
-    heads, kv, d = view.num_heads, view.num_kv_heads, view.head_dim
-    expected = {"q": (heads * d, hidden), "k": (kv * d, hidden), "v": (kv * d, hidden), "o": (hidden, heads * d)}
-    for role in view.weight_roles():
-        shape = tuple(view.weight(0, role).shape)
-        if role in expected:
-            assert shape == expected[role], role
-        else:  # gate/up read the hidden state, down writes it
-            assert (shape[1] if role in ("gate", "up") else shape[0]) == hidden, role
-
-
-def test_rotary_keeps_per_head_norms(family_run):
-    """Rotary embedding rotates pairs of dims: a query's per-head norm is the same before and after it."""
+    """Each input-side weight, as [out, in], maps its captured input to its captured output: q, k, v read ln1
+    (then the family's per-head q/k norm, where it has one), gate and up read ln2. Outputs are compared centred
+    over the tokens, so that a bias (its share of a fused one included) drops out; o and down are checked with their
+    biases in test_projections_agree_with_weights."""
     r = family_run
-    if not r["view"].family.registry or r["family"] in ("opt", "gpt2"):
-        pytest.skip("no rotary embedding")
-    q, q_rot = r["cap"]["attn.q", 1], r["cap"]["attn.q_rot", 1]
-    torch.testing.assert_close(q.norm(dim=-1), q_rot.norm(dim=-1), atol=1e-4, rtol=1e-4)
+    view, cap = r["view"], r["cap"]
+    centred = lambda t: t - t.mean(dim=1, keepdim=True)  # noqa: E731
+    outputs = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "gate": "mlp.gate_out", "up": "mlp.up_out"}
+    for layer in range(view.num_layers):
+        for role in [role for role in view.weight_roles() if role in outputs]:
+            source = cap["ln2" if role in ("gate", "up") else "ln1", layer]
+            by_hand = F.linear(source, view.weight(layer, role))
+            captured = cap[outputs[role], layer]
+            norm = view.module(layer, role + "_norm") if role in ("q", "k") else None
+            if norm is not None:
+                with torch.no_grad():
+                    by_hand = norm(by_hand.view(captured.shape))
+            by_hand = by_hand.reshape(captured.shape)
+            torch.testing.assert_close(centred(by_hand), centred(captured), atol=ATOL, rtol=1e-4,
+                                       msg=f"{role} at layer {layer}")
 
 
 def test_reduce_runs_on_the_fly_and_keeps_only_results():
@@ -238,7 +298,7 @@ def test_monkey_patch_imports_nothing_from_lib():
 
 
 @pytest.mark.parametrize("plan", ["cpu", "gpu"])
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", REGISTRY)  # outside the registry the family's own forward returns the whole map
 def test_column_sums_made_chunk_by_chunk_equal_those_of_eager_attentions(family, plan, monkeypatch):
     """Column sums reduced chunk by chunk (on a CPU per sequence and key head, with plain matrix products; in the
     GPU's plan all sequences and heads at once, with batched ones), each chunk over only the keys its queries see,
@@ -250,8 +310,6 @@ def test_column_sums_made_chunk_by_chunk_equal_those_of_eager_attentions(family,
     from lib import reducers
     from monkey_patch import capture as capture_module
     model = tiny_model(family)
-    if not ModelView(model).family.registry:
-        pytest.skip("outside the attention registry the family's own forward returns the whole map")
     ids = torch.randint(0, 128, (2, 40), generator=torch.Generator().manual_seed(0))
     padding, left = torch.ones_like(ids), torch.ones_like(ids)
     padding[0, -5:] = 0

@@ -5,18 +5,19 @@ import math
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import consequences
-from lib import analysis, compression, gpt2_checkpoints, interventions
+from lib import analysis, compression, interventions
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
 from monkey_patch import ModelView
 from planted import CHANNEL, PLANTED, SINK, CharTokenizer, planted_llama
 from tiny_models import tiny_model
 
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "gpt-2"))
 from model import GPT, GPTConfig  # noqa: E402
 
@@ -149,12 +150,19 @@ def test_compressed_restores_after_an_error():
 
 
 def test_per_channel_means_per_output_row_for_conv1d():
+    """GPT-2's Conv1D stores its weight [in, out]: an output channel is a stored column, so each column gets its own
+    8-bit absmax step, max |column| / 127 (by hand below); one planted large entry then coarsens only its column."""
     model = tiny_model("gpt2")
-    conv = ModelView(model).layers[0].mlp.c_fc  # Conv1D weight [in, out]
+    conv = ModelView(model).layers[0].mlp.c_fc
+    with torch.no_grad():
+        conv.weight[3, 5] = 10.0
     original = conv.weight.detach().clone()
+    step = original.abs().amax(dim=0, keepdim=True) / 127  # [1, out]
+    expected = torch.round(original / step) * step
     with compression.compressed(model, ModelView(model).layers[:1], "w8_channel"):
-        expected = compression.quantize_absmax(original.T, 8, per_channel=True).T  # rows of [out, in]
-        assert torch.equal(conv.weight, expected)
+        torch.testing.assert_close(conv.weight.detach(), expected, atol=1e-7, rtol=0)
+        per_tensor = torch.round(original[:, 4] / (10.0 / 127)) * (10.0 / 127)  # the planted entry's step
+        assert not torch.allclose(conv.weight[:, 4], per_tensor)
 
 
 def test_w8a8_quantizes_inputs_per_tensor_and_weights_per_channel():
@@ -425,7 +433,39 @@ def test_run_on_a_planted_model_writes_every_number(tmp_path):
     md = (tmp_path / "consequences.md").read_text()
     assert "python consequences.py (test)" in md and "| planted |" in md
     assert (tmp_path / "consequences.png").stat().st_size > 0
-    assert report["results"][0]["baseline"]["ppl"] > 1 and "NaN" not in numbers
+    assert "NaN" not in numbers
+    # by hand, from the planted model: the outliers are channel CHANNEL of the sink characters at block PLANTED's
+    # output; their calibration mean is that entry's mean over the calibration windows' sinks
+    sink = lambda ids: ids == ord(SINK)  # noqa: E731
+    with torch.no_grad():
+        hidden = model.model(input_ids=calib[:, :-1], output_hidden_states=True).hidden_states[PLANTED + 1]
+    mean = hidden[..., CHANNEL][sink(calib[:, :-1])].mean().item()
+    assert sites[0]["calibration_means"][str(CHANNEL)] == pytest.approx(mean, rel=1e-5)
+    assert result["baseline"]["ppl"] == pytest.approx(perplexity_by_hand(lambda x: model(x).logits, windows), rel=1e-5)
+    assert sites[0]["zero"]["edited_entries"] == int(sink(windows[:, :-1]).sum())
+
+    def sinks_set_to(value):
+        def logits(ids):
+            def hook(module, args, output):
+                h = output[0] if isinstance(output, tuple) else output
+                h[..., CHANNEL] = torch.where(sink(ids), value, h[..., CHANNEL])
+            handle = model.model.layers[PLANTED].register_forward_hook(hook)
+            try:
+                return model(ids).logits
+            finally:
+                handle.remove()
+        return logits
+    for mode, value in (("zero", 0.0), ("mean", sites[0]["calibration_means"][str(CHANNEL)])):
+        by_hand = perplexity_by_hand(sinks_set_to(value), windows)
+        assert by_hand != pytest.approx(result["baseline"]["ppl"], rel=2e-5)  # the edit shows (the model is small)
+        assert sites[0][mode]["ppl"] == pytest.approx(by_hand, rel=1e-6), mode
+
+
+def perplexity_by_hand(logits_of, windows):
+    """exp of the mean next-token cross-entropy over the windows, each window in one forward."""
+    with torch.no_grad():
+        logits = logits_of(windows)[:, :-1]
+    return math.exp(F.cross_entropy(logits.flatten(0, 1).float(), windows[:, 1:].flatten()).item())
 
 
 def _floats(obj):
@@ -440,25 +480,32 @@ def _floats(obj):
 
 
 def test_run_on_gpt2_checkpoints(tmp_path):
-    paths = []
+    from test_gpt2_capture import prepare_task
+    data = prepare_task(tmp_path / "task")  # a back-copy task: 16 tokens and BOS, 13-token sequences
+    paths, models = [], []
     for variant in ("default", "ca_softmax"):
         torch.manual_seed(0)
-        args = dict(block_size=8, vocab_size=80, n_layer=2, n_head=2, n_embd=16, attention=variant)
-        model = GPT(GPTConfig(**args))
+        args = dict(block_size=8, vocab_size=17, n_layer=2, n_head=2, n_embd=16, attention=variant)
+        models.append(GPT(GPTConfig(**args)).eval())
         out = tmp_path / f"out-{variant}"
         out.mkdir()
-        torch.save({"model": model.state_dict(), "model_args": args, "iter_num": 5,
-                    "config": {"dataset": "backcopy"}}, out / "ckpt_5.pt")
+        torch.save({"model": models[-1].state_dict(), "model_args": args, "iter_num": 5,
+                    "config": {"dataset": data}}, out / "ckpt_5.pt")
         paths.append(str(out))
-    data_dir = gpt2_checkpoints.GPT2_DIR / "data" / "backcopy"
-    if not (data_dir / "val.bin").exists():
-        pytest.skip("gpt-2/data/backcopy not prepared")
     args = _args(tmp_path / "res", "--gpt2", *paths, "--nsamples", "4", "--methods", "w8_tensor", "prune50",
                  "--interventions", "zero")
     report = consequences.run(args, log=lambda s: None)
     assert [r["name"] for r in report["results"]] == ["default", "ca_softmax"]
     assert report["results"][0]["data"]["seqlen"] == 9 and report["results"][0]["data"]["windows"] == 4
     assert (tmp_path / "res" / "consequences.md").exists()
+    # by hand: the first 4 validation sequences from their first token, block_size + 1 tokens each, scored by the
+    # model's own loss
+    val = np.fromfile(os.path.join(data, "val.bin"), dtype=np.uint16).reshape(-1, 13)[:4, :9]
+    windows = torch.from_numpy(val.astype(np.int64))
+    for result, model in zip(report["results"], models):
+        with torch.no_grad():
+            loss = model(windows[:, :-1], targets=windows[:, 1:])[1]
+        assert result["baseline"]["ppl"] == pytest.approx(math.exp(loss.item()), rel=1e-5)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import planted
 from lib import cli
@@ -50,14 +51,48 @@ def random_run(tmp_path_factory):
     return _run_all(tmp, planted.random_llama(), "random")
 
 
+def _layer_io(model, layer, ids):
+    """HF's own tensors of a 1-based layer on ids, from forward hooks: the layer's input and output, and its
+    down_proj's input."""
+    seen = {}
+
+    def keep(name, pick):
+        def hook(module, *io):
+            seen[name] = pick(*io)
+        return hook
+    first = lambda x: x[0] if isinstance(x, tuple) else x  # noqa: E731
+    block = model.model.layers[layer - 1]
+    hooks = [block.register_forward_pre_hook(keep("in", lambda args, kwargs: args[0] if args else
+                                                  kwargs["hidden_states"]), with_kwargs=True),
+             block.register_forward_hook(keep("out", lambda args, out: first(out))),
+             block.mlp.down_proj.register_forward_pre_hook(keep("down_in", lambda args: args[0]))]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {k: v[0] for k, v in seen.items()}
+
+
 def test_every_script_writes_json_and_figures(random_run, planted_run):
-    for results, outdir in (random_run, planted_run):
+    """Every script writes its JSON and non-blank images, and the prompt figures' peaks are those of Hugging Face's
+    own layer output and down_proj input, on the random model and the planted one."""
+    import matplotlib.image
+    ids = torch.tensor([planted.CharTokenizer().encode(PROMPT)])
+    for (results, outdir), model in ((random_run, planted.random_llama()), (planted_run, planted.planted_llama())):
         for name in FIGURES:
             data = _load(outdir, name)
             assert data["script"] == name and data["summary"]
             assert data["files"], name
             for file in data["files"]:
-                assert (outdir / file).stat().st_size > 1000
+                pixels = matplotlib.image.imread(outdir / file)
+                assert pixels.ndim == 3 and pixels.std() > 0.01, file
+        for name, point in (("existence_activation_outliers_layer", "out"), ("existence_activation_outliers_down",
+                                                                           "down_in")):
+            data = _load(outdir, name)
+            assert data["max"] == pytest.approx(_layer_io(model, data["layer"], ids)[point].abs().max().item(),
+                                                rel=1e-5), (outdir.name, name)
 
 
 def test_random_model_has_no_outliers(random_run):
@@ -152,12 +187,23 @@ def test_planted_lifecycle(planted_run):
 
 
 def test_overrides_are_used(tmp_path):
+    """--layer 4 --head 1: the numbers are layer 4's (its output's peak) and head 1's (its query norms, and those of
+    key head 0, which head 1 reads in a model with two query heads per key head), by hand from HF's modules."""
     args = _args(tmp_path, "--layer", "4", "--head", "1", "--format", "both")
+    model = planted.planted_llama()
     results = cli.run(["existence_activation_outliers_layer", "lifecycle_spread"], args,
-                      model=planted.planted_llama(), tokenizer=planted.CharTokenizer(), spec=planted.spec("p", "P"))
-    assert results["existence_activation_outliers_layer"]["layer"] == 4
-    assert results["lifecycle_spread"]["head"] == 1 and results["lifecycle_spread"]["layer"] == 4
-    assert sorted(results["lifecycle_spread"]["files"]) == ["lifecycle_spread.pdf", "lifecycle_spread.png"]
+                      model=model, tokenizer=planted.CharTokenizer(), spec=planted.spec("p", "P"))
+    layer, spread = results["existence_activation_outliers_layer"], results["lifecycle_spread"]
+    assert layer["layer"] == 4 and spread["head"] == 1 and spread["layer"] == 4 and spread["kv_head"] == 0
+    assert sorted(spread["files"]) == ["lifecycle_spread.pdf", "lifecycle_spread.png"]
+    seen = _layer_io(model, 4, torch.tensor([planted.CharTokenizer().encode(PROMPT)]))
+    assert layer["max"] == pytest.approx(seen["out"].abs().max().item(), rel=1e-5)
+    attn, d = model.model.layers[3].self_attn, planted.HEAD_DIM
+    with torch.no_grad():  # a rotation keeps a head's norm, so the projection's norm is the rotated one's
+        normed = model.model.layers[3].input_layernorm(seen["in"])
+        q, k = attn.q_proj(normed)[:, d:2 * d], attn.k_proj(normed)[:, :d]
+    assert spread["per_token"]["q head 1 (L2)"] == pytest.approx(q.norm(dim=-1).tolist(), rel=1e-4)
+    assert spread["per_token"]["k head 0 (L2)"] == pytest.approx(k.norm(dim=-1).tolist(), rel=1e-4)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -174,9 +220,10 @@ def test_bad_requests_are_user_errors(tmp_path, extra, message):
                 spec=planted.spec("p", "P"))
 
 
-def _script(name, *argv):
+def _script(name, *argv, cwd):
+    """The script in a subprocess, run from `cwd` (its default --savedir, figures/, is relative to it)."""
     return subprocess.run([sys.executable, str(ROOT / f"{name}.py"), *argv], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300)
+                          cwd=cwd, timeout=300)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -184,8 +231,8 @@ def _script(name, *argv):
     (["--prompt", ""], "--prompt is empty"),
     (["--savedir", "/dev/null/figures"], "cannot write to --savedir"),
 ])
-def test_scripts_fail_with_one_line(argv, message):
-    result = _script("existence_activation_outliers_layer", *argv)
+def test_scripts_fail_with_one_line(argv, message, tmp_path):
+    result = _script("existence_activation_outliers_layer", *argv, cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr

@@ -10,7 +10,6 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "gpt-2"))
 from model import GPT, VARIANTS, ConfigError, GPTConfig  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 
 def tiny(variant, **kw):
@@ -155,9 +154,20 @@ def test_ca_softmax_with_scale_one_equals_default_and_not_otherwise():
 
 
 def test_vbias_adds_a_per_head_vector():
-    """The reference broadcast a d-wide bias onto per-head outputs; here v' is one head_dim vector per head."""
-    model = GPT(tiny("vbias"))
-    assert model.transformer.h[0].attn.v_extra.shape == (2, 1, 8)
+    """The reference broadcast a d-wide bias onto per-head outputs; here v' is one head_dim vector per head: with the
+    default model's weights and an identity output projection, vbias's attention output is default's plus head h's
+    v' in channels h*8..h*8+7, at every token (A's rows sum to one, so A (V + v') = A V + v')."""
+    torch.manual_seed(4)
+    default, vbias = GPT(tiny("default")).eval(), GPT(tiny("vbias")).eval()
+    copy_shared(default, vbias)
+    planted = torch.arange(16, dtype=torch.float32).view(2, 1, 8) - 7.5  # head 0: -7.5..-0.5, head 1: 0.5..7.5
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        vbias.transformer.h[0].attn.v_extra.copy_(planted)
+        for model in (default, vbias):
+            model.transformer.h[0].attn.c_proj.weight.copy_(torch.eye(16))
+        difference = vbias.transformer.h[0].attn(x)[0] - default.transformer.h[0].attn(x)[0]
+    torch.testing.assert_close(difference, (torch.arange(16.0) - 7.5).expand(2, 5, 16), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("bad", [dict(attention="softmax2"), dict(n_embd=15), dict(n_layer=0), dict(dropout=1.5),

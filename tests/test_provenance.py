@@ -1,6 +1,10 @@
 """The provenance block (lib/provenance.py) in the result files: complete, stable between two runs of the same
 thing except for the time, with a weights hash that follows the weights."""
+import hashlib
 import json
+import re
+import subprocess
+from pathlib import Path
 
 import torch
 
@@ -8,23 +12,35 @@ from lib import cli
 from lib.models import ModelSpec
 from lib.provenance import file_sha256, model_source, provenance, short
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_block_names_code_versions_model_and_data(tmp_path, monkeypatch):
     monkeypatch.setenv("SYSTEMATIC_OUTLIERS_CACHE", str(tmp_path / "cache"))
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"abc")
+    (folder / "notes.txt").write_bytes(b"not weights")
     spec = ModelSpec("m", str(folder), "M", 8, "float32")
     a = provenance(spec, data={"windows": 2}, device="cpu", dtype=torch.float32, command="python x.py")
     b = provenance(spec, data={"windows": 2}, device="cpu", dtype=torch.float32, command="python x.py")
     assert {k: v for k, v in a.items() if k != "utc"} == {k: v for k, v in b.items() if k != "utc"}
-    assert a["project"]["version"] and len(a["project"]["commit"] or "x" * 40) == 40
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    assert a["project"]["commit"] == (head.stdout.strip() if head.returncode == 0 else None)  # None outside git
+    version = re.search(r'^version = "(.+)"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+    assert a["project"]["version"] == version
     assert a["versions"]["torch"] == torch.__version__ and a["data"] == {"windows": 2}
-    assert a["model"]["weights_sha256"] and a["dtype"] == "torch.float32"
+    assert a["dtype"] == "torch.float32" and a["device"] == "cpu" and a["command"] == "python x.py"
+    # the weights hash: one "name:sha256 of its bytes" line per weight file (sha256("abc") is a published test
+    # vector), hashed again; other files in the folder are not weights
+    abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert hashlib.sha256(b"abc").hexdigest() == abc
+    assert a["model"]["weights_sha256"] == hashlib.sha256(f"model.safetensors:{abc}\n".encode()).hexdigest()
     (folder / "model.safetensors").write_bytes(b"abd")  # other weights, other hash
-    assert model_source(spec)["weights_sha256"] != a["model"]["weights_sha256"]
-    assert file_sha256(folder / "model.safetensors") == file_sha256(folder / "model.safetensors")
-    assert "weights sha256" in short(a) and "python" not in short(a)
+    abd = hashlib.sha256(b"abd").hexdigest()
+    assert file_sha256(folder / "model.safetensors") == abd
+    assert model_source(spec)["weights_sha256"] == hashlib.sha256(f"model.safetensors:{abd}\n".encode()).hexdigest()
+    assert "weights sha256 " + a["model"]["weights_sha256"][:12] in short(a) and "python" not in short(a)
 
 
 def test_every_figure_json_and_the_index_carry_it(tmp_path):

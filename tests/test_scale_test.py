@@ -1,9 +1,11 @@
 """The sink-as-scale counterfactuals (lib/scale_test.py): the algebra on a hand-built attention, the identities
 between modes on tiny Hugging Face and gpt-2 models, a planted zero-value sink that masking plus the oracle scale
 must undo exactly, the calibration fits, and the consequences.py wiring."""
+import math
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +16,6 @@ from tiny_models import tiny_model
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2"))
 from model import GPT, GPTConfig  # noqa: E402
 
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 
 def hand_attention(q, k, v):
@@ -124,27 +125,50 @@ def test_measure_calibrates_and_reports_every_mode():
     g = torch.Generator().manual_seed(3)
     windows, calib = torch.randint(0, 128, (3, 17), generator=g), torch.randint(0, 128, (4, 17), generator=g)
     from lib.perplexity import perplexity
+    run = lambda ids: model(input_ids=ids)  # noqa: E731
     baseline = perplexity(hf_logits(model), windows)
-    report = scale_test.measure(model, lambda ids: model(input_ids=ids), hf_logits(model), windows, calib, baseline,
-                                log=lambda s: None)
+    report = scale_test.measure(model, run, hf_logits(model), windows, calib, baseline, log=lambda s: None)
     assert set(report["modes"]) == set(scale_test.MODES)
     assert all("nll_change_stderr" in m for m in report["modes"].values())
     for layer in report["layers"].values():
         assert 0 <= layer["a_s_mean"] <= 1 and len(layer["const_scale"]) == 4 and layer["fit_held_out"]
         assert layer["queries"] > 0 and layer["sink_value_ratio_median"] > 0
     assert report["modes"]["oracle_scale"]["ppl"] == pytest.approx(report["modes"]["drop_sink_value"]["ppl"], rel=1e-4)
+    # by hand, from HF's eager attention weights on each calibration window (what the model sees of it) and that
+    # window's sink keys: a_s is a query's attention on the sink keys before it, over the queries that have one
+    eager = tiny_model("llama", attn_implementation="eager")
+    eager.load_state_dict(model.state_dict())
+    kept = {}
+    for window in calib[:, :-1]:
+        ids = window[None]
+        sinks = interventions.attention_sinks(model, run, ids)
+        with torch.no_grad():
+            attentions = eager(ids, output_attentions=True).attentions
+        for layer, weights in enumerate(attentions):
+            keys = torch.zeros(ids.shape[1], dtype=torch.bool)
+            keys[sinks[layer][0]] = True
+            before = keys[None, :] & torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril(-1)  # [query, key]
+            queries = before.any(dim=1)
+            a_s = (weights[0] * before).sum(dim=-1)[:, queries]  # [heads, queries with a sink key]
+            kept.setdefault(layer + 1, []).append(1 - a_s.T)
+    assert set(report["layers"]) == {layer for layer, rows in kept.items() if sum(len(r) for r in rows)}
+    for layer, entry in report["layers"].items():
+        by_hand = torch.cat(kept[layer])  # [queries, heads]
+        assert entry["queries"] == by_hand.shape[0]
+        assert entry["a_s_mean"] == pytest.approx(1 - by_hand.mean().item(), rel=1e-4)
+        assert entry["const_scale"] == pytest.approx(by_hand.mean(dim=0).tolist(), abs=1e-4)
 
 
 def test_consequences_runs_the_scale_test_on_gpt2_checkpoints(tmp_path):
     import consequences
-    from lib import gpt2_checkpoints
-    if not (gpt2_checkpoints.GPT2_DIR / "data" / "backcopy" / "val.bin").exists():
-        pytest.skip("gpt-2/data/backcopy not prepared")
-    model = gpt2_tiny(vocab_size=65)  # the backcopy task's vocabulary
+    from test_evaluation import _gpt2_with_a_sink_at_position_0
+    from test_gpt2_capture import prepare_task
+    data = prepare_task(tmp_path / "task")  # 16 tokens and BOS; sequences of 13 = block_size + 1
+    model = _gpt2_with_a_sink_at_position_0("default")  # every query attends to position 0
     out = tmp_path / "out-default"
     out.mkdir()
-    args = dict(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=16, attention="default")
-    torch.save({"model": model.state_dict(), "model_args": args, "iter_num": 1, "config": {"dataset": "backcopy"}},
+    args = dict(block_size=12, vocab_size=64, n_layer=2, n_head=2, n_embd=16, bias=True, attention="default")
+    torch.save({"model": model.state_dict(), "model_args": args, "iter_num": 1, "config": {"dataset": data}},
                out / "ckpt_1.pt")
     parsed = consequences.parser().parse_args(["--gpt2", str(out), "--savedir", str(tmp_path / "res"), "--methods",
                                                "--interventions", "--scale-test", "--nsamples", "4",
@@ -153,3 +177,15 @@ def test_consequences_runs_the_scale_test_on_gpt2_checkpoints(tmp_path):
     test = report["results"][0]["scale_test"]
     assert set(test["modes"]) == set(scale_test.MODES)
     assert "Is the sink only a scale?" in (tmp_path / "res" / "consequences.md").read_text()
+    # by hand: mask mode on the first 4 validation sequences (read with numpy) is the model with each layer's sink
+    # keys, found per window, hidden from every other query (the existing masking), scored by its own loss
+    val = np.fromfile(os.path.join(data, "val.bin"), dtype=np.uint16).reshape(-1, 13)[:4]
+    windows = torch.from_numpy(val.astype(np.int64))
+    losses = []
+    for window in windows[:, None]:
+        masking = interventions.SinkMask()
+        masking.keys = interventions.attention_sinks(model, None, window[:, :-1])
+        with interventions.masking(model, masking), torch.no_grad():
+            losses.append(model(window[:, :-1], targets=window[:, 1:])[1].item())
+    assert test["modes"]["mask"]["ppl"] == pytest.approx(math.exp(sum(losses) / len(losses)), rel=1e-5)
+    assert test["modes"]["mask"]["ppl"] != pytest.approx(report["results"][0]["baseline"]["ppl"], rel=1e-3)
