@@ -487,3 +487,20 @@ def test_pack_runs_bundles_weights_without_optimizer_state(tmp_path):
     with tarfile.open(dest / found[0][0]) as tar:
         ckpt = torch.load(io.BytesIO(tar.extractfile(found[0][1]).read()), weights_only=True)
     assert "optimizer" not in ckpt and ckpt["iter_num"] == 10 and "model" in ckpt
+
+
+def test_interventions_on_a_gpt2_model_use_the_verdicts_ratio_and_no_absolute_floor():
+    """A block output of O(0.1) with one entry 150 x its median: |h| = 15 is far under the LLM floor of 100, so
+    lib.analysis' rule misses it; the rule lib.evaluation picks for gpt-2/ subjects finds it."""
+    from types import SimpleNamespace
+    from lib import evaluation, interventions
+    h = torch.full((16, 8), 0.1)
+    h[0, 3] = 15.0
+    gpt2, hf = [SimpleNamespace(hf=False)], [SimpleNamespace(hf=True)]
+    small = evaluation.outlier_rule(gpt2)
+    assert (small.factor, small.min_abs) == (100.0, 0.0)
+    assert torch.nonzero(interventions.outlier_mask(h, small)).tolist() == [[0, 3]]
+    large = evaluation.outlier_rule(hf)
+    assert (large.factor, large.min_abs) == (1000.0, 100.0) and not interventions.outlier_mask(h, large).any()
+    given = evaluation.outlier_rule(gpt2, factor=200.0, min_abs=10.0)
+    assert (given.factor, given.min_abs) == (200.0, 10.0) and not interventions.outlier_mask(h, given).any()
