@@ -166,6 +166,13 @@ def sink_cell(row):
     return " / ".join(cells)
 
 
+def steps_cell(row):
+    """The checkpoint's step; for a row from the logs, also the last logged step its per-block cells are from."""
+    if row["source"] == "logs" and row["last_logged"]["iter"] != row["iter"]:
+        return f"{row['iter']} (logged to {row['last_logged']['iter']})"
+    return str(row["iter"])
+
+
 def streak_text(s):
     where = "a position" if s["position"] is None else f"t{s['position']}"
     return f"L{s['layer']} {where} {s['first'] // 1000}k-{s['last'] // 1000}k ({s['checkpoints']})"
@@ -219,13 +226,18 @@ def markdown(rows):
         slopes = " / ".join("-" if s is None else f"{s:+.2f}" for s in r["slope_per_1k"])
         curve = " / ".join("-" if x is None else f"{x:.3f}" for x in (loss_at(r["val_curve"], s) for s in CURVE_STEPS))
         lines.append(f"| {r['run'].removeprefix(PREFIX)} | {r['design']} | {r['attention']} | {r['pos_emb']} "
-                     f"| {r['optimizer']} | {r['lr']:g} | {r['weight_decay']:g} | {r['width']} | {r['iter']} "
+                     f"| {r['optimizer']} | {r['lr']:g} | {r['weight_decay']:g} | {r['width']} | {steps_cell(r)} "
                      f"| {r['val_loss']:.4f} | {block_cells(r)} | {sink_cell(r)} | {slopes} | {verdict_cell(r)} "
                      f"| {peak_streaks_cell(r)} | {curve} | {ablation_cell(r)} |")
     notes = ["", f"Rows judged from a checkpoint: top-1/median is the ratio at a fixed position ({outliers.POSITION_RATIO}).",
              "Rows judged from the committed logs (the checkpoints are gone): the last logged checkpoint's "
              f"position-free ratio ({outliers.TOP1_RATIO_MEAN}) and the most frequent position of each sequence's "
-             f"maximum; 'not re-judged' marks what only a checkpoint can decide: {NOT_REJUDGED}."]
+             f"maximum; their attention shares of late keys (t2 and later) are over the queries that see the key, "
+             f"so larger than the share of queries 1..T-1 (positions 0 and 1: the same); 'not re-judged' marks what "
+             f"only a checkpoint can decide: {NOT_REJUDGED}. The logged peak passes the logged checks where the "
+             f"old report's numbers pass every check they can: position-free ratio >= {SYSTEMATIC_RATIO:g}, on "
+             "a position the design fixes, MLP writer, embedding share under 10%, and a strictly later layer "
+             f"whose most attended key it is with a head-averaged share > {SINK_SHARE:g}."]
     return "\n".join(lines + notes) + "\n"
 
 
