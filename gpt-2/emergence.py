@@ -229,7 +229,8 @@ def markdown(rows):
                      f"| {r['optimizer']} | {r['lr']:g} | {r['weight_decay']:g} | {r['width']} | {steps_cell(r)} "
                      f"| {r['val_loss']:.4f} | {block_cells(r)} | {sink_cell(r)} | {slopes} | {verdict_cell(r)} "
                      f"| {peak_streaks_cell(r)} | {curve} | {ablation_cell(r)} |")
-    notes = ["", f"Rows judged from a checkpoint: top-1/median is the ratio at a fixed position ({outliers.POSITION_RATIO}).",
+    notes = ["", "Rows judged from a checkpoint: top-1/median is the ratio at a fixed position "
+             f"({outliers.POSITION_RATIO}).",
              "Rows judged from the committed logs (the checkpoints are gone): the last logged checkpoint's "
              f"position-free ratio ({outliers.TOP1_RATIO_MEAN}) and the most frequent position of each sequence's "
              f"maximum; their attention shares of late keys (t2 and later) are over the queries that see the key, "

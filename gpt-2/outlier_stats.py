@@ -264,11 +264,12 @@ def layer_report(model, seqs):
         rows = []
         for p in sorted(set(torch.nonzero(ratio >= SYSTEMATIC_RATIO).flatten().tolist()) | {best}):
             c = int(channel[p])
+            massive = torch.nonzero(channel_ratio[p] >= SYSTEMATIC_RATIO).flatten().tolist()
             row = dict(layer=l + 1, position=p, channel=c, position_ratio=float(ratio[p]), holds_max=float(holds[p]),
-                       fixed=p in fixed, channels=torch.nonzero(channel_ratio[p] >= SYSTEMATIC_RATIO).flatten().tolist(),
-                       **writer_of(model, parts, l, p, c), head_shares=[s[:, p].tolist() for s in heads])
-            row["sink_heads"] = [[j + 1, k, s] for j in range(l + 1, n_layer) for k, s in enumerate(row["head_shares"][j])
-                                 if s > SINK_SHARE]
+                       fixed=p in fixed, channels=massive, **writer_of(model, parts, l, p, c),
+                       head_shares=[s[:, p].tolist() for s in heads])
+            row["sink_heads"] = [[j + 1, k, s] for j in range(l + 1, n_layer)
+                                 for k, s in enumerate(row["head_shares"][j]) if s > SINK_SHARE]
             row["why_not"] = judge(row, n_layer)
             rows.append(row)
         shares = heads[l].mean(0)
@@ -457,7 +458,8 @@ def peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=0):
                          loss=loss, loss_zeroed=zeroed, loss_mean=mean_set, calibration_means=means.tolist(),
                          loss_control=sum(control) / draws, loss_control_draws=control, control_positions=where,
                          load_bearing=cost >= LOAD_BEARING_NATS,
-                         share_before=[s[:, p].tolist() for s in shares], share_after=[s[:, p].tolist() for s in after]))
+                         share_before=[s[:, p].tolist() for s in shares],
+                         share_after=[s[:, p].tolist() for s in after]))
     return rows
 
 

@@ -339,8 +339,9 @@ def choosable_shares(cumulative):
 
 
 def keys_above_uniform(cumulative, min_excess=0.1):
-    """The excess-over-uniform attention-outlier rule (lib.analysis' rule, valid on any length): a key whose share of the choosable mass (``choosable_shares``)
-    exceeds what uniform attention would give it by >= ``min_excess``. Sorted ints; none for T < 2."""
+    """The excess-over-uniform attention-outlier rule (lib.analysis' rule, valid on any length): a key whose
+    share of the choosable mass (``choosable_shares``) exceeds what uniform attention would give it by >=
+    ``min_excess``. Sorted ints; none for T < 2."""
     if cumulative.shape[0] < 2:
         return []
     share, uniform = choosable_shares(cumulative)

@@ -43,7 +43,8 @@ def seqs_of(n=8, seed=1):
 
 
 def add_at(module, position, channel, value, rows=None):
-    """Forward hook on an MLP (tensor output) or attention ((y, w) output): value added at h[rows, position, channel]."""
+    """Forward hook on an MLP (tensor output) or attention ((y, w) output): value added at h[rows, position,
+    channel]."""
     def hook(m, args, out):
         y = (out[0] if isinstance(out, tuple) else out).clone()
         y[slice(None) if rows is None else rows, position, channel] += value
@@ -208,7 +209,8 @@ def test_peak_ablation_zeroes_only_the_massive_channels_and_sets_them_to_their_c
     model, seqs, calib = tiny(), seqs_of(), seqs_of(6, seed=7)
     m = median_of_block1(model, seqs)
     others = [c for c in range(32) if c not in (5, 9)]
-    hooks = lambda mod: [add_at(mod.transformer.h[0].mlp, 0, others, 60 * m), add_at(mod.transformer.h[0].mlp, 0, 5, 1000 * m),
+    hooks = lambda mod: [add_at(mod.transformer.h[0].mlp, 0, others, 60 * m),
+                         add_at(mod.transformer.h[0].mlp, 0, 5, 1000 * m),
                          add_at(mod.transformer.h[0].mlp, 0, 9, 150 * m), sink_on(mod.transformer.h[2].attn, [0, 0])]
     report = planted(model, seqs, hooks)
     rows = planted(model, seqs, hooks, peak_ablation, report, calib)
@@ -238,7 +240,8 @@ def test_the_control_is_five_draws_at_positions_with_a_target():
     hooks = lambda mod: [add_at(mod.transformer.h[0].mlp, 0, 5, 500.0), sink_on(mod.transformer.h[2].attn, [0, 0])]
     report = planted(model, seqs, hooks)
     for a in planted(model, seqs, hooks, peak_ablation, report, seqs_of(4, seed=9)):
-        assert len(a["loss_control_draws"]) == 5 and a["loss_control"] == pytest.approx(np.mean(a["loss_control_draws"]))
+        assert len(a["loss_control_draws"]) == 5
+        assert a["loss_control"] == pytest.approx(np.mean(a["loss_control_draws"]))
         assert all(0 <= q <= 14 and q != a["position"] for q in a["control_positions"])  # T = 16: 15 has no target
 
 
@@ -534,7 +537,8 @@ def emergence_claims():
     verdicts = [r["over_run"]["verdict"] for r in rows.values()]
     claims = [f"Of the {len(rows)} runs, the logs rule out {verdicts.count('no')} and leave "
               f"{verdicts.count('not re-judged')} not re-judged"]
-    streaks = {name: [s for s in r["over_run"]["logged_peak_streaks"] if s["checkpoints"] >= 3] for name, r in rows.items()}
+    streaks = {name: [s for s in r["over_run"]["logged_peak_streaks"] if s["checkpoints"] >= 3]
+               for name, r in rows.items()}
     assert sorted(n for n, s in streaks.items() if s) == ["rf-default-none", "rf-default-none-l6", "rf-default-none-s2",
                                                           "rf-default-rope"]
     (s,) = streaks["rf-default-none"]
@@ -563,7 +567,8 @@ def emergence_claims():
                   f"checkpoints, {span(ratios)}), block 2's share on F {span(shares, '{:.2f}')}; from "
                   f"{s['last'] // 1000 + 2}k the ratio falls ({after[s['last'] + 2000]:.0f} at {s['last'] // 1000 + 2}k, "
                   f"{after[max(after)]:.0f} at {max(after) // 1000}k)")
-    nobos = max(x["top_key_share"] for n, r in rows.items() if r["design"] == "nobos" for l in logged(n) for x in l["layers"])
+    nobos = max(x["top_key_share"] for n, r in rows.items() if r["design"] == "nobos"
+                for line in logged(n) for x in line["layers"])
     claims.append(f"takes more than {nobos:.2f} of the head-averaged attention")
     bos = {l["iter"]: l["layers"][0]["ratio"] for l in logged("default")}
     at = rows["default"]["at_checkpoint"]["layers"][0]
