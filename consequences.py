@@ -30,7 +30,7 @@ import torch
 from lib import compression, gpt2_checkpoints, interventions, scale_test
 from lib.errors import UserError, user_errors_exit
 from lib.evaluation import (CALIB_WINDOWS, CPU_SEQLEN, CPU_WINDOWS, INTERVENTIONS, Subject, gpt2_subject,  # noqa: F401
-                            hf_subject, measure)
+                            hf_subject, measure, outlier_rule)
 from lib.evaluation_report import save
 from lib.provenance import provenance
 
@@ -56,11 +56,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="seed for sampling calibration windows")
     p.add_argument("--methods", nargs="*", default=list(compression.METHODS), choices=list(compression.METHODS))
     p.add_argument("--interventions", nargs="*", default=list(INTERVENTIONS), choices=list(INTERVENTIONS))
-    p.add_argument("--outlier-factor", type=float, default=interventions.analysis.MASSIVE_FACTOR,
+    p.add_argument("--outlier-factor", type=float, default=None,
                    help="interventions: an outlier must exceed this many times the layer's median |h| (default "
-                   "%(default)g, lib.analysis' rule; the gpt-2 hypothesis test's criterion is 100)")
-    p.add_argument("--outlier-min-abs", type=float, default=interventions.analysis.MASSIVE_ABS,
-                   help="interventions: and exceed this |h| (default %(default)g, Sun et al.'s floor for LLMs)")
+                   f"{interventions.analysis.MASSIVE_FACTOR:g}, lib.analysis' rule; for --gpt2 the emergence "
+                   f"verdict's {interventions.analysis.SYSTEMATIC_RATIO:g})")
+    p.add_argument("--outlier-min-abs", type=float, default=None,
+                   help=f"interventions: and exceed this |h| (default {interventions.analysis.MASSIVE_ABS:g}, Sun et "
+                   "al.'s floor for LLMs; for --gpt2 none)")
     p.add_argument("--scale-test", action="store_true",
                    help="is each attention sink only a context-aware scale? perplexity under "
                    f"{', '.join(scale_test.MODES)} of every layer's sink keys (lib/scale_test.py)")
@@ -80,9 +82,9 @@ def check_args(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.seqlen is not None and args.seqlen < 2:
         raise UserError("--seqlen must be at least 2")
-    if not args.outlier_factor > 1:
+    if args.outlier_factor is not None and not args.outlier_factor > 1:
         raise UserError(f"--outlier-factor must be above 1, got {args.outlier_factor:g}")
-    if args.outlier_min_abs < 0:
+    if args.outlier_min_abs is not None and args.outlier_min_abs < 0:
         raise UserError(f"--outlier-min-abs must be at least 0, got {args.outlier_min_abs:g}")
 
 
@@ -104,7 +106,7 @@ def run(args, subjects=None, command=None, log=print) -> dict:
         group, title = "gpt2_" + "_".join(datasets), "GPT-2 variants on " + ", ".join(datasets)
     else:
         group, title = subjects[0].name, subjects[0].title
-    rule = interventions.Rule(factor=args.outlier_factor, min_abs=args.outlier_min_abs)
+    rule = outlier_rule(subjects, args.outlier_factor, args.outlier_min_abs)
     results = [measure(s, args.methods, args.interventions, log, rule, args.scale_test) for s in subjects]
     report = {"command": command or "python " + " ".join(shlex.quote(a) for a in sys.argv), "title": title,
               "methods": list(args.methods), "interventions": list(args.interventions), "outlier_rule": str(rule),

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lib.errors import user_errors_exit  # noqa: E402
+from lib import machine_load  # noqa: E402
 from lib.provenance import provenance  # noqa: E402
 from lib.models import DEFAULT_MODEL, load_model  # noqa: E402
 from monkey_patch import Capture, ModelView  # noqa: E402
@@ -233,7 +234,7 @@ def bench_memory(args):
             "reference_vs_stats": results["reference"] / results["stats"]}
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--model-path")
@@ -246,12 +247,14 @@ def main():
     p.add_argument("--memory-repeats", type=at_least_one, default=3, help="processes per memory mode (plain, stats)")
     p.add_argument("--memory-mode", choices=("plain", "stats", "reference"), help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="default bench/results/capture.json, or capture_<shape>.json")
-    args = p.parse_args()
+    p.add_argument("--allow-loaded", action="store_true", help=machine_load.ALLOW_LOADED_HELP)
+    args = p.parse_args(argv)
     args.out = args.out or f"bench/results/capture{'_' + args.shape if args.shape else ''}.json"
     with user_errors_exit("bench_capture"):
         if args.memory_mode:
             print(bench_memory_mode(args))
             return
+        load = machine_load.check_before(args.out, args.allow_loaded)
         timing = bench_time(args)
         print(f"time, one layer, all figure points, {timing['tokens']} tokens: capture / plain forward = "
               f"{timing['ratio']:.3f}x  (target <= 1.1x; fastest of {args.repeats}: {timing['capture_s']:.3f}s vs "
@@ -264,12 +267,15 @@ def main():
         print(f"  stats / plain eager = {memory['stats_vs_plain_eager']:.3f}x  (target <= 1.0x)")
         print(f"  reference / plain eager = {memory['reference_vs_plain_eager']:.3f}x; "
               f"reference / stats = {memory['reference_vs_stats']:.1f}x")
+        prov = provenance(device=args.device, dtype=args.dtype)
+        prov["machine_load"] = machine_load.check_after(args.out, load, args.allow_loaded)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps({"model": args.model if not args.shape else f"random-init {args.shape}", "shape": args.shape, "device": args.device or "default", "time": timing,
-                                   "memory": memory, "command": " ".join(sys.argv),
-                                   "provenance": provenance(device=args.device, dtype=args.dtype)}, indent=2))
+                                   "memory": memory,
+                                   "command": " ".join(sys.argv if argv is None else [__file__, *argv]),
+                                   "provenance": prov}, indent=2))
         os.replace(tmp, out)
 
 

@@ -20,6 +20,8 @@ from torch.nn import functional as F
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "gpt-2"))
+from lib import machine_load  # noqa: E402
+from lib.errors import user_errors_exit  # noqa: E402
 from lib.files import write_json  # noqa: E402
 from lib.provenance import provenance  # noqa: E402
 from model import GPT, VARIANTS, GPTConfig  # noqa: E402
@@ -85,7 +87,7 @@ def time_model(model, args, device):
     return args.steps * args.batch_size * args.block_size / (time.perf_counter() - t0)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n_layer", type=int, default=4)
     p.add_argument("--n_head", type=int, default=4)
@@ -99,12 +101,14 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=os.path.join("bench", "results", "gpt2_variants.json"),
                    help="where the ratios are written (JSON, with the command)")
-    args = p.parse_args()
+    p.add_argument("--allow-loaded", action="store_true", help=machine_load.ALLOW_LOADED_HELP)
+    args = p.parse_args(argv)
     variants = args.variants.split(",")
     bad = [v for v in variants if v not in VARIANTS]
     if bad or "default" not in variants:
         p.error(f"--variants must include default and only name {', '.join(VARIANTS)}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
+    load = machine_load.check_before(args.out, args.allow_loaded)
     torch.manual_seed(0)
     models = {"plain_sdpa": PlainGPT(args.vocab_size, args.block_size, args.n_layer, args.n_embd, args.n_head)}
     for v in variants:
@@ -123,13 +127,17 @@ def main():
     print(f"default / plain SDPA GPT: {tps['default'] / tps['plain_sdpa']:.3f}")
     for v in variants:
         print(f"{v:>11s} / default: {tps[v] / tps['default']:.3f}   ({tps[v]:,.0f} tok/s)")
-    write_json(args.out, {"command": "python " + " ".join(sys.argv), "settings": vars(args),
+    prov = provenance(device=args.device, dtype="float32")
+    prov["machine_load"] = machine_load.check_after(args.out, load, args.allow_loaded)
+    command = "python " + " ".join(sys.argv if argv is None else [__file__, *argv])
+    write_json(args.out, {"command": command, "settings": vars(args),
                           "threads": torch.get_num_threads(), "tokens_per_s": tps,
                           "default_vs_plain_sdpa": tps["default"] / tps["plain_sdpa"],
                           "variant_vs_default": {v: tps[v] / tps["default"] for v in variants},
-                          "provenance": provenance(device=args.device, dtype="float32")})
+                          "provenance": prov})
     print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors_exit("bench_gpt2_variants"):
+        main()

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_capture import at_least_one, fastest_ratio, median_peak, peak_bytes, statistics_pass  # noqa: E402
+from lib import machine_load  # noqa: E402
+from lib.errors import user_errors_exit  # noqa: E402
 from lib.files import write_json  # noqa: E402
 from lib.provenance import provenance  # noqa: E402
 
@@ -103,10 +105,12 @@ def main(argv=None):
     p.add_argument("--vocab", type=at_least_one, default=32000)
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "scale.json"))
     p.add_argument("--memory-mode", choices=("logits", "decoder", "stats", "reference"), help=argparse.SUPPRESS)
+    p.add_argument("--allow-loaded", action="store_true", help=machine_load.ALLOW_LOADED_HELP)
     args = p.parse_args(argv)
     if args.memory_mode:
         print(memory_mode(args))
         return None
+    load = machine_load.check_before(args.out, args.allow_loaded)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     shape = ["--layers", str(args.layers), "--tokens", str(args.tokens), "--dtype", args.dtype, "--device", args.device,
              "--hidden", str(args.hidden), "--intermediate", str(args.intermediate), "--heads", str(args.heads),
@@ -127,6 +131,7 @@ def main(argv=None):
               "estimate_fits_80GB": {mode: bytes_ <= GPU_BYTES for mode, bytes_ in estimate.items()},
               "command": "python " + " ".join(sys.argv if argv is None else [__file__, *argv]),
               "provenance": provenance(device=args.device, dtype=args.dtype)}
+    result["provenance"]["machine_load"] = machine_load.check_after(args.out, load, args.allow_loaded)
     gib = {k: v / 2**30 for k, v in peaks.items()}
     print(f"{args.layers} layers of LLaMA-2-7B's shape, {args.tokens} tokens, {args.dtype}, {args.device}: peak above "
           "the weights " + ", ".join(f"{k} {v:.2f} GiB" for k, v in gib.items()))
@@ -142,4 +147,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    with user_errors_exit("bench_scale"):
+        main()

@@ -17,7 +17,7 @@ import torch
 from configurator import HERE, UserError, configure, resolve_path, user_errors_exit
 from lib.files import write_json  # noqa: E402  (configurator puts the repo root on sys.path)
 from dataset import Batches, load_meta
-from outlier_stats import activation_stats, attention_stats, checkpoint_provenance, summary
+from outlier_stats import VARIANTS, activation_stats, attention_stats, checkpoint_provenance, summary
 from test import open_checkpoint
 
 SUMMER = "Summer is warm. Winter is cold.\n"
@@ -69,7 +69,7 @@ def main(argv):
     result = dict(ckpt=os.path.relpath(os.path.abspath(path), HERE),  # relative to gpt-2/
                   iter=ckpt["iter_num"], attention=model.config.attention,
                   dataset=dataset, n_seqs=c["n_seqs"], seq_len=seq_len, layers=act, attention_layers=att,
-                  summary=summ, view=dict(layer=layer, source=source, tokens=labels, abs_hidden=view.tolist(),
+                  summary=summ, variants=VARIANTS, view=dict(layer=layer, source=source, tokens=labels, abs_hidden=view.tolist(),
                                           attention_layer=attn_layer, attention=w.tolist(),
                                           has_extra_key=w.shape[-1] == len(labels) + 1))
     out_dir = resolve_path(c["analysis_dir"]) if c["analysis_dir"] else os.path.join(os.path.dirname(path), "analysis")

@@ -4,13 +4,14 @@
 
 Each run is a train.py out_dir (its newest checkpoint is used). For each run this evaluates the loss
 (test.py), runs the analysis (analyze.py, figures and JSON into <results_dir>/<variant>/), then writes
-<results_dir>/table.md and table.json. Criteria, fixed before looking at any result:
-  systematic outliers = outlier_stats.layer_report's per-layer verdict on the first verdict_seqs validation
-             sequences: a block before the last whose top-1/median |block output| >= 100 sits on a sink token
-             (> 50% of the attention in some layer) and was written by a block, not the embedding;
+<results_dir>/table.md and table.json. Criteria:
+  systematic outliers = outlier_stats' verdict (outlier_stats.criteria(): per block and position, on the first
+             verdict_seqs validation sequences) at the checkpoint, and over the run's logged checkpoints where
+             training logged them (stats.jsonl); a run without that log is judged at one checkpoint only, and
+             the table says so;
   max over layers >= 100 = the earlier, looser column (any layer, any token), kept beside it;
-  sink = some token gets > 50% of the attention mass in some layer.
-Tables written before the per-layer verdict (2026-11-25) have only the max-over-layers column, as 'outliers'.
+  sink = some token gets > 50% of the head-averaged attention of queries 1..T-1 in some layer.
+The statistics' variants are outlier_stats.VARIANTS, written into table.json.
 """
 import json
 import os
@@ -23,7 +24,7 @@ from configurator import UserError, configure, resolve_path, user_errors_exit
 from lib.files import write_json, write_text  # noqa: E402  (configurator puts the repo root on sys.path)
 from lib.provenance import provenance  # noqa: E402
 from dataset import Batches
-from outlier_stats import layer_report, load_model
+from outlier_stats import VARIANTS, criteria, layer_report, load_model, run_verdict
 from test import evaluate, find_checkpoint
 
 DEFAULTS = dict(runs=[], results_dir="results/compare", n_seqs=3, verdict_seqs=64, eval_iters=50, batch_size=16,
@@ -46,6 +47,8 @@ def row_for(run, c):
     seqs = val.sequences(min(c["verdict_seqs"], val.available(T)), T).to(c["device"])
     judged = layer_report(model, seqs)["verdict"]
     log = os.path.join(os.path.dirname(path), "train_log.jsonl")
+    stats = read_jsonl(os.path.join(os.path.dirname(path), "stats.jsonl"))
+    over_run = run_verdict(stats, model.config.n_head, ckpt["config"].get("stats_seqs", 64)) if stats else None
     return dict(variant=variant, run=os.path.relpath(os.path.dirname(path), resolve_path(".")), iter=ckpt["iter_num"],
                 val_loss=losses["val"]["loss"], train_loss=losses["train"]["loss"],
                 top1=s["max_top1"], median=s["median_at_max_ratio"], ratio=s["max_ratio"], ratio_layer=s["max_ratio_layer"],
@@ -53,20 +56,33 @@ def row_for(run, c):
                 top_key_share=s["max_top_key_share"], extra_key_share=s["max_extra_key_share"], sink_rate=s["sink_rate"],
                 params=model.get_num_params(), tokens_per_sec=ckpt.get("tokens_per_sec"),
                 ratio_per_layer=[l["ratio"] for l in r["layers"]],
-                outliers=judged["outliers"], outlier_layers=judged["layers"], rejected_peaks=judged["rejected"],
+                outliers=judged["outliers"], outlier_positions=judged["found"], rejected_peaks=judged["rejected"],
+                attention_written=judged["attention_written"], over_run=over_run,
                 max_over_layers_outliers=s["max_ratio"] >= OUTLIER_RATIO, sink=s["max_top_key_share"] > SINK_SHARE,
                 train_log=os.path.relpath(log, resolve_path(".")) if os.path.exists(log) else None)
 
 
+def read_jsonl(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def systematic(r):
-    if not r["outliers"]:
-        return "no"
-    return "yes: " + ", ".join(f"L{x['layer']} t{x['token']} c{x['channel']}" for x in r["outlier_layers"])
+    """The verdict cell: at the checkpoint, then over the logged checkpoints (or why not)."""
+    now = "yes: " + ", ".join(f"L{x['layer']} t{x['position']} c{x['channel']}" for x in r["outlier_positions"]) \
+        if r["outliers"] else "no"
+    over = r["over_run"]
+    if over is None:
+        return f"{now} at this checkpoint (no logged checkpoints: persistence not judged)"
+    return f"{now} at this checkpoint; over {over['checkpoints']} logged checkpoints: {over['verdict']}"
 
 
 def markdown(rows):
-    head = ("| variant | val loss | top-1 | median | top-1/median (layer) | kurtosis | 1st-token attn | top-key attn "
-            "| extra-key attn | sink rate | systematic outliers | max over layers >= 100 (old) | sink | params | tok/s (train) |")
+    head = ("| variant | val loss | top-1 | median | top-1/median (layer) | kurtosis (excess, all entries) "
+            "| 1st-token attn (queries 1..T-1) | top-key attn | extra-key attn | sink rate (queries 1..T-1) "
+            "| systematic outliers | max over layers >= 100 (old) | sink | params | tok/s (train) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         tps = f"{r['tokens_per_sec']:,.0f}" if r["tokens_per_sec"] else "-"
@@ -99,8 +115,8 @@ def table_over_runs(c, row_for, markdown, criteria, script):
 
 def main(argv):
     c = configure(DEFAULTS, argv)
-    criteria = dict(outlier_ratio=OUTLIER_RATIO, sink_share=SINK_SHARE, systematic="outlier_stats.verdict")
-    rows, results_dir = table_over_runs(c, row_for, markdown, criteria, "compare.py")
+    judged = dict(outlier_ratio=OUTLIER_RATIO, sink_share=SINK_SHARE, systematic=criteria(), variants=VARIANTS)
+    rows, results_dir = table_over_runs(c, row_for, markdown, judged, "compare.py")
     if c["plot"] and len(rows) > 1:
         import plot_gpt2
         plot_gpt2.plot_compare([json.load(open(os.path.join(results_dir, r["variant"], "analysis.json"))) for r in rows],

@@ -1,22 +1,33 @@
-"""Outlier statistics of a trained GPT (definitions as in SPEC.md), shared by analyze.py and compare.py.
+"""Outlier statistics of a trained GPT and the emergence verdict, shared by analyze.py, compare.py,
+emergence.py and train.py. Every statistic is defined once, in lib.outliers; this module gathers a GPT's
+tensors, feeds them to those definitions and applies the verdict's criteria. `VARIANTS` says which variant
+each reported number is.
 
-- Block outputs h (tokens x channels, one sequence): top-1/2/3 of |h| and the median of |h| over the
-  whole tensor, averaged over sequences; the outlier ratio is top-1 / median.
-- Kurtosis (Bondarenko et al. 2023): excess kurtosis of all entries of a layer's block output.
-- Attention: the weight each query puts on each key, normalised by the query's total weight (softmax rows
-  already sum to one; sigmoid rows do not; an extra key k' counts in the total but is not a token).
-  first-token share = mean over heads and queries 1..T-1 of the normalised weight on position 0;
-  top-key share = the same for the token that receives the most (the "sink" when it is most of the mass);
-  sink rate (Gu et al. 2025) = share of (layer, head) pairs whose mean weight on position 0 exceeds 0.3.
+- Block outputs h (tokens x channels, one sequence): top-1/2/3 of |h| and the median of |h| over the whole
+  tensor (lib.outliers.topk_magnitudes), averaged over sequences; `ratio` is the averaged top-1 over the
+  averaged median. Kurtosis: lib.outliers.tensor_excess_kurtosis of a layer's block outputs.
+- Attention: the weight each query puts on each key, divided by the query's total weight (softmax rows
+  already sum to one; sigmoid rows do not; an extra key k' counts in the total but is not a token), then
+  lib.outliers.key_shares_after_first_query (queries 1..T-1). First-token share, top-key share and the sink
+  rate (lib.outliers.sink_rate, threshold 0.3) are read from those shares.
 """
+import math
 import os
 
 import torch
 
 import configurator  # noqa: F401  (puts the repo root on sys.path, for lib/)
-from lib.outliers import column_ratios  # noqa: E402
+from lib import analysis, outliers  # noqa: E402
 
 SINK_RATE_THRESHOLD = 0.3
+VARIANTS = dict(
+    ratio="mean over sequences of top-1 |h| divided by the mean over sequences of median |h| (position-free)",
+    kurtosis=outliers.KURTOSIS_TENSOR_EXCESS + ", of a block's outputs over all judged sequences",
+    first_token_share=outliers.FIRST_TOKEN_SHARE_AFTER_FIRST_QUERY,
+    top_key_share="the largest head-averaged key share (" + outliers.KEY_SHARES + ")",
+    extra_key_share="weight on the extra key k', mean over heads and queries 1..T-1",
+    sink_rate=outliers.SINK_RATE_AFTER_FIRST_QUERY,
+)
 
 
 def read_checkpoint(path, device="cpu"):
@@ -63,46 +74,52 @@ def load_model(path, device="cpu"):
     return model.to(device).eval(), ckpt
 
 
-def kurtosis(x):
-    x = x.double().flatten()
-    z = (x - x.mean()) / x.std(unbiased=False)
-    return float((z ** 4).mean() - 3.0)
-
-
 @torch.no_grad()
 def activation_stats(model, seqs):
     """Per layer (block outputs): mean over sequences of top-1/2/3 |h| and median |h|; ratio; kurtosis;
-    and where top-1 sits (token position and channel, in the first sequence)."""
+    and where top-1 sits (token position and channel, in the first sequence). See VARIANTS."""
     out = model(seqs, return_hidden=True)
     layers = []
     for h in out["hidden"]:  # (B, T, C)
-        a = h.abs().double()
-        flat = a.flatten(1)
-        top = flat.topk(3, dim=1).values.mean(0)
-        med = flat.median(dim=1).values.mean()
-        pos = int(flat[0].argmax())
-        layers.append(dict(top1=float(top[0]), top2=float(top[1]), top3=float(top[2]), median=float(med),
-                           ratio=float(top[0] / med), kurtosis=kurtosis(h), top1_token=pos // h.shape[2],
-                           top1_channel=pos % h.shape[2]))
+        per_seq = [outliers.topk_magnitudes(s, 3) for s in h]
+        top = [sum(s["top"][k] for s in per_seq) / len(per_seq) for k in range(3)]
+        med = sum(s["median"] for s in per_seq) / len(per_seq)
+        layers.append(dict(top1=top[0], top2=top[1], top3=top[2], median=med, ratio=top[0] / med if med else 0.0,
+                           kurtosis=outliers.tensor_excess_kurtosis(h), top1_token=per_seq[0]["tokens"][0],
+                           top1_channel=per_seq[0]["channels"][0]))
     return layers
+
+
+def row_normalized(w):
+    """Each query's weights divided by the row total (sigmoid rows do not sum to 1; an extra key k' counts)."""
+    w = w.float()
+    return w / w.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+def head_key_shares(w, T):
+    """lib.outliers.key_shares_after_first_query of one layer's weights (B, nh, T, T[+1]) on the T real tokens:
+    (nh, T), each head's mean weight of queries 1..T-1 on each key position."""
+    return outliers.key_shares_after_first_query(row_normalized(w)[..., -T:])
+
+
+def key_shares(w, T):
+    """head_key_shares averaged over heads: (T,)."""
+    return head_key_shares(w, T).mean(0)
 
 
 @torch.no_grad()
 def attention_stats(model, seqs):
-    """Per layer: first-token share, top-key share and its position, extra-key share, sink rate."""
+    """Per layer: first-token share, top-key share and its position, extra-key share, sink rate (VARIANTS)."""
     out = model(seqs, need_weights=True)
     T = seqs.shape[1]
     layers = []
     for w in out["attn"]:  # (B, nh, T, T) or (B, nh, T, T+1) with the extra key first
-        w = w.double()
-        w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
-        extra = w[..., 0] if w.shape[-1] == T + 1 else torch.zeros_like(w[..., 0])
-        tok = w[..., -T:]  # weights on the real tokens
-        per_key = tok[:, :, 1:, :].mean(dim=(0, 2))  # (nh, T): mean over batch and queries 1..T-1
-        per_key_all = per_key.mean(0)  # averaged over heads
+        per_key = head_key_shares(w, T)  # (nh, T)
+        per_key_all = per_key.mean(0)
+        extra = row_normalized(w)[..., 0] if w.shape[-1] == T + 1 else torch.zeros_like(w[..., 0])
         layers.append(dict(first_token_share=float(per_key_all[0]), top_key_share=float(per_key_all.max()),
                            top_key=int(per_key_all.argmax()), extra_key_share=float(extra[:, :, 1:].mean()),
-                           sink_rate=float((per_key[:, 0] > SINK_RATE_THRESHOLD).double().mean()),
+                           sink_rate=outliers.sink_rate(per_key[None, :, 0], SINK_RATE_THRESHOLD),
                            head_first_token_share=per_key[:, 0].tolist()))
     return layers
 
@@ -119,31 +136,54 @@ def summary(act, att):
                 sink_rate=sum(l["sink_rate"] for l in att) / len(att))
 
 
-# --- per-layer peaks, what writes them, and whether they serve a sink (issue 17's criteria) ---------------------
-# Fixed before the emergence runs: a peak is a systematic outlier when it is in a block before the last,
-# top-1/median >= SYSTEMATIC_RATIO, on a position that takes > SINK_SHARE of the attention in some layer, and
-# written by the blocks (the embedding's value in that entry is under EMBED_SHARE of the peak).
-SYSTEMATIC_RATIO = 100.0
+# --- the emergence verdict: per block and position, what writes the peak, and who reads it as a sink -----------
+# A (block, position) holds a systematic outlier at a checkpoint when all of these hold:
+#  - ratio: lib.outliers.position_ratios at that position >= SYSTEMATIC_RATIO (the median over sequences of
+#    |h[pos, c]| / median |h| for the position's top channel c), and the position holds the block's largest
+#    entry in more than HOLDS_MAX_SHARE of the sequences or is fixed by the design (position 0, or the same
+#    token in every judged sequence: BOS, the random-first design's fixed token); every position whose ratio
+#    passes is judged, not only the largest;
+#  - writer: the largest signed contribution to that entry (mean over sequences) is an MLP's, and the
+#    embedding holds under EMBED_SHARE of it (attention-written peaks are reported, not counted);
+#  - sink: some head of a strictly later block puts > SINK_SHARE of the attention of queries 1..T-1 on it.
+# A run holds one when the same (block, position) holds at PERSISTENCE consecutive logged checkpoints.
+# Load-bearing (peak_ablation): zeroing the position's massive channels costs >= LOAD_BEARING_NATS more than
+# the control (as many channels at another position with a target, mean of CONTROL_DRAWS draws).
+SYSTEMATIC_RATIO = analysis.SYSTEMATIC_RATIO
+HOLDS_MAX_SHARE = 0.5
 SINK_SHARE = 0.5
 EMBED_SHARE = 0.1
-PEAK_CHANNEL_SHARE = 0.5  # peak_ablation: the channels of the peak position that belong to the peak
+PERSISTENCE = 3
+CONTROL_DRAWS = 5
+LOAD_BEARING_NATS = math.log(1.05)  # 5% perplexity
 
 
-def key_shares(w, T):
-    """Mean attention weight on each key position (T,) over batch, heads and queries 1..T-1 (query 0 has no
-    choice), each query's weights normalised by its row total (an extra key k' counts there); a query that
-    cannot see a key counts as 0 for it, so a late key cannot look like a sink on the strength of a few queries."""
-    w = w.float()
-    w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
-    return w[..., 1:, -T:].mean(dim=(0, 1, 2))
+def criteria():
+    """The verdict's constants and its rule in words (table.json, README)."""
+    return dict(ratio=SYSTEMATIC_RATIO, holds_max_share=HOLDS_MAX_SHARE, sink_share=SINK_SHARE,
+                embed_share=EMBED_SHARE, persistence=PERSISTENCE, control_draws=CONTROL_DRAWS,
+                load_bearing_nats=LOAD_BEARING_NATS, ratio_variant=outliers.POSITION_RATIO,
+                text=(f"a (block, position) whose ratio ({outliers.POSITION_RATIO}) is >= {SYSTEMATIC_RATIO:g}, "
+                      f"that holds the block's largest entry in > {HOLDS_MAX_SHARE:.0%} of the sequences or is "
+                      f"fixed by the design (position 0, or the same token in every sequence), whose entry an MLP "
+                      f"writes (largest signed contribution; the embedding < {EMBED_SHARE:.0%} of it), and on which "
+                      f"some head of a strictly later block puts > {SINK_SHARE:g} of the attention of queries "
+                      f"1..T-1; held at >= {PERSISTENCE} consecutive logged checkpoints. Load-bearing: zeroing its "
+                      f"massive channels (each >= {SYSTEMATIC_RATIO:g} x the median at that position) costs >= "
+                      f"{LOAD_BEARING_NATS:.4f} nats (5% perplexity) more than zeroing as many channels at another "
+                      f"position with a target (mean of {CONTROL_DRAWS} draws)"))
+
+
+def fixed_positions(seqs):
+    """Positions fixed by the design: 0, and every position holding the same token in all sequences."""
+    same = (seqs == seqs[:1]).all(dim=0) if seqs.shape[0] > 1 else torch.zeros(seqs.shape[1], dtype=torch.bool)
+    return sorted({0} | set(torch.nonzero(same).flatten().tolist()))
 
 
 @torch.no_grad()
-def layer_report(model, seqs):
-    """For every block output: the peak ratio (top-1/median |h|, mean over sequences), the position and channel
-    of the peak (their mode over sequences), the signed contributions to that entry (embedding, each block's
-    attention and MLP; mean over sequences), the MLP unit (down-projection column) that writes most of it
-    where an MLP is the writer, and the attention share of the peak position in every layer; then the verdict."""
+def capture(model, seqs):
+    """One forward: block outputs, attention weights, and what adds up to each block output (the embedding,
+    each block's attention and MLP outputs, and each MLP's hidden units)."""
     blocks = model.transformer.h
     parts, hooks = {}, []
 
@@ -159,113 +199,282 @@ def layer_report(model, seqs):
     finally:
         for h in hooks:
             h.remove()
-    B, T = seqs.shape
-    shares = [key_shares(w, T) for w in out["attn"]]  # per layer, (T,)
-    layers = []
-    for l, h in enumerate(out["hidden"]):
-        flat = h.float().abs().flatten(1)
-        top, where = flat.max(dim=1)
-        med = flat.median(dim=1).values
-        pos, ch = where // h.shape[2], where % h.shape[2]
-        p = int(pos.mode().values)
-        c = int(ch[pos == p].mode().values)
-        value = h[:, p, c].float().mean()
-        contrib = {"embed": float(parts["embed", 0][:, p, c].float().mean())}
-        for j in range(l + 1):
-            contrib[f"attn{j + 1}"] = float(parts["attn", j][:, p, c].float().mean())
-            contrib[f"mlp{j + 1}"] = float(parts["mlp", j][:, p, c].float().mean())
-        writer = max((k for k in contrib if k != "embed"), key=lambda k: abs(contrib[k]))
-        row = dict(layer=l + 1, ratio=float((top / med).mean()), top1=float(top.mean()), median=float(med.mean()),
-                   token=p, token_freq=float((pos == p).float().mean()), channel=c, value=float(value),
-                   embed_share=abs(contrib["embed"]) / max(abs(float(value)), 1e-30), writer=writer,
-                   writer_share=contrib[writer] / float(value) if float(value) else 0.0, contributions=contrib,
-                   token_attention=[float(s[p]) for s in shares], top_key=int(shares[l].argmax()),
-                   top_key_share=float(shares[l].max()))
-        if writer.startswith("mlp"):
-            j = int(writer[3:]) - 1
-            w_down = blocks[j].mlp.c_proj.weight  # (C, 4C): column k writes unit k into every channel
-            per_unit = parts["unit", j][:, p, :].float().mean(0) * w_down[c].float()
-            k = int(per_unit.abs().argmax())
-            col_ratio = column_ratios(w_down)  # the paper's weight-outlier measure, per down-projection column
-            row.update(unit=k, unit_share=float(per_unit[k]) / contrib[writer] if contrib[writer] else 0.0,
-                       unit_column_ratio=float(col_ratio[k]),
-                       unit_column_rank=int((col_ratio > col_ratio[k]).sum()) + 1)
-        layers.append(row)
-    return dict(layers=layers, verdict=verdict(layers), max_over_layers=max(r["ratio"] for r in layers))
+    return out, parts
+
+
+def writer_of(model, parts, layer, p, c):
+    """The signed contributions to h[:, p, c] of block `layer`'s output (mean over sequences), the writer (the
+    largest |contribution| but the embedding's) and, for an MLP writer, its strongest hidden unit."""
+    contrib = {"embed": float(parts["embed", 0][:, p, c].float().mean())}
+    for j in range(layer + 1):
+        contrib[f"attn{j + 1}"] = float(parts["attn", j][:, p, c].float().mean())
+        contrib[f"mlp{j + 1}"] = float(parts["mlp", j][:, p, c].float().mean())
+    value = sum(contrib.values())
+    writer = max((k for k in contrib if k != "embed"), key=lambda k: abs(contrib[k]))
+    row = dict(value=value, contributions=contrib, writer=writer,
+               embed_share=abs(contrib["embed"]) / max(abs(value), 1e-30),
+               writer_share=contrib[writer] / value if value else 0.0)
+    if writer.startswith("mlp"):
+        j = int(writer[3:]) - 1
+        w_down = model.transformer.h[j].mlp.c_proj.weight  # (C, 4C): column k writes unit k into every channel
+        per_unit = parts["unit", j][:, p, :].float().mean(0) * w_down[c].float()
+        k = int(per_unit.abs().argmax())
+        col_ratio = outliers.column_ratios(w_down)  # the paper's weight-outlier measure, per down-projection column
+        row.update(unit=k, unit_share=float(per_unit[k]) / contrib[writer] if contrib[writer] else 0.0,
+                   unit_column_ratio=float(col_ratio[k]), unit_column_rank=int((col_ratio > col_ratio[k]).sum()) + 1)
+    return row
+
+
+def judge(row, n_layer):
+    """The reasons a judged (block, position) row is not a systematic outlier (empty: it is one)."""
+    why = []
+    if row["position_ratio"] < SYSTEMATIC_RATIO:
+        why.append(f"ratio {row['position_ratio']:.0f} < {SYSTEMATIC_RATIO:g}")
+    if not row["fixed"] and row["holds_max"] <= HOLDS_MAX_SHARE:
+        why.append(f"holds the block's maximum in {row['holds_max']:.0%} of the sequences")
+    if not row["writer"].startswith("mlp"):
+        why.append(f"written by {row['writer']}, not an MLP")
+    if row["embed_share"] >= EMBED_SHARE:
+        why.append(f"the embedding holds {row['embed_share']:.0%} of it")
+    if row["layer"] == n_layer:
+        why.append("last block: no later block to read it")
+    elif not row["sink_heads"]:
+        later = [s for heads in row["head_shares"][row["layer"]:] for s in heads]
+        why.append(f"no head of a later block puts > {SINK_SHARE:g} on it (largest {max(later):.2f})")
+    return why
 
 
 @torch.no_grad()
-def peak_ablation(model, seqs, report, seed=0):
-    """Does anything need the peaks? For every block before the last: zero the peak's channels at its position p
-    (the report's channel and every other channel whose mean |h| at p is at least PEAK_CHANNEL_SHARE of it: a
-    massive activation often spans a few channels) in the block's output, in every sequence, and measure the
-    next-token loss on seqs and the attention share of p in every layer against the unchanged model. The control
-    zeroes as many random channels at one random other position instead."""
-    blocks = model.transformer.h
-    x = seqs  # every position the report can name; the last one has no next token to predict
-    y = torch.cat([seqs[:, 1:], torch.full_like(seqs[:, :1], -1)], dim=1)
-    T, C = x.shape[1], model.config.n_embd
-    g = torch.Generator().manual_seed(seed)
-
-    def run(layer=None, pos=None, channels=None):
-        """(loss, every layer's key shares (T,), block outputs) with h[:, pos, channels] of block `layer` zeroed,
-        if a layer is given."""
-        def zero(module, args, out):
-            out[0][:, pos, channels] = 0.0
-        hook = blocks[layer].register_forward_hook(zero) if layer is not None else None
-        try:
-            out = model(x, targets=y, need_weights=True, return_hidden=True)
-        finally:
-            if hook is not None:
-                hook.remove()
-        return float(out["loss"]), [key_shares(w, T) for w in out["attn"]], out["hidden"]
-
-    loss, shares, hidden = run()  # the unchanged model, once for every block
-    rows = []
-    for r in report["layers"][:-1]:
-        layer, p, c = r["layer"] - 1, r["token"], r["channel"]
-        size = hidden[layer][:, p].abs().float().mean(0)
-        channels = sorted({c} | set(torch.nonzero(size >= PEAK_CHANNEL_SHARE * size[c]).flatten().tolist()))
-        zeroed, after, _ = run(layer, p, channels)
-        q = int(torch.randint(0, T - 1, (1,), generator=g))
-        q = q + 1 if q >= p else q  # any position but p
-        control, _, _ = run(layer, q, torch.randperm(C, generator=g)[: len(channels)].tolist())
-        rows.append(dict(layer=layer + 1, token=p, channels=channels, ratio=r["ratio"], loss=loss, loss_zeroed=zeroed,
-                         loss_control=control, share_before=[float(s[p]) for s in shares],
-                         share_after=[float(s[p]) for s in after]))
-    return rows
+def layer_report(model, seqs):
+    """Per block output: the position-free top-1/median (lib.outliers.top1_ratio_mean), the position with the
+    largest POSITION_RATIO, and one row per judged position (every position whose ratio passes, and the
+    largest): its ratio, top channel, massive channels, how often it holds the block's maximum, whether the
+    design fixes it, its writer, every layer's per-head attention share on it and the heads of later blocks
+    that sink on it; then the verdict."""
+    out, parts = capture(model, seqs)
+    T, n_layer = seqs.shape[1], len(out["hidden"])
+    heads = [head_key_shares(w, T) for w in out["attn"]]  # per layer, (nh, T)
+    fixed = fixed_positions(seqs)
+    layers = []
+    for l, h in enumerate(out["hidden"]):
+        channel_ratio = outliers.channel_position_ratios(h)
+        ratio, channel = channel_ratio.max(dim=1)
+        holds = outliers.holds_max_share(h)
+        best = int(ratio.argmax())
+        rows = []
+        for p in sorted(set(torch.nonzero(ratio >= SYSTEMATIC_RATIO).flatten().tolist()) | {best}):
+            c = int(channel[p])
+            massive = torch.nonzero(channel_ratio[p] >= SYSTEMATIC_RATIO).flatten().tolist()
+            row = dict(layer=l + 1, position=p, channel=c, position_ratio=float(ratio[p]), holds_max=float(holds[p]),
+                       fixed=p in fixed, channels=massive, **writer_of(model, parts, l, p, c),
+                       head_shares=[s[:, p].tolist() for s in heads])
+            row["sink_heads"] = [[j + 1, k, s] for j in range(l + 1, n_layer)
+                                 for k, s in enumerate(row["head_shares"][j]) if s > SINK_SHARE]
+            row["why_not"] = judge(row, n_layer)
+            rows.append(row)
+        shares = heads[l].mean(0)
+        layers.append(dict(layer=l + 1, top1_ratio_mean=outliers.top1_ratio_mean(h), position=best,
+                           channel=int(channel[best]), position_ratio=float(ratio[best]), holds_max=float(holds[best]),
+                           top_key=int(shares.argmax()), top_key_share=float(shares.max()),
+                           max_head_share=float(heads[l].max()), positions=rows))
+    return dict(layers=layers, verdict=verdict(layers),
+                max_over_layers=max(r["top1_ratio_mean"] for r in layers), fixed_positions=fixed)
 
 
 def verdict(layers):
-    """The blocks whose peak is a systematic outlier by the criteria above (1-based), and the reason each
-    other block with ratio >= SYSTEMATIC_RATIO is not one."""
-    found, rejected = [], {}
-    for r in layers:
-        if r["ratio"] < SYSTEMATIC_RATIO:
+    """The judged (block, position) pairs that hold a systematic outlier, the others with their reasons, and the
+    attention-written peaks whose ratio passes (reported, not counted)."""
+    found, rejected, attention_written = [], [], []
+    for r in (row for layer in layers for row in layer["positions"]):
+        if not r["why_not"]:
+            found.append(dict(layer=r["layer"], position=r["position"], channel=r["channel"],
+                              position_ratio=r["position_ratio"],
+                              writer=r["writer"], sink_heads=r["sink_heads"]))
             continue
-        sink_layers = [i + 1 for i, s in enumerate(r["token_attention"]) if s > SINK_SHARE]
-        why = []
-        if r["layer"] == len(layers):
-            why.append("last block")
-        if not sink_layers:
-            why.append(f"position {r['token']} is no sink (max share {max(r['token_attention']):.2f})")
-        if r["embed_share"] >= EMBED_SHARE:
-            why.append(f"the embedding holds {r['embed_share']:.0%} of it")
-        if why:
-            rejected[r["layer"]] = "; ".join(why)
-        else:
-            found.append(dict(layer=r["layer"], token=r["token"], channel=r["channel"], ratio=r["ratio"],
-                              writer=r["writer"], sink_layers=sink_layers))
-    return dict(outliers=bool(found), layers=found, rejected=rejected,
-                criteria=dict(ratio=SYSTEMATIC_RATIO, sink_share=SINK_SHARE, embed_share=EMBED_SHARE))
+        if r["position_ratio"] >= SYSTEMATIC_RATIO:
+            rejected.append(dict(layer=r["layer"], position=r["position"], why="; ".join(r["why_not"])))
+            if r["writer"].startswith("attn"):
+                attention_written.append(dict(layer=r["layer"], position=r["position"],
+                                              position_ratio=r["position_ratio"],
+                                              writer=r["writer"]))
+    return dict(outliers=bool(found), found=found, rejected=rejected, attention_written=attention_written)
+
+
+def persistence(lines):
+    """From per-checkpoint verdicts (dicts with 'iter' and 'outlier_positions' [[block, position], ...], in
+    order): every run of consecutive checkpoints at which one (block, position) holds, and whether one run
+    reaches PERSISTENCE checkpoints."""
+    return _streaks([(line["iter"], {b: {p for bb, p in line["outlier_positions"] if bb == b}
+                                     for b, _ in line["outlier_positions"]}) for line in lines])
+
+
+def _streaks(statuses):
+    """statuses: [(step, {block: set of positions that hold, or None where it is undecided})]. Runs of
+    consecutive checkpoints per (block, position) where the position holds (`held`: decided), and where it holds
+    or is undecided (`possible`; position None: undecided throughout)."""
+    def runs(block, position, admits):
+        found, current = [], None
+        for step, status in statuses:
+            if admits(status.get(block, set())):
+                current = current or dict(layer=block, position=position, first=step, checkpoints=0)
+                current.update(last=step, checkpoints=current["checkpoints"] + 1)
+            elif current:
+                found.append(current)
+                current = None
+        return found + ([current] if current else [])
+    blocks = sorted({b for _, status in statuses for b in status})
+    held, possible = [], []
+    for b in blocks:
+        positions = sorted({p for _, status in statuses for p in (status.get(b) or ())})
+        for p in positions:
+            held += runs(b, p, lambda s, p=p: s is not None and p in s)
+            possible += runs(b, p, lambda s, p=p: s is None or p in s)
+        possible += [r for r in runs(b, None, lambda s: s is None)]
+    lasting = [s for s in held if s["checkpoints"] >= PERSISTENCE]
+    return dict(held=bool(lasting), streaks=sorted(held, key=lambda s: (s["first"], s["layer"], s["position"])),
+                possible=sorted([s for s in possible if s["checkpoints"] >= PERSISTENCE],
+                                key=lambda s: (s["first"], s["layer"], -1 if s["position"] is None else s["position"])),
+                first_held=min((s["first"] for s in lasting), default=None))
+
+
+# --- judging logs written before the per-position verdict ----------------------------------------------------
+# Such a stats.jsonl line holds, per block, the position-free ratio (TOP1_RATIO_MEAN, under the key 'ratio'),
+# the most frequent position of each sequence's maximum ('token'), its writer and embedding share, and each
+# layer's most attended key with its head-averaged share. What it can decide:
+#  - no position of a block passes the ratio when its logged ratio is under `ratio_floor(n_seqs)`: a position
+#    whose median over sequences reaches SYSTEMATIC_RATIO has at least n - (n - 1) // 2 sequences whose maximum
+#    reaches it;
+#  - no head of a layer puts > SINK_SHARE on any key when heads x that layer's top-key share <= SINK_SHARE (a
+#    head's share is at most the head average times the number of heads; the training-time share of a key
+#    was never below the one over queries 1..T-1).
+# Everything else (the fixed-position ratio, how often a position holds the maximum, the writer of positions
+# other than the logged one, per-head sinks) needs the checkpoint.
+
+def ratio_floor(n_seqs):
+    """The smallest logged position-free ratio of a block one of whose positions can pass SYSTEMATIC_RATIO."""
+    return SYSTEMATIC_RATIO * (n_seqs - (n_seqs - 1) // 2) / n_seqs
+
+
+def logged_status(line, n_head, n_seqs):
+    """Per block (1-based) of one stats.jsonl line: the positions that hold (a line with the per-position
+    verdict); for a line logged before it, an empty set where its numbers rule every position out (why in
+    the second dict), None where only the checkpoint can decide."""
+    layers = line["layers"]
+    if "judged" in line:
+        return {b: {p for bb, p in line["outlier_positions"] if bb == b} for b in range(1, len(layers) + 1)}, {}
+    status, why = {}, {}
+    for b, r in enumerate(layers, 1):
+        later = [x["top_key_share"] for x in layers[b:]]
+        if b == len(layers):
+            why[b] = "last block"
+        elif r["ratio"] < ratio_floor(n_seqs):
+            why[b] = f"logged ratio {r['ratio']:.1f} < {ratio_floor(n_seqs):.1f}"
+        elif all(n_head * s <= SINK_SHARE for s in later):
+            why[b] = f"no later layer's top key reaches {SINK_SHARE / n_head:.2f} (head average)"
+        status[b] = set() if b in why else None
+    return status, why
+
+
+def logged_peak_passes(line, design_fixed):
+    """Blocks (1-based) whose logged peak passes every check a line logged before the per-position verdict can
+    make, as the old report measured them: position-free ratio >= SYSTEMATIC_RATIO, on a position fixed by
+    the design (`design_fixed`; how often another position holds the maximum was not logged), MLP writer,
+    embedding share < EMBED_SHARE, and a strictly later layer whose most attended key is that position with
+    a head-averaged share > SINK_SHARE. {block: position}."""
+    layers, found = line["layers"], {}
+    for b, r in enumerate(layers, 1):
+        later = [x for x in layers[b:] if x["top_key"] == r["token"] and x["top_key_share"] > SINK_SHARE]
+        if (r["ratio"] >= SYSTEMATIC_RATIO and r["token"] in design_fixed and r["writer"].startswith("mlp")
+                and r["embed_share"] < EMBED_SHARE and later):
+            found[b] = r["token"]
+    return found
+
+
+def run_verdict(lines, n_head, n_seqs, design_fixed=(0,)):
+    """A run's verdict from its stats.jsonl lines: 'yes' when one (block, position) holds at PERSISTENCE
+    consecutive checkpoints, 'no' when the logs rule that out, else 'not re-judged' (the checkpoints would
+    decide). With the held and the still possible runs of checkpoints, the reasons the logs give per
+    checkpoint, and (lines logged before the per-position verdict) the runs of checkpoints at which the logged
+    peak passes every logged check."""
+    statuses, reasons = [], []
+    for line in lines:
+        status, why = logged_status(line, n_head, n_seqs)
+        statuses.append((line["iter"], status))
+        reasons.append(dict(iter=line["iter"], **{str(b): w for b, w in why.items()}))
+    result = _streaks(statuses)
+    old = [l for l in lines if "judged" not in l]
+    peaks = _streaks([(l["iter"], {b: {p} for b, p in logged_peak_passes(l, design_fixed).items()}) for l in old])
+    verdict_word = "yes" if result["held"] else "no" if not result["possible"] else "not re-judged"
+    return dict(verdict=verdict_word, checkpoints=len(lines), logged_before_rule=len(old), held=result["streaks"],
+                possible=result["possible"], first_held=result["first_held"], reasons=reasons,
+                logged_peak_streaks=peaks["streaks"])
+
+
+@torch.no_grad()
+def peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=0):
+    """Is each judged peak load-bearing? For every judged (block, position) whose ratio passes, before the last
+    block: its massive channels (POSITION_RATIO >= SYSTEMATIC_RATIO at that position) in the block's output, in
+    every sequence, (a) zeroed and (b) set to their calibration mean (the mean of the entry over `calib`, other
+    sequences: Sun et al. find that zeroing breaks an LLM and the mean does not); the control zeroes as many
+    random channels at a random other position that has a target (not the last), `draws` times, and reports
+    the mean. Loss: next-token loss over positions 0..T-2 of seqs; shares: every layer's per-head share of the
+    position before and after zeroing."""
+    blocks = model.transformer.h
+    y = torch.cat([seqs[:, 1:], torch.full_like(seqs[:, :1], -1)], dim=1)  # the last position has no target
+    T, C = seqs.shape[1], model.config.n_embd
+    g = torch.Generator().manual_seed(seed)
+
+    def run(layer=None, pos=None, channels=None, values=None):
+        """(loss, every layer's per-head key shares) with h[:, pos, channels] of block `layer` set to `values`."""
+        def edit(module, args, out):
+            out[0][:, pos, channels] = values
+        hook = blocks[layer].register_forward_hook(edit) if layer is not None else None
+        try:
+            out = model(seqs, targets=y, need_weights=True)
+        finally:
+            if hook is not None:
+                hook.remove()
+        return float(out["loss"]), [head_key_shares(w, T) for w in out["attn"]]
+
+    loss, shares = run()
+    calib_hidden = model(calib, return_hidden=True)["hidden"]
+    rows = []
+    for r in (row for layer in report["layers"][:-1] for row in layer["positions"]):
+        layer, p, channels = r["layer"] - 1, r["position"], r["channels"]
+        if not channels:
+            continue
+        means = calib_hidden[layer][:, p, channels].float().mean(0)
+        zeroed, after = run(layer, p, channels, 0.0)
+        mean_set, _ = run(layer, p, channels, means)
+        control, where = [], []
+        for _ in range(draws):
+            targets = [q for q in range(T - 1) if q != p]  # positions with a next token, but p
+            q = targets[int(torch.randint(len(targets), (1,), generator=g))]
+            where.append(q)
+            control.append(run(layer, q, torch.randperm(C, generator=g)[: len(channels)].tolist(), 0.0)[0])
+        cost = (zeroed - loss) - (sum(control) / draws - loss)
+        rows.append(dict(layer=layer + 1, position=p, channels=channels, position_ratio=r["position_ratio"],
+                         systematic=not r["why_not"],
+                         loss=loss, loss_zeroed=zeroed, loss_mean=mean_set, calibration_means=means.tolist(),
+                         loss_control=sum(control) / draws, loss_control_draws=control, control_positions=where,
+                         load_bearing=cost >= LOAD_BEARING_NATS,
+                         share_before=[s[:, p].tolist() for s in shares],
+                         share_after=[s[:, p].tolist() for s in after]))
+    return rows
 
 
 def compact_report(report):
-    """The per-step line of stats.jsonl: the numbers to plot against steps."""
-    keys = ("ratio", "token", "channel", "embed_share", "writer", "unit", "top_key", "top_key_share")
-    layers = [{k: (round(r[k], 4) if isinstance(r[k], float) else r[k]) for k in keys if k in r} for r in report["layers"]]
-    for r, full in zip(layers, report["layers"]):
-        r["token_attention_max"] = round(max(full["token_attention"]), 4)
-    return dict(layers=layers, outliers=report["verdict"]["outliers"],
-                outlier_layers=[v["layer"] for v in report["verdict"]["layers"]],
+    """The per-step line of stats.jsonl: per block the position-free ratio and the largest position's numbers,
+    every judged position with its verdict, and the (block, position) pairs that hold (persistence reads them)."""
+    def rounded(d, keys):
+        return {k: (round(d[k], 4) if isinstance(d[k], float) else d[k]) for k in keys if k in d}
+    layers = [rounded(r, ("top1_ratio_mean", "position", "channel", "position_ratio", "holds_max", "top_key",
+                          "top_key_share", "max_head_share")) for r in report["layers"]]
+    judged = [dict(rounded(row, ("layer", "position", "channel", "position_ratio", "holds_max", "fixed", "writer",
+                                 "embed_share", "unit")),
+                   sink_heads=[[j, k, round(s, 4)] for j, k, s in row["sink_heads"]], why_not=row["why_not"])
+              for r in report["layers"] for row in r["positions"]]
+    v = report["verdict"]
+    return dict(layers=layers, judged=judged, outliers=v["outliers"],
+                outlier_positions=[[x["layer"], x["position"]] for x in v["found"]],
                 max_over_layers=round(report["max_over_layers"], 4))

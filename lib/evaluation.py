@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lib import compression, gpt2_checkpoints, interventions, relocation, scale_test
+from lib import analysis, compression, gpt2_checkpoints, interventions, relocation, scale_test
 from lib.errors import UserError
 from lib.models import ModelSpec
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
@@ -92,6 +92,19 @@ def gpt2_subject(path: str, args) -> Subject:
     return Subject(variant, f"GPT ({variant})", model, model.transformer.h, gpt2_logits(model),
                    lambda ids: model(ids), windows, calib, data, hf=False, info=info,
                    spec=ModelSpec(variant, path, f"GPT ({variant})", block, "float32", dataset=name))
+
+
+def outlier_rule(subjects, factor=None, min_abs=None) -> interventions.Rule:
+    """The interventions' activation-outlier rule for these subjects; a given factor or floor wins. Hugging Face
+    models: lib.analysis' rule (|h| > 100 and > 1000 x the median). gpt-2/ models: the emergence verdict's ratio
+    (> SYSTEMATIC_RATIO x the median) and no absolute floor: their block outputs are O(1), so Sun et al.'s
+    |h| > 100, an LLM scale, would hide any peak of theirs whatever its ratio."""
+    small = bool(subjects) and not any(s.hf for s in subjects)
+    if factor is None:
+        factor = analysis.SYSTEMATIC_RATIO if small else analysis.MASSIVE_FACTOR
+    if min_abs is None:
+        min_abs = 0.0 if small else analysis.MASSIVE_ABS
+    return interventions.Rule(factor=factor, min_abs=min_abs)
 
 
 # --- measuring --------------------------------------------------------------------------------------------------

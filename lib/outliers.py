@@ -180,9 +180,15 @@ def _largest_entries(h, magnitudes, above, limit):
     return list(zip(tokens, channels, values))
 
 
+def activation_outlier_mask(h, rule="token", factor=None, min_abs=100.0, token_factor=2.0):
+    """Boolean ``[tokens, channels]``: every entry above the threshold of ``rule`` (see ``activation_outliers``,
+    which lists at most 64 of them)."""
+    return _flag(h, rule, factor, min_abs, token_factor)[0]
+
+
 def outlier_mask(h, rule="token", factor=None, min_abs=100.0, token_factor=2.0):
-    """Boolean ``[tokens, channels]``: every entry above the threshold of ``rule`` (see
-    ``activation_outliers``, which lists at most 64 of them), and the threshold itself."""
+    """(``activation_outlier_mask``, the threshold): the form lib.interventions calls today; new code calls
+    ``activation_outlier_mask``, whose name says it is the mask alone."""
     above, threshold, _, _ = _flag(h, rule, factor, min_abs, token_factor)
     return above, threshold
 
@@ -310,8 +316,8 @@ def uniform_causal_attention(seqlen):
     return shares.flip(0).cumsum(0).flip(0)
 
 
-def attention_outlier_keys(cumulative, seqlen=None, factor=0.1):
-    """The paper's rule as written: positions whose cumulative attention >= ``factor * seqlen``
+def paper_attention_keys(cumulative, seqlen=None, factor=0.1):
+    """The paper's attention-outlier rule as written: positions whose cumulative attention >= ``factor * seqlen``
     (``seqlen`` defaults to ``len(cumulative)``; the paper uses 0.1). Sorted ints."""
     _require_tensor(cumulative, 1, "cumulative", "[keys]")
     cumulative = cumulative.detach().to(torch.float32)
@@ -332,9 +338,10 @@ def choosable_shares(cumulative):
     return mass / max(T - 1, 1), uniform / max(T - 1, 1)
 
 
-def sink_keys(cumulative, min_excess=0.1):
-    """Attention-outlier keys on any length: a key whose share of the choosable mass (``choosable_shares``)
-    exceeds what uniform attention would give it by >= ``min_excess``. Sorted ints; none for T < 2."""
+def keys_above_uniform(cumulative, min_excess=0.1):
+    """The excess-over-uniform attention-outlier rule (lib.analysis' rule, valid on any length): a key whose
+    share of the choosable mass (``choosable_shares``) exceeds what uniform attention would give it by >=
+    ``min_excess``. Sorted ints; none for T < 2."""
     if cumulative.shape[0] < 2:
         return []
     share, uniform = choosable_shares(cumulative)
@@ -446,9 +453,8 @@ def category_shares(categories):
 def kurtosis(x, dim=-1):
     """Non-excess kurtosis E[(x - mu)^4] / sigma^4 along ``dim`` (population moments), float32.
 
-    As Bondarenko et al. 2023 ("Quantizable Transformers") report it: a Gaussian gives about 3,
-    a tensor with a few huge outliers gives much more (they average it over a layer output's
-    tokens, i.e. ``kurtosis(h, dim=-1).mean()``). A constant slice gets 0 instead of NaN.
+    A Gaussian gives about 3, a tensor with a few huge outliers much more. A constant slice gets 0 instead of
+    NaN. The two summaries reported are ``token_kurtosis`` and ``tensor_excess_kurtosis``.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -461,6 +467,18 @@ def kurtosis(x, dim=-1):
     return _safe_divide(fourth_moment, variance.pow(2))
 
 
+def token_kurtosis(h):
+    """``KURTOSIS_PER_TOKEN``: the non-excess kurtosis of each token's channels, averaged over tokens, of a
+    ``[..., tokens, channels]`` tensor (Bondarenko et al. 2023 report it this way). A float."""
+    return kurtosis(h, dim=-1).mean().item()
+
+
+def tensor_excess_kurtosis(x):
+    """``KURTOSIS_TENSOR_EXCESS``: the excess kurtosis (non-excess minus 3) of all entries of ``x`` taken as one
+    sample, whatever its shape. A float."""
+    return kurtosis(x.reshape(-1), dim=0).item() - 3.0
+
+
 def max_inf_norm(x):
     """Infinity norm max |x| over the whole tensor (Bondarenko et al. 2023), as a float."""
     if not isinstance(x, torch.Tensor):
@@ -471,25 +489,106 @@ def max_inf_norm(x):
 
 
 def mean_attention_on_key(probs, key=0):
-    """Per head, mean attention that the queries able to see ``key`` (q >= key, causal) put on
-    it: float32 ``[heads]``. Stacked over layers this is ``sink_rate``'s input (Gu et al.)."""
+    """Per head, mean attention that the queries able to see ``key`` (q >= key, causal, the key's own query
+    included) put on it: float32 ``[heads]``. Stacked over layers this is ``sink_rate``'s input as Gu et al.
+    define it (``SINK_RATE_ALL_QUERIES``)."""
     _require_tensor(probs, 3, "probs", "[heads, queries, keys]")
     return probs.detach()[:, key:, key].to(torch.float32).mean(dim=1)
 
 
 def sink_rate(first_key_attention, threshold=0.3):
-    """Sink rate (Gu et al., ICLR 2025): the share of (layer, head) pairs whose mean attention
-    on key k (``first_key_attention``, ``[layers, heads]``) exceeds ``threshold`` (0.3)."""
+    """Sink rate (Gu et al., ICLR 2025): the share of (layer, head) pairs whose mean attention on the first key
+    (``first_key_attention``, ``[layers, heads]``) exceeds ``threshold`` (0.3). Which queries that mean is
+    over is the input's variant: ``mean_attention_on_key`` (all queries that see the key, Gu et al.'s) or
+    ``key_shares_after_first_query(...)[:, 0]`` (queries 1..T-1)."""
     _require_tensor(first_key_attention, 2, "first_key_attention", "[layers, heads]")
     above = first_key_attention.detach().to(torch.float32) > threshold
     return above.to(torch.float32).mean().item()
 
 
-def first_token_share(probs):
-    """Attention share on the first token (Qiu et al. 2025, "Gated Attention"): the mean over
-    heads and queries of the probability on key 0, for ``[heads, queries, keys]``."""
+def first_token_share_all_queries(probs):
+    """``FIRST_TOKEN_SHARE_ALL_QUERIES`` (Qiu et al. 2025, "Gated Attention"): the mean over heads and every
+    query, query 0 included, of the probability on key 0, for ``[heads, queries, keys]``."""
     _require_tensor(probs, 3, "probs", "[heads, queries, keys]")
     return probs.detach()[..., 0].to(torch.float32).mean().item()
+
+
+def key_shares_after_first_query(probs):
+    """Per head and key, the mean weight that queries 1..T-1 put on the key (``KEY_SHARES``), float32
+    ``[heads, keys]``: query 0 has no choice and is left out; a query that cannot see a key (a causal query
+    before it) counts as 0 for it, so a late key cannot look like a sink on the strength of a few queries.
+    ``probs`` is ``[heads, queries, keys]`` or ``[batch, heads, queries, keys]`` (averaged over the batch),
+    each query's row already divided by its total; T >= 2."""
+    if not isinstance(probs, torch.Tensor) or probs.dim() not in (3, 4) or probs.shape[-2] < 2:
+        raise ValueError("probs must be [heads, queries, keys] or [batch, heads, queries, keys] with >= 2 queries")
+    shares = probs.detach()[..., 1:, :].to(torch.float32).mean(dim=-2)
+    return shares.mean(dim=0) if probs.dim() == 4 else shares
+
+
+def first_token_share_after_first_query(probs):
+    """``FIRST_TOKEN_SHARE_AFTER_FIRST_QUERY``: ``key_shares_after_first_query`` on key 0, averaged over heads."""
+    return key_shares_after_first_query(probs)[:, 0].mean().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# peaks at a fixed position, over many sequences
+# ---------------------------------------------------------------------------------------------
+
+def _require_batch(h):
+    _require_tensor(h, 3, "h", "[sequences, tokens, channels]")
+
+
+def channel_position_ratios(h):
+    """``POSITION_RATIO`` for every (position, channel): the median over sequences of |h[s, t, c]| / median
+    |h[s]| (each sequence's median over all its entries), float32 ``[tokens, channels]``. ``h`` is
+    ``[sequences, tokens, channels]``; a sequence whose entries are all 0 gives 0."""
+    _require_batch(h)
+    magnitudes = h.detach().abs().to(torch.float32)
+    medians = magnitudes.flatten(1).median(dim=1).values
+    return _safe_divide(magnitudes, medians[:, None, None].expand_as(magnitudes)).median(dim=0).values
+
+
+def position_ratios(h):
+    """(ratio ``[tokens]``, channel ``[tokens]``): for each position, its largest ``channel_position_ratios``
+    and that channel (``POSITION_RATIO``): how far one channel of that position stands out in most sequences,
+    wherever each sequence's own maximum sits."""
+    ratios = channel_position_ratios(h)
+    best = ratios.max(dim=1)
+    return best.values, best.indices
+
+
+def holds_max_share(h):
+    """``HOLDS_MAX``: per position, the share of sequences whose largest |h| entry (over all positions and
+    channels) sits at that position, float32 ``[tokens]`` summing to 1. ``h`` is ``[sequences, tokens,
+    channels]``; ties go to the first position."""
+    _require_batch(h)
+    flat = h.detach().abs().flatten(1).argmax(dim=1) // h.shape[2]
+    return torch.bincount(flat, minlength=h.shape[1]).to(torch.float32) / h.shape[0]
+
+
+def top1_ratio_mean(h):
+    """``TOP1_RATIO_MEAN``: the mean over sequences of top-1 |h| / median |h| of each sequence (wherever its
+    maximum sits), for ``[sequences, tokens, channels]``. A float."""
+    _require_batch(h)
+    per_sequence = [topk_magnitudes(sequence.reshape(-1, h.shape[2]), 1) for sequence in h]
+    return sum(s["top"][0] / s["median"] if s["median"] else 0.0 for s in per_sequence) / len(per_sequence)
+
+
+# What each reported statistic is, for the JSON and tables that report it.
+KURTOSIS_PER_TOKEN = "kurtosis, non-excess, over channels per token, mean over tokens (Gaussian: 3)"
+KURTOSIS_TENSOR_EXCESS = "kurtosis, excess, over all entries of the tensor as one sample (Gaussian: 0)"
+FIRST_TOKEN_SHARE_ALL_QUERIES = "attention on key 0, mean over heads and all queries (query 0 included)"
+FIRST_TOKEN_SHARE_AFTER_FIRST_QUERY = "attention on key 0, mean over heads and queries 1..T-1"
+KEY_SHARES = ("per head and key, mean attention of queries 1..T-1 (each row divided by its total; a query "
+              "before the key counts 0)")
+SINK_RATE_ALL_QUERIES = ("share of (layer, head) pairs whose mean attention on key 0 over all queries exceeds 0.3 "
+                         "(Gu et al.)")
+SINK_RATE_AFTER_FIRST_QUERY = ("share of (layer, head) pairs whose mean attention of queries 1..T-1 on key 0 "
+                               "exceeds 0.3")
+TOP1_RATIO_MEAN = "top-1 |h| / median |h| per sequence (wherever the maximum sits), mean over sequences"
+POSITION_RATIO = ("at a fixed position: per channel, the median over sequences of |h[pos, c]| / median |h| of the "
+                  "sequence; the position's largest channel")
+HOLDS_MAX = "share of sequences whose largest |h| entry sits at the position"
 
 
 # ---------------------------------------------------------------------------------------------

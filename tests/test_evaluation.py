@@ -183,14 +183,23 @@ def test_w8a8_quantizes_inputs_per_tensor_and_weights_per_channel():
 # --- interventions ---------------------------------------------------------------------------------------------
 
 def test_outlier_mask_agrees_with_the_analysis_rule():
-    h = torch.randn(20, 16, generator=torch.Generator().manual_seed(0))
-    h[0, 3], h[5, 3], h[7, 9] = 3000.0, -2500.0, 1800.0
+    """A planted tensor whose flagged entries are known by hand: |h| is 0.5 almost everywhere (median 0.5, so
+    the threshold is max(100, 1000 x 0.5) = 500) and channel 12 is 900 at every token (its median over tokens
+    900, so an entry there must exceed 1800)."""
+    from lib import outliers
+    h = torch.full((20, 16), 0.5)
+    h[1::2] *= -1
     h[:, 12] = 900.0  # large for every token: not token-specific
-    found = analysis.massive_entries(h)
+    h[0, 3], h[5, 3], h[7, 9] = 3000.0, -2500.0, 1800.0
+    h[9, 12] = 2000.0  # in the channel large everywhere, but more than twice its typical value
+    h[2, 4] = 450.0  # under 1000 x the median
+    expected = [[0, 3], [5, 3], [7, 9], [9, 12]]
     mask = interventions.outlier_mask(h)
-    assert torch.nonzero(mask.any(1)).flatten().tolist() == found["tokens"] == [0, 5, 7]
-    assert torch.nonzero(mask.any(0)).flatten().tolist() == found["channels"] == [3, 9]
-    assert sorted((t, c) for t, c, _ in found["entries"]) == sorted(map(tuple, torch.nonzero(mask).tolist()))
+    assert torch.nonzero(mask).tolist() == expected
+    assert torch.nonzero(outliers.activation_outlier_mask(h)).tolist() == expected
+    found = analysis.massive_entries(h)
+    assert found["tokens"] == [0, 5, 7, 9] and found["channels"] == [3, 9, 12]
+    assert sorted([t, c] for t, c, _ in found["entries"]) == expected
 
 
 @pytest.mark.parametrize("mode", ["zero", "mean"])

@@ -13,7 +13,8 @@ GPT2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2")
 sys.path.insert(0, GPT2)
 import train  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from outlier_stats import key_shares, layer_report, peak_ablation, verdict  # noqa: E402
+from outlier_stats import (compact_report, key_shares, layer_report, peak_ablation, persistence,  # noqa: E402
+                           ratio_floor, run_verdict)
 from task import sample_design  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -32,120 +33,267 @@ def tiny(n_layer=3, **kw):
     return GPT(GPTConfig(block_size=16, vocab_size=17, n_layer=n_layer, n_head=2, n_embd=32, **kw)).eval()
 
 
-# --- the verdict ---------------------------------------------------------------------------------------------
+# --- the verdict, one planted model per loophole -------------------------------------------------------------
+# A tiny GPT's block outputs are O(0.01-0.1), so a planted 300-1000 is thousands of times the median; forward
+# hooks add the peaks (to an MLP's or an attention's output) and replace a block's returned attention weights
+# (a head putting every query's mass on one key) where a sink is wanted.
 
-def planted_report(layer, writer, n_layer=3):
-    """Block `layer` (0-based) writes a 500-high entry at position 0, channel 5, through its MLP (writer
-    'mlp') or the embedding carries it (writer 'embed'); position 0 is made a sink of block 2 by hooks."""
-    model = tiny(n_layer)
-    seqs = torch.randint(0, 17, (4, 16), generator=torch.Generator().manual_seed(1))
+def seqs_of(n=8, seed=1):
+    return torch.randint(0, 17, (n, 16), generator=torch.Generator().manual_seed(seed))
 
-    def plant(module, args, out):
-        out = out.clone()
-        out[:, 0, 5] += 500.0
-        return out
-    hooks = []
-    if writer == "mlp":
-        hooks.append(model.transformer.h[layer].mlp.register_forward_hook(plant))
-    else:
-        hooks.append(model.transformer.h[0].register_forward_pre_hook(lambda m, a: (plant(m, a, a[0]),) + a[1:]))
 
-    def sink(module, args, out):  # block 2's attention: all mass of every query on key 0
+def add_at(module, position, channel, value, rows=None):
+    """Forward hook on an MLP (tensor output) or attention ((y, w) output): value added at h[rows, position,
+    channel]."""
+    def hook(m, args, out):
+        y = (out[0] if isinstance(out, tuple) else out).clone()
+        y[slice(None) if rows is None else rows, position, channel] += value
+        return (y, out[1]) if isinstance(out, tuple) else y
+    return module.register_forward_hook(hook)
+
+
+def sink_on(attn, keys):
+    """Forward hook on a block's attention: head k puts all the mass of every query that sees keys[k] on it
+    (keys[k] None: the head attends to each query's own token)."""
+    def hook(m, args, out):
         y, w = out
-        w = torch.zeros_like(w)
-        w[..., 0] = 1.0
-        return y, w
-    hooks.append(model.transformer.h[n_layer - 1].attn.register_forward_hook(sink))
-    try:
-        return layer_report(model, seqs)
-    finally:
-        for h in hooks:
-            h.remove()
-
-
-def test_an_mlp_written_peak_on_a_sink_token_before_the_last_block_is_a_systematic_outlier():
-    r = planted_report(layer=0, writer="mlp")
-    first = r["layers"][0]
-    assert first["token"] == 0 and first["channel"] == 5 and first["writer"] == "mlp1"
-    assert first["ratio"] > 100 and first["embed_share"] < 0.1
-    assert first["token_attention"][2] == pytest.approx(1.0)
-    assert r["verdict"]["outliers"] and [v["layer"] for v in r["verdict"]["layers"]] == [1, 2]
-    assert r["verdict"]["layers"][0]["sink_layers"] == [3]
-    assert "last block" in r["verdict"]["rejected"][3]
-
-
-def test_peak_ablation_zeroes_the_planted_peak_and_nothing_else():
-    """Block 0's MLP plants 500 at position 0, channel 5 (and 300 in channel 9: a peak over two channels); the
-    ablation must zero exactly those two entries: its loss equals the loss with both set to 0 by hand."""
-    model = tiny(3)
-    seqs = torch.randint(0, 17, (4, 16), generator=torch.Generator().manual_seed(1))
-
-    def plant(value5, value9):
-        def hook(module, args, out):
-            out = out.clone()
-            out[:, 0, 5] += value5
-            out[:, 0, 9] += value9
+        if w is None:  # a forward that asked for no weights
             return out
-        return model.transformer.h[0].mlp.register_forward_hook(hook)
+        w = torch.zeros_like(w)
+        T = w.shape[-2]
+        for k, key in enumerate(keys):
+            if key is None:
+                w[:, k] = torch.eye(T)
+            else:
+                w[:, k, key:, key] = 1.0
+                w[:, k, :key] = torch.eye(T)[:key]
+        return y, w
+    return attn.register_forward_hook(hook)
 
-    def loss_with_block0_output_zeroed_at(channels):
-        def hook(module, args, out):
-            out[0][:, 0, channels] = 0.0
-        h = model.transformer.h[0].register_forward_hook(hook)
-        try:
-            return float(model(seqs[:, :-1], targets=seqs[:, 1:])[1].detach())
-        finally:
-            h.remove()
-    handle = plant(500.0, 300.0)
+
+def planted(model, seqs, hooks, fn=layer_report, *args):
+    """fn(model, seqs, *args) with the hooks that `hooks(model)` registers in place."""
+    handles = hooks(model)
     try:
-        report = layer_report(model, seqs)
-        rows = peak_ablation(model, seqs, report)
-        by_hand = loss_with_block0_output_zeroed_at([5, 9])
-        planted = float(model(seqs[:, :-1], targets=seqs[:, 1:])[1].detach())
+        return fn(model, seqs, *args)
     finally:
-        handle.remove()
-    first = rows[0]
-    assert [r["layer"] for r in rows] == [1, 2] and first["token"] == 0 and first["channels"] == [5, 9]
-    assert first["loss"] == pytest.approx(planted, abs=1e-6)
-    assert first["loss_zeroed"] == pytest.approx(by_hand, abs=1e-6) and first["loss_zeroed"] != pytest.approx(planted)
-    assert len(first["share_before"]) == len(first["share_after"]) == 3
+        for h in handles:
+            h.remove()
 
 
-def test_a_last_block_peak_is_not_counted_even_on_a_sink():
-    r = planted_report(layer=2, writer="mlp")
-    assert r["layers"][2]["ratio"] > 100 and r["layers"][2]["writer"] == "mlp3"
-    assert not r["verdict"]["outliers"] and "last block" in r["verdict"]["rejected"][3]
-    assert r["max_over_layers"] > 100  # the old max-over-layers column would have called it an outlier
+def found(report):
+    return [(x["layer"], x["position"]) for x in report["verdict"]["found"]]
+
+
+def rejected(report, layer, position):
+    return next(x["why"] for x in report["verdict"]["rejected"] if (x["layer"], x["position"]) == (layer, position))
+
+
+def test_an_mlp_written_peak_that_a_later_head_sinks_on_is_a_systematic_outlier():
+    r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].mlp, 0, 5, 500.0),
+                                               sink_on(m.transformer.h[2].attn, [0, 0])])
+    first = next(x for x in r["layers"][0]["positions"] if x["position"] == 0)
+    assert first["channel"] == 5 and first["channels"] == [5] and first["writer"] == "mlp1"
+    assert first["position_ratio"] > 1000 and first["holds_max"] == 1.0 and first["fixed"]
+    assert first["sink_heads"] == [[3, 0, pytest.approx(1.0)], [3, 1, pytest.approx(1.0)]]
+    assert found(r) == [(1, 0), (2, 0)]  # block 2 carries the same entry, still MLP 1's
+    assert "last block" in rejected(r, 3, 0)
+
+
+def test_key_shares_divide_each_row_by_its_total_and_leave_the_extra_key_out():
+    """attn_bias-style weights [k'; 3 tokens] for queries 0..2; the same rows doubled (sigmoid rows need not sum
+    to 1) give the same shares. Queries 1 and 2: key 0 (0.4 + 0.5) / 2, key 1 (0.4 + 0.25) / 2, key 2 0.25 / 2."""
+    w = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.2, 0.4, 0.4, 0.0], [0.0, 0.5, 0.25, 0.25]])[None, None]
+    assert key_shares(w, 3).tolist() == pytest.approx([0.45, 0.325, 0.125])
+    assert key_shares(2 * w, 3).tolist() == pytest.approx([0.45, 0.325, 0.125])
+
+
+def test_a_peak_in_a_tenth_of_the_sequences_is_not_counted():
+    """Position 5 has a 500 in 2 of 20 sequences (the old ratio, a mean of per-sequence maxima, passes)."""
+    r = planted(tiny(), seqs_of(20), lambda m: [add_at(m.transformer.h[0].mlp, 5, 3, 500.0, rows=[0, 1]),
+                                                 sink_on(m.transformer.h[2].attn, [5, 5])])
+    assert r["layers"][0]["top1_ratio_mean"] > 100
+    assert all(x["position"] != 5 or x["position_ratio"] < 100 for x in r["layers"][0]["positions"])
+    assert not r["verdict"]["outliers"]
+
+
+def test_every_passing_position_is_judged_and_must_hold_the_maximum_in_most_sequences():
+    """300 at position 5 in every sequence; 1000 at position 7 in 60% of them: both pass the ratio, position 7
+    holds the block's maximum in 60% of the sequences, position 5 in 40% (and the design does not fix it).
+    (A key k is seen by 16 - k of the 15 queries 1..15, so a sink needs k <= 7.)"""
+    rows = list(range(6))
+    r = planted(tiny(), seqs_of(10), lambda m: [add_at(m.transformer.h[0].mlp, 5, 3, 300.0),
+                                                 add_at(m.transformer.h[0].mlp, 7, 4, 1000.0, rows=rows),
+                                                 sink_on(m.transformer.h[2].attn, [5, 7])])
+    assert (1, 7) in found(r) and (1, 5) not in found(r)
+    assert "holds the block's maximum in 40%" in rejected(r, 1, 5)
+
+
+def test_a_smaller_peak_on_the_sink_position_is_found_behind_a_larger_one():
+    r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].mlp, 3, 5, 1000.0),
+                                               add_at(m.transformer.h[0].mlp, 0, 9, 300.0),
+                                               sink_on(m.transformer.h[2].attn, [0, 0])])
+    assert r["layers"][0]["position"] == 3  # the block's largest peak
+    assert (1, 0) in found(r)  # position 0 holds the maximum in no sequence, but the design fixes it
+    assert "no head of a later block" in rejected(r, 1, 3)
+
+
+def test_a_sink_in_an_earlier_block_or_the_writers_own_block_does_not_count():
+    def hooks(later):
+        def register(m):
+            h = m.transformer.h
+            handles = [add_at(h[1].mlp, 0, 5, 500.0), sink_on(h[0].attn, [0, 0]), sink_on(h[1].attn, [0, 0])]
+            return handles + ([sink_on(h[2].attn, [0, 0])] if later else [])
+        return register
+    r = planted(tiny(), seqs_of(), hooks(later=False))
+    assert not r["verdict"]["outliers"] and "no head of a later block" in rejected(r, 2, 0)
+    assert found(planted(tiny(), seqs_of(), hooks(later=True))) == [(2, 0)]
+
+
+def test_an_attention_written_peak_is_reported_not_counted():
+    r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].attn, 0, 5, 500.0),
+                                               sink_on(m.transformer.h[2].attn, [0, 0])])
+    assert not r["verdict"]["outliers"] and "written by attn1" in rejected(r, 1, 0)
+    assert [(x["layer"], x["position"], x["writer"]) for x in r["verdict"]["attention_written"]] == \
+        [(1, 0, "attn1"), (2, 0, "attn1"), (3, 0, "attn1")]
+
+
+def test_one_head_of_two_on_the_key_is_a_sink():
+    """Head 0 puts everything on key 0, head 1 on each query's own token: the head average is 0.5, not > 0.5."""
+    r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].mlp, 0, 5, 500.0),
+                                               sink_on(m.transformer.h[2].attn, [0, None])])
+    assert r["layers"][2]["top_key_share"] == pytest.approx(0.5)
+    assert (1, 0) in found(r)
+    assert r["verdict"]["found"][0]["sink_heads"] == [[3, 0, pytest.approx(1.0)]]
 
 
 def test_an_embedding_peak_is_not_counted():
-    r = planted_report(layer=0, writer="embed")
-    assert r["layers"][0]["embed_share"] > 0.9
-    assert not r["verdict"]["outliers"] and "embedding" in r["verdict"]["rejected"][1]
+    def plant(m, args):
+        x = args[0].clone()
+        x[:, 0, 5] += 500.0
+        return (x,) + args[1:]
+    r = planted(tiny(), seqs_of(), lambda m: [m.transformer.h[0].register_forward_pre_hook(plant),
+                                               sink_on(m.transformer.h[2].attn, [0, 0])])
+    assert not r["verdict"]["outliers"] and "the embedding holds" in rejected(r, 1, 0)
 
 
-def test_a_peak_on_a_token_that_is_no_sink_is_not_counted():
-    layers = [dict(layer=1, ratio=300.0, token=0, channel=1, embed_share=0.0, writer="mlp1", token_attention=[0.2, 0.3, 0.1]),
-              dict(layer=2, ratio=20.0, token=4, channel=1, embed_share=0.0, writer="mlp2", token_attention=[0.0, 0.0, 0.0]),
-              dict(layer=3, ratio=20.0, token=4, channel=1, embed_share=0.0, writer="mlp3", token_attention=[0.0, 0.0, 0.0])]
-    v = verdict(layers)
-    assert not v["outliers"] and "no sink" in v["rejected"][1]
-
-
-def test_key_shares_is_the_mean_weight_over_queries_after_the_first():
-    T = 5
-    w = torch.tril(torch.ones(T, T))
-    w = (w / w.sum(-1, keepdim=True))[None, None]  # uniform causal attention
-    s = key_shares(w, T)
-    expected = [sum(1 / (q + 1) for q in range(max(k, 1), T)) / (T - 1) for k in range(T)]
-    assert s.tolist() == pytest.approx(expected)
-
-
-def test_writer_decomposition_sums_to_the_peak():
+def test_writer_decomposition_sums_to_the_entry():
     model = tiny()
-    seqs = torch.randint(0, 17, (3, 16), generator=torch.Generator().manual_seed(2))
-    for r in layer_report(model, seqs)["layers"]:
-        assert sum(r["contributions"].values()) == pytest.approx(r["value"], rel=1e-4, abs=1e-5)
+    for layer in layer_report(model, seqs_of(3, seed=2))["layers"]:
+        for r in layer["positions"]:
+            assert sum(r["contributions"].values()) == pytest.approx(r["value"], rel=1e-4, abs=1e-5)
+
+
+def median_of_block1(model, seqs):
+    with torch.no_grad():
+        h = model(seqs, return_hidden=True)["hidden"][0]
+    return float(h.abs().flatten(1).median(dim=1).values.mean())
+
+
+def test_a_diffuse_position_state_is_no_massive_activation_and_is_not_ablated():
+    """Every channel of position 0 raised to about 60 x the median: a large state, no channel 100 x the median."""
+    model, seqs = tiny(), seqs_of()
+    m = median_of_block1(model, seqs)
+    hooks = lambda mod: [add_at(mod.transformer.h[0].mlp, 0, list(range(32)), 60 * m),
+                         sink_on(mod.transformer.h[2].attn, [0, 0])]
+    report = planted(model, seqs, hooks)
+    assert report["layers"][0]["position"] == 0 and 30 < report["layers"][0]["position_ratio"] < 100
+    assert not report["verdict"]["outliers"]
+    assert planted(model, seqs, hooks, peak_ablation, report, seqs_of(4, seed=9)) == []
+
+
+def test_peak_ablation_zeroes_only_the_massive_channels_and_sets_them_to_their_calibration_mean():
+    """Position 0: channel 5 at 1000 x the median, channel 9 at 150 x, every other channel at 60 x. The massive
+    channels are 5 and 9 (each >= 100 x the median); zeroing them, or setting them to their mean over the
+    calibration sequences, is checked against the same edit made by hand."""
+    model, seqs, calib = tiny(), seqs_of(), seqs_of(6, seed=7)
+    m = median_of_block1(model, seqs)
+    others = [c for c in range(32) if c not in (5, 9)]
+    hooks = lambda mod: [add_at(mod.transformer.h[0].mlp, 0, others, 60 * m),
+                         add_at(mod.transformer.h[0].mlp, 0, 5, 1000 * m),
+                         add_at(mod.transformer.h[0].mlp, 0, 9, 150 * m), sink_on(mod.transformer.h[2].attn, [0, 0])]
+    report = planted(model, seqs, hooks)
+    rows = planted(model, seqs, hooks, peak_ablation, report, calib)
+    first = next(a for a in rows if a["layer"] == 1)
+    assert first["position"] == 0 and first["channels"] == [5, 9] and first["systematic"]
+
+    def loss_with(values):
+        y = torch.cat([seqs[:, 1:], torch.full_like(seqs[:, :1], -1)], dim=1)
+
+        def edit(mod, args, out):
+            out[0][:, 0, [5, 9]] = values
+        def register(mod):
+            return hooks(mod) + [mod.transformer.h[0].register_forward_hook(edit)]
+        with torch.no_grad():
+            return planted(model, seqs, register, lambda mod, x: float(mod(x, targets=y)[1]))
+    with torch.no_grad():
+        planted_calib = planted(model, calib, hooks, lambda mod, x: mod(x, return_hidden=True)["hidden"][0])
+    means = planted_calib[:, 0, [5, 9]].mean(0)
+    assert first["calibration_means"] == pytest.approx(means.tolist(), rel=1e-5)
+    assert first["loss_zeroed"] == pytest.approx(loss_with(0.0), abs=1e-6)
+    assert first["loss_mean"] == pytest.approx(loss_with(means), abs=1e-6)
+    assert len(first["share_before"]) == 3 and first["share_before"][2] == [pytest.approx(1.0)] * 2
+
+
+def test_the_control_is_five_draws_at_positions_with_a_target():
+    model, seqs = tiny(), seqs_of()
+    hooks = lambda mod: [add_at(mod.transformer.h[0].mlp, 0, 5, 500.0), sink_on(mod.transformer.h[2].attn, [0, 0])]
+    report = planted(model, seqs, hooks)
+    for a in planted(model, seqs, hooks, peak_ablation, report, seqs_of(4, seed=9)):
+        assert len(a["loss_control_draws"]) == 5
+        assert a["loss_control"] == pytest.approx(np.mean(a["loss_control_draws"]))
+        assert all(0 <= q <= 14 and q != a["position"] for q in a["control_positions"])  # T = 16: 15 has no target
+
+
+def test_a_single_checkpoint_blip_does_not_hold_and_three_in_a_row_do():
+    model, seqs = tiny(), seqs_of()
+
+    def line(step, on):
+        hooks = lambda m: ([add_at(m.transformer.h[0].mlp, 0, 5, 500.0)] if on else []) + \
+            [sink_on(m.transformer.h[2].attn, [0, 0])]
+        return dict(iter=step, **compact_report(planted(model, seqs, hooks)))
+    on = {s: line(s, True) for s in (0, 1)}
+    off = line(2, False)
+
+    def at(step, holds):
+        return dict(on[0] if holds else off, iter=step)
+    blip = persistence([at(0, False), at(1, True), at(2, False), at(3, False)])
+    assert not blip["held"] and [(s["layer"], s["position"], s["checkpoints"]) for s in blip["streaks"]] == \
+        [(1, 0, 1), (2, 0, 1)]
+    assert not persistence([at(0, True), at(1, True), at(2, False), at(3, True), at(4, True)])["held"]
+    lasting = persistence([at(0, False), at(1, True), at(2, True), at(3, True)])
+    assert lasting["held"] and lasting["first_held"] == 1
+    assert run_verdict([at(0, False), at(1, True), at(2, True), at(3, True)], 2, 8)["verdict"] == "yes"
+    assert run_verdict([at(0, False), at(1, True), at(2, False), at(3, True)], 2, 8)["verdict"] == "no"
+
+
+def old_line(step, ratios, tokens, shares, top_keys=None, writers=None):
+    """A stats.jsonl line as logged before the per-position verdict (3 blocks)."""
+    top_keys = top_keys or [0, 0, 0]
+    writers = writers or ["mlp1", "mlp2", "mlp3"]
+    return dict(iter=step, outliers=False, outlier_layers=[], layers=[
+        dict(ratio=r, token=t, channel=1, embed_share=0.0, writer=w, top_key=k, top_key_share=s)
+        for r, t, w, k, s in zip(ratios, tokens, writers, top_keys, shares)])
+
+
+def test_logs_written_before_the_per_position_verdict_decide_what_they_can():
+    # 64 sequences: a passing position needs 33 sequences whose maximum is >= 100, so a logged mean >= 51.5625
+    assert ratio_floor(64) == pytest.approx(100 * 33 / 64)
+    small = [old_line(s, [51.5, 51.0, 300.0], [0, 0, 0], [0.9, 0.9, 0.9]) for s in range(4)]
+    assert run_verdict(small, 2, 64)["verdict"] == "no"  # the blocks before the last are under the floor
+    no_sink = [old_line(s, [300.0, 300.0, 20.0], [0, 0, 0], [0.9, 0.25, 0.25]) for s in range(4)]
+    assert run_verdict(no_sink, 2, 64)["verdict"] == "no"  # two heads x 0.25: no head of block 2 or 3 > 0.5
+    assert run_verdict(no_sink, 4, 64)["verdict"] == "not re-judged"  # four heads: one of them may hold 1.0
+    open_lines = [old_line(s, [300.0, 30.0, 20.0], [0, 7, 7], [0.2, 0.3, 0.6]) for s in (0, 2000, 4000)]
+    judged = run_verdict(open_lines, 2, 64)
+    assert judged["verdict"] == "not re-judged" and judged["possible"] == [
+        dict(layer=1, position=None, first=0, last=4000, checkpoints=3)]
+    assert judged["logged_peak_streaks"] == [dict(layer=1, position=0, first=0, last=4000, checkpoints=3)]
+    attention_written = [old_line(s, [300.0, 30.0, 20.0], [0, 7, 7], [0.2, 0.3, 0.6], writers=["attn1", "mlp2", "mlp3"])
+                         for s in (0, 2000, 4000)]
+    assert run_verdict(attention_written, 2, 64)["logged_peak_streaks"] == []
+    two = open_lines[:2] + [old_line(4000, [40.0, 30.0, 20.0], [0, 7, 7], [0.2, 0.3, 0.6])]
+    assert run_verdict(two, 2, 64)["verdict"] == "no"  # two checkpoints in a row are not three
 
 
 # --- the position switch ---------------------------------------------------------------------------------------
@@ -278,20 +426,48 @@ def test_zero_random_zeroes_as_many_unflagged_entries():
     assert int((out == 0).sum()) == 2
 
 
-def test_emergence_table_judges_each_run(tmp_path):
+def test_emergence_table_judges_each_run_from_its_checkpoint_and_again_from_its_logs(tmp_path):
+    import shutil
     import emergence
     data = prepare(tmp_path / "d")
-    for variant in ("default", "ca_softmax"):
-        train.main(fresh_args(data, tmp_path / variant, attention=variant, max_iters=20))
-    rows = emergence.main([f"--runs={[str(tmp_path / 'default'), str(tmp_path / 'ca_softmax')]}",
-                           f"--results_dir={tmp_path / 'res'}", "--n_seqs=8", "--eval_iters=2", "--plot=True"])
+    runs = [str(tmp_path / v) for v in ("default", "ca_softmax")]
+    for variant, run in zip(("default", "ca_softmax"), runs):
+        train.main(fresh_args(data, run, attention=variant, max_iters=20))
+    res = tmp_path / "res"
+    rows = emergence.main([f"--runs={runs}", f"--results_dir={res}", "--n_seqs=8", "--eval_iters=2", "--plot=True"])
     assert [r["attention"] for r in rows] == ["default", "ca_softmax"]
-    table = json.load(open(tmp_path / "res" / "table.json"))
-    assert table["criteria"]["ratio"] == 100.0 and len(table["rows"]) == 2
-    assert table["rows"][0]["trajectory"]["steps"] == [0, 10, 20]
+    table = json.load(open(res / "table.json"))
+    assert table["criteria"]["ratio"] == 100.0 and table["criteria"]["persistence"] == 3 and len(table["rows"]) == 2
+    first = table["rows"][0]
+    assert first["source"] == "checkpoint" and first["trajectory"]["steps"] == [0, 10, 20]
+    assert first["over_run"]["checkpoints"] == 3 and first["over_run"]["logged_before_rule"] == 0
+    assert first["over_run"]["verdict"] in ("yes", "no")  # logs with the per-position verdict decide
     for name in ("table.md", "trajectories.png", "convergence.png"):
-        assert (tmp_path / "res" / name).exists()
-    assert "max over layers (old)" in open(tmp_path / "res" / "table.md").read()
+        assert (res / name).exists()
+    # the checkpoints gone, the committed logs and the table's numbers judge the runs again
+    for run in runs:
+        os.makedirs(res / "runs" / os.path.basename(run))
+        for f in ("stats.jsonl", "train_log.jsonl"):
+            shutil.copy(os.path.join(run, f), res / "runs" / os.path.basename(run) / f)
+        shutil.rmtree(run)
+    again = emergence.main([f"--runs={runs}", f"--results_dir={res}", "--from_logs=True", "--plot=False"])
+    assert [r["source"] for r in again] == ["logs", "logs"]
+    assert again[0]["over_run"]["verdict"] == first["over_run"]["verdict"]
+    assert again[0]["at_checkpoint"]["val_loss"] == first["val_loss"]
+    assert "not re-judged" in open(res / "table.md").read()
+    twice = emergence.main([f"--runs={runs}", f"--results_dir={res}", "--from_logs=True", "--plot=False"])
+    assert twice[0]["at_checkpoint"] == again[0]["at_checkpoint"]  # a second pass carries the same numbers
+
+
+def test_emergence_from_logs_needs_the_logs_and_the_tables_row(tmp_path):
+    import emergence
+    from configurator import UserError
+    with pytest.raises(UserError, match="no stats.jsonl"):
+        emergence.main([f"--runs={[str(tmp_path / 'gone')]}", f"--results_dir={tmp_path}", "--from_logs=True"])
+    (tmp_path / "runs" / "gone").mkdir(parents=True)
+    (tmp_path / "runs" / "gone" / "stats.jsonl").write_text(json.dumps(old_line(0, [1, 1, 1], [0, 0, 0], [0, 0, 0])))
+    with pytest.raises(UserError, match="no row"):
+        emergence.main([f"--runs={[str(tmp_path / 'gone')]}", f"--results_dir={tmp_path}", "--from_logs=True"])
 
 
 def test_pack_runs_bundles_weights_without_optimizer_state(tmp_path):
@@ -314,3 +490,117 @@ def test_pack_runs_bundles_weights_without_optimizer_state(tmp_path):
     with tarfile.open(dest / found[0][0]) as tar:
         ckpt = torch.load(io.BytesIO(tar.extractfile(found[0][1]).read()), weights_only=True)
     assert "optimizer" not in ckpt and ckpt["iter_num"] == 10 and "model" in ckpt
+
+
+def test_interventions_on_a_gpt2_model_use_the_verdicts_ratio_and_no_absolute_floor():
+    """A block output of O(0.1) with one entry 150 x its median: |h| = 15 is far under the LLM floor of 100, so
+    lib.analysis' rule misses it; the rule lib.evaluation picks for gpt-2/ subjects finds it."""
+    from types import SimpleNamespace
+    from lib import evaluation, interventions
+    h = torch.full((16, 8), 0.1)
+    h[0, 3] = 15.0
+    gpt2, hf = [SimpleNamespace(hf=False)], [SimpleNamespace(hf=True)]
+    small = evaluation.outlier_rule(gpt2)
+    assert (small.factor, small.min_abs) == (100.0, 0.0)
+    assert torch.nonzero(interventions.outlier_mask(h, small)).tolist() == [[0, 3]]
+    large = evaluation.outlier_rule(hf)
+    assert (large.factor, large.min_abs) == (1000.0, 100.0) and not interventions.outlier_mask(h, large).any()
+    given = evaluation.outlier_rule(gpt2, factor=200.0, min_abs=10.0)
+    assert (given.factor, given.min_abs) == (200.0, 10.0) and not interventions.outlier_mask(h, given).any()
+
+
+# --- the emergence README quotes its table and its runs' logs ---------------------------------------------------
+EMERGENCE = os.path.join(GPT2, "results", "emergence")
+
+
+def logged(name):
+    with open(os.path.join(EMERGENCE, "runs", name, "stats.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def streak_numbers(name, layer, position, first, last):
+    """Over the logged checkpoints first..last: the block's position-free ratios and the largest share of a
+    strictly later layer whose most attended key is the position, as (ratios, shares)."""
+    lines = [l for l in logged(name) if first <= l["iter"] <= last]
+    ratios = [l["layers"][layer - 1]["ratio"] for l in lines]
+    shares = [max(x["top_key_share"] for x in l["layers"][layer:] if x["top_key"] == position) for l in lines]
+    return ratios, shares
+
+
+def span(values, fmt="{:.0f}"):
+    return f"{fmt.format(min(values))}-{fmt.format(max(values))}"
+
+
+def emergence_claims():
+    with open(os.path.join(EMERGENCE, "table.json")) as f:
+        rows = {r["run"].removeprefix("out-emergence-"): r for r in json.load(f)["rows"]}
+    verdicts = [r["over_run"]["verdict"] for r in rows.values()]
+    claims = [f"Of the {len(rows)} runs, the logs rule out {verdicts.count('no')} and leave "
+              f"{verdicts.count('not re-judged')} not re-judged"]
+    streaks = {name: [s for s in r["over_run"]["logged_peak_streaks"] if s["checkpoints"] >= 3]
+               for name, r in rows.items()}
+    assert sorted(n for n, s in streaks.items() if s) == ["rf-default-none", "rf-default-none-l6", "rf-default-none-s2",
+                                                          "rf-default-rope"]
+    (s,) = streaks["rf-default-none"]
+    ratios, shares = streak_numbers("rf-default-none", 2, 0, s["first"], s["last"])
+    claims.append(f"then {s['first'] // 1000}k-{s['last'] // 1000}k ({s['checkpoints']} checkpoints), position-free "
+                  f"ratio {span(ratios)}, block 3's share on position 0 {span(shares, '{:.2f}')}")
+    a, b = [x for x in streaks["rf-default-none-s2"] if x["layer"] == 2]
+    (ra, sa), (rb, sb) = (streak_numbers("rf-default-none-s2", 2, 0, x["first"], x["last"]) for x in (a, b))
+    claims.append(f"block 2 on position 0 at {a['first'] // 1000}k-{a['last'] // 1000}k ({span(ra)}) and "
+                  f"{b['first'] // 1000}k-{b['last'] // 1000}k ({span(rb)}, {b['checkpoints']} checkpoints)")
+    ones = [x for x in streaks["rf-default-none-s2"] if x["layer"] == 1]
+    r1 = [v for x in ones for v in streak_numbers("rf-default-none-s2", 1, 0, x["first"], x["last"])[0]]
+    claims.append("block 1 on position 0 at " + " and ".join(f"{x['first'] // 1000}k-{x['last'] // 1000}k" for x in ones)
+                  + f" ({span(r1)}), block 3's share on position 0 {span(sa + sb, '{:.2f}')}")
+    a, b = streaks["rf-default-none-l6"]
+    (ra, sa), (rb, sb) = (streak_numbers("rf-default-none-l6", 5, 0, x["first"], x["last"]) for x in (a, b))
+    claims.append(f"block 5 on position 0 at {a['first'] // 1000}k-{a['last'] // 1000}k ({a['checkpoints']} checkpoints, "
+                  f"{span(ra)}) and {b['first'] // 1000}k-{b['last'] // 1000}k ({b['checkpoints']}, {span(rb)}), block 6's "
+                  f"share on position 0 {span(sa + sb, '{:.2f}')}")
+    gap = next(l for l in logged("rf-default-none-l6") if l["iter"] == a["last"] + 2000)
+    claims.append(f"at {gap['iter'] // 1000}k block 5's position-free ratio is {gap['layers'][4]['ratio']:.0f}")
+    (s,) = streaks["rf-default-rope"]
+    ratios, shares = streak_numbers("rf-default-rope", 1, 1, s["first"], s["last"])
+    after = {l["iter"]: l["layers"][0]["ratio"] for l in logged("rf-default-rope")}
+    claims.append(f"block 1 on F (position 1) at {s['first'] // 1000}k-{s['last'] // 1000}k ({s['checkpoints']} "
+                  f"checkpoints, {span(ratios)}), block 2's share on F {span(shares, '{:.2f}')}; from "
+                  f"{s['last'] // 1000 + 2}k the ratio falls ({after[s['last'] + 2000]:.0f} at {s['last'] // 1000 + 2}k, "
+                  f"{after[max(after)]:.0f} at {max(after) // 1000}k)")
+    nobos = max(x["top_key_share"] for n, r in rows.items() if r["design"] == "nobos"
+                for line in logged(n) for x in line["layers"])
+    claims.append(f"takes more than {nobos:.2f} of the head-averaged attention")
+    bos = {l["iter"]: l["layers"][0]["ratio"] for l in logged("default")}
+    at = rows["default"]["at_checkpoint"]["layers"][0]
+    claims += [f"from {bos[20000]:.0f} at 20k to {bos[max(bos)]:.0f} at {max(bos) // 1000}k "
+               f"({rows['default']['slope_per_1k'][0]:+.2f} per 1k over the last half)",
+               f"BOS holds the block's maximum in {at['token_freq']:.0%} of the final checkpoint's sequences, and BOS's "
+               f"own entry there is |h| = {abs(at['value']):.1f} in every sequence",
+               f"against a mean median of {at['median']:.2f}, about {abs(at['value']) / at['median']:.0f}x"]
+    lr, s2 = (rows[n]["at_checkpoint"] for n in ("nb-default-rope-lr2e3", "nb-default-rope-s2"))
+    (la,), (sa,) = ([x for x in r["ablation"] if x["layer"] == 1] for r in (lr, s2))
+    claims += [f"block 1's maximum in {lr['layers'][0]['token_freq']:.0%} and {s2['layers'][0]['token_freq']:.0%} of the "
+               f"final checkpoint's sequences, and its mean signed value in the reported channel is "
+               f"{lr['layers'][0]['value']:.1f} and {s2['layers'][0]['value']:.1f} against mean medians of "
+               f"{lr['layers'][0]['median']:.2f} and {s2['layers'][0]['median']:.2f}; the ablation zeroed "
+               f"{len(la['channels'])} and {len(sa['channels'])} of its 128 channels"]
+    rf = {l["iter"]: l for l in logged("rf-default-none")}
+    first = streaks["rf-default-none"][0]["first"]
+    claims.append(f"fails at {first // 1000 - 2}k (block 3's head-averaged share on position 0 is "
+                  f"{rf[first - 2000]['layers'][2]['top_key_share']:.2f})")
+    lr2 = {l["iter"]: l["layers"][0]["ratio"] for l in logged("default-lr2e3")}
+    claims.append(f"of block 1 was {lr2[40000]:.0f} at 40k and is {lr2[max(lr2)]:.0f} at the last logged checkpoint "
+                  f"({rows['default-lr2e3']['at_checkpoint']['layers'][0]['ratio']:.0f} at the final one)")
+    w256 = max(x["top_key_share"] for l in logged("ca_softmax-w256") for x in l["layers"])
+    claims.append(f"top key passes {w256:.2f} at any logged checkpoint")
+    rca = logged("rf-ca_softmax-none")
+    claims.append(f"block-1 ratio reaches {max(l['layers'][0]['ratio'] for l in rca):.0f} and a later layer's top key "
+                  f"{max(x['top_key_share'] for l in rca for x in l['layers'][1:]):.2f}")
+    return claims
+
+
+def test_the_emergence_readme_quotes_its_table_and_logs():
+    with open(os.path.join(EMERGENCE, "README.md")) as f:
+        flat = " ".join(f.read().split())
+    for claim in emergence_claims():
+        assert " ".join(claim.split()) in flat, f"results/emergence/README.md should say {claim!r}"

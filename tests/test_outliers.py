@@ -183,9 +183,9 @@ def test_all_mass_on_first_key():
     probs[:, :, 0] = 1.0
     cumulative = O.cumulative_attention(probs)
     assert cumulative.tolist() == [5.0, 0.0, 0.0, 0.0, 0.0]
-    assert O.attention_outlier_keys(cumulative) == [0]
+    assert O.paper_attention_keys(cumulative) == [0]
     assert O.head_outlier_ratio(probs, [0]).tolist() == [1.0, 1.0, 1.0]
-    assert O.first_token_share(probs) == 1.0
+    assert O.first_token_share_all_queries(probs) == 1.0
 
 
 def test_cumulative_attention_on_uniform_causal_map():
@@ -195,14 +195,14 @@ def test_cumulative_attention_on_uniform_causal_map():
     expected = [1 + 1 / 2 + 1 / 3 + 1 / 4, 1 / 2 + 1 / 3 + 1 / 4, 1 / 3 + 1 / 4, 1 / 4]
     assert cumulative.tolist() == pytest.approx(expected)
     assert float(cumulative.sum()) == pytest.approx(n)
-    assert O.attention_outlier_keys(cumulative) == [0, 1, 2]  # 0.25 < 0.4 <= 0.583
-    assert O.attention_outlier_keys(cumulative, factor=0.25) == [0, 1]  # threshold 1
-    assert O.attention_outlier_keys(cumulative, seqlen=20) == [0]  # threshold 2
+    assert O.paper_attention_keys(cumulative) == [0, 1, 2]  # 0.25 < 0.4 <= 0.583
+    assert O.paper_attention_keys(cumulative, factor=0.25) == [0, 1]  # threshold 1
+    assert O.paper_attention_keys(cumulative, seqlen=20) == [0]  # threshold 2
 
 
 def test_attention_outlier_key_threshold_is_inclusive():
-    assert O.attention_outlier_keys(torch.tensor([1.0, 0.5, 0.5]), seqlen=10) == [0]
-    assert O.attention_outlier_keys(torch.tensor([0.99, 0.5]), seqlen=10) == []
+    assert O.paper_attention_keys(torch.tensor([1.0, 0.5, 0.5]), seqlen=10) == [0]
+    assert O.paper_attention_keys(torch.tensor([0.99, 0.5]), seqlen=10) == []
 
 
 def test_head_outlier_ratio_and_column_sums_by_hand():
@@ -220,7 +220,7 @@ def test_head_outlier_ratio_and_column_sums_by_hand():
     assert O.head_outlier_ratio(probs, [0, 2]).tolist() == pytest.approx([2.5 / 3, 2 / 3])
     assert O.head_outlier_ratio(probs, []).tolist() == [0.0, 0.0]
     assert O.head_outlier_ratio_from_sums(sums, [1]).tolist() == pytest.approx([0.5 / 3, 1 / 3])
-    assert O.first_token_share(probs) == pytest.approx((2.5 + 1.0) / 6)
+    assert O.first_token_share_all_queries(probs) == pytest.approx((2.5 + 1.0) / 6)
     assert O.mean_attention_on_key(probs, 1).tolist() == pytest.approx([0.25, 0.5])
 
 
@@ -354,14 +354,14 @@ def test_uniform_causal_attention_by_hand():
     assert O.uniform_causal_attention(3).dtype == torch.float32
 
 
-def test_sink_keys_drop_a_first_key_that_only_gets_its_uniform_share():
+def test_keys_above_uniform_drop_a_first_key_that_only_gets_its_uniform_share():
     T = 10
     uniform = O.uniform_causal_attention(T)
     cumulative = uniform.clone()
     cumulative[4] += 2.0  # a real sink at key 4, taken evenly from the others
     cumulative[[0, 1, 2, 3]] -= 0.5
-    assert 0 in O.attention_outlier_keys(cumulative)      # 0.1 x T = 1 is passed by key 0 by construction
-    assert O.sink_keys(cumulative) == [4]
+    assert 0 in O.paper_attention_keys(cumulative)      # 0.1 x T = 1 is passed by key 0 by construction
+    assert O.keys_above_uniform(cumulative) == [4]
 
 
 def planted_map(T, key, share):
@@ -381,19 +381,19 @@ def planted_map(T, key, share):
 @pytest.mark.parametrize("T", [4, 5, 6, 9, 16, 64, 256, 512])
 def test_uniform_attention_flags_no_key_on_any_length(T):
     cumulative = O.cumulative_attention(causal_uniform(1, T))
-    assert O.sink_keys(cumulative) == []
+    assert O.keys_above_uniform(cumulative) == []
     share, uniform = O.choosable_shares(cumulative)
     assert torch.allclose(share, uniform, atol=1e-6) and float(share.sum()) == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("T", [4, 6, 9, 16, 256])
 def test_a_first_key_with_half_of_every_later_query_is_flagged(T):
-    assert O.sink_keys(O.cumulative_attention(planted_map(T, 0, 0.5))) == [0]
+    assert O.keys_above_uniform(O.cumulative_attention(planted_map(T, 0, 0.5))) == [0]
 
 
 @pytest.mark.parametrize("T", [9, 16, 256])
 def test_a_later_key_with_forty_percent_is_flagged(T):
-    assert O.sink_keys(O.cumulative_attention(planted_map(T, 3, 0.4))) == [3]  # like Gemma's '.' at position 3
+    assert O.keys_above_uniform(O.cumulative_attention(planted_map(T, 3, 0.4))) == [3]  # like Gemma's '.' at position 3
 
 
 @pytest.mark.parametrize("T", [4, 9, 64])
@@ -401,13 +401,13 @@ def test_a_key_just_above_uniform_is_not_flagged(T):
     cumulative = O.cumulative_attention(causal_uniform(1, T))
     share, uniform = O.choosable_shares(cumulative)
     cumulative[0] = 1.0 + 1.1 * uniform[0] * (T - 1)  # key 0 at 1.1 x its uniform share
-    assert O.sink_keys(cumulative) == []
+    assert O.keys_above_uniform(cumulative) == []
 
 
 def test_the_rules_disagreement_is_explained():
     from lib import analysis
     cumulative = torch.tensor([1.87, 1.02, 0.5, 3.42, 0.8, 0.39, 0.35, 0.29, 0.38])  # Gemma 3 270M, layer 9
-    ours, paper = analysis.attention_outlier_keys(cumulative), analysis.paper_attention_keys(cumulative)
+    ours, paper = analysis.excess_attention_keys(cumulative), analysis.paper_attention_keys(cumulative)
     assert ours == [3] and paper == [0, 1, 3]
     line = analysis.rule_disagreement(cumulative, ours, paper)
     assert "key 0" in line and "key 1" in line and "key 3" not in line
@@ -448,3 +448,74 @@ def test_counting_median_returns_nan_as_torch_does():
     assert math.isnan(O.magnitude_median(h.abs())) and math.isnan(h.abs().median().item())
     assert math.isnan(O.magnitude_median(h, absolute=True))
     assert math.isnan(O.topk_magnitudes(h)["median"])
+
+
+# --- one definition per statistic, each variant by hand ---------------------------------------------------------
+
+def test_the_two_kurtosis_variants_by_hand():
+    h = torch.tensor([[1.0, -1.0, 1.0, -1.0], [0.0, 0.0, 0.0, 8.0]])
+    # per token over channels: row 0 has m2 = 1, m4 = 1 -> 1; row 1: mean 2, centred (-2, -2, -2, 6),
+    # m2 = 48 / 4 = 12, m4 = (3 * 16 + 1296) / 4 = 336 -> 336 / 144 = 7 / 3; mean over tokens 5 / 3
+    assert O.token_kurtosis(h) == pytest.approx(5 / 3, rel=1e-6)
+    # all eight entries as one sample: mean 1, centred (0, -2, 0, -2, -1, -1, -1, 7), m2 = 60 / 8,
+    # m4 = 2436 / 8 -> 304.5 / 56.25; excess: minus 3
+    assert O.tensor_excess_kurtosis(h) == pytest.approx(304.5 / 56.25 - 3, rel=1e-6)
+    assert O.tensor_excess_kurtosis(h[None]) == pytest.approx(O.tensor_excess_kurtosis(h))  # any shape
+    torch.manual_seed(0)
+    assert O.tensor_excess_kurtosis(torch.randn(200_000)) == pytest.approx(0.0, abs=0.05)
+
+
+def three_query_map():
+    """One head, T = 3, rows [1, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]."""
+    return torch.tensor([[[1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]]])
+
+
+def test_the_two_first_token_shares_and_the_key_shares_by_hand():
+    probs = three_query_map()
+    assert O.first_token_share_all_queries(probs) == pytest.approx((1 + 0.5 + 0.2) / 3)
+    assert O.first_token_share_after_first_query(probs) == pytest.approx((0.5 + 0.2) / 2)
+    # queries 1 and 2 only; query 1 cannot see key 2 and counts 0 there
+    assert O.key_shares_after_first_query(probs).tolist() == [pytest.approx([0.35, 0.4, 0.25])]
+    other = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]])
+    batch = torch.stack([probs, other])  # [batch, heads, queries, keys]: averaged over the batch
+    assert O.key_shares_after_first_query(batch).tolist() == [pytest.approx([0.175, 0.45, 0.375])]
+    with pytest.raises(ValueError):
+        O.key_shares_after_first_query(torch.ones(1, 1, 1))  # one query: nobody chooses
+
+
+def test_key_shares_agree_with_the_choosable_shares_of_the_column_sums_on_a_softmax_map():
+    probs = torch.softmax(torch.randn(3, 9, 9).masked_fill(~torch.ones(9, 9, dtype=torch.bool).tril(), -1e9), -1)
+    share, _ = O.choosable_shares(O.cumulative_attention(probs))
+    assert torch.allclose(O.key_shares_after_first_query(probs).mean(0), share, atol=1e-6)
+
+
+def test_sink_rate_of_each_first_key_variant_by_hand():
+    probs = torch.stack([three_query_map()[0], torch.eye(3)])  # head 0 as above, head 1 each query on itself
+    gu = O.mean_attention_on_key(probs, 0)  # all queries: head 0 (1 + 0.5 + 0.2) / 3, head 1 1 / 3
+    after = O.key_shares_after_first_query(probs)[:, 0]  # queries 1..2: head 0 0.35, head 1 0
+    assert gu.tolist() == pytest.approx([1.7 / 3, 1 / 3]) and after.tolist() == pytest.approx([0.35, 0.0])
+    assert O.sink_rate(gu[None]) == 1.0 and O.sink_rate(after[None]) == 0.5  # 1/3 > 0.3, but 0 is not
+
+
+def test_position_statistics_by_hand():
+    h = torch.tensor([[[1.0, 2.0], [3.0, 10.0]],    # lower median of |h| 2: ratios [[0.5, 1], [1.5, 5]]
+                      [[8.0, 1.0], [1.0, 2.0]],     # median 1: [[8, 1], [1, 2]]
+                      [[-4.0, 2.0], [2.0, 6.0]]])   # median 2: [[2, 1], [1, 3]]
+    assert O.channel_position_ratios(h).tolist() == [[2.0, 1.0], [1.0, 3.0]]  # median over the 3 sequences
+    ratio, channel = O.position_ratios(h)
+    assert ratio.tolist() == [2.0, 3.0] and channel.tolist() == [0, 1]
+    assert O.holds_max_share(h).tolist() == pytest.approx([1 / 3, 2 / 3])  # sequence 1's max is at position 0
+    # the position-free ratio averages each sequence's maximum wherever it sits: (5 + 8 + 3) / 3
+    assert O.top1_ratio_mean(h) == pytest.approx(16 / 3)
+    assert O.channel_position_ratios(torch.zeros(2, 2, 2)).tolist() == [[0.0, 0.0], [0.0, 0.0]]
+    with pytest.raises(ValueError):
+        O.position_ratios(torch.ones(2, 2))
+
+
+def test_activation_outlier_mask_is_the_mask_the_old_name_returns_with_its_threshold():
+    h = torch.full((10, 6), 0.5)
+    h[2, 1], h[7, 4], h[3, 3] = 900.0, -700.0, 400.0  # threshold max(100, 1000 x 0.5) = 500: 400 stays
+    mask = O.activation_outlier_mask(h)
+    assert torch.nonzero(mask).tolist() == [[2, 1], [7, 4]]
+    old, threshold = O.outlier_mask(h)
+    assert torch.equal(old, mask) and threshold == 500.0

@@ -40,7 +40,7 @@ def test_attention_detector_finds_the_sink_after_the_planted_layer():
     probs = cap["attn.pattern", PLANTED + 1][0]
     cumulative = outliers.cumulative_attention(probs)
     assert int(cumulative.argmax()) == sink
-    assert sink in outliers.attention_outlier_keys(cumulative)
+    assert sink in outliers.paper_attention_keys(cumulative)
     # the queries that can see the sink (positions >= sink) put nearly all their mass there
     seeing = (len(PROMPT) - sink) / len(PROMPT)
     assert outliers.head_outlier_ratio(probs, [sink]).min() > 0.9 * seeing

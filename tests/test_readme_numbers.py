@@ -109,12 +109,14 @@ def scale_bench():
 
 def emergence():
     rows = {r["run"]: r for r in load("gpt-2/results/emergence/table.json")["rows"]}
-    none, bos = rows["out-emergence-rf-default-none"], rows["out-emergence-default"]
-    cons = load("results/consequences/gpt2_emergence_none/consequences.json")["results"][0]
-    zero = cons["interventions"]["sites"][0]["zero"]["ppl"] / cons["baseline"]["ppl"] - 1
-    return [f"(top-1/median {none['layers'][1]['ratio']:.0f} in block 2 on position\n0",
-            f"costs +{100 * zero:.1f}% perplexity",
-            f"default's peak reaches only {bos['layers'][0]['ratio']:.0f} in {bos['iter'] // 1000}k steps"]
+    verdicts = [r["over_run"]["verdict"] for r in rows.values()]
+    longest = max(rows["out-emergence-rf-default-none"]["over_run"]["logged_peak_streaks"], key=lambda s: s["checkpoints"])
+    bos = rows["out-emergence-default"]["at_checkpoint"]["layers"][0]
+    return [f"ruled out by their logs in {verdicts.count('no')} of {len(verdicts)} cases and not re-judged in "
+            f"{verdicts.count('not re-judged')}",
+            f"the longest on position {longest['position']} of block {longest['layer']} at {longest['first'] // 1000}k-"
+            f"{longest['last'] // 1000}k steps",
+            f"BOS's own entry stays near {abs(bos['value']) / bos['median']:.0f} x the median"]
 
 
 @pytest.mark.parametrize("claims", [gemma_consequences, capture_bench, variants_bench, figures_time,

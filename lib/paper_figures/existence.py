@@ -83,7 +83,7 @@ def attention(ctx):
         why = "no activation outliers: the layer whose busiest key most exceeds uniform attention"
     probs = _capture_one(ctx, "attn.pattern", layer)  # [heads, queries, keys]
     cumulative = outliers.cumulative_attention(probs)
-    keys = analysis.attention_outlier_keys(cumulative)
+    keys = analysis.excess_attention_keys(cumulative)
     fig, (ax,) = plotting.figure(size=(6.5, 5.5))
     status = "" if keys else " (no outlier keys)"
     plotting.attention_heatmap(ax, probs.mean(0).numpy(), tokens, highlight=keys,
@@ -96,7 +96,8 @@ def attention(ctx):
         "outlier_keys": keys, "outliers_found": bool(keys), "cumulative": cumulative.tolist(),
         "uniform_baseline": outliers.uniform_causal_attention(len(tokens)).tolist(),
         "paper_rule_keys": paper_keys, "head_outlier_ratio": ratio,
-        "first_token_share": outliers.first_token_share(probs),
+        "first_token_share": outliers.first_token_share_all_queries(probs),
+        "first_token_share_variant": outliers.FIRST_TOKEN_SHARE_ALL_QUERIES,
     }
     result["summary"] = [
         f"{ctx.title} attention, layer {layer + 1} ({why}): outlier keys {keys} {[tokens[k] for k in keys]}",

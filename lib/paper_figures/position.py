@@ -91,6 +91,7 @@ def _activation_figure(ctx, point, what, stem):
     ctx.save(fig, stem)
     view3d = _three_d_view(ctx, point, ids[0:1], shown, what, stem + "_3d")
     result = {"rule": ctx.rule_text, "calibration": info, "layers": rows,
+              "kurtosis_variant": outliers.KURTOSIS_PER_TOKEN,
               "outlier_layers": outlier_layers, "categories": categories, "view_3d": view3d}
     result["summary"] = [
         f"{ctx.title} {what} over {info['nsamples']} x {info['seqlen']} tokens of {info['data']}: "
@@ -148,7 +149,7 @@ def attention(ctx):
                 top1[layer] += ranked[0].item() / n
                 top2[layer] += ranked[min(1, len(ranked) - 1)].item() / n
                 median[layer] += cumulative.median().item() / n
-                keys = analysis.attention_outlier_keys(cumulative)
+                keys = analysis.excess_attention_keys(cumulative)
                 paper = analysis.paper_attention_keys(cumulative)
                 flagged[layer] += bool(keys)
                 paper_flagged[layer] += bool(paper)
@@ -184,6 +185,7 @@ def attention(ctx):
               "paper_rule": analysis.PAPER_ATTENTION_RULE, "paper_rule_layers": paper_layers,
               "keys_only_ours": only_ours, "keys_only_paper_rule": only_paper,
               "categories": categories, "sink_rate_first_token": sink,
+              "sink_rate_variant": outliers.SINK_RATE_ALL_QUERIES,
               "first_token_attention": first_key.tolist()}
     result["summary"] = [
         f"{ctx.title} attention over {info['nsamples']} x {info['seqlen']} tokens: layers with outlier keys "
