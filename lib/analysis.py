@@ -66,9 +66,6 @@ def excess_attention_keys(cumulative):
     return outliers.keys_above_uniform(cumulative, min_excess=ATTENTION_FACTOR)
 
 
-attention_outlier_keys = excess_attention_keys  # the name lib.interventions calls; the same rule
-
-
 def paper_attention_keys(cumulative):
     """Keys under PAPER_ATTENTION_RULE."""
     return outliers.paper_attention_keys(cumulative, factor=ATTENTION_FACTOR)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lib import analysis, compression, gpt2_checkpoints, interventions, relocation, scale_test
+from lib import analysis, compression, gpt2_checkpoints, interventions, outliers, relocation, scale_test
 from lib.errors import UserError
 from lib.models import ModelSpec
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
@@ -120,7 +120,8 @@ def measure(subject: Subject, methods, wanted_interventions, log=print, rule=int
     baseline["where"] = where.summary(rule)
     result = {"name": s.name, "title": s.title, "info": s.info, "data": s.data,
               "baseline": {**summarize(baseline), "where": baseline["where"]},
-              "outlier_metrics": metrics.summary(), "compression": {}, "interventions": {}}
+              "outlier_metrics": {**metrics.summary(), "kurtosis_variant": outliers.KURTOSIS_PER_TOKEN},
+              "compression": {}, "interventions": {}}
     log(f"{s.title}: fp32 perplexity {baseline['ppl']:.4g}; max inf-norm {metrics.summary()['max_inf_norm']:.4g}, "
         f"avg kurtosis {metrics.summary()['avg_kurtosis']:.4g}")
     for method in methods:

@@ -55,7 +55,7 @@ DEFAULT_RULE = Rule()
 
 def outlier_mask(h: torch.Tensor, rule: Rule = DEFAULT_RULE) -> torch.Tensor:
     """Boolean [tokens, channels]: every entry the rule flags."""
-    return outliers.outlier_mask(h, "token", rule.factor, rule.min_abs, rule.token_factor)[0]
+    return outliers.activation_outlier_mask(h, "token", rule.factor, rule.min_abs, rule.token_factor)
 
 
 def _hidden(output):
@@ -404,7 +404,7 @@ def _attention_sinks(model, run, ids):
         with Capture(model, "attn.pattern", reduce=reducers.attention_column_sums) as cap:
             run(ids)
         sums = [cap["attn.pattern", i][0] for i in range(len(decoder_blocks(model)))]
-    return {i: [analysis.attention_outlier_keys(c.mean(dim=0)) for c in per_layer] for i, per_layer in enumerate(sums)}
+    return {i: [analysis.excess_attention_keys(c.mean(dim=0)) for c in per_layer] for i, per_layer in enumerate(sums)}
 
 
 def mask_attention_sinks(model, run, logits_fn, control: bool = False, seed: int = 0):
@@ -434,7 +434,7 @@ class OutlierMetrics:
         h = _hidden(output).detach()
         flat = h.reshape(-1, h.shape[-1])
         self.inf_norm[layer] = max(self.inf_norm[layer], outliers.max_inf_norm(flat))
-        self.kurtosis_sum[layer] += outliers.kurtosis(flat, dim=-1).double().sum().item()
+        self.kurtosis_sum[layer] += outliers.kurtosis(flat, dim=-1).sum().item()
         self.tokens[layer] += flat.shape[0]
 
     def summary(self) -> dict:

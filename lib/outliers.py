@@ -186,13 +186,6 @@ def activation_outlier_mask(h, rule="token", factor=None, min_abs=100.0, token_f
     return _flag(h, rule, factor, min_abs, token_factor)[0]
 
 
-def outlier_mask(h, rule="token", factor=None, min_abs=100.0, token_factor=2.0):
-    """(``activation_outlier_mask``, the threshold): the form lib.interventions calls today; new code calls
-    ``activation_outlier_mask``, whose name says it is the mask alone."""
-    above, threshold, _, _ = _flag(h, rule, factor, min_abs, token_factor)
-    return above, threshold
-
-
 def _flag(h, rule, factor, min_abs, token_factor):
     """(above-threshold mask, threshold, factor used, |h| in fp32) under `rule`."""
     _require_tensor(h, 2, "h", "[tokens, channels]")

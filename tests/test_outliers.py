@@ -512,10 +512,9 @@ def test_position_statistics_by_hand():
         O.position_ratios(torch.ones(2, 2))
 
 
-def test_activation_outlier_mask_is_the_mask_the_old_name_returns_with_its_threshold():
+def test_activation_outlier_mask_flags_the_entries_above_the_threshold_by_hand():
     h = torch.full((10, 6), 0.5)
     h[2, 1], h[7, 4], h[3, 3] = 900.0, -700.0, 400.0  # threshold max(100, 1000 x 0.5) = 500: 400 stays
     mask = O.activation_outlier_mask(h)
     assert torch.nonzero(mask).tolist() == [[2, 1], [7, 4]]
-    old, threshold = O.outlier_mask(h)
-    assert torch.equal(old, mask) and threshold == 500.0
+    assert not hasattr(O, "outlier_mask")  # one name, one meaning: the mask alone
