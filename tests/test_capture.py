@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lib.tiny_models import FAMILY_CONFIGS, tiny_model
 from monkey_patch import POINTS, Capture, CaptureError, ModelView
-from tiny_models import FAMILY_CONFIGS, tiny_model
 
 FAMILIES = list(FAMILY_CONFIGS)
 ATOL = 1e-5
