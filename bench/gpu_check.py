@@ -160,7 +160,7 @@ def capture_cost(args, sizes) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         scale = bench_scale.main(["--device", args.device, "--memory-repeats", str(memory_repeats(args)),
                                   "--out", os.path.join(tmp, "scale.json"), *sizes["scale"]])
-    where = f"{sizes['capture_shape']}"
+    where = sizes["capture_shape"]
     checks = [
         check(f"bench_capture {where}: time, one layer, every point / plain ({timing['tokens']} tokens)",
               timing["ratio"], "<=", TIME_TARGET, ratio_detail(timing["ratio_median_of_pairs"], ns.repeats)),
@@ -365,7 +365,10 @@ def parse(argv):
     parts = [name.strip() for name in args.parts.split(",") if name.strip()]
     unknown = [name for name in parts if name not in PARTS]
     if unknown or not parts:
-        raise UserError(f"--parts: unknown part(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(PARTS)}")
+        raise UserError(f"--parts: unknown part(s) {', '.join(unknown) or '(none given)'}; "
+                        f"choose from {', '.join(PARTS)}")
+    if args.peak_tflops is not None and not args.peak_tflops > 0:
+        raise UserError(f"--peak-tflops must be positive, got {args.peak_tflops:g}")
     args.parts = parts
     try:
         device = torch.device(args.device)

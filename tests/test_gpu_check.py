@@ -140,7 +140,8 @@ def test_a_part_that_breaks_is_reported_and_the_report_says_so():
 
 
 @pytest.mark.parametrize("argv, message", [(["--parts", "capture,gpt2"], "unknown part(s) capture"),
-                                           (["--device", "gpu0"], "not a device")])
+                                           (["--device", "gpu0"], "not a device"),
+                                           (["--peak-tflops", "0"], "must be positive")])
 def test_bad_flags_are_one_line_errors(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         gpu_check.main([*argv, "--out", str(tmp_path)])
