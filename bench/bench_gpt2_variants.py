@@ -63,14 +63,15 @@ class PlainGPT(nn.Module):
         return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-def time_model(model, args, device):
-    """Tokens/s of `steps` AdamW training steps (after 2 warm-up steps)."""
+def time_model(model, args, device, dtype=None):
+    """Tokens/s of `steps` AdamW training steps (after 2 warm-up steps); under autocast to `dtype` if given."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size + 1), generator=g).to(device)
 
     def step():
-        loss = model(x[:, :-1], x[:, 1:])[1]
+        with torch.autocast(torch.device(device).type, dtype, enabled=dtype is not None):
+            loss = model(x[:, :-1], x[:, 1:])[1]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -85,6 +86,16 @@ def time_model(model, args, device):
     if device == "cuda":
         torch.cuda.synchronize()
     return args.steps * args.batch_size * args.block_size / (time.perf_counter() - t0)
+
+
+def measure(models, args, device, dtype=None) -> dict:
+    """Median tokens/s of each model over `repeats` timings, interleaved, so that drifts in machine load hit every
+    model alike."""
+    times = {name: [] for name in models}
+    for _ in range(args.repeats):
+        for name, m in models.items():
+            times[name].append(time_model(m, args, device, dtype))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -116,11 +127,7 @@ def main(argv=None):
                                   n_head=args.n_head, n_embd=args.n_embd, attention=v))
     for m in models.values():
         m.to(args.device).train()
-    times = {name: [] for name in models}
-    for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every model alike
-        for name, m in models.items():
-            times[name].append(time_model(m, args, args.device))
-    tps = {name: statistics.median(t) for name, t in times.items()}
+    tps = measure(models, args, args.device)
     print(f"device {args.device}, threads {torch.get_num_threads()}, {args.n_layer} layers x {args.n_embd} wide, "
           f"{args.n_head} heads, T={args.block_size}, batch {args.batch_size}; median of {args.repeats} x {args.steps} steps")
     print(f"plain SDPA GPT: {tps['plain_sdpa']:,.0f} tok/s")

@@ -39,8 +39,20 @@ def resolve_config_path(path):
     raise UserError(f"config file not found: {path}")
 
 
+def print_usage(defaults):
+    """The running script's docstring and every setting with its default."""
+    doc = (getattr(sys.modules["__main__"], "__doc__", None) or "").strip()
+    print(doc + "\n\nsettings (a config file, or --key=value to change one):" if doc else "settings:")
+    for key, value in defaults.items():
+        print(f"  --{key}={value!r}")
+
+
 def configure(defaults, argv):
-    """Return a copy of `defaults` updated by the config files and --key=value flags in argv."""
+    """Return a copy of `defaults` updated by the config files and --key=value flags in argv; -h or --help prints
+    the usage and exits."""
+    if "-h" in argv or "--help" in argv:
+        print_usage(defaults)
+        sys.exit(0)
     cfg = dict(defaults)
     for arg in argv:
         if arg.startswith("--"):

@@ -100,11 +100,12 @@ def rotate(x, base=10000.0):
 
 # --- attention: softmax, then one subclass per variant ----------------------------------------------------------
 
-def extra_key_mask(T, device):
-    """Boolean mask (T, T+1): column 0 is an extra key every query sees, the rest is causal."""
-    mask = torch.ones(T, T + 1, dtype=torch.bool, device=device)
-    mask[:, 1:] = torch.tril(mask[:, 1:])
-    return mask
+def sdpa_with_extra_key(q, k, v, dropout_p):
+    """SDPA of q (B, nh, T, hd) over k, v (B, nh, T+1, hd) whose position 0 is an extra key every query sees, the
+    rest causal. A causal pass over T+1 queries [0; q] gives query t (row t+1) exactly k' and tokens 0..t; row 0
+    is dropped. A plain causal flag, unlike an explicit (T, T+1) mask, lets SDPA pick its flash kernels."""
+    q = F.pad(q, (0, 0, 1, 0))
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)[:, :, 1:]
 
 
 class CausalSelfAttention(nn.Module):
@@ -208,9 +209,7 @@ class AttnBias(CausalSelfAttention):
         return torch.cat([k_extra.expand(B, -1, -1, -1), k], dim=2), torch.cat([v_extra.expand(B, -1, -1, -1), v], dim=2)
 
     def fused(self, q, k, v):
-        k, v = self.with_extra(q, k, v)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=extra_key_mask(q.shape[2], q.device),
-                                              dropout_p=self.dropout_p())
+        return sdpa_with_extra_key(q, *self.with_extra(q, k, v), self.dropout_p())
 
     def extra_weights(self, q, k, visible):
         """softmax over [k'; visible keys]: (B, nh, T, T + 1), k' in column 0."""
@@ -244,9 +243,7 @@ class CaBias(AttnBias):
 
     def fused(self, q, k, v):
         p = self.dropout_p()
-        k_extra, v_extra = self.with_extra(q, k, torch.zeros_like(v))
-        bias = F.scaled_dot_product_attention(q, k_extra, v_extra, attn_mask=extra_key_mask(q.shape[2], q.device),
-                                              dropout_p=p)  # p'(q) v'
+        bias = sdpa_with_extra_key(q, *self.with_extra(q, k, torch.zeros_like(v)), p)  # p'(q) v'
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p) + bias
 
     def explicit(self, q, k, v, visible):

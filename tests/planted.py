@@ -15,6 +15,7 @@ import torch
 import transformers as tf
 
 from lib.models import ModelSpec
+from lib.tiny_models import CharTokenizer
 
 SINK = "W"
 PLANTED = 1          # 0-based layer whose down_proj writes the outlier
@@ -25,22 +26,6 @@ CONSTANT = 7         # embedding channel equal for every token (gives every quer
 CANCEL = 50          # last layer's MLP unit that removes the outlier
 LAYERS, HIDDEN, HEAD_DIM = 4, 32, 8
 ROTARY_SLOW = 3      # head dimension paired with 3 + HEAD_DIM/2: the slowest rotary frequency
-
-
-class CharTokenizer:
-    """One token per ASCII character (others map to '?'). The interface the figure code uses:
-    encode(text) -> ids, convert_ids_to_tokens(ids) -> strings, decode(ids) -> text."""
-
-    vocab_size = 128
-
-    def encode(self, text, add_special_tokens=False):
-        return [ord(c) if ord(c) < 128 else ord("?") for c in text]
-
-    def convert_ids_to_tokens(self, ids):
-        return [chr(int(i)) for i in ids]
-
-    def decode(self, ids):
-        return "".join(self.convert_ids_to_tokens(ids))
 
 
 def spec(name: str, title: str) -> ModelSpec:

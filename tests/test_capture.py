@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lib.tiny_models import FAMILY_CONFIGS, tiny_model
 from monkey_patch import POINTS, Capture, CaptureError, ModelView
 from monkey_patch.adapters import FAMILIES as ADAPTERS
-from tiny_models import FAMILY_CONFIGS, tiny_model
 
 FAMILIES = list(FAMILY_CONFIGS)
 # attn.q_rot, attn.k_rot and attn.scores come from transformers' attention registry, so only its families have them

@@ -8,7 +8,7 @@ import torch
 from lib import interventions, scale_test
 from monkey_patch import Capture, CaptureError, ModelView
 from monkey_patch.routing import _ROUTERS
-from tiny_models import FAMILY_CONFIGS, tiny_model
+from lib.tiny_models import FAMILY_CONFIGS, tiny_model
 
 REGISTRY_FAMILIES = [f for f in FAMILY_CONFIGS if ModelView(tiny_model(f)).family.registry]
 OTHER_FAMILIES = [f for f in FAMILY_CONFIGS if f not in REGISTRY_FAMILIES]

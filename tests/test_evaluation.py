@@ -14,9 +14,9 @@ from torch import nn
 import consequences
 from lib import analysis, compression, interventions
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
+from lib.tiny_models import tiny_model
 from monkey_patch import ModelView
 from planted import CHANNEL, PLANTED, SINK, CharTokenizer, planted_llama
-from tiny_models import tiny_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "gpt-2"))
 from model import GPT, GPTConfig  # noqa: E402

@@ -192,3 +192,45 @@ def test_parameter_names_stay_those_of_existing_checkpoints():
         assert names == {"c_attn.weight", "c_proj.weight"} | extra, variant
     for pos, has_table in (("learned", True), ("rope", False), ("none", False)):
         assert ("transformer.wpe.weight" in GPT(tiny("default", pos_emb=pos)).state_dict()) == has_table
+
+
+FUSED = [v for v in VARIANTS if GPT(tiny(v)).transformer.h[0].attn.fused is not None]
+
+
+@pytest.mark.parametrize("T", [1, 9])
+@pytest.mark.parametrize("variant", FUSED)
+def test_fused_path_equals_explicit_path_in_training(variant, T):
+    """Training runs the fused (SDPA) path; its output and every gradient must be those of the explicit path."""
+    torch.manual_seed(4)
+    attn = randomize_extras(GPT(tiny(variant))).train().transformer.h[0].attn
+    with torch.no_grad():
+        attn.c_attn.weight.mul_(20)
+    x = torch.randn(3, T, 16, requires_grad=True)
+    grad_out = torch.randn(3, T, 16)
+    results = []
+    for need_weights in (False, True):
+        y, w = attn(x, need_weights=need_weights)
+        assert (w is None) != need_weights  # the fused path really ran, then the explicit one
+        params = [x, *attn.parameters()]
+        results.append((y, torch.autograd.grad(y, params, grad_out)))
+    (fused, fused_grads), (explicit, explicit_grads) = results
+    assert torch.allclose(fused, explicit, atol=1e-5), (fused - explicit).abs().max()
+    for (name, _), a, b in zip([("x", x), *attn.named_parameters()], fused_grads, explicit_grads):
+        assert torch.allclose(a, b, atol=1e-4), (name, (a - b).abs().max())
+
+
+@pytest.mark.parametrize("variant", FUSED)
+def test_fused_paths_give_sdpa_the_causal_flag_and_no_mask(variant, monkeypatch):
+    """An explicit mask rules out SDPA's flash kernels on a GPU; every fused path passes is_causal instead."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, **kwargs):
+        calls.append(kwargs)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    model = GPT(tiny(variant)).eval()
+    with torch.no_grad():
+        model(torch.randint(0, 37, (2, 8)))
+    assert calls and all(c.get("attn_mask") is None and c.get("is_causal") for c in calls), calls

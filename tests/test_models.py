@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from lib.errors import UserError
 from lib.models import DEFAULT_MODEL, MODELS_ENV, REGISTRY, load_model, parse_dtype, resolve
-from tiny_models import tiny_model
+from lib.tiny_models import tiny_model
 
 REFERENCE_NAMES = ["llama2_7b", "llama2_13b", "llama2_70b", "llama2_7b_chat", "llama2_13b_chat", "llama2_70b_chat",
                    "llama3_8b", "mistral_7b", "mistral_7b_instruct", "mistral_moe", "mistral_moe_instruct", "phi2",

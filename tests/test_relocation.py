@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lib import interventions, reducers, relocation
-from tiny_models import tiny_model
+from lib.tiny_models import tiny_model
 
 PLANTED_TOKEN, PLANTED_LAYER, CHANNEL = 2, 0, 5
 

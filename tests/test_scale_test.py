@@ -11,7 +11,7 @@ import torch
 
 from lib import interventions, scale_test
 from lib.perplexity import hf_logits
-from tiny_models import tiny_model
+from lib.tiny_models import tiny_model
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2"))
 from model import GPT, GPTConfig  # noqa: E402

@@ -38,6 +38,9 @@ def plays():
 
 
 def main(argv):
+    if argv in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return
     if argv not in ([], ["--char"]):
         raise UserError(f"unknown arguments {' '.join(argv)}; the only option is --char")
     texts = plays()

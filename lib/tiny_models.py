@@ -1,4 +1,5 @@
-"""Tiny random-weight models, one per supported family, built from transformers configs (no download)."""
+"""Tiny random-weight models, one per supported family, built from transformers configs (no download), and a
+character tokenizer that needs no files either: what tests and benches run without weights or a hub."""
 import torch
 import transformers as tf
 
@@ -40,3 +41,19 @@ def tiny_model(family: str, attn_implementation: str | None = None, seed: int = 
     config = FAMILY_CONFIGS[family]()
     model = tf.AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
     return model.eval()
+
+
+class CharTokenizer:
+    """One token per ASCII character (others map to '?'). The interface the figure code uses:
+    encode(text) -> ids, convert_ids_to_tokens(ids) -> strings, decode(ids) -> text."""
+
+    vocab_size = 128
+
+    def encode(self, text, add_special_tokens=False):
+        return [ord(c) if ord(c) < 128 else ord("?") for c in text]
+
+    def convert_ids_to_tokens(self, ids):
+        return [chr(int(i)) for i in ids]
+
+    def decode(self, ids):
+        return "".join(self.convert_ids_to_tokens(ids))
