@@ -17,10 +17,12 @@ import os
 import sys
 
 import numpy as np
+from lib.configurator import configure, resolve_path, user_errors_exit
+from lib.gpt2_checkpoints import load_gpt
+from lib.gpt2_data import load_meta
 from compare import table_over_runs
-from configurator import configure, resolve_path, user_errors_exit
-from dataset import Batches, load_meta
-from outlier_stats import EMBED_SHARE, SINK_SHARE, SYSTEMATIC_RATIO, layer_report, load_model, peak_ablation
+from dataset import Batches
+from outlier_stats import EMBED_SHARE, SINK_SHARE, SYSTEMATIC_RATIO, layer_report, peak_ablation
 from test import evaluate, find_checkpoint
 
 DEFAULTS = dict(runs=[], results_dir="results/emergence", n_seqs=64, eval_iters=50, batch_size=16, device="cpu",
@@ -53,7 +55,7 @@ def settings(ckpt):
 
 def row_for(run, c):
     path = find_checkpoint("", run)
-    model, ckpt = load_model(path, c["device"])
+    model, ckpt, _ = load_gpt(path, c["device"])
     dataset, T = ckpt["config"]["dataset"], model.config.block_size
     losses = evaluate(model, dataset, c["batch_size"], T, c["eval_iters"], 1000, c["device"])
     val = Batches(dataset, "val", 1, T, 0)

@@ -8,6 +8,7 @@ run tiny models. The tokenizer then needs `encode(text) -> list[int]` and `conve
 Layers on the command line and in every output are 1-based; heads, tokens, channels and columns 0-based.
 """
 import argparse
+import gc
 import json
 import sys
 import tempfile
@@ -16,11 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from lib import check, plotting
 from lib.analysis import MASSIVE_ABS, MASSIVE_FACTOR, activation_rule
+from lib.data import DEFAULT_SOURCE, get_data
 from lib.errors import UserError, user_errors_exit
 from lib.files import write_json, write_text
-from lib.models import DEFAULT_MODEL
+from lib.gpt2_data import dataset_windows
+from lib.models import DEFAULT_MODEL, load_model
+from lib.paper_figures import DESCRIPTIONS, FIGURE_FLAGS, FIGURES
+from lib.provenance import provenance, short
+from lib.summary import write_summary
 from monkey_patch import CaptureError, ModelView
 
 SUMMER = "Summer is warm. Winter is cold.\n"
@@ -75,7 +83,6 @@ def parser(description: str = "", groups=None, affects=None) -> argparse.Argumen
 def parse_figure_args(name: str, argv=None) -> argparse.Namespace:
     """One figure script's flags; a flag the figure does not use is a UserError naming the ones it takes. Flags of
     other groups get their defaults, so the namespace is the same as reproduce.py's."""
-    from lib.paper_figures import DESCRIPTIONS, FIGURE_FLAGS
     p = parser(DESCRIPTIONS[name], FIGURE_FLAGS[name])
     args, unknown = p.parse_known_args(argv)
     if unknown:
@@ -219,14 +226,12 @@ class Context:
 
     def calibration(self, kind: str):
         """(ids [nsamples, seqlen], settings dict); cached per (nsamples, seqlen)."""
-        from lib.data import DEFAULT_SOURCE, get_data
         nsamples, seqlen = self.settings(kind)
         key = ("calibration", nsamples, seqlen)
         own = self.args.data is None and self.spec.dataset  # a gpt-2 checkpoint's own validation split
         source = f"gpt-2/data/{self.spec.dataset} (val)" if own else self.args.data or DEFAULT_SOURCE
         if key not in self.cache:
             if own:
-                from lib.gpt2_checkpoints import dataset_windows
                 self.cache[key] = dataset_windows(self.spec.dataset, "val", seqlen, nsamples)
             else:
                 self.cache[key] = get_data(self.tokenizer, nsamples, seqlen, source=source, seed=self.args.seed)
@@ -238,7 +243,6 @@ class Context:
 
     # --- outputs -----------------------------------------------------------------------------------------------
     def save(self, fig, stem: str) -> list[str]:
-        from lib import plotting
         paths = plotting.save(fig, self.outdir / stem, self.formats)
         self.files += paths
         return paths
@@ -252,10 +256,8 @@ def encode(tokenizer, text: str) -> list[int]:
 
 def run(names, args, model=None, tokenizer=None, spec=None, progress: bool = False) -> dict:
     """Compute, draw and save each figure in `names` on one model; returns {name: result dict}."""
-    from lib.paper_figures import FIGURES
     check_args(args)
     if model is None:
-        from lib.models import load_model
         model, tokenizer, spec = load_model(args.model, args.model_path, args.device, args.dtype)
     try:
         ctx = Context(model, tokenizer, spec, args, writable_dir(Path(args.savedir) / spec.name))
@@ -263,7 +265,6 @@ def run(names, args, model=None, tokenizer=None, spec=None, progress: bool = Fal
         raise UserError(str(e)) from None
     steps = names
     if progress:
-        from tqdm import tqdm
         steps = tqdm(names, desc=f"figures on {spec.title}", unit="figure", file=sys.stderr)
     results = {}
     for name in steps:
@@ -295,8 +296,6 @@ def main(name: str, argv=None) -> None:
 def figure_provenance(ctx, name, result) -> dict:
     """lib.provenance's block for one figure: the flags of the groups it uses, the prompt's token ids where it
     read the prompt, the calibration windows where it read those."""
-    from lib.paper_figures import FIGURE_FLAGS
-    from lib.provenance import provenance
     flags = {}
     for group in FIGURE_FLAGS[name]:
         for flag, _ in FLAG_GROUPS[group]:
@@ -313,7 +312,6 @@ def figure_provenance(ctx, name, result) -> dict:
 
 def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
     """index.md next to the figures: every figure whose JSON is in outdir, with its key numbers."""
-    from lib.paper_figures import FIGURES
     results = {name: json.loads((outdir / f"{name}.json").read_text()) for name in FIGURES
                if (outdir / f"{name}.json").is_file()}
     lines = [f"# Systematic outliers in {title}", "",
@@ -322,7 +320,6 @@ def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
     lines += [f"- {note}" for note in notes] + [""]
     block = next((r["provenance"] for r in results.values() if "provenance" in r), None)
     if block is not None:
-        from lib.provenance import short
         lines += [f"Made by {short(block)}; command: `{block['command']}`.", ""]
     for name, result in results.items():
         lines += [f"## {name}", ""]
@@ -341,10 +338,6 @@ def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
 def reproduce_main(argv=None) -> None:
     """All eleven figures per model, one model load each, with a progress bar and an index page; several models
     one after the other (--model a,b,c); a table across models (--summary)."""
-    import gc
-
-    from lib.paper_figures import FIGURE_FLAGS, FIGURES
-    from lib.summary import write_summary
     with user_errors_exit("reproduce"):
         affects = {g: [n for n in FIGURES if g in FIGURE_FLAGS[n]] for g in FLAG_GROUPS}
         p = parser("Reproduce every LLM figure of the paper on one model (one model load) or several "
@@ -360,7 +353,6 @@ def reproduce_main(argv=None) -> None:
                        help="the summary adds the perplexities of <dir>/<model>/consequences.json where it exists")
         args = p.parse_args(argv)
         if args.check:
-            from lib import check
             sys.exit(check.main(args.check))
         if not args.summary_only:
             models = [m.strip() for m in args.model.split(",")] if "," in args.model else [args.model]

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import consequences
-from lib import analysis, compression, gpt2_checkpoints, interventions
+from lib import analysis, compression, gpt2_data, interventions
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
 from monkey_patch import ModelView
 from planted import CHANNEL, PLANTED, SINK, CharTokenizer, planted_llama
@@ -449,7 +449,7 @@ def test_run_on_gpt2_checkpoints(tmp_path):
         torch.save({"model": model.state_dict(), "model_args": args, "iter_num": 5,
                     "config": {"dataset": "backcopy"}}, out / "ckpt_5.pt")
         paths.append(str(out))
-    data_dir = gpt2_checkpoints.GPT2_DIR / "data" / "backcopy"
+    data_dir = gpt2_data.GPT2_DIR / "data" / "backcopy"
     if not (data_dir / "val.bin").exists():
         pytest.skip("gpt-2/data/backcopy not prepared")
     args = _args(tmp_path / "res", "--gpt2", *paths, "--nsamples", "4", "--methods", "w8_tensor", "prune50",

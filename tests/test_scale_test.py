@@ -137,8 +137,8 @@ def test_measure_calibrates_and_reports_every_mode():
 
 def test_consequences_runs_the_scale_test_on_gpt2_checkpoints(tmp_path):
     import consequences
-    from lib import gpt2_checkpoints
-    if not (gpt2_checkpoints.GPT2_DIR / "data" / "backcopy" / "val.bin").exists():
+    from lib import gpt2_data
+    if not (gpt2_data.GPT2_DIR / "data" / "backcopy" / "val.bin").exists():
         pytest.skip("gpt-2/data/backcopy not prepared")
     model = gpt2_tiny(vocab_size=65)  # the backcopy task's vocabulary
     out = tmp_path / "out-default"

@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 
+from lib.gpt2_data import EOT, gpt2_encoding
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", ".."))  # gpt-2/
-from tokenizer import EOT, gpt2_encoding  # noqa: E402
 
 
 def main(num_proc):
