@@ -18,10 +18,17 @@ plt.rcParams.update({"font.size": 10, "axes.titleweight": "bold", "axes.labelwei
 
 
 def figure(ncols=1, nrows=1, size=(5.0, 4.0), three_d=False):
+    """A figure of nrows x ncols panels, `size` inches each; three_d: True for all 3-D panels, or their indices."""
     fig = plt.figure(figsize=(size[0] * ncols, size[1] * nrows))
-    axes = [fig.add_subplot(nrows, ncols, i + 1, projection="3d" if three_d else None)
+    axes = [fig.add_subplot(nrows, ncols, i + 1,
+                            projection="3d" if (three_d if isinstance(three_d, bool) else i in three_d) else None)
             for i in range(nrows * ncols)]
     return fig, axes
+
+
+def title(fig, text: str) -> None:
+    """The figure title: the model's name (and what the figure is of); panels keep short titles."""
+    fig.suptitle(text, fontweight="bold")
 
 
 def save(fig, base: Path, formats) -> list[str]:

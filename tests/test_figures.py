@@ -1,4 +1,4 @@
-"""The eleven figure scripts end to end: on a random tiny model, on a tiny model with planted outliers (the
+"""The figure scripts end to end: on a random tiny model, on a tiny model with planted outliers (the
 JSON must name what was planted), on the real default model (slow), and with bad input."""
 import json
 import subprocess
@@ -38,10 +38,23 @@ def _load(outdir, name):
     return json.loads((outdir / f"{name}.json").read_text())
 
 
+TITLES = {}  # file stem -> (figure title, panel titles) of the planted run's figures
+
+
+def _recording_save(save):
+    def record(fig, base, formats):
+        suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
+        TITLES[base.name] = (suptitle, [ax.get_title() for ax in fig.axes])
+        return save(fig, base, formats)
+    return record
+
+
 @pytest.fixture(scope="module")
 def planted_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("planted")
-    return _run_all(tmp, planted.planted_llama(), "planted")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli.plotting, "save", _recording_save(cli.plotting.save))
+        return _run_all(tmp, planted.planted_llama(), "planted")
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +71,24 @@ def test_every_script_writes_json_and_figures(random_run, planted_run):
             assert data["files"], name
             for file in data["files"]:
                 assert (outdir / file).stat().st_size > 1000
+
+
+def test_the_model_is_named_once_in_the_figure_title(planted_run):
+    """Panel titles stay short, so long model names (gpt-2 checkpoints) cannot make them collide."""
+    _, outdir = planted_run
+    assert set(TITLES) == {Path(f).stem for name in FIGURES for f in _load(outdir, name)["files"]}
+    for stem, (suptitle, panels) in TITLES.items():
+        assert suptitle.startswith("Planted"), stem
+        assert panels and not any("Planted" in title for title in panels), (stem, panels)
+
+
+def test_every_figure_is_registered_once_with_its_script():
+    for name, figure in FIGURES.items():
+        script = (ROOT / f"{name}.py").read_text()
+        assert f'main("{name}")' in script and len(script.splitlines()) <= 6, name
+        assert set(figure.flags) <= set(cli.FLAG_GROUPS), name
+        assert (figure.calibration is not None) == ("calibration" in figure.flags), name
+        assert figure.calibration in (None, *cli.CPU_DEFAULTS), name
 
 
 def test_random_model_has_no_outliers(random_run):
@@ -242,15 +273,15 @@ def test_a_flag_a_script_does_not_use_is_refused(capsys):
 
 
 def test_each_script_lists_only_its_flags_and_reproduce_says_what_each_affects():
-    from lib.paper_figures import DESCRIPTIONS, FIGURE_FLAGS
     flags = lambda p: {a.option_strings[0] for a in p._actions if a.option_strings} - {"-h"}  # noqa: E731
     common = flags(cli.parser(groups=()))
-    assert flags(cli.parser(DESCRIPTIONS["pos_weight_outliers"], FIGURE_FLAGS["pos_weight_outliers"])) == common
-    spread = flags(cli.parser(groups=FIGURE_FLAGS["lifecycle_spread"]))
+    weights = FIGURES["pos_weight_outliers"]
+    assert flags(cli.parser(weights.description, weights.flags)) == common
+    spread = flags(cli.parser(groups=FIGURES["lifecycle_spread"].flags))
     assert spread - common == {"--prompt", "--layer", "--head", "--outlier-factor", "--outlier-min-abs"}
     args = cli.parse_figure_args("lifecycle_spread", ["--head", "1"])
     assert args.head == 1 and args.data is None and args.seed == 1  # other groups keep their defaults
-    affects = {g: [n for n in FIGURES if g in FIGURE_FLAGS[n]] for g in cli.FLAG_GROUPS}
+    affects = {g: [n for n, f in FIGURES.items() if g in f.flags] for g in cli.FLAG_GROUPS}
     help_text = cli.parser(affects=affects).format_help()
     assert "[figures: lifecycle_spread]" in " ".join(help_text.split())
 
