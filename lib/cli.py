@@ -359,8 +359,9 @@ def reproduce_main(argv=None) -> None:
     models one after the other (--model a,b,c); a table across models (--summary)."""
     with user_errors_exit("reproduce"):
         affects = {g: [n for n, f in FIGURES.items() if g in f.flags] for g in FLAG_GROUPS}
-        p = parser("Reproduce every LLM figure of the paper on one model (one model load) or several "
-                   "(--model a,b,c: one at a time).", affects=affects, epilog=figure_list())
+        p = parser("Reproduce every LLM figure of the paper, and the compression valley beside them, on one model "
+                   "(one model load) or several (--model a,b,c: one at a time).", affects=affects,
+                   epilog=figure_list())
         p.add_argument("--only", nargs="+", choices=list(FIGURES), default=None, metavar="FIGURE",
                        help="a subset of the figures (listed below)")
         p.add_argument("--summary", action="store_true",

@@ -182,6 +182,29 @@ def test_planted_lifecycle(planted_run):
     assert abs(gone["values_at_layer"]["layer out"]) < 1
 
 
+def test_planted_compression_valley(planted_run, tmp_path):
+    """The planted massive token collapses the entropy where it lives (layers PLANTED+1 .. LAYERS-1, 1-based) and
+    is the sink of the later layers' heads; the first token is neither."""
+    from lib.data import get_data
+    _, outdir = planted_run
+    valley = _load(outdir, "pos_compression")
+    text = tmp_path / "calibration.txt"
+    text.write_text(CALIBRATION_TEXT)
+    ids = get_data(planted.CharTokenizer(), 3, 64, source=str(text), seed=1)
+    assert [w["position"] for w in valley["windows"]] == [int((seq == ord(planted.SINK)).nonzero()[0]) for seq in ids]
+    held = list(range(planted.PLANTED + 1, planted.LAYERS))
+    assert valley["outlier_layers"] == held and valley["valley"]["entropy"]["layers"] == held
+    rows = {r["layer"]: r for r in valley["layers"]}
+    for layer in held:  # collapsed by the massive token; without it (and the constant channel) restored
+        assert rows[layer]["entropy"] < 0.01 and rows[layer]["norm_ratio_outlier"] > 1000
+        assert rows[layer]["entropy_centred_without_outliers"] > 0.5
+    for layer, row in rows.items():
+        assert row["sink_rate_outlier"] == (1.0 if layer >= planted.PLANTED + 2 else 0.0)
+        assert row["sink_rate_first"] == 0.0 and row["norm_ratio_first"] < 10
+        assert len(row["attention_on_outlier"]) == 4 and len(row["attention_on_first"]) == 4
+    assert valley["definitions"]["valley"].startswith("the layers whose entropy is below 0.5 x the largest")
+
+
 def test_overrides_are_used(tmp_path):
     args = _args(tmp_path, "--layer", "4", "--head", "1", "--format", "both")
     results = cli.run(["existence_activation_outliers_layer", "lifecycle_spread"], args,
@@ -304,6 +327,8 @@ def test_summary_across_two_models(random_run, planted_run, tmp_path):
     assert random_row["first_outlier_layer"] is None and random_row["emergence_layer"] is None
     text = md.read_text()
     assert "| Planted |" in text and "| Random |" in text and "10.25" in text
+    assert "| entropy valley: layers (depth) | mean-centred valley: layers (depth) |" in text
+    assert planted_row["valley"]["layers"] == list(range(planted.PLANTED + 1, planted.LAYERS))
     assert json.loads(js.read_text())["models"][0]["model"] in ("planted", "random")
     with pytest.raises(UserError, match="no model folders"):
         write_summary(tmp_path / "cons")
