@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lib import compression, gpt2_checkpoints, interventions, scale_test
+from lib import compression, gpt2_data, interventions, scale_test
 from lib.errors import UserError, user_errors_exit
 from lib.evaluation import (CALIB_WINDOWS, CPU_SEQLEN, CPU_WINDOWS, INTERVENTIONS, Subject, gpt2_subject,  # noqa: F401
                             hf_subject, measure, outlier_rule)
@@ -50,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seqlen", type=int, default=None,
                    help=f"window length (default {CPU_SEQLEN} on CPU, the paper's on GPU; gpt-2: block_size + 1)")
     p.add_argument("--nsamples", type=int, default=None,
-                   help=f"evaluation windows (default {CPU_WINDOWS} on CPU, all on GPU; gpt-2: up to {gpt2_checkpoints.MAX_WINDOWS})")
+                   help=f"evaluation windows (default {CPU_WINDOWS} on CPU, all on GPU; gpt-2: up to {gpt2_data.MAX_WINDOWS})")
     p.add_argument("--calib-samples", type=int, default=CALIB_WINDOWS,
                    help="calibration windows for the outlier layer and the mean values")
     p.add_argument("--seed", type=int, default=1, help="seed for sampling calibration windows")

@@ -14,9 +14,10 @@ import sys
 
 import torch
 
-from configurator import HERE, UserError, configure, resolve_path, user_errors_exit
-from lib.files import write_json  # noqa: E402  (configurator puts the repo root on sys.path)
-from dataset import Batches, load_meta
+from lib.configurator import UserError, configure, resolve_path, user_errors_exit
+from lib.files import write_json
+from lib.gpt2_data import GPT2_DIR, gpt2_encoding, load_meta
+from dataset import Batches
 from outlier_stats import VARIANTS, activation_stats, attention_stats, checkpoint_provenance, summary
 from test import open_checkpoint
 
@@ -38,7 +39,6 @@ def prompt_ids(c, dataset, model):
             raise UserError(f"the prompt has characters outside {dataset}'s vocabulary: {missing}")
         ids = [meta["stoi"][ch] for ch in c["prompt"]]
         return torch.tensor(ids), list(c["prompt"]), f"prompt {c['prompt']!r}, one token per character"
-    from tokenizer import gpt2_encoding
     enc = gpt2_encoding()
     ids = enc.encode_ordinary(c["prompt"])
     if max(ids) >= model.config.vocab_size:
@@ -66,7 +66,7 @@ def main(argv):
     view = out["hidden"][layer - 1][0].abs()  # (T, C)
     attn_layer = min(layer + 1, n_layer)  # attention of the layer after the outliers appear
     w = out["attn"][attn_layer - 1][0].mean(0)  # head-averaged (T, T[+1])
-    result = dict(ckpt=os.path.relpath(os.path.abspath(path), HERE),  # relative to gpt-2/
+    result = dict(ckpt=os.path.relpath(os.path.abspath(path), GPT2_DIR),  # relative to gpt-2/
                   iter=ckpt["iter_num"], attention=model.config.attention,
                   dataset=dataset, n_seqs=c["n_seqs"], seq_len=seq_len, layers=act, attention_layers=att,
                   summary=summ, variants=VARIANTS, view=dict(layer=layer, source=source, tokens=labels, abs_hidden=view.tolist(),

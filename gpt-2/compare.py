@@ -20,11 +20,12 @@ import sys
 import torch
 
 import analyze
-from configurator import UserError, configure, resolve_path, user_errors_exit
-from lib.files import write_json, write_text  # noqa: E402  (configurator puts the repo root on sys.path)
-from lib.provenance import provenance  # noqa: E402
+from lib.configurator import UserError, configure, resolve_path, user_errors_exit
+from lib.files import write_json, write_text
+from lib.gpt2_checkpoints import load_gpt
+from lib.provenance import provenance
 from dataset import Batches
-from outlier_stats import VARIANTS, criteria, layer_report, load_model, run_verdict
+from outlier_stats import VARIANTS, criteria, layer_report, run_verdict
 from test import evaluate, find_checkpoint
 
 DEFAULTS = dict(runs=[], results_dir="results/compare", n_seqs=3, verdict_seqs=64, eval_iters=50, batch_size=16,
@@ -35,7 +36,7 @@ SINK_SHARE = 0.5
 
 def row_for(run, c):
     path = find_checkpoint("", run)
-    model, ckpt = load_model(path, c["device"])
+    model, ckpt, _ = load_gpt(path, c["device"])
     variant = model.config.attention
     dataset = ckpt["config"]["dataset"]
     losses = evaluate(model, dataset, c["batch_size"], model.config.block_size, c["eval_iters"], 1000, c["device"])

@@ -1,35 +1,14 @@
-"""Token datasets on disk: data/<name>/{train,val}.bin (uint16 ids) and an optional meta.pkl.
+"""Training batches from the token datasets on disk (lib/gpt2_data.py: data/<name>/{train,val}.bin and meta.pkl).
 
-meta.pkl may give vocab_size and, for datasets made of independent sequences (the synthetic task),
-seq_len: then every batch row is one whole sequence starting at its first token (BOS), never a window
-that straddles two sequences.
+For datasets made of independent sequences (meta.pkl's seq_len: the synthetic task) every batch row is one
+whole sequence starting at its first token (BOS), never a window that straddles two sequences.
 """
-import os
-import pickle
-
 import numpy as np
 import torch
 
-from configurator import HERE, UserError
-
-
-def data_dir(dataset):
-    return dataset if os.path.isabs(dataset) else os.path.join(HERE, "data", dataset)
-
-
-def load_meta(dataset):
-    path = os.path.join(data_dir(dataset), "meta.pkl")
-    if not os.path.exists(path):
-        return {}
-    with open(path, "rb") as f:
-        return pickle.load(f)
-
-
-def open_split(dataset, split):
-    path = os.path.join(data_dir(dataset), f"{split}.bin")
-    if not os.path.exists(path):
-        raise UserError(f"missing data file {path}; run data/{os.path.basename(dataset)}/prepare.py first")
-    return np.memmap(path, dtype=np.uint16, mode="r")
+from lib.backcopy_task import sample_design
+from lib.errors import UserError
+from lib.gpt2_data import data_dir, load_meta, open_split
 
 
 class Batches:
@@ -80,9 +59,9 @@ class Batches:
 
 
 class FreshBatches:
-    """Training batches drawn afresh from the synthetic task in meta.pkl (task.py), so that nothing repeats.
-    Sequences are generated `chunk` batches at a time; the state (the generator's state at the start of the
-    current chunk and the position in it) is saved in checkpoints, so a resumed run sees the same batches."""
+    """Training batches drawn afresh from the synthetic task in meta.pkl (lib/backcopy_task.py), so that nothing
+    repeats. Sequences are generated `chunk` batches at a time; the state (the generator's state at the start of
+    the current chunk and the position in it) is saved in checkpoints, so a resumed run sees the same batches."""
 
     def __init__(self, dataset, batch_size, block_size, seed, device="cpu", chunk=256):
         self.meta = load_meta(dataset)
@@ -94,7 +73,6 @@ class FreshBatches:
         self._fill()
 
     def _fill(self):
-        from task import sample_design
         self.chunk_state, self.index = self.rng.bit_generator.state, 0
         seqs = sample_design(self.chunk * self.batch_size, self.block_size + 1, self.meta, self.rng)
         self.buffer = torch.from_numpy(seqs).view(self.chunk, self.batch_size, self.block_size + 1)

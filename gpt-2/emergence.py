@@ -24,12 +24,13 @@ import os
 import sys
 
 import numpy as np
+from lib.configurator import UserError, configure, resolve_path, user_errors_exit
+from lib.gpt2_checkpoints import load_gpt
+from lib.gpt2_data import load_meta
+from lib import outliers
 from compare import read_jsonl, table_over_runs
-from configurator import UserError, configure, resolve_path, user_errors_exit
-from dataset import Batches, load_meta
-from lib import outliers  # noqa: E402  (configurator puts the repo root on sys.path)
-from outlier_stats import (SINK_SHARE, SYSTEMATIC_RATIO, criteria, layer_report, load_model, peak_ablation,
-                           run_verdict)
+from dataset import Batches
+from outlier_stats import SINK_SHARE, SYSTEMATIC_RATIO, criteria, layer_report, peak_ablation, run_verdict
 from test import evaluate, find_checkpoint
 
 DEFAULTS = dict(runs=[], results_dir="results/emergence", n_seqs=64, eval_iters=50, batch_size=16, device="cpu",
@@ -87,7 +88,7 @@ def row_for(run, c):
     if c["from_logs"]:
         return logged_row(run, c)
     path = find_checkpoint("", run)
-    model, ckpt = load_model(path, c["device"])
+    model, ckpt, _ = load_gpt(path, c["device"])
     dataset, T = ckpt["config"]["dataset"], model.config.block_size
     losses = evaluate(model, dataset, c["batch_size"], T, c["eval_iters"], 1000, c["device"])
     val = Batches(dataset, "val", 1, T, 0)

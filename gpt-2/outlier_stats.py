@@ -16,8 +16,7 @@ import os
 
 import torch
 
-import configurator  # noqa: F401  (puts the repo root on sys.path, for lib/)
-from lib import analysis, outliers  # noqa: E402
+from lib import analysis, outliers
 
 SINK_RATE_THRESHOLD = 0.3
 VARIANTS = dict(
@@ -30,28 +29,6 @@ VARIANTS = dict(
 )
 
 
-def read_checkpoint(path, device="cpu"):
-    """A train.py checkpoint as a dict, loaded with weights_only=True: tensors and plain Python values only, so
-    opening a checkpoint someone sent you cannot run code."""
-    import os
-    import pickle
-    import re
-    from configurator import UserError
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as e:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if refused is None:
-            raise UserError(f"{path} is not a train.py checkpoint (unreadable)") from None
-        raise UserError(f"{path} holds a Python object ({refused.group(1)}) that safe loading refuses; if you trust "
-                        "its source, re-save it with plain values: torch.load(path, weights_only=False), then "
-                        "torch.save of a dict of tensors, numbers, strings, lists and dicts") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise UserError(f"{path} is not a train.py checkpoint ({type(e).__name__}: {str(e)[:160]})") from None
-
-
 def checkpoint_provenance(path, ckpt, data=None):
     """lib.provenance's block for a result computed from one checkpoint."""
     from types import SimpleNamespace
@@ -61,17 +38,6 @@ def checkpoint_provenance(path, ckpt, data=None):
     return provenance(spec, data=data)
 
 
-def load_model(path, device="cpu"):
-    """A GPT from a train.py checkpoint; returns (model, checkpoint dict)."""
-    from configurator import UserError
-    from model import GPT, GPTConfig
-    ckpt = read_checkpoint(path, device)
-    try:
-        model = GPT(GPTConfig.from_dict(ckpt["model_args"]))
-        model.load_state_dict(ckpt["model"])
-    except Exception as e:
-        raise UserError(f"{path} is not a train.py checkpoint ({type(e).__name__}: {e})")
-    return model.to(device).eval(), ckpt
 
 
 @torch.no_grad()

@@ -12,11 +12,11 @@ import sys
 
 import torch
 
-from configurator import UserError, configure, resolve_path, user_errors_exit
-from lib.files import write_json  # noqa: E402  (configurator puts the repo root on sys.path)
+from lib.configurator import UserError, configure, resolve_path, user_errors_exit
+from lib.files import write_json
+from lib.gpt2_checkpoints import checkpoints, load_gpt
 from dataset import Batches
-from outlier_stats import checkpoint_provenance, load_model
-from train import checkpoints
+from outlier_stats import checkpoint_provenance
 
 DEFAULTS = dict(ckpt="", out_dir="out", dataset="", batch_size=16, block_size=0, eval_iters=50, device="cpu",
                 seed=1000,
@@ -37,7 +37,7 @@ def open_checkpoint(c):
     if "OMP_NUM_THREADS" in os.environ:
         torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     path = find_checkpoint(c["ckpt"], c["out_dir"])
-    model, ckpt = load_model(path, c["device"])
+    model, ckpt, _ = load_gpt(path, c["device"])
     return path, model, ckpt, c["dataset"] or ckpt["config"]["dataset"]
 
 

@@ -7,21 +7,21 @@ Multi-GPU (DDP):  torchrun --standalone --nproc_per_node=8 train.py config/train
 Relative paths (out_dir, dataset) are relative to gpt-2/. Checkpoints are out_dir/ckpt_<iter>.pt, holding the
 state after <iter> optimizer steps; --init_from=resume continues from the newest one.
 """
-import glob
 import json
 import math
 import os
-import re
 import sys
 import time
 from contextlib import nullcontext
 
 import torch
 
-from configurator import UserError, configure, resolve_path, user_errors_exit
-from dataset import Batches, FreshBatches, load_meta
+from lib.configurator import UserError, configure, resolve_path, user_errors_exit
+from lib.gpt2_checkpoints import checkpoints, read_checkpoint
+from lib.gpt2_data import load_meta
+from dataset import Batches, FreshBatches
 from model import GPT, POSITIONS, VARIANTS, ConfigError, GPTConfig
-from outlier_stats import compact_report, layer_report, read_checkpoint
+from outlier_stats import compact_report, layer_report
 
 # The defaults are the paper's setup: GPT-2 124M on OpenWebText, ~0.5M tokens per step, analysed at 50k steps.
 DEFAULTS = dict(
@@ -61,16 +61,6 @@ def get_lr(it, c):
         return c["min_lr"]
     ratio = (it - c["warmup_iters"]) / max(1, c["lr_decay_iters"] - c["warmup_iters"])
     return c["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c["learning_rate"] - c["min_lr"])
-
-
-def checkpoints(out_dir):
-    """[(iter, path)] of out_dir/ckpt_<iter>.pt, oldest first."""
-    found = []
-    for path in glob.glob(os.path.join(out_dir, "ckpt_*.pt")):
-        m = re.fullmatch(r"ckpt_(\d+)\.pt", os.path.basename(path))
-        if m:
-            found.append((int(m.group(1)), path))
-    return sorted(found)
 
 
 def atomic_save(obj, path):

@@ -8,29 +8,39 @@ run tiny models. The tokenizer then needs `encode(text) -> list[int]` and `conve
 Layers on the command line and in every output are 1-based; heads, tokens, channels and columns 0-based.
 """
 import argparse
+import gc
 import json
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from lib import check, plotting
 from lib.analysis import MASSIVE_ABS, MASSIVE_FACTOR, activation_rule
+from lib.data import DEFAULT_SOURCE, get_data
 from lib.errors import UserError, user_errors_exit
 from lib.files import write_json, write_text
-from lib.models import DEFAULT_MODEL
+from lib.gpt2_data import dataset_windows
+from lib.models import DEFAULT_MODEL, load_model
+from lib.paper_figures import FIGURES
+from lib.paper_figures.figure import json_of
+from lib.provenance import provenance, short
+from lib.summary import write_summary
 from monkey_patch import CaptureError, ModelView
 
 SUMMER = "Summer is warm. Winter is cold.\n"
 FORMATS = {"pdf": ["pdf"], "png": ["png"], "both": ["pdf", "png"]}
-# CPU defaults keep the eleven-figure suite under 10 minutes on 2 cores; on a GPU the paper's settings apply.
+# CPU defaults keep the figure suite under 10 minutes on 2 cores; on a GPU the paper's settings apply.
 CPU_DEFAULTS = {"activations": (4, 512), "attention": (8, 256)}
 PAPER_SAMPLES = {"activations": 10, "attention": 100}
 
 
-# Flags beyond the model and output ones, in groups; each figure takes only the groups it uses (FIGURE_FLAGS).
+# Flags beyond the model and output ones, in groups; each figure takes only the groups it registers (`flags`).
 FLAG_GROUPS = {
     "prompt": [("--prompt", dict(default=None, help="prompt of the single-prompt figures, no special tokens (default: "
                                  f"{SUMMER.strip()!r}; a gpt-2 checkpoint of a synthetic task: its first validation "
@@ -53,10 +63,12 @@ FLAG_GROUPS = {
 }
 
 
-def parser(description: str = "", groups=None, affects=None) -> argparse.ArgumentParser:
+def parser(description: str = "", groups=None, affects=None, epilog=None) -> argparse.ArgumentParser:
     """The figure command line with the model and output flags and the flag `groups` (default: all of them);
     `affects` maps a group to the figures it changes, added to each flag's help (reproduce.py)."""
-    p = argparse.ArgumentParser(description=description)
+    raw = epilog is not None  # keep the epilog's line breaks (one figure a line); wrap the description by hand
+    p = argparse.ArgumentParser(description=textwrap.fill(description, 100) if raw else description, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter if raw else argparse.HelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="registry name, Hugging Face id, model folder, or a gpt-2/ checkpoint (ckpt_<iter>.pt or out dir)")
     p.add_argument("--model-path", default=None, help="folder holding the weights (or a folder of model folders)")
@@ -75,8 +87,7 @@ def parser(description: str = "", groups=None, affects=None) -> argparse.Argumen
 def parse_figure_args(name: str, argv=None) -> argparse.Namespace:
     """One figure script's flags; a flag the figure does not use is a UserError naming the ones it takes. Flags of
     other groups get their defaults, so the namespace is the same as reproduce.py's."""
-    from lib.paper_figures import DESCRIPTIONS, FIGURE_FLAGS
-    p = parser(DESCRIPTIONS[name], FIGURE_FLAGS[name])
+    p = parser(FIGURES[name].description, FIGURES[name].flags)
     args, unknown = p.parse_known_args(argv)
     if unknown:
         taken = [a.option_strings[0] for a in p._actions if a.option_strings and a.option_strings[0] != "-h"]
@@ -127,6 +138,7 @@ class Context:
     cache: dict = field(default_factory=dict)
     files: list = field(default_factory=list)
     notes: list = field(default_factory=list)
+    figure: object = None  # the Figure being computed (lib.paper_figures.figure)
 
     def __post_init__(self):
         self.view = ModelView(self.model)
@@ -217,16 +229,15 @@ class Context:
         self.check_length(seqlen, "--seqlen")
         return nsamples, seqlen
 
-    def calibration(self, kind: str):
-        """(ids [nsamples, seqlen], settings dict); cached per (nsamples, seqlen)."""
-        from lib.data import DEFAULT_SOURCE, get_data
-        nsamples, seqlen = self.settings(kind)
+    def calibration(self):
+        """(ids [nsamples, seqlen], settings dict) of the figure's registered calibration; cached per
+        (nsamples, seqlen)."""
+        nsamples, seqlen = self.settings(self.figure.calibration)
         key = ("calibration", nsamples, seqlen)
         own = self.args.data is None and self.spec.dataset  # a gpt-2 checkpoint's own validation split
         source = f"gpt-2/data/{self.spec.dataset} (val)" if own else self.args.data or DEFAULT_SOURCE
         if key not in self.cache:
             if own:
-                from lib.gpt2_checkpoints import dataset_windows
                 self.cache[key] = dataset_windows(self.spec.dataset, "val", seqlen, nsamples)
             else:
                 self.cache[key] = get_data(self.tokenizer, nsamples, seqlen, source=source, seed=self.args.seed)
@@ -238,7 +249,6 @@ class Context:
 
     # --- outputs -----------------------------------------------------------------------------------------------
     def save(self, fig, stem: str) -> list[str]:
-        from lib import plotting
         paths = plotting.save(fig, self.outdir / stem, self.formats)
         self.files += paths
         return paths
@@ -252,10 +262,8 @@ def encode(tokenizer, text: str) -> list[int]:
 
 def run(names, args, model=None, tokenizer=None, spec=None, progress: bool = False) -> dict:
     """Compute, draw and save each figure in `names` on one model; returns {name: result dict}."""
-    from lib.paper_figures import FIGURES
     check_args(args)
     if model is None:
-        from lib.models import load_model
         model, tokenizer, spec = load_model(args.model, args.model_path, args.device, args.dtype)
     try:
         ctx = Context(model, tokenizer, spec, args, writable_dir(Path(args.savedir) / spec.name))
@@ -263,18 +271,18 @@ def run(names, args, model=None, tokenizer=None, spec=None, progress: bool = Fal
         raise UserError(str(e)) from None
     steps = names
     if progress:
-        from tqdm import tqdm
         steps = tqdm(names, desc=f"figures on {spec.title}", unit="figure", file=sys.stderr)
     results = {}
     for name in steps:
         start = time.time()
-        ctx.files = []
+        ctx.figure, ctx.files = FIGURES[name], []
         try:
-            result = FIGURES[name](ctx)
+            data = ctx.figure.compute(ctx)
+            ctx.figure.render(data, ctx.title, ctx.save)
         except CaptureError as e:
             raise UserError(f"{name}: {e}") from None
         result = {"script": name, "model": spec.name, "title": spec.title, "layers_are": "1-based",
-                  **result, "notes": list(ctx.notes), "files": [Path(f).name for f in ctx.files],
+                  **json_of(data), "notes": list(ctx.notes), "files": [Path(f).name for f in ctx.files],
                   "seconds": round(time.time() - start, 2)}
         result["provenance"] = figure_provenance(ctx, name, result)
         write_json(ctx.outdir / f"{name}.json", result)
@@ -295,15 +303,13 @@ def main(name: str, argv=None) -> None:
 def figure_provenance(ctx, name, result) -> dict:
     """lib.provenance's block for one figure: the flags of the groups it uses, the prompt's token ids where it
     read the prompt, the calibration windows where it read those."""
-    from lib.paper_figures import FIGURE_FLAGS
-    from lib.provenance import provenance
     flags = {}
-    for group in FIGURE_FLAGS[name]:
+    for group in FIGURES[name].flags:
         for flag, _ in FLAG_GROUPS[group]:
             key = flag[2:].replace("-", "_")
             flags[key] = getattr(ctx.args, key)
     data = {"flags": flags}
-    if "prompt" in FIGURE_FLAGS[name] and "prompt" in ctx.cache:
+    if "prompt" in FIGURES[name].flags and "prompt" in ctx.cache:
         data["prompt_ids"] = ctx.cache["prompt"][0][0].tolist()
     if "calibration" in result:
         data["calibration"] = result["calibration"]
@@ -313,7 +319,6 @@ def figure_provenance(ctx, name, result) -> dict:
 
 def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
     """index.md next to the figures: every figure whose JSON is in outdir, with its key numbers."""
-    from lib.paper_figures import FIGURES
     results = {name: json.loads((outdir / f"{name}.json").read_text()) for name in FIGURES
                if (outdir / f"{name}.json").is_file()}
     lines = [f"# Systematic outliers in {title}", "",
@@ -322,10 +327,9 @@ def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
     lines += [f"- {note}" for note in notes] + [""]
     block = next((r["provenance"] for r in results.values() if "provenance" in r), None)
     if block is not None:
-        from lib.provenance import short
         lines += [f"Made by {short(block)}; command: `{block['command']}`.", ""]
     for name, result in results.items():
-        lines += [f"## {name}", ""]
+        lines += [f"## {name}", "", FIGURES[name].description[0].upper() + FIGURES[name].description[1:] + ".", ""]
         lines += [f"- {line}" for line in result.get("summary", [])]
         lines += ["", f"Numbers: [{name}.json]({name}.json)", ""]
         for file in result.get("files", []):
@@ -338,18 +342,28 @@ def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
     return path
 
 
-def reproduce_main(argv=None) -> None:
-    """All eleven figures per model, one model load each, with a progress bar and an index page; several models
-    one after the other (--model a,b,c); a table across models (--summary)."""
-    import gc
+def figure_list() -> str:
+    """The registered figures, one line each, with the calibration they read (reproduce.py --help)."""
+    lines = ["figures (--only):"]
+    for name, figure in FIGURES.items():
+        kind = figure.calibration
+        reads = "" if kind is None else (f" [calibration: {kind}, {CPU_DEFAULTS[kind][0]} x {CPU_DEFAULTS[kind][1]} "
+                                          f"tokens on CPU, {PAPER_SAMPLES[kind]} sequences on GPU]")
+        lines.append(textwrap.fill(f"{name}: {figure.description}{reads}", 100, initial_indent="  ",
+                                   subsequent_indent="      "))
+    return "\n".join(lines)
 
-    from lib.paper_figures import FIGURE_FLAGS, FIGURES
-    from lib.summary import write_summary
+
+def reproduce_main(argv=None) -> None:
+    """Every registered figure per model, one model load each, with a progress bar and an index page; several
+    models one after the other (--model a,b,c); a table across models (--summary)."""
     with user_errors_exit("reproduce"):
-        affects = {g: [n for n in FIGURES if g in FIGURE_FLAGS[n]] for g in FLAG_GROUPS}
-        p = parser("Reproduce every LLM figure of the paper on one model (one model load) or several "
-                   "(--model a,b,c: one at a time).", affects=affects)
-        p.add_argument("--only", nargs="+", choices=list(FIGURES), default=None, help="a subset of the figures")
+        affects = {g: [n for n, f in FIGURES.items() if g in f.flags] for g in FLAG_GROUPS}
+        p = parser("Reproduce every LLM figure of the paper, and the compression valley beside them, on one model "
+                   "(one model load) or several (--model a,b,c: one at a time).", affects=affects,
+                   epilog=figure_list())
+        p.add_argument("--only", nargs="+", choices=list(FIGURES), default=None, metavar="FIGURE",
+                       help="a subset of the figures (listed below)")
         p.add_argument("--summary", action="store_true",
                        help="also write SAVEDIR/summary.md and summary.json: one row per model folder in SAVEDIR")
         p.add_argument("--summary-only", action="store_true", help="only write the summary of the folders there")
@@ -360,7 +374,6 @@ def reproduce_main(argv=None) -> None:
                        help="the summary adds the perplexities of <dir>/<model>/consequences.json where it exists")
         args = p.parse_args(argv)
         if args.check:
-            from lib import check
             sys.exit(check.main(args.check))
         if not args.summary_only:
             models = [m.strip() for m in args.model.split(",")] if "," in args.model else [args.model]

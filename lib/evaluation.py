@@ -11,10 +11,13 @@ from pathlib import Path
 import torch
 
 from lib import analysis, compression, gpt2_checkpoints, interventions, outliers, relocation, scale_test
+from lib.data import DEFAULT_SOURCE, get_data, get_eval_tokens
 from lib.errors import UserError
-from lib.models import ModelSpec
+from lib.gpt2_data import BPE_VOCAB, dataset_windows, gpt2_encoding, load_meta
+from lib.models import DEFAULT_MODEL, ModelSpec, load_model
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
 from lib.provenance import provenance
+from monkey_patch import ModelView
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERVENTIONS = ("zero", "zero_random", "mean", "mask_sink", "mask_random", "mask_attn_sink", "mask_attn_random")
@@ -40,9 +43,6 @@ class Subject:
 
 
 def hf_subject(args) -> Subject:
-    from lib.data import DEFAULT_SOURCE, get_data, get_eval_tokens
-    from lib.models import DEFAULT_MODEL, load_model
-    from monkey_patch import ModelView
     model, tokenizer, spec = load_model(args.model or DEFAULT_MODEL, args.model_path, args.device, args.dtype)
     on_cpu = model.get_input_embeddings().weight.device.type == "cpu"
     seqlen = args.seqlen or (min(CPU_SEQLEN, spec.seqlen) if on_cpu else spec.seqlen)
@@ -62,7 +62,6 @@ def hf_subject(args) -> Subject:
 
 
 def gpt2_subject(path: str, args) -> Subject:
-    dataset, _, _ = gpt2_checkpoints.gpt2_modules()
     model, ckpt, path = gpt2_checkpoints.load_gpt(path, args.device or "cpu")
     block = model.config.block_size
     seqlen = args.seqlen or block + 1
@@ -70,19 +69,18 @@ def gpt2_subject(path: str, args) -> Subject:
         raise UserError(f"--seqlen {seqlen}: {path} has block_size {block}, so windows hold at most {block + 1} tokens")
     name = ckpt["config"]["dataset"]
     if args.data:  # a text source, tokenized with the GPT-2 BPE
-        from lib.data import get_data, get_eval_tokens
-        if model.config.vocab_size < gpt2_checkpoints.BPE_VOCAB:
+        if model.config.vocab_size < BPE_VOCAB:
             raise UserError(f"--data {args.data}: {path} was trained on {name!r} with a {model.config.vocab_size}-token "
                             "vocabulary, not the GPT-2 BPE; leave --data out to use its own validation split")
-        encoding = gpt2_checkpoints.BPETokenizer().encoding
+        encoding = gpt2_encoding()
         windows = eval_windows(get_eval_tokens(encoding, args.data), seqlen, args.nsamples)
         calib = get_data(encoding, args.calib_samples, seqlen, source=args.data, seed=args.seed)
         data = {"source": args.data, "split": "eval", "calib_split": "calib"}
     else:
-        windows = gpt2_checkpoints.dataset_windows(name, "val", seqlen, args.nsamples)
-        calib = gpt2_checkpoints.dataset_windows(name, "train", seqlen, args.calib_samples)
+        windows = dataset_windows(name, "val", seqlen, args.nsamples)
+        calib = dataset_windows(name, "train", seqlen, args.calib_samples)
         data = {"source": f"gpt-2/data/{name}", "split": "val", "calib_split": "train (first windows)"}
-        if dataset.load_meta(name).get("seq_len"):
+        if load_meta(name).get("seq_len"):
             data["note"] = "aligned dataset: each window is one whole sequence from its first token"
     data.update(seqlen=seqlen, windows=windows.shape[0], calib_windows=calib.shape[0])
     variant = model.config.attention

@@ -4,8 +4,12 @@ A checkpoint is train.py's `ckpt_<iter>.pt`, or an out dir (its newest checkpoin
 the face lib/ and monkey_patch/ expect of a Hugging Face causal LM (`config`, `get_input_embeddings`,
 `base_model`; its family in monkey_patch/adapters.py is `nanogpt`), a tokenizer for the dataset it was trained on
 and a ModelSpec that names that dataset, so figures calibrate on its validation split by default.
+gpt-2/'s scripts list, read and load their checkpoints with the functions here too (checkpoints, read_checkpoint,
+load_gpt); of gpt-2/ itself lib/ uses only model.py (gpt2_model).
 """
+import importlib.util
 import os
+import pickle
 import re
 import sys
 from pathlib import Path
@@ -15,37 +19,41 @@ import torch
 from torch import nn
 
 from lib.errors import UserError
-from lib.models import ModelSpec, check_device, parse_dtype
-from lib.perplexity import eval_windows
+from lib.gpt2_data import BPE_VOCAB, GPT2_DIR, dataset_windows, gpt2_encoding, load_meta
+from lib.model_spec import ModelSpec, check_device, parse_dtype
 
-GPT2_DIR = Path(__file__).resolve().parent.parent / "gpt-2"
-MAX_WINDOWS = 512
 CKPT_NAME = re.compile(r"ckpt_(\d+)\.pt")
-BPE_VOCAB = 50257
+MODEL_MODULE = "gpt2_model"  # the name gpt-2/model.py is loaded under
 
 
-def gpt2_modules():
-    """gpt-2/'s dataset, outlier_stats and train modules (gpt-2/ goes on sys.path once)."""
-    if str(GPT2_DIR) not in sys.path:
-        sys.path.insert(0, str(GPT2_DIR))
-    import dataset
-    import outlier_stats
-    import train
-    return dataset, outlier_stats, train
+def gpt2_model():
+    """gpt-2/model.py, the one file of gpt-2/ that lib/ uses (it depends on torch alone), loaded from its path once."""
+    module = sys.modules.get(MODEL_MODULE)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(MODEL_MODULE, GPT2_DIR / "model.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[MODEL_MODULE] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return module
+
+
+def checkpoints(out_dir) -> list[tuple[int, str]]:
+    """[(iter, path)] of out_dir/ckpt_<iter>.pt, oldest first."""
+    found = [(int(m.group(1)), str(p)) for p in Path(out_dir).glob("ckpt_*.pt") if (m := CKPT_NAME.fullmatch(p.name))]
+    return sorted(found)
 
 
 def is_checkpoint(path: str) -> bool:
     p = Path(path).expanduser()
     if p.is_file():
         return CKPT_NAME.fullmatch(p.name) is not None
-    return p.is_dir() and any(CKPT_NAME.fullmatch(f.name) for f in p.glob("ckpt_*.pt"))
+    return p.is_dir() and bool(checkpoints(p))
 
 
 def checkpoint_file(path: str) -> str:
     """The checkpoint itself, or an out dir's newest."""
-    _, _, train = gpt2_modules()
     if os.path.isdir(path):
-        found = train.checkpoints(path)
+        found = checkpoints(path)
         if not found:
             raise UserError(f"no ckpt_<iter>.pt in {path}")
         return found[-1][1]
@@ -54,34 +62,38 @@ def checkpoint_file(path: str) -> str:
     return path
 
 
+def read_checkpoint(path, device="cpu") -> dict:
+    """A train.py checkpoint as a dict, loaded with weights_only=True: tensors and plain Python values only, so
+    opening a checkpoint someone sent you cannot run code."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if refused is None:
+            raise UserError(f"{path} is not a train.py checkpoint (unreadable)") from None
+        raise UserError(f"{path} holds a Python object ({refused.group(1)}) that safe loading refuses; if you trust "
+                        "its source, re-save it with plain values: torch.load(path, weights_only=False), then "
+                        "torch.save of a dict of tensors, numbers, strings, lists and dicts") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise UserError(f"{path} is not a train.py checkpoint ({type(e).__name__}: {str(e)[:160]})") from None
+
+
 def load_gpt(path: str, device: str = "cpu"):
     """(GPT in eval mode, checkpoint dict, checkpoint file) of a checkpoint or out dir, on one device ("auto":
     the GPU where there is one)."""
     device = check_device(device)
     device = "cuda" if device == "auto" else device
-    _, outlier_stats, _ = gpt2_modules()
     file = checkpoint_file(path)
-    model, ckpt = outlier_stats.load_model(file, device)
-    return model, ckpt, file
-
-
-def dataset_windows(name: str, split: str, seqlen: int, limit: int | None) -> torch.LongTensor:
-    """Windows [n, seqlen] of a gpt-2 dataset split: for a dataset of independent sequences the first
-    `limit` sequences from their first token, else `limit` windows spread evenly over the split."""
-    dataset, _, _ = gpt2_modules()
-    data = dataset.open_split(name, split)
-    aligned = dataset.load_meta(name).get("seq_len")
-    if aligned:
-        if seqlen > aligned:
-            raise UserError(f"--seqlen {seqlen} is longer than the {aligned}-token sequences of {name}")
-        n = min(len(data) // aligned, limit or MAX_WINDOWS)
-        rows = torch.from_numpy(data[: n * aligned].astype("int64")).view(n, aligned)
-        return rows[:, :seqlen].clone()
-    tokens = torch.from_numpy(data[:].astype("int64"))
-    n_windows = len(tokens) // seqlen
-    if n_windows < 1:
-        raise UserError(f"the {split} split of {name} has {len(tokens)} tokens, fewer than --seqlen {seqlen}")
-    return eval_windows(tokens, seqlen, min(limit or MAX_WINDOWS, n_windows))
+    ckpt = read_checkpoint(file, device)
+    model = gpt2_model()
+    try:
+        gpt = model.GPT(model.GPTConfig.from_dict(ckpt["model_args"]))
+        gpt.load_state_dict(ckpt["model"])
+    except Exception as e:
+        raise UserError(f"{file} is not a train.py checkpoint ({type(e).__name__}: {e})") from None
+    return gpt.to(device).eval(), ckpt, file
 
 
 class CheckpointLM(nn.Module):
@@ -135,11 +147,9 @@ class TaskTokenizer:
 
 
 class BPETokenizer:
-    """The GPT-2 BPE (gpt-2/tokenizer.py) with the two methods the figures use."""
+    """The GPT-2 BPE (lib.gpt2_data) with the two methods the figures use."""
 
     def __init__(self):
-        gpt2_modules()
-        from tokenizer import gpt2_encoding
         self.encoding = gpt2_encoding()
 
     def encode(self, text: str) -> list[int]:
@@ -156,9 +166,8 @@ def load(path: str, device: str = "cpu", dtype=None):
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype)
     if torch_dtype is not None:
         gpt = gpt.to(torch_dtype)
-    dataset, _, _ = gpt2_modules()
     name = (ckpt.get("config") or {}).get("dataset")
-    meta = dataset.load_meta(name) if name else {}
+    meta = load_meta(name) if name else {}
     c = gpt.config
     task = "bigram" in meta or c.vocab_size < BPE_VOCAB
     tokenizer = TaskTokenizer(meta or {"vocab_size": c.vocab_size}, name or "its dataset") if task else BPETokenizer()

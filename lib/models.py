@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from lib import gguf_models
+from lib import gguf_models, gpt2_checkpoints
 from lib.errors import UserError, first_line
+from lib.model_spec import ModelSpec, check_device, parse_dtype  # noqa: F401  (ModelSpec, parse_dtype: re-exported)
 from lib.sdist import cache_dir
 from monkey_patch import ModelView
 from monkey_patch.adapters import FAMILIES
@@ -62,18 +63,6 @@ REGISTRY: dict[str, ModelInfo] = {
     "gpt2_xl": ModelInfo("openai-community/gpt2-xl", "GPT-2-XL", 1024),
     "gemma3_270m": ModelInfo("google/gemma-3-270m", "Gemma3-270M", 2048, "bfloat16"),
 }
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str      # registry name, or a name derived from the id/folder (used for output folders)
-    source: str    # local folder or hub id handed to from_pretrained
-    title: str     # display title for figures
-    seqlen: int
-    cuda_dtype: str
-    dataset: str | None = None             # gpt-2 checkpoints: the dataset whose val split is the default data
-    default_prompt: tuple | None = None    # token ids used when no --prompt is given (text means nothing to it)
-    num_layers: int | None = None          # decoder layers, set by load_model once the model is loaded
 
 
 def resolve(model: str, model_path: str | None = None) -> ModelSpec:
@@ -161,16 +150,6 @@ def default_dtype(device: str, spec: ModelSpec) -> torch.dtype:
     return getattr(torch, spec.cuda_dtype)
 
 
-def parse_dtype(name: str | None) -> torch.dtype | None:
-    if name in (None, "", "auto"):
-        return None
-    options = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-               "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if name not in options:
-        raise UserError(f"unknown dtype {name!r}: use one of {', '.join(options)}")
-    return options[name]
-
-
 def default_device() -> str:
     return "auto" if torch.cuda.is_available() else "cpu"
 
@@ -179,9 +158,7 @@ def load_model(model: str = DEFAULT_MODEL, model_path: str | None = None, device
                dtype: str | torch.dtype | None = None, attn_implementation: str | None = None):
     """Load (model, tokenizer, spec). device "auto" spreads a model over the GPUs with accelerate.
     A gpt-2/ checkpoint or out dir loads through lib.gpt2_checkpoints."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from lib import gpt2_checkpoints
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # seconds to import: --help skips it
     if model and gpt2_checkpoints.is_checkpoint(model):
         net, tokenizer, spec = gpt2_checkpoints.load(model, device or default_device(), dtype)
         return net, tokenizer, replace(spec, num_layers=ModelView(net).num_layers)
@@ -209,17 +186,6 @@ def load_model(model: str = DEFAULT_MODEL, model_path: str | None = None, device
         net = net.to(device)
     net.eval()
     return net, tokenizer, replace(spec, num_layers=ModelView(net).num_layers)
-
-
-def check_device(device: str) -> str:
-    """The device, checked: cpu, mps, cuda, cuda:N or auto ("auto" becomes cpu where there is no GPU)."""
-    if device not in ("cpu", "auto", "mps") and not device.startswith("cuda"):
-        raise UserError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto")
-    if device == "auto" and not torch.cuda.is_available():
-        return "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for but no CUDA GPU is available; use --device cpu")
-    return device
 
 
 def check_supported(config) -> None:

@@ -630,3 +630,44 @@ class RunningLayerStats:
                 "n": n,
             })
         return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# compression of the representations, and sinks on any token (Queipo-de-Llano et al. 2025)
+# ---------------------------------------------------------------------------------------------
+
+def matrix_entropy(h):
+    """Normalised matrix-based entropy of one sequence's ``[tokens, channels]`` representations.
+
+    The eigenvalues of the token Gram matrix h h^T, divided by their sum (its trace), taken as a
+    distribution; its Shannon entropy over log(tokens). 1 when the tokens are orthogonal and of one
+    norm, 0 when they all lie on one direction (rank one); at most log(rank) / log(tokens), so below
+    1 when there are fewer channels than tokens. One massive token takes nearly all the trace and
+    pulls it towards 0. An all-zero ``h`` gives 0. Needs two tokens or more.
+
+    h h^T and h^T h have the same nonzero eigenvalues, so the smaller one is formed (float32, after
+    dividing h by its largest |entry|, which leaves the entropy unchanged)."""
+    _require_tensor(h, 2, "h", "[tokens, channels]")
+    n = h.shape[0]
+    if n < 2:
+        raise ValueError(f"the matrix entropy needs two tokens or more, got {n}")
+    x = h.detach().to(torch.float32)
+    scale = x.abs().max()
+    if scale == 0:
+        return 0.0
+    x = x / scale
+    gram = x @ x.T if n <= x.shape[1] else x.T @ x
+    eigenvalues = torch.linalg.eigvalsh(gram).clamp_min(0.0)
+    p = eigenvalues / eigenvalues.sum()
+    p = p[p > 0]
+    return (-(p * p.log()).sum() / torch.log(torch.tensor(float(n)))).item()
+
+
+def mean_attention_from_sums(sums):
+    """Per head and key, the mean attention from the queries that see the key (the key's own query and
+    every later one, under a causal mask): ``column_sums`` ``[heads, keys]`` over T - k queries.
+    Column k is ``mean_attention_on_key(probs, k)``, for every key at once and from the column sums a
+    streamed capture keeps; stacked over layers, column 0 is ``sink_rate``'s input."""
+    _require_tensor(sums, 2, "sums", "[heads, keys]")
+    T = sums.shape[1]
+    return sums.detach().to(torch.float32) / torch.arange(T, 0, -1, dtype=torch.float32, device=sums.device)

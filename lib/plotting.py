@@ -18,10 +18,17 @@ plt.rcParams.update({"font.size": 10, "axes.titleweight": "bold", "axes.labelwei
 
 
 def figure(ncols=1, nrows=1, size=(5.0, 4.0), three_d=False):
+    """A figure of nrows x ncols panels, `size` inches each; three_d: True for all 3-D panels, or their indices."""
     fig = plt.figure(figsize=(size[0] * ncols, size[1] * nrows))
-    axes = [fig.add_subplot(nrows, ncols, i + 1, projection="3d" if three_d else None)
+    axes = [fig.add_subplot(nrows, ncols, i + 1,
+                            projection="3d" if (three_d if isinstance(three_d, bool) else i in three_d) else None)
             for i in range(nrows * ncols)]
     return fig, axes
+
+
+def title(fig, text: str) -> None:
+    """The figure title: the model's name (and what the figure is of); panels keep short titles."""
+    fig.suptitle(text, fontweight="bold")
 
 
 def save(fig, base: Path, formats) -> list[str]:
@@ -104,14 +111,24 @@ def layer_curves(ax, layers, series: dict, title="", ylabel="magnitude", log=Tru
     """Layer-wise curves (top-1/2/3, median...), 1-based layers on x; outlier layers shaded."""
     for (name, values), color in zip(series.items(), CURVES + CURVES):
         ax.plot(layers, values, marker="o", markersize=3, label=name, color=color)
-    for layer in marked_layers:
-        ax.axvspan(layer - 0.5, layer + 0.5, color=OUTLIER, alpha=0.08, linewidth=0)
+    shade_layers(ax, marked_layers)
     if log and all(v > 0 for values in series.values() for v in values):
         ax.set_yscale("log")
-    ax.set_xlabel("layer", fontweight="bold")
     ax.set_ylabel(ylabel, fontweight="bold")
-    ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+    layer_axis(ax, title)
+
+
+def shade_layers(ax, layers):
+    """Outlier layers as magenta bands on a layer axis."""
+    for layer in layers:
+        ax.axvspan(layer - 0.5, layer + 0.5, color=OUTLIER, alpha=0.08, linewidth=0)
+
+
+def layer_axis(ax, title=""):
+    """An x axis of 1-based layers (integer ticks), a light grid, bold ticks and the panel title."""
+    ax.set_xlabel("layer", fontweight="bold")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     bold_ticks(ax)
@@ -124,12 +141,8 @@ def index_scatter(ax, layers, indices_per_layer, title="", ylabel="channel", hig
         for rank, index in enumerate(indices):
             ax.scatter(layer, index, s=28 - 6 * min(rank, 3), color=OUTLIER if (layer, index) in highlight else NORMAL,
                        alpha=0.7, edgecolors="none")
-    ax.set_xlabel("layer", fontweight="bold")
     ax.set_ylabel(ylabel, fontweight="bold")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    bold_ticks(ax)
+    layer_axis(ax, title)
 
 
 def category_bars(ax, shares: dict, title=""):
@@ -152,13 +165,9 @@ def range_bars(ax, layers, mean, low, high, title="", ylabel=""):
     mean, low, high = (np.asarray(v, dtype=np.float64) for v in (mean, low, high))
     ax.errorbar(layers, mean, yerr=[mean - low, high - mean], fmt="o", color=NORMAL, ecolor="#999999",
                 capsize=3, markersize=4)
-    ax.set_xlabel("layer", fontweight="bold")
     ax.set_ylabel(ylabel, fontweight="bold")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    bold_ticks(ax)
+    layer_axis(ax, title)
 
 
 def token_bars(ax, labels, values, highlight=(), title="", ylabel=""):

@@ -1,4 +1,4 @@
-"""The eleven figure scripts end to end: on a random tiny model, on a tiny model with planted outliers (the
+"""The figure scripts end to end: on a random tiny model, on a tiny model with planted outliers (the
 JSON must name what was planted), on the real default model (slow), and with bad input."""
 import json
 import subprocess
@@ -39,10 +39,23 @@ def _load(outdir, name):
     return json.loads((outdir / f"{name}.json").read_text())
 
 
+TITLES = {}  # file stem -> (figure title, panel titles) of the planted run's figures
+
+
+def _recording_save(save):
+    def record(fig, base, formats):
+        suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
+        TITLES[base.name] = (suptitle, [ax.get_title() for ax in fig.axes])
+        return save(fig, base, formats)
+    return record
+
+
 @pytest.fixture(scope="module")
 def planted_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("planted")
-    return _run_all(tmp, planted.planted_llama(), "planted")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli.plotting, "save", _recording_save(cli.plotting.save))
+        return _run_all(tmp, planted.planted_llama(), "planted")
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +106,24 @@ def test_every_script_writes_json_and_figures(random_run, planted_run):
             data = _load(outdir, name)
             assert data["max"] == pytest.approx(_layer_io(model, data["layer"], ids)[point].abs().max().item(),
                                                 rel=1e-5), (outdir.name, name)
+
+
+def test_the_model_is_named_once_in_the_figure_title(planted_run):
+    """Panel titles stay short, so long model names (gpt-2 checkpoints) cannot make them collide."""
+    _, outdir = planted_run
+    assert set(TITLES) == {Path(f).stem for name in FIGURES for f in _load(outdir, name)["files"]}
+    for stem, (suptitle, panels) in TITLES.items():
+        assert suptitle.startswith("Planted"), stem
+        assert panels and not any("Planted" in title for title in panels), (stem, panels)
+
+
+def test_every_figure_is_registered_once_with_its_script():
+    for name, figure in FIGURES.items():
+        script = (ROOT / f"{name}.py").read_text()
+        assert f'main("{name}")' in script and len(script.splitlines()) <= 6, name
+        assert set(figure.flags) <= set(cli.FLAG_GROUPS), name
+        assert (figure.calibration is not None) == ("calibration" in figure.flags), name
+        assert figure.calibration in (None, *cli.CPU_DEFAULTS), name
 
 
 def test_random_model_has_no_outliers(random_run):
@@ -184,6 +215,29 @@ def test_planted_lifecycle(planted_run):
     assert (gone["layer"], gone["token"], gone["channel"], gone["neuron"]) == \
         (planted.LAYERS, SINK_POSITION, planted.CHANNEL, planted.CANCEL)
     assert abs(gone["values_at_layer"]["layer out"]) < 1
+
+
+def test_planted_compression_valley(planted_run, tmp_path):
+    """The planted massive token collapses the entropy where it lives (layers PLANTED+1 .. LAYERS-1, 1-based) and
+    is the sink of the later layers' heads; the first token is neither."""
+    from lib.data import get_data
+    _, outdir = planted_run
+    valley = _load(outdir, "pos_compression")
+    text = tmp_path / "calibration.txt"
+    text.write_text(CALIBRATION_TEXT)
+    ids = get_data(planted.CharTokenizer(), 3, 64, source=str(text), seed=1)
+    assert [w["position"] for w in valley["windows"]] == [int((seq == ord(planted.SINK)).nonzero()[0]) for seq in ids]
+    held = list(range(planted.PLANTED + 1, planted.LAYERS))
+    assert valley["outlier_layers"] == held and valley["valley"]["entropy"]["layers"] == held
+    rows = {r["layer"]: r for r in valley["layers"]}
+    for layer in held:  # collapsed by the massive token; without it (and the constant channel) restored
+        assert rows[layer]["entropy"] < 0.01 and rows[layer]["norm_ratio_outlier"] > 1000
+        assert rows[layer]["entropy_centred_without_outliers"] > 0.5
+    for layer, row in rows.items():
+        assert row["sink_rate_outlier"] == (1.0 if layer >= planted.PLANTED + 2 else 0.0)
+        assert row["sink_rate_first"] == 0.0 and row["norm_ratio_first"] < 10
+        assert len(row["attention_on_outlier"]) == 4 and len(row["attention_on_first"]) == 4
+    assert valley["definitions"]["valley"].startswith("the layers whose entropy is below 0.5 x the largest")
 
 
 def test_overrides_are_used(tmp_path):
@@ -289,15 +343,15 @@ def test_a_flag_a_script_does_not_use_is_refused(capsys):
 
 
 def test_each_script_lists_only_its_flags_and_reproduce_says_what_each_affects():
-    from lib.paper_figures import DESCRIPTIONS, FIGURE_FLAGS
     flags = lambda p: {a.option_strings[0] for a in p._actions if a.option_strings} - {"-h"}  # noqa: E731
     common = flags(cli.parser(groups=()))
-    assert flags(cli.parser(DESCRIPTIONS["pos_weight_outliers"], FIGURE_FLAGS["pos_weight_outliers"])) == common
-    spread = flags(cli.parser(groups=FIGURE_FLAGS["lifecycle_spread"]))
+    weights = FIGURES["pos_weight_outliers"]
+    assert flags(cli.parser(weights.description, weights.flags)) == common
+    spread = flags(cli.parser(groups=FIGURES["lifecycle_spread"].flags))
     assert spread - common == {"--prompt", "--layer", "--head", "--outlier-factor", "--outlier-min-abs"}
     args = cli.parse_figure_args("lifecycle_spread", ["--head", "1"])
     assert args.head == 1 and args.data is None and args.seed == 1  # other groups keep their defaults
-    affects = {g: [n for n in FIGURES if g in FIGURE_FLAGS[n]] for g in cli.FLAG_GROUPS}
+    affects = {g: [n for n, f in FIGURES.items() if g in f.flags] for g in cli.FLAG_GROUPS}
     help_text = cli.parser(affects=affects).format_help()
     assert "[figures: lifecycle_spread]" in " ".join(help_text.split())
 
@@ -320,6 +374,8 @@ def test_summary_across_two_models(random_run, planted_run, tmp_path):
     assert random_row["first_outlier_layer"] is None and random_row["emergence_layer"] is None
     text = md.read_text()
     assert "| Planted |" in text and "| Random |" in text and "10.25" in text
+    assert "| entropy valley: layers (depth) | mean-centred valley: layers (depth) |" in text
+    assert planted_row["valley"]["layers"] == list(range(planted.PLANTED + 1, planted.LAYERS))
     assert json.loads(js.read_text())["models"][0]["model"] in ("planted", "random")
     with pytest.raises(UserError, match="no model folders"):
         write_summary(tmp_path / "cons")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import cli, gpt2_checkpoints
+from lib import cli, gpt2_checkpoints, gpt2_data
 from lib.errors import UserError
 from lib.models import load_model
 from lib.paper_figures import FIGURES
@@ -158,7 +158,7 @@ def test_figure_suite_runs_on_a_checkpoint_folder(tmp_path):
     assert layer["calibration"]["data"].endswith("(val)") and layer["calibration"]["nsamples"] == 3
     assert layer["rule"].startswith("|h| > 0 and > 10 x median")
     emergence = results["lifecycle_emergence"]
-    first = gpt2_checkpoints.dataset_windows(data, "val", 12, 1)[0]
+    first = gpt2_data.dataset_windows(data, "val", 12, 1)[0]
     assert emergence["token_text"] == ("<bos>" if emergence["token"] == 0 else str(int(first[emergence["token"]])))
     assert int(first[0]) == 16  # the default prompt is the first validation sequence, BOS first
 

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from lib.backcopy_task import sample_design
+from lib.errors import UserError
+from lib.gpt2_checkpoints import checkpoints, load_gpt
+
 GPT2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2")
 sys.path.insert(0, GPT2)
 import train  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from outlier_stats import (compact_report, key_shares, layer_report, peak_ablation, persistence,  # noqa: E402
                            ratio_floor, run_verdict)
-from task import sample_design  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
@@ -335,8 +338,7 @@ def test_each_position_setting_trains_saves_and_loads(pos_emb, tmp_path):
             "--eval_iters=2", "--learning_rate=1e-2", "--warmup_iters=2", "--lr_decay_iters=20", "--device=cpu"]
     history = train.main(args)
     assert np.mean([history[i] for i in range(15, 20)]) < history[0]
-    from outlier_stats import load_model
-    model, ckpt = load_model(str(out / "ckpt_20.pt"))
+    model, ckpt, _ = load_gpt(str(out / "ckpt_20.pt"))
     assert model.config.pos_emb == pos_emb and ckpt["model_args"]["pos_emb"] == pos_emb
 
 
@@ -398,11 +400,10 @@ def test_max_seconds_stops_and_saves(tmp_path):
     data = prepare(tmp_path / "d")
     history = train.main(fresh_args(data, tmp_path / "o", max_iters=100000, max_seconds=1.0, stats_interval=0))
     assert 0 < len(history) < 100000
-    assert train.checkpoints(str(tmp_path / "o"))[-1][0] == len(history)
+    assert checkpoints(str(tmp_path / "o"))[-1][0] == len(history)
 
 
 def test_fresh_data_needs_a_synthetic_task(tmp_path):
-    from configurator import UserError
     d = tmp_path / "plain"
     d.mkdir()
     np.arange(5000, dtype=np.uint16).tofile(d / "train.bin")

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from lib.configurator import UserError, configure
+from lib.gpt2_checkpoints import load_gpt
+
 GPT2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2")
 sys.path.insert(0, GPT2)
 import train  # noqa: E402
-from configurator import UserError, configure  # noqa: E402
 from model import VARIANTS  # noqa: E402
 from outlier_stats import activation_stats, attention_stats  # noqa: E402
 
@@ -74,8 +76,7 @@ def test_training_lowers_loss_and_resume_reproduces_next_step(variant, data, tmp
 
 def test_statistics_match_direct_computation(data, tmp_path):
     train.main(tiny_args(data, tmp_path, "default", max_iters=10))
-    from outlier_stats import load_model
-    model, _ = load_model(str(tmp_path / "ckpt_10.pt"))
+    model, _, _ = load_gpt(str(tmp_path / "ckpt_10.pt"))
     seqs = torch.randint(0, 16, (2, 16))
     act, att = activation_stats(model, seqs), attention_stats(model, seqs)
     with torch.no_grad():

@@ -119,8 +119,37 @@ def emergence():
             f"BOS's own entry stays near {abs(bos['value']) / bos['median']:.0f} x the median"]
 
 
+def compression_valley():
+    v = load("results/figures/gemma3_270m/pos_compression.json")
+    rows, found = v["layers"], v["windows"]
+    names = {"'": "an apostrophe"}
+    tokens = {(names.get(w["token"], repr(w["token"])), w["channel"], w["layer"]) for w in found}
+    values = sorted(w["value"] for w in found)
+    first = [r["norm_ratio_first"] for r in rows]
+    raw = [r["entropy"] for r in rows]
+    mid = rows[7:11]  # layers 8-11
+    peak = max(rows, key=lambda r: r["norm_ratio_outlier"])
+    heads = len(rows[0]["attention_on_first"])
+    sinks = {r["layer"]: round(r["sink_rate_outlier"] * heads) for r in rows if r["sink_rate_outlier"] > 0}
+    counts = {1: "one", 2: "two", 3: "three"}
+    valley = v["valley"]["entropy"]
+    return [" and ".join(f"{name} (channel {channel}, {values[0]:,.0f} to {values[-1]:,.0f} at layer {layer})"
+                         for name, channel, layer in tokens),
+            f"within {min(first):.2f}-{max(first):.2f} x the median and its sink rate is "
+            + ("0 at every layer" if not any(r["sink_rate_first"] for r in rows) else "above 0 at some layer"),
+            f"({min(raw):.3f} to {max(raw):.3f})",
+            f"except at layer 1 ({rows[0]['entropy']:.3f} to {rows[0]['entropy_without_outliers']:.3f})",
+            f"(layers {', '.join(map(str, valley['layers']))}; depth {valley['depth']:.2f})",
+            "falls to " + ", ".join(f"{r['entropy_centred']:.3f}" for r in mid) + " at layers 8-11",
+            f"({peak['norm_ratio_outlier']:.1f} x the median at layer {peak['layer']})",
+            "restores it (" + ", ".join(f"{r['entropy_centred_without_outliers']:.3f}" for r in mid) + ")",
+            " / ".join(f"{counts.get(n, n)} head of {heads} passes {v['sink_threshold']:g} on it, at layers "
+                       + " and ".join(str(layer) for layer in sinks if sinks[layer] == n) + " only"
+                       for n in sorted(set(sinks.values())))]
+
+
 @pytest.mark.parametrize("claims", [gemma_consequences, capture_bench, variants_bench, figures_time,
-                                    backcopy_sinks, scale_tests, scale_bench, emergence])
+                                    backcopy_sinks, scale_tests, scale_bench, emergence, compression_valley])
 def test_readme_quotes_the_committed_results(claims):
     readme = (ROOT / "README.md").read_text()
     flat = " ".join(readme.split())

@@ -1,10 +1,13 @@
 """Lifecycle figures on the prompt: where outliers are made (emergence), used by attention (spread) and removed
 (disappearance). Each names the layer it chose and the numbers behind the choice.
 """
+from dataclasses import dataclass
+
 import torch
 
 from lib import outliers, plotting
 from lib.errors import UserError
+from lib.paper_figures.figure import PROMPT_FLAGS, Figure, View, cell, drawn
 from lib.paper_figures.scan import main_outlier, persistent_channel_values, prompt_scan, strongest_layer
 from monkey_patch import Capture
 from monkey_patch.adapters import get_submodule
@@ -48,6 +51,31 @@ def _need_mlp(ctx):
         raise UserError(f"{ctx.title}: this family's MLP internals cannot be captured, so the lifecycle cannot be traced")
 
 
+@dataclass
+class TracedEntry:
+    """The outlier entry (token, channel) a lifecycle figure follows, the layer it shows and the MLP unit there."""
+    layer: int
+    why: str
+    outliers_found: bool
+    token: int
+    token_text: str
+    channel: int
+    neuron: int
+
+
+@dataclass
+class Emergence(TracedEntry):
+    value_before: float
+    value_after: float
+    channel_value_per_layer: list
+    neuron_share_of_mlp_write: float
+    chain: dict
+    evidence: dict
+    outlier_layers: list
+    summary: list
+    panels: list = drawn()  # (values, marked index, title, x label) of each signed-line panel
+
+
 def emergence(ctx):
     _need_mlp(ctx)
     scan = prompt_scan(ctx)
@@ -72,47 +100,61 @@ def emergence(ctx):
     names = {"resid_pre": "norm in", "ln2": "norm out", "mlp.gate_out": "gate out", "mlp.up_out": "up out",
              "mlp.act_out": "act out", "mlp.down_in": "down in", "mlp.down_out": "down out",
              "resid_post": "layer out"}
-    fig, axes = plotting.figure(ncols=4, nrows=3, size=(3.6, 2.6))
-    chain = {}
-    for ax, stage in zip(axes, [s for s in stages if s in got]):
+    chain, panels = {}, []
+    for stage in [s for s in stages if s in got]:
         row = got[stage][token]
         mark = channel if row.shape[0] == W_down.shape[0] else neuron
         chain[names[stage]] = {"index": mark, "value": row[mark].item(), "max_abs": row.abs().max().item()}
-        plotting.signed_line(ax, row.numpy(), mark=mark, title=names[stage],
-                             xlabel="channel" if mark == channel else "MLP unit")
-    weights = [("row", "gate"), ("row", "up"), ("column", "down")]
-    for ax, (label, role) in zip(axes[len(chain):], weights):
+        panels.append((row.numpy(), mark, names[stage], "channel" if mark == channel else "MLP unit"))
+    for label, role in [("row", "gate"), ("row", "up"), ("column", "down")]:
         if role not in ctx.view.weight_roles():
             continue
         W = ctx.view.weight(layer, role).detach().float().cpu()
         vector = W[:, neuron] if role == "down" else W[neuron]
         top = int(vector.abs().argmax())
         chain[f"W_{role}"] = {"index": top, "value": vector[top].item()}
-        plotting.signed_line(ax, vector.numpy(), mark=top, title=f"W_{role}, {label} {neuron}", xlabel="channel")
-    for ax in axes[len(chain):]:
-        ax.axis("off")
-    fig.suptitle(f"{ctx.title}, layer {layer + 1}: emergence of token {token} ({scan['tokens'][token]!r}) "
-                 f"channel {channel}", fontweight="bold")
-    ctx.save(fig, "lifecycle_emergence")
+        panels.append((vector.numpy(), top, f"W_{role}, {label} {neuron}", "channel"))
     before = values[layer - 1].item() if layer > 0 else 0.0
-    result = {
-        "layer": layer + 1, "why": why, "outliers_found": detected, "token": token,
-        "token_text": scan["tokens"][token], "channel": channel, "neuron": neuron,
-        "value_before": before, "value_after": values[layer].item(),
-        "channel_value_per_layer": values.tolist(),
-        "neuron_share_of_mlp_write": (contribution[neuron] / contribution.sum()).item()
+    return Emergence(
+        layer=layer + 1, why=why, outliers_found=detected, token=token, token_text=scan["tokens"][token],
+        channel=channel, neuron=neuron, value_before=before, value_after=values[layer].item(),
+        channel_value_per_layer=values.tolist(),
+        neuron_share_of_mlp_write=(contribution[neuron] / contribution.sum()).item()
         if contribution.sum() != 0 else 0.0,
-        "chain": chain,
-        "evidence": {key: scan["resid"][layer][key] for key in ("max", "median", "threshold", "entries")},
-        "outlier_layers": [i + 1 for i in scan["resid_layers"]],
-    }
-    result["summary"] = [
-        f"{ctx.title} emergence at layer {layer + 1} ({why}): token {token} {scan['tokens'][token]!r} channel "
-        f"{channel} goes {before:.4g} -> {values[layer].item():.4g}",
-        f"MLP unit {neuron} writes most of it: down_in {chain['down in']['value']:.4g}, "
-        f"W_down[{channel}, {neuron}] = {W_down[channel, neuron].item():.4g}",
-    ]
-    return result
+        chain=chain,
+        evidence={key: scan["resid"][layer][key] for key in ("max", "median", "threshold", "entries")},
+        outlier_layers=[i + 1 for i in scan["resid_layers"]],
+        summary=[
+            f"{ctx.title} emergence at layer {layer + 1} ({why}): token {token} {scan['tokens'][token]!r} channel "
+            f"{channel} goes {before:.4g} -> {values[layer].item():.4g}",
+            f"MLP unit {neuron} writes most of it: down_in {chain['down in']['value']:.4g}, "
+            f"W_down[{channel}, {neuron}] = {W_down[channel, neuron].item():.4g}",
+        ],
+        panels=panels)
+
+
+def draw_emergence(axes, data):
+    for ax, (values, mark, title, xlabel) in zip(axes, data.panels):
+        plotting.signed_line(ax, values, mark=mark, title=title, xlabel=xlabel)
+    for ax in axes[len(data.panels):]:
+        ax.axis("off")
+
+
+@dataclass
+class Spread:
+    layer: int
+    why: str
+    head: int
+    head_why: str
+    kv_head: int
+    tokens: list
+    outlier_tokens: list
+    head_outlier_ratio: list
+    per_token: dict
+    attention_on_outlier_tokens: list
+    summary: list
+    logits: object = drawn()  # the head's [queries, keys] logits, masked entries at the smallest visible one
+    probs: object = drawn()   # the head's [queries, keys] probabilities
 
 
 def spread(ctx):
@@ -147,36 +189,50 @@ def spread(ctx):
         f"k head {kv} (L2)": got["attn.k"][:, kv].norm(dim=-1),
         f"v head {kv} (L2)": got["attn.v"][:, kv].norm(dim=-1),
     }
-    fig, axes = plotting.figure(ncols=4, nrows=2, size=(3.8, 3.4))
-    for ax, (name, vector) in zip(axes, norms.items()):
-        plotting.token_bars(ax, tokens, vector.numpy(), highlight=sink_tokens, title=name)
-    maps = {}
+    logits = None
     if "attn.scores" in got:
-        logits = got["attn.scores"][head].clone()
-        maps["logits"] = logits
-        visible = torch.where(torch.isfinite(logits), logits, torch.full_like(logits, float("nan")))
-        plotting.attention_heatmap(axes[5], torch.nan_to_num(visible, nan=float(visible[~visible.isnan()].min())).numpy(),
-                                   tokens, highlight=sink_tokens, title=f"head {head} logits")
+        scores = got["attn.scores"][head].clone()
+        visible = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, float("nan")))
+        logits = torch.nan_to_num(visible, nan=float(visible[~visible.isnan()].min())).numpy()
+    probs = got["attn.pattern"][head]
+    v_norm = norms[f"v head {kv} (L2)"]
+    return Spread(
+        layer=layer + 1, why=why, head=head, head_why=head_why, kv_head=kv, tokens=tokens,
+        outlier_tokens=sink_tokens, head_outlier_ratio=ratio.tolist(),
+        per_token={name: vector.tolist() for name, vector in norms.items()},
+        attention_on_outlier_tokens=probs[:, sink_tokens].sum(-1).tolist() if sink_tokens else [],
+        summary=[
+            f"{ctx.title} spread at layer {layer + 1} ({why}), head {head} ({head_why}): outlier tokens {sink_tokens}",
+            "head outlier ratios: " + ", ".join(f"{r:.2f}" for r in ratio.tolist()),
+            "v norm per token: " + ", ".join(f"{v:.3g}" for v in v_norm.tolist()),
+        ],
+        logits=logits, probs=probs.numpy())
+
+
+def draw_spread(axes, data):
+    for ax, (name, vector) in zip(axes, data.per_token.items()):
+        plotting.token_bars(ax, data.tokens, vector, highlight=data.outlier_tokens, title=name)
+    if data.logits is not None:
+        plotting.attention_heatmap(axes[5], data.logits, data.tokens, highlight=data.outlier_tokens,
+                                   title=f"head {data.head} logits")
     else:
         axes[5].axis("off")
-    probs = got["attn.pattern"][head]
-    plotting.attention_heatmap(axes[6], probs.numpy(), tokens, highlight=sink_tokens, title=f"head {head} probabilities")
+    plotting.attention_heatmap(axes[6], data.probs, data.tokens, highlight=data.outlier_tokens,
+                               title=f"head {data.head} probabilities")
     axes[7].axis("off")
-    fig.suptitle(f"{ctx.title}, layer {layer + 1}, head {head}: outlier tokens {sink_tokens}", fontweight="bold")
-    ctx.save(fig, "lifecycle_spread")
-    result = {
-        "layer": layer + 1, "why": why, "head": head, "head_why": head_why, "kv_head": kv, "tokens": tokens,
-        "outlier_tokens": sink_tokens, "head_outlier_ratio": ratio.tolist(),
-        "per_token": {name: vector.tolist() for name, vector in norms.items()},
-        "attention_on_outlier_tokens": probs[:, sink_tokens].sum(-1).tolist() if sink_tokens else [],
-    }
-    v_norm = norms[f"v head {kv} (L2)"]
-    result["summary"] = [
-        f"{ctx.title} spread at layer {layer + 1} ({why}), head {head} ({head_why}): outlier tokens {sink_tokens}",
-        "head outlier ratios: " + ", ".join(f"{r:.2f}" for r in ratio.tolist()),
-        "v norm per token: " + ", ".join(f"{v:.3g}" for v in v_norm.tolist()),
-    ]
-    return result
+
+
+@dataclass
+class Disappearance(TracedEntry):
+    drop: float
+    drop_per_layer: list
+    channel_value_per_layer: list
+    values_at_layer: dict
+    outlier_layers: list
+    summary: list
+    down_out: object = drawn()  # down_proj output at the token, [channels]
+    down_in: object = drawn()   # down_proj input at the token, [MLP units]
+    w_column: object = drawn()  # W_down[:, neuron]
 
 
 def disappearance(ctx):
@@ -199,41 +255,63 @@ def disappearance(ctx):
     contribution = got["mlp.down_in"][token] * W_down[channel]
     sign = 1.0 if values[layer - 1 if layer > 0 else 0] >= 0 else -1.0
     neuron = int((-sign * contribution).argmax())  # the unit that pushes hardest against the outlier
-    fig, axes = plotting.figure(ncols=3, nrows=2, size=(4.2, 3.2))
-    layers = list(range(1, len(values) + 1))
-    plotting.layer_curves(axes[0], layers, {f"|h[{token}, {channel}]|": magnitude.tolist()},
-                          title="outlier across layers", marked_layers=[layer + 1])
-    plotting.signed_line(axes[1], got["mlp.down_out"][token].numpy(), mark=channel, title="down_proj output",
-                         xlabel="channel")
-    plotting.signed_line(axes[2], got["mlp.down_in"][token].numpy(), mark=neuron, title="down_proj input",
-                         xlabel="MLP unit")
-    plotting.signed_line(axes[3], W_down[:, neuron].numpy(), mark=channel, title=f"W_down column {neuron}",
-                         xlabel="channel")
     mlp_adds = _mlp_write(ctx, layer, token, channel, got["mlp.down_out"][token, channel].item())
     change = (got["resid_post"][token, channel] - got["resid_pre"][token, channel]).item()
     parts = {"layer in": got["resid_pre"][token, channel].item(), "attention adds": change - mlp_adds,
              "MLP adds": mlp_adds, "layer out": got["resid_post"][token, channel].item(),
              "down_proj out": got["mlp.down_out"][token, channel].item(), "change": change}
+    return Disappearance(
+        layer=layer + 1, why=why, outliers_found=detected, token=token, token_text=scan["tokens"][token],
+        channel=channel, neuron=neuron, drop=drop[layer].item(), drop_per_layer=drop.tolist(),
+        channel_value_per_layer=values.tolist(), values_at_layer=parts,
+        outlier_layers=[i + 1 for i in scan["resid_layers"]],
+        summary=[
+            f"{ctx.title} disappearance at layer {layer + 1} ({why}): |h[{token}, {channel}]| "
+            f"{before[layer].item():.4g} -> {magnitude[layer].item():.4g}",
+            f"the layer changes it by {change:.4g}: attention adds {parts['attention adds']:.4g}, the MLP adds "
+            f"{mlp_adds:.4g}; in down_proj, unit {neuron} pushes hardest against it ({contribution[neuron].item():.4g})",
+        ],
+        down_out=got["mlp.down_out"][token].numpy(), down_in=got["mlp.down_in"][token].numpy(),
+        w_column=W_down[:, neuron].numpy())
+
+
+def draw_disappearance(axes, data):
+    token, channel = data.token, data.channel
+    magnitude = [abs(v) for v in data.channel_value_per_layer]
+    plotting.layer_curves(axes[0], list(range(1, len(magnitude) + 1)), {f"|h[{token}, {channel}]|": magnitude},
+                          title="outlier across layers", marked_layers=[data.layer])
+    plotting.signed_line(axes[1], data.down_out, mark=channel, title="down_proj output", xlabel="channel")
+    plotting.signed_line(axes[2], data.down_in, mark=data.neuron, title="down_proj input", xlabel="MLP unit")
+    plotting.signed_line(axes[3], data.w_column, mark=channel, title=f"W_down column {data.neuron}", xlabel="channel")
     shown = ["layer in", "attention adds", "MLP adds", "layer out"]
-    axes[4].bar(range(4), [parts[k] for k in shown], color=[plotting.NORMAL, "#9467bd", plotting.OUTLIER, plotting.NORMAL])
+    axes[4].bar(range(4), [data.values_at_layer[k] for k in shown],
+                color=[plotting.NORMAL, "#9467bd", plotting.OUTLIER, plotting.NORMAL])
     axes[4].axhline(0, color="black", linewidth=0.6)
     axes[4].set_xticks(range(4))
     axes[4].set_xticklabels(shown, rotation=20, fontsize=7)
-    axes[4].set_title(f"h[{token}, {channel}] at layer {layer + 1}", fontsize=9)
+    axes[4].set_title(f"h[{token}, {channel}] at layer {data.layer}", fontsize=9)
     plotting.bold_ticks(axes[4])
     axes[5].axis("off")
-    fig.suptitle(f"{ctx.title}, layer {layer + 1}: disappearance of token {token} channel {channel}", fontweight="bold")
-    ctx.save(fig, "lifecycle_disappearance")
-    result = {
-        "layer": layer + 1, "why": why, "outliers_found": detected, "token": token,
-        "token_text": scan["tokens"][token], "channel": channel, "neuron": neuron,
-        "drop": drop[layer].item(), "drop_per_layer": drop.tolist(), "channel_value_per_layer": values.tolist(),
-        "values_at_layer": parts, "outlier_layers": [i + 1 for i in scan["resid_layers"]],
-    }
-    result["summary"] = [
-        f"{ctx.title} disappearance at layer {layer + 1} ({why}): |h[{token}, {channel}]| "
-        f"{before[layer].item():.4g} -> {magnitude[layer].item():.4g}",
-        f"the layer changes it by {change:.4g}: attention adds {parts['attention adds']:.4g}, the MLP adds "
-        f"{mlp_adds:.4g}; in down_proj, unit {neuron} pushes hardest against it ({contribution[neuron].item():.4g})",
-    ]
-    return result
+
+
+def _layer_if_found(key):
+    return lambda result: {key: result.get("layer") if result.get("outliers_found") else None}
+
+
+FIGURES = [
+    Figure("lifecycle_emergence", "how the first activation outlier is written by the MLP", PROMPT_FLAGS, None,
+           emergence, (View(draw_emergence, ncols=4, nrows=3, size=(3.6, 2.6),
+                            heading=lambda d: f"layer {d.layer}: emergence of token {d.token} ({d.token_text!r}) "
+                                              f"channel {d.channel}"),),
+           summary=_layer_if_found("emergence_layer"),
+           columns=(("emergence layer", lambda row: cell(row["emergence_layer"])),)),
+    Figure("lifecycle_spread", "how attention reads the outlier tokens (q, k, v norms, logits, probabilities)",
+           PROMPT_FLAGS + ("head",), None, spread,
+           (View(draw_spread, ncols=4, nrows=2, size=(3.8, 3.4),
+                 heading=lambda d: f"layer {d.layer}, head {d.head}: outlier tokens {d.outlier_tokens}"),)),
+    Figure("lifecycle_disappearance", "how the last layers cancel the outlier", PROMPT_FLAGS, None, disappearance,
+           (View(draw_disappearance, ncols=3, nrows=2, size=(4.2, 3.2),
+                 heading=lambda d: f"layer {d.layer}: disappearance of token {d.token} channel {d.channel}"),),
+           summary=_layer_if_found("disappearance_layer"),
+           columns=(("disappearance layer", lambda row: cell(row["disappearance_layer"])),)),
+]

@@ -5,15 +5,18 @@ paper's 4096-token settings on a 7B model never hold a full attention map for mo
 A layer counts as an outlier layer when the rule flags outliers in at least half of the sequences.
 Token categories: each outlier position counts once per sequence (union over layers).
 """
+from dataclasses import dataclass
+
 import torch
 from tqdm import tqdm
 
 from lib import analysis, outliers, plotting
-from monkey_patch import Capture
+from lib.paper_figures.figure import CALIBRATION_FLAGS, Figure, Unavailable, View, cell, drawn, shares
 from lib.reducers import attention_column_sums, by_point
+from monkey_patch import Capture
 
 
-def _sequences(ids, what):
+def sequences(ids, what):
     return tqdm(range(ids.shape[0]), desc=what, unit="seq", leave=False, disable=ids.shape[0] < 4)
 
 
@@ -25,12 +28,17 @@ def _category_shares(ctx, ids, positions_per_sequence):
     return outliers.category_shares(categories)
 
 
+def majority_layers(counts, n) -> list[int]:
+    """The 1-based layers flagged in at least half of the n sequences (and in at least one)."""
+    return [i + 1 for i, count in enumerate(counts) if count > 0 and count * 2 >= n]
+
+
 ACTIVATION_POINTS = ("resid_post", "mlp.down_in")
 
 
 def _activation_stats(ctx):
     """Per point and layer, one summary per calibration sequence; both points in one pass, cached."""
-    ids, info = ctx.calibration("activations")
+    ids, info = ctx.calibration()
     key = ("activation_stats", info["nsamples"], info["seqlen"])
     if key in ctx.cache:
         return ctx.cache[key]
@@ -38,7 +46,7 @@ def _activation_stats(ctx):
     n_layers = ctx.view.num_layers
     stats = {p: [[] for _ in range(n_layers)] for p in points}
     with Capture(ctx.model, points, reduce=by_point({}, default=analysis.activation_summary(3, **ctx.rule))) as cap:
-        for s in _sequences(ids, "activations"):
+        for s in sequences(ids, "activations"):
             ctx.forward(ids[s: s + 1])
             for point in points:
                 for layer in range(n_layers):
@@ -48,9 +56,27 @@ def _activation_stats(ctx):
     return ctx.cache[key]
 
 
-def _activation_figure(ctx, point, what, stem):
+# --- activations: per-layer top values, their channels and tokens ----------------------------------------------
+
+@dataclass
+class ActivationPositions:
+    rule: str
+    calibration: dict
+    layers: list
+    outlier_layers: list
+    categories: dict
+    view_3d: dict
+    kurtosis_variant: str
+    summary: list
+    what: str = drawn()          # "layer output" or "down_proj input"
+    view_values: object = drawn()  # the 3-D view's rows [tokens shown, channels]
+    view_labels: list = drawn()
+    view_highlight: list = drawn()
+
+
+def _activation(ctx, point, what):
     if point not in ctx.view.supported_points():
-        return {"layers": [], "summary": [f"{ctx.title}: {point} cannot be captured for this family"]}
+        return Unavailable([f"{ctx.title}: {point} cannot be captured for this family"], {"layers": []})
     ids, info, all_stats = _activation_stats(ctx)
     per_layer = all_stats[point]
     rows, positions = [], [set() for _ in range(ids.shape[0])]
@@ -71,42 +97,31 @@ def _activation_figure(ctx, point, what, stem):
             "sequences_with_outliers": len(flagged),
             "outlier_channels": analysis.most_common([c for s in flagged for c in stats[s]["outlier_channels"]], 5),
         })
-    outlier_layers = [r["layer"] for r in rows if r["sequences_with_outliers"] * 2 >= ids.shape[0]
-                      and r["sequences_with_outliers"] > 0]
+    outlier_layers = majority_layers([r["sequences_with_outliers"] for r in rows], ids.shape[0])
     categories = _category_shares(ctx, ids, positions)
-    layers = [r["layer"] for r in rows]
     # the 3-D view shows the layer with the largest mean top-1 (among the outlier layers when there are any)
     candidates = [r for r in rows if r["layer"] in outlier_layers] or rows
     shown = max(candidates, key=lambda r: r["top"][0])["layer"] - 1
     if ctx.layer_choice() is not None:
         shown = ctx.layer_choice()
-    fig, axes = plotting.figure(ncols=3, size=(5, 4))
-    plotting.layer_curves(axes[0], layers, {"top-1": [r["top"][0] for r in rows], "top-2": [r["top"][1] for r in rows],
-                                            "top-3": [r["top"][2] for r in rows], "median": [r["median"] for r in rows]},
-                          title=f"{ctx.title}, {what}", marked_layers=outlier_layers)
-    hot = {(r["layer"], c) for r in rows if r["layer"] in outlier_layers for c in r["outlier_channels"]}
-    plotting.index_scatter(axes[1], layers, [r["frequent_channels"] for r in rows], highlight=hot,
-                           title=f"{ctx.title}, channels of the top values")
-    plotting.category_bars(axes[2], categories, title=f"{ctx.title}, outlier tokens (n={categories['count']})")
-    ctx.save(fig, stem)
-    view3d = _three_d_view(ctx, point, ids[0:1], shown, what, stem + "_3d")
-    result = {"rule": ctx.rule_text, "calibration": info, "layers": rows,
-              "kurtosis_variant": outliers.KURTOSIS_PER_TOKEN,
-              "outlier_layers": outlier_layers, "categories": categories, "view_3d": view3d}
-    result["summary"] = [
-        f"{ctx.title} {what} over {info['nsamples']} x {info['seqlen']} tokens of {info['data']}: "
-        f"outlier layers (1-based) {outlier_layers}",
-        "top-1 per layer: " + ", ".join(f"{r['top'][0]:.4g}" for r in rows),
-        "median per layer: " + ", ".join(f"{r['median']:.3g}" for r in rows),
-        "kurtosis per layer: " + ", ".join(f"{r['kurtosis']:.3g}" for r in rows),
-        "outlier token categories: " + ", ".join(f"{k} {categories[k]:.1%}" for k in outliers.CATEGORIES)
-        + f" (n={categories['count']})",
-    ]
-    return result
+    view_3d, values, labels, highlight = _three_d_view(ctx, point, ids[0:1], shown)
+    return ActivationPositions(
+        rule=ctx.rule_text, calibration=info, layers=rows, outlier_layers=outlier_layers, categories=categories,
+        view_3d=view_3d, kurtosis_variant=outliers.KURTOSIS_PER_TOKEN,
+        summary=[
+            f"{ctx.title} {what} over {info['nsamples']} x {info['seqlen']} tokens of {info['data']}: "
+            f"outlier layers (1-based) {outlier_layers}",
+            "top-1 per layer: " + ", ".join(f"{r['top'][0]:.4g}" for r in rows),
+            "median per layer: " + ", ".join(f"{r['median']:.3g}" for r in rows),
+            "kurtosis per layer: " + ", ".join(f"{r['kurtosis']:.3g}" for r in rows),
+            "outlier token categories: " + ", ".join(f"{k} {categories[k]:.1%}" for k in outliers.CATEGORIES)
+            + f" (n={categories['count']})",
+        ],
+        what=what, view_values=values, view_labels=labels, view_highlight=highlight)
 
 
-def _three_d_view(ctx, point, ids, layer, what, stem):
-    """3-D view of one calibration sequence at one layer: its first 8 tokens and up to 6 outlier tokens."""
+def _three_d_view(ctx, point, ids, layer):
+    """One calibration sequence at one layer: its first 8 tokens and up to 6 outlier tokens."""
     with Capture(ctx.model, [point], layers=[layer]) as cap:
         ctx.forward(ids)
     h = cap[point, layer][0]
@@ -114,24 +129,57 @@ def _three_d_view(ctx, point, ids, layer, what, stem):
     rows = sorted(set(range(min(8, h.shape[0]))) | set(list(dict.fromkeys(t for t, _, _ in found["entries"]))[:6]))
     tokens = ctx.tokens_of(ids[0, rows].tolist())
     labels = [f"{p}:{plotting.short_label(t, 6)}" for p, t in zip(rows, tokens)]
-    fig, (ax,) = plotting.figure(size=(7, 5.5), three_d=True)
-    plotting.wireframe(ax, h[rows].numpy(), labels, highlight=[i for i, p in enumerate(rows) if p in found["tokens"]],
-                       zlabel="magnitude", title=f"{ctx.title}, layer {layer + 1}, {what} (sequence 0)")
-    ctx.save(fig, stem)
-    return {"layer": layer + 1, "positions": rows, "outlier_tokens": found["tokens"],
+    info = {"layer": layer + 1, "positions": rows, "outlier_tokens": found["tokens"],
             "outlier_channels": found["channels"], "max": found["max"], "median": found["median"]}
+    return info, h[rows].numpy(), labels, [i for i, p in enumerate(rows) if p in found["tokens"]]
 
 
 def activation_layer(ctx):
-    return _activation_figure(ctx, "resid_post", "layer output", "pos_activation_outliers_layer")
+    return _activation(ctx, "resid_post", "layer output")
 
 
 def activation_down(ctx):
-    return _activation_figure(ctx, "mlp.down_in", "down_proj input", "pos_activation_outliers_down")
+    return _activation(ctx, "mlp.down_in", "down_proj input")
+
+
+def draw_activation(axes, data):
+    rows = data.layers
+    layers = [r["layer"] for r in rows]
+    plotting.layer_curves(axes[0], layers, {"top-1": [r["top"][0] for r in rows], "top-2": [r["top"][1] for r in rows],
+                                            "top-3": [r["top"][2] for r in rows], "median": [r["median"] for r in rows]},
+                          title=data.what, marked_layers=data.outlier_layers)
+    hot = {(r["layer"], c) for r in rows if r["layer"] in data.outlier_layers for c in r["outlier_channels"]}
+    plotting.index_scatter(axes[1], layers, [r["frequent_channels"] for r in rows], highlight=hot,
+                           title="channels of the top values")
+    plotting.category_bars(axes[2], data.categories, title=f"outlier tokens (n={data.categories['count']})")
+
+
+def draw_activation_3d(axes, data):
+    plotting.wireframe(axes[0], data.view_values, data.view_labels, highlight=data.view_highlight,
+                       zlabel="magnitude", title=f"layer {data.view_3d['layer']}, {data.what} (sequence 0)")
+
+
+# --- attention: cumulative attention per layer, per-head outlier ratio, key categories --------------------------
+
+@dataclass
+class AttentionPositions:
+    rule: str
+    calibration: dict
+    layers: list
+    outlier_layers: list
+    paper_rule: str
+    paper_rule_layers: list
+    keys_only_ours: int
+    keys_only_paper_rule: int
+    categories: dict
+    sink_rate_first_token: float
+    sink_rate_variant: str
+    first_token_attention: list
+    summary: list
 
 
 def attention(ctx):
-    ids, info = ctx.calibration("attention")
+    ids, info = ctx.calibration()
     n_layers, n = ctx.view.num_layers, ids.shape[0]
     top1, top2, median = ([0.0] * n_layers for _ in range(3))
     head_ratio = [torch.zeros(ctx.view.num_heads) for _ in range(n_layers)]
@@ -140,7 +188,7 @@ def attention(ctx):
     only_ours, only_paper = 0, 0  # (sequence, layer, key) triples flagged by one rule and not the other
     positions = [set() for _ in range(n)]
     with Capture(ctx.model, ["attn.pattern"], reduce=attention_column_sums) as cap:
-        for s in _sequences(ids, "attention"):
+        for s in sequences(ids, "attention"):
             ctx.forward(ids[s: s + 1])
             for layer in range(n_layers):
                 sums = cap["attn.pattern", layer][0][0]  # [heads, keys]
@@ -168,37 +216,51 @@ def attention(ctx):
              "head_ratio_mean": head_ratio[i].mean().item(), "head_ratio_min": head_ratio[i].min().item(),
              "head_ratio_max": head_ratio[i].max().item()} for i in range(n_layers)]
     categories = _category_shares(ctx, ids, positions)
-    outlier_layers = [r["layer"] for r in rows if 0 < r["sequences_with_outlier_keys"] * 2 >= n]
-    paper_layers = [r["layer"] for r in rows if 0 < r["sequences_with_paper_rule_keys"] * 2 >= n]
+    outlier_layers = majority_layers(flagged, n)
+    paper_layers = majority_layers(paper_flagged, n)
     sink = outliers.sink_rate(first_key)
+    return AttentionPositions(
+        rule=analysis.ATTENTION_RULE, calibration=info, layers=rows, outlier_layers=outlier_layers,
+        paper_rule=analysis.PAPER_ATTENTION_RULE, paper_rule_layers=paper_layers, keys_only_ours=only_ours,
+        keys_only_paper_rule=only_paper, categories=categories, sink_rate_first_token=sink,
+        sink_rate_variant=outliers.SINK_RATE_ALL_QUERIES,
+        first_token_attention=first_key.tolist(),
+        summary=[
+            f"{ctx.title} attention over {info['nsamples']} x {info['seqlen']} tokens: layers with outlier keys "
+            f"in most sequences {outlier_layers}; sink rate on the first token {sink:.3f}",
+            f"paper's >= 0.1 x seqlen rule alone: layers {paper_layers}; (sequence, layer, key) triples flagged by "
+            f"one rule only: ours {only_ours}, the paper's {only_paper} (it also counts query 0's forced weight on "
+            "key 0 and has no uniform baseline)",
+            "cumulative top-1 per layer: " + ", ".join(f"{v:.4g}" for v in top1),
+            "mean per-head outlier ratio: " + ", ".join(f"{r['head_ratio_mean']:.2f}" for r in rows),
+            "outlier key categories: " + ", ".join(f"{k} {categories[k]:.1%}" for k in outliers.CATEGORIES)
+            + f" (n={categories['count']})",
+        ])
+
+
+def draw_attention(axes, data):
+    rows = data.layers
     layers = [r["layer"] for r in rows]
-    fig, axes = plotting.figure(ncols=3, size=(5, 4))
-    plotting.layer_curves(axes[0], layers, {"top-1": top1, "top-2": top2, "median": median},
-                          title=f"{ctx.title}, cumulative attention", ylabel="cumulative attention",
-                          marked_layers=outlier_layers)
+    plotting.layer_curves(axes[0], layers, {"top-1": [r["top"][0] for r in rows], "top-2": [r["top"][1] for r in rows],
+                                            "median": [r["median"] for r in rows]},
+                          title="cumulative attention", ylabel="cumulative attention", marked_layers=data.outlier_layers)
     plotting.range_bars(axes[1], layers, [r["head_ratio_mean"] for r in rows], [r["head_ratio_min"] for r in rows],
-                        [r["head_ratio_max"] for r in rows], title=f"{ctx.title}, per-head outlier ratio",
+                        [r["head_ratio_max"] for r in rows], title="per-head outlier ratio",
                         ylabel="share on outlier keys")
-    plotting.category_bars(axes[2], categories, title=f"{ctx.title}, outlier keys (n={categories['count']})")
-    ctx.save(fig, "pos_attention_outliers")
-    result = {"rule": analysis.ATTENTION_RULE, "calibration": info, "layers": rows, "outlier_layers": outlier_layers,
-              "paper_rule": analysis.PAPER_ATTENTION_RULE, "paper_rule_layers": paper_layers,
-              "keys_only_ours": only_ours, "keys_only_paper_rule": only_paper,
-              "categories": categories, "sink_rate_first_token": sink,
-              "sink_rate_variant": outliers.SINK_RATE_ALL_QUERIES,
-              "first_token_attention": first_key.tolist()}
-    result["summary"] = [
-        f"{ctx.title} attention over {info['nsamples']} x {info['seqlen']} tokens: layers with outlier keys "
-        f"in most sequences {outlier_layers}; sink rate on the first token {sink:.3f}",
-        f"paper's >= 0.1 x seqlen rule alone: layers {paper_layers}; (sequence, layer, key) triples flagged by "
-        f"one rule only: ours {only_ours}, the paper's {only_paper} (it also counts query 0's forced weight on key 0 "
-        "and has no uniform baseline)",
-        "cumulative top-1 per layer: " + ", ".join(f"{v:.4g}" for v in top1),
-        "mean per-head outlier ratio: " + ", ".join(f"{r['head_ratio_mean']:.2f}" for r in rows),
-        "outlier key categories: " + ", ".join(f"{k} {categories[k]:.1%}" for k in outliers.CATEGORIES)
-        + f" (n={categories['count']})",
-    ]
-    return result
+    plotting.category_bars(axes[2], data.categories, title=f"outlier keys (n={data.categories['count']})")
+
+
+# --- weights: down_proj column ratios per layer, all modules' scores ---------------------------------------------
+
+@dataclass
+class WeightPositions:
+    layers: list
+    modules: dict
+    late_layer_shown: int | None
+    summary: list
+    late_values: object = drawn()  # |W| of the late layer's columns shown, [columns, rows]
+    late_columns: list = drawn()
+    late_highlight: list = drawn()
 
 
 def weights(ctx):
@@ -211,41 +273,76 @@ def weights(ctx):
             rows.append({"layer": layer + 1, **stats})
         for role in roles:
             scores[role].append(outliers.module_score(view.weight(layer, role)))
-    layers = list(range(1, view.num_layers + 1))
-    fig, axes = plotting.figure(ncols=2, nrows=2, size=(5, 4))
+    late = max(rows, key=lambda r: (r["layer"] > view.num_layers // 2, r["max_ratio"])) if rows else None
+    values = columns = highlight = None
+    if late:
+        W = view.weight(late["layer"] - 1, "down").detach().float().cpu()
+        ordinary = torch.argsort(outliers.column_ratios(W))[W.shape[1] // 2: W.shape[1] // 2 + 2].tolist()
+        columns = sorted(set(late["top_columns"] + ordinary))
+        values = W[:, columns].T.numpy()
+        highlight = [i for i, c in enumerate(columns) if c in late["top_columns"]]
+    strongest = max(rows, key=lambda r: r["max_ratio"]) if rows else None
+    return WeightPositions(
+        layers=rows, modules={role: [{"layer": i + 1, "score": v} for i, v in enumerate(values_)]
+                              for role, values_ in scores.items()},
+        late_layer_shown=late["layer"] if late else None,
+        summary=[
+            f"{ctx.title} down_proj: largest column ratio {strongest['max_ratio']:.4g} at layer {strongest['layer']} "
+            f"column {strongest['top_columns'][0]}" if strongest else f"{ctx.title}: no down_proj",
+            "max column ratio per layer: " + ", ".join(f"{r['max_ratio']:.3g}" for r in rows),
+            "module score maxima: " + ", ".join(f"{role} {max(v):.3g}" for role, v in scores.items()),
+        ],
+        late_values=values, late_columns=columns, late_highlight=highlight)
+
+
+def draw_weights(axes, data):
+    rows = data.layers
+    layers = [m["layer"] for m in next(iter(data.modules.values()), [])]
     if rows:
         plotting.layer_curves(axes[0], layers, {"max ratio": [r["max_ratio"] for r in rows],
                                                 "median ratio": [r["median_ratio"] for r in rows]},
-                              title=f"{ctx.title}, down_proj column max/mean", ylabel="max/mean |W|")
+                              title="down_proj column max/mean", ylabel="max/mean |W|")
         plotting.index_scatter(axes[2], layers, [r["top_columns"] for r in rows], ylabel="column",
-                               title=f"{ctx.title}, top-3 down_proj columns")
-    for role, values in scores.items():
-        axes[1].plot(layers, values, marker="o", markersize=3, label=role)
+                               title="top-3 down_proj columns")
+    for role, values in data.modules.items():
+        axes[1].plot(layers, [m["score"] for m in values], marker="o", markersize=3, label=role)
     axes[1].set_yscale("log")
     axes[1].set_xlabel("layer", fontweight="bold")
     axes[1].set_ylabel("max over row/column max/mean", fontweight="bold")
-    axes[1].set_title(f"{ctx.title}, weight-outlier score per module", fontsize=10)
+    axes[1].set_title("weight-outlier score per module", fontsize=10)
     axes[1].legend(fontsize=7, ncol=2)
     plotting.bold_ticks(axes[1])
-    late = max(rows, key=lambda r: (r["layer"] > view.num_layers // 2, r["max_ratio"])) if rows else None
-    if late:
-        W = view.weight(late["layer"] - 1, "down").detach().float().cpu()
+    if data.late_values is not None:
+        plotting.wireframe(axes[3], data.late_values, [f"col {c}" for c in data.late_columns],
+                           highlight=data.late_highlight, xlabel="row", zlabel="|W|",
+                           title=f"layer {data.late_layer_shown} down_proj")
+    else:
         axes[3].remove()
-        ax3d = fig.add_subplot(2, 2, 4, projection="3d")
-        ordinary = torch.argsort(outliers.column_ratios(W))[W.shape[1] // 2: W.shape[1] // 2 + 2].tolist()
-        columns = sorted(set(late["top_columns"] + ordinary))
-        plotting.wireframe(ax3d, W[:, columns].T.numpy(), [f"col {c}" for c in columns],
-                           highlight=[i for i, c in enumerate(columns) if c in late["top_columns"]],
-                           xlabel="row", zlabel="|W|", title=f"{ctx.title}, layer {late['layer']} down_proj")
-    ctx.save(fig, "pos_weight_outliers")
-    result = {"layers": rows, "modules": {role: [{"layer": i + 1, "score": v} for i, v in enumerate(values)]
-                                          for role, values in scores.items()},
-              "late_layer_shown": late["layer"] if late else None}
-    strongest = max(rows, key=lambda r: r["max_ratio"]) if rows else None
-    result["summary"] = [
-        f"{ctx.title} down_proj: largest column ratio {strongest['max_ratio']:.4g} at layer {strongest['layer']} "
-        f"column {strongest['top_columns'][0]}" if strongest else f"{ctx.title}: no down_proj",
-        "max column ratio per layer: " + ", ".join(f"{r['max_ratio']:.3g}" for r in rows),
-        "module score maxima: " + ", ".join(f"{role} {max(v):.3g}" for role, v in scores.items()),
-    ]
-    return result
+
+
+def _calibration_outliers(result: dict) -> dict:
+    return {"first_outlier_layer": (result.get("outlier_layers") or [None])[0],
+            "outlier_layers": result.get("outlier_layers", []), "outlier_token_categories": result.get("categories"),
+            "rule": result.get("rule"), "calibration": result.get("calibration")}
+
+
+def _sinks(result: dict) -> dict:
+    return {"sink_layers": result.get("outlier_layers", []), "sink_key_categories": result.get("categories")}
+
+
+ACTIVATION_VIEWS = (View(draw_activation, ncols=3), View(draw_activation_3d, "_3d", size=(7, 5.5), three_d=True))
+FIGURES = [
+    Figure("pos_activation_outliers_down", "per-layer top-1/2/3 and median of down_proj inputs over calibration text",
+           CALIBRATION_FLAGS, "activations", activation_down, ACTIVATION_VIEWS),
+    Figure("pos_activation_outliers_layer", "per-layer top-1/2/3 and median of layer outputs over calibration text, "
+           "top channels, token categories and a 3-D view", CALIBRATION_FLAGS, "activations", activation_layer,
+           ACTIVATION_VIEWS, summary=_calibration_outliers,
+           columns=(("first outlier layer (calibration)", lambda row: cell(row["first_outlier_layer"])),
+                    ("outlier token categories", lambda row: shares(row["outlier_token_categories"])))),
+    Figure("pos_attention_outliers", "cumulative attention, per-head outlier ratio and outlier-key categories",
+           ("calibration",), "attention", attention, (View(draw_attention, ncols=3),), summary=_sinks,
+           columns=(("sink layers", lambda row: cell(row["sink_layers"])),
+                    ("sink key categories", lambda row: shares(row["sink_key_categories"])))),
+    Figure("pos_weight_outliers", "down_proj column ratios per layer, module scores and top columns",
+           (), None, weights, (View(draw_weights, ncols=2, nrows=2, three_d=(3,)),)),
+]

@@ -8,7 +8,7 @@ on its triggers and dormant elsewhere: the setting where softmax heads learn to 
 The bigram table is a Dirichlet(alpha) draw per row (Guo et al. estimate theirs from real text instead).
 --bos=False drops the BOS token: sequences then start at an arbitrary ordinary token (design nobos).
 --design=random_first puts a random ordinary token first and a fixed token second (Gu et al.'s setting).
-The task and its samplers are in ../../task.py; train.py --fresh_data=True samples it afresh at every step.
+The task and its samplers are in lib/backcopy_task.py; train.py --fresh_data=True samples it afresh at every step.
 
     python data/backcopy/prepare.py [--vocab=64 --triggers=3 --offsets=[1,2,3] --seq_len=33 --alpha=0.05 --train_seqs=60000]
 
@@ -20,11 +20,11 @@ import sys
 
 import numpy as np
 
+from lib.backcopy_task import DESIGNS, make_task, sample_design
+from lib.configurator import configure, resolve_path
+from lib.errors import UserError, user_errors_exit
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", ".."))
-from configurator import configure, resolve_path  # noqa: E402
-from task import DESIGNS, make_task, sample_design  # noqa: E402
-from lib.errors import UserError, user_errors_exit  # noqa: E402
 
 DEFAULTS = dict(vocab=64, triggers=3, offsets=[1, 2, 3], seq_len=33, bos=True, design="bos", train_seqs=60000, val_seqs=500, alpha=0.05, seed=0,
                 out_dir=HERE)

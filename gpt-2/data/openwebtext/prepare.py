@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from lib.configurator import UserError, configure, resolve_path, user_errors_exit
+from lib.gpt2_data import EOT, gpt2_encoding
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", ".."))  # gpt-2/
-from configurator import UserError, configure, resolve_path, user_errors_exit  # noqa: E402
-from tokenizer import EOT, gpt2_encoding  # noqa: E402
 
 # The hub's openwebtext, Skylion007/openwebtext: its main branch holds the corpus as 21 archives,
 # subsets/urlsf_subset00.tar .. urlsf_subset20.tar (each a tar of xz-compressed tars of one .txt per document), and

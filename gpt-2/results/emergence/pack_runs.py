@@ -8,14 +8,11 @@ analyses, but cannot resume training exactly, unless --keep_optimizer names the 
 import argparse
 import io
 import os
-import sys
 import tarfile
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", ".."))
-from train import checkpoints  # noqa: E402
+from lib.gpt2_checkpoints import checkpoints
 
 
 def members(run, logs, keep_optimizer=()):

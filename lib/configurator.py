@@ -1,4 +1,4 @@
-"""Settings from config files and --key=value flags, nanoGPT-style but checked.
+"""Settings of the gpt-2/ scripts from config files and --key=value flags, nanoGPT-style but checked.
 
     python train.py config/train_backcopy.py --attention=sigmoid --max_iters=100
 
@@ -8,12 +8,9 @@ as one, as a string otherwise). Unknown keys and values of the wrong type are Us
 """
 import ast
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # repo root, for lib/
-from lib.errors import UserError, user_errors_exit  # noqa: E402,F401  (re-exported for the scripts)
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from lib.errors import UserError, user_errors_exit  # noqa: F401  (re-exported for the scripts)
+from lib.gpt2_data import GPT2_DIR
 
 
 def _check(cfg, key, value, source):
@@ -33,7 +30,7 @@ def _check(cfg, key, value, source):
 
 def resolve_config_path(path):
     """A config file as given, or relative to gpt-2/ (so `config/x.py` works from anywhere)."""
-    for candidate in (path, os.path.join(HERE, path)):
+    for candidate in (path, os.path.join(GPT2_DIR, path)):
         if os.path.isfile(candidate):
             return candidate
     raise UserError(f"config file not found: {path}")
@@ -82,4 +79,4 @@ def configure(defaults, argv):
 
 def resolve_path(path):
     """Relative output/data paths are taken relative to gpt-2/, so commands work from any directory."""
-    return path if os.path.isabs(path) else os.path.join(HERE, path)
+    return path if os.path.isabs(path) else os.path.join(GPT2_DIR, path)

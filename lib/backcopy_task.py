@@ -1,8 +1,8 @@
 """The synthetic multi-offset Bigram-Backcopy task (after Guo et al. 2024): the task itself and its samplers.
 
-data/backcopy/prepare.py writes a fixed corpus of it; train.py --fresh_data=True draws new sequences from the
-task recorded in meta.pkl at every step instead, so that nothing repeats (Gu et al. 2025 see no sink when a
-small corpus is repeated). Sequence designs (meta 'design'):
+gpt-2/data/backcopy/prepare.py writes a fixed corpus of it; gpt-2/train.py --fresh_data=True draws new sequences
+from the task recorded in meta.pkl at every step instead, so that nothing repeats (Gu et al. 2025 see no sink
+when a small corpus is repeated). Sequence designs (meta 'design'):
   bos           [BOS, x1, x2, ...]            the sink candidate is a dedicated first token
   nobos         [x1, x2, ...]                  no special token at all
   random_first  [r, F, x1, ...]                a random ordinary first token r, then a fixed token F (Gu et al.)

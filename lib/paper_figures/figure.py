@@ -1,0 +1,101 @@
+"""What a figure is: a name, what it shows, the flags it takes, the calibration it reads, compute and draw.
+
+    compute(ctx) -> data      a small dataclass; its fields are the figure's JSON (but those marked drawn())
+    draw(axes, data)          one view: draws on a grid of panels; saved as <name><suffix>.<format>
+
+The runner (lib.cli.run) computes, writes the JSON, draws each view and puts the model's title in the figure
+title, so panel titles stay short. `summary` and `columns` are what the figure adds to the table across models
+(lib.summary): the fields it takes from the figure's JSON, and the columns that show them.
+"""
+from dataclasses import dataclass, field, fields
+from typing import Callable
+
+from lib import plotting
+from lib.outliers import CATEGORIES
+
+
+# the flag groups (lib.cli.FLAG_GROUPS) of the figures on the prompt and of those over calibration text
+PROMPT_FLAGS = ("prompt", "layer", "rule")
+CALIBRATION_FLAGS = ("calibration", "layer", "rule")
+
+
+def drawn():
+    """A field draw() reads that is not part of the JSON (an array to plot, a label)."""
+    return field(default=None, repr=False, metadata={"json": False})
+
+
+def optional():
+    """A field in the JSON only when it is set."""
+    return field(default=None, metadata={"json": "if set"})
+
+
+@dataclass
+class Unavailable:
+    """What a figure writes when the model's family cannot give what it needs: no drawing, a summary saying why,
+    and the keys a reader looks up, empty."""
+    summary: list
+    empty: dict = field(default_factory=dict)
+
+
+def json_of(data) -> dict:
+    if isinstance(data, Unavailable):
+        return {**data.empty, "summary": data.summary}
+    out = {}
+    for f in fields(data):
+        value = getattr(data, f.name)
+        if f.metadata.get("json", True) is False or (f.metadata.get("json") == "if set" and value is None):
+            continue
+        out[f.name] = value
+    return out
+
+
+@dataclass(frozen=True)
+class View:
+    draw: Callable            # draw(axes, data)
+    suffix: str = ""          # the file is <figure name><suffix>.<format>
+    ncols: int = 1
+    nrows: int = 1
+    size: tuple = (5.0, 4.0)  # inches per panel
+    three_d: bool | tuple = False  # True: every panel 3-D; a tuple: the indices of the 3-D panels
+    heading: Callable | None = None  # data -> what follows the model's title in the figure title
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    description: str
+    flags: tuple                    # lib.cli.FLAG_GROUPS this figure takes beyond the model and output flags
+    calibration: str | None         # the calibration settings it reads (lib.cli.CPU_DEFAULTS' kinds), or None
+    compute: Callable               # compute(ctx) -> data (a dataclass) or Unavailable
+    views: tuple                    # View, ...
+    summary: Callable | None = None  # its JSON -> the fields it gives the summary row (lib.summary)
+    columns: tuple = ()             # (header, row -> table cell), ... in the summary table
+
+    def render(self, data, title: str, save) -> None:
+        """Draw every view of `data` under the figure title `title`; save(fig, stem) writes the files."""
+        if isinstance(data, Unavailable):
+            return
+        for view in self.views:
+            fig, axes = plotting.figure(view.ncols, view.nrows, view.size, view.three_d)
+            view.draw(axes, data)
+            plotting.title(fig, title if view.heading is None else f"{title}, {view.heading(data)}")
+            save(fig, self.name + view.suffix)
+
+
+# --- table cells of the summary --------------------------------------------------------------------------------
+
+def cell(x) -> str:
+    if x is None or x == []:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    if isinstance(x, list):
+        return ", ".join(str(v) for v in x)
+    return str(x)
+
+
+def shares(categories) -> str:
+    """Token category shares as 'a% / b% / c% / d%' in CATEGORIES' order."""
+    if not categories or not categories.get("count"):
+        return "-"
+    return " / ".join(f"{categories[k]:.0%}" for k in CATEGORIES)
