@@ -29,6 +29,7 @@ from lib.gpt2_data import dataset_windows
 from lib.models import DEFAULT_MODEL, load_model
 from lib.paper_figures import FIGURES
 from lib.paper_figures.figure import json_of
+from lib.paper_figures.scan import dominant_outlier
 from lib.provenance import provenance, short
 from lib.summary import write_summary
 from monkey_patch import CaptureError, ModelView
@@ -284,6 +285,9 @@ def run(names, args, model=None, tokenizer=None, spec=None, progress: bool = Fal
         result = {"script": name, "model": spec.name, "title": spec.title, "layers_are": "1-based",
                   **json_of(data), "notes": list(ctx.notes), "files": [Path(f).name for f in ctx.files],
                   "seconds": round(time.time() - start, 2)}
+        if ctx.figure.dominant:  # beside the layer it draws: the prompt's largest outlier, and where the rule sees it
+            result["dominant_outlier"] = dominant_outlier(ctx)
+            result["summary"] = result.get("summary", []) + [result["dominant_outlier"]["text"]]
         result["provenance"] = figure_provenance(ctx, name, result)
         write_json(ctx.outdir / f"{name}.json", result)
         results[name] = result

@@ -379,3 +379,36 @@ def test_summary_across_two_models(random_run, planted_run, tmp_path):
     assert json.loads(js.read_text())["models"][0]["model"] in ("planted", "random")
     with pytest.raises(UserError, match="no model folders"):
         write_summary(tmp_path / "cons")
+
+
+def test_planted_dominant_outlier_and_where_the_rule_stops(planted_run):
+    """The prompt's dominant outlier, checked against HF's own hidden states: the planted entry, flagged from the
+    planted layer until the last layer cancels it (under the floor there)."""
+    _, outdir = planted_run
+    for name in ("existence_activation_outliers_layer", "existence_attention_outliers", "lifecycle_emergence",
+                 "lifecycle_relocation"):
+        dominant = _load(outdir, name)["dominant_outlier"]
+        assert (dominant["token"], dominant["channel"]) == (SINK_POSITION, planted.CHANNEL), name
+        assert dominant["flagged_layers"] == list(range(planted.PLANTED + 1, planted.LAYERS))
+        assert f"from layer {planted.LAYERS} on it fails" in dominant["text"] and "under the floor" in dominant["text"]
+    model = planted.planted_llama()
+    ids = torch.tensor([planted.CharTokenizer().encode(PROMPT)])
+    with torch.no_grad():
+        hidden = model(ids, output_hidden_states=True).hidden_states
+    for row in dominant["per_layer"][:-1]:  # the last hidden state is after the final norm
+        h = hidden[row["layer"]][0]
+        assert row["abs"] == pytest.approx(float(h[SINK_POSITION, planted.CHANNEL].abs()), rel=1e-4)
+        assert row["over_median"] == pytest.approx(row["abs"] / float(h.abs().median()), rel=1e-3)
+
+
+def test_planted_relocation_keeps_a_content_written_outlier_and_moves_the_sink(planted_run):
+    """The planted outlier is written from the sink character's own embedding (content, not position), so masking
+    it as a key leaves it where it is; the later layers' attention, which followed it, has to go elsewhere."""
+    _, outdir = planted_run
+    r = _load(outdir, "lifecycle_relocation")
+    assert r["outlier_tokens"] == [SINK_POSITION] and r["masked_layers"] == list(range(1, planted.LAYERS + 1))
+    assert r["prompt_before"]["massive_token"] == r["prompt_after"]["massive_token"] == SINK_POSITION
+    assert r["prompt_before"]["sink_token"] == SINK_POSITION and r["prompt_after"]["sink_token"] != SINK_POSITION
+    every = r["windows"]["conditions"]["every_layer"]
+    assert every["outliers"]["masked_layers"] == list(range(1, planted.LAYERS + 1))
+    assert {"ppl", "nll_change", "nll_change_stderr"} <= set(every["control"])

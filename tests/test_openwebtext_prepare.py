@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GPT2 = ROOT / "gpt-2"
 PREPARE = GPT2 / "data" / "openwebtext" / "prepare.py"
 sys.path.insert(0, str(GPT2))
-from tokenizer import EOT, gpt2_encoding  # noqa: E402
+from lib.gpt2_data import EOT, gpt2_encoding  # noqa: E402
 
 
 def run(tmp_path, *args, **env):

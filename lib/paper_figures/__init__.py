@@ -3,6 +3,7 @@ page and the summary table. The figure scripts, reproduce.py, the index page, th
 checks all read FIGURES. A new figure: its dataclass, compute, draw and Figure in one module here, and a
 six-line script that calls lib.cli.main with its name.
 """
-from lib.paper_figures import existence, lifecycle, position, valley
+from lib.paper_figures import existence, lifecycle, position, relocation, valley
 
-FIGURES = {figure.name: figure for figure in existence.FIGURES + position.FIGURES + lifecycle.FIGURES + valley.FIGURES}
+FIGURES = {figure.name: figure for figure in existence.FIGURES + position.FIGURES + lifecycle.FIGURES + relocation.FIGURES
+           + valley.FIGURES}

@@ -236,8 +236,19 @@ def draw_weights(axes, data):
 
 
 def _prompt_outliers(result: dict) -> dict:
+    dominant = result.get("dominant_outlier") or {}
     return {"prompt_outlier_tokens": [result["tokens"][t] for t in result.get("outlier_tokens", [])],
-            "prompt_outlier_channels": result.get("outlier_channels", [])}
+            "prompt_outlier_channels": result.get("outlier_channels", []),
+            "dominant_outlier": dominant and {k: dominant[k] for k in ("layer", "token", "token_text", "channel", "abs",
+                                                                      "over_median", "flagged_layers")}}
+
+
+def _dominant_cell(row: dict) -> str:
+    d = row.get("dominant_outlier")
+    if not d:
+        return "-"
+    return (f"{d['token_text']!r} ({d['token']}), ch {d['channel']}, {d['abs']:.4g} at layer {d['layer']} "
+            f"({d['over_median']:.3g}x median); flagged at {cell(d['flagged_layers'])}")
 
 
 def _writer(result: dict) -> dict:
@@ -256,16 +267,17 @@ VIEW_3D = dict(size=(7, 5.5), three_d=True)
 FIGURES = [
     Figure("existence_activation_outliers_down",
            "3-D view of the down_proj input on the prompt at the first layer with outliers",
-           PROMPT_FLAGS, None, activation_down, (View(draw_activation, **VIEW_3D),)),
+           PROMPT_FLAGS, None, activation_down, (View(draw_activation, **VIEW_3D),), dominant=True),
     Figure("existence_activation_outliers_layer",
            "3-D view of a layer output on the prompt at the first layer with outliers",
            PROMPT_FLAGS, None, activation_layer, (View(draw_activation, **VIEW_3D),), summary=_prompt_outliers,
            columns=(("prompt outlier tokens (channels)", lambda row: f"{cell(row['prompt_outlier_tokens'])} "
-                                                                     f"({cell(row['prompt_outlier_channels'])})"),)),
+                                                                     f"({cell(row['prompt_outlier_channels'])})"),
+                    ("dominant outlier of the prompt", _dominant_cell)), dominant=True),
     Figure("existence_attention_outliers",
            "head-averaged attention on the prompt at the layer after the outliers appear",
-           PROMPT_FLAGS, None, attention, (View(draw_attention, size=(6.5, 5.5)),)),
+           PROMPT_FLAGS, None, attention, (View(draw_attention, size=(6.5, 5.5)),), dominant=True),
     Figure("existence_weight_outliers", "3-D view of down_proj columns, including the outlier column",
            PROMPT_FLAGS, None, weights, (View(draw_weights, **VIEW_3D),), summary=_writer,
-           columns=(("down_proj column writing it (ratio, rank)", _writer_cell),)),
+           columns=(("down_proj column writing it (ratio, rank)", _writer_cell),), dominant=True),
 ]

@@ -70,6 +70,7 @@ class Figure:
     views: tuple                    # View, ...
     summary: Callable | None = None  # its JSON -> the fields it gives the summary row (lib.summary)
     columns: tuple = ()             # (header, row -> table cell), ... in the summary table
+    dominant: bool = False          # a prompt figure: its JSON and summary also state the prompt's dominant outlier
 
     def render(self, data, title: str, save) -> None:
         """Draw every view of `data` under the figure title `title`; save(fig, stem) writes the files."""

@@ -304,14 +304,14 @@ FIGURES = [
                             heading=lambda d: f"layer {d.layer}: emergence of token {d.token} ({d.token_text!r}) "
                                               f"channel {d.channel}"),),
            summary=_layer_if_found("emergence_layer"),
-           columns=(("emergence layer", lambda row: cell(row["emergence_layer"])),)),
+           columns=(("emergence layer", lambda row: cell(row["emergence_layer"])),), dominant=True),
     Figure("lifecycle_spread", "how attention reads the outlier tokens (q, k, v norms, logits, probabilities)",
            PROMPT_FLAGS + ("head",), None, spread,
            (View(draw_spread, ncols=4, nrows=2, size=(3.8, 3.4),
-                 heading=lambda d: f"layer {d.layer}, head {d.head}: outlier tokens {d.outlier_tokens}"),)),
+                 heading=lambda d: f"layer {d.layer}, head {d.head}: outlier tokens {d.outlier_tokens}"),), dominant=True),
     Figure("lifecycle_disappearance", "how the last layers cancel the outlier", PROMPT_FLAGS, None, disappearance,
            (View(draw_disappearance, ncols=3, nrows=2, size=(4.2, 3.2),
                  heading=lambda d: f"layer {d.layer}: disappearance of token {d.token} channel {d.channel}"),),
            summary=_layer_if_found("disappearance_layer"),
-           columns=(("disappearance layer", lambda row: cell(row["disappearance_layer"])),)),
+           columns=(("disappearance layer", lambda row: cell(row["disappearance_layer"])),), dominant=True),
 ]

@@ -149,10 +149,10 @@ def _summary_row(result: dict) -> dict:
     return {"relocated_to": after.get("massive_token"), "relocation_nll_change": every.get("nll_change")}
 
 
-FIGURES = (
+FIGURES = [
     Figure("lifecycle_relocation", "where the outlier and the sink go when the outlier token is masked as a key",
            flags=("prompt", "calibration", "rule"), calibration="activations", compute=compute,
            views=(View(draw, ncols=2, nrows=2, size=(6.0, 4.0)),), summary=_summary_row,
            columns=(("masked outlier moves to token", lambda row: cell(row.get("relocated_to"))),
-                    ("NLL change, masked in every layer", lambda row: cell(row.get("relocation_nll_change"))))),
-)
+                    ("NLL change, masked in every layer", lambda row: cell(row.get("relocation_nll_change")))), dominant=True),
+]

@@ -16,6 +16,7 @@ def _activation(rule):
         sequence = tensor[0]
         found = analysis.massive_entries(sequence, **rule)
         found["paper_rule_tokens"] = analysis.paper_rule_tokens(sequence)
+        found["argmax"] = divmod(int(sequence.abs().argmax()), sequence.shape[-1])  # (token, channel) of the max
         return found
     return reduce
 
@@ -76,3 +77,61 @@ def writer_unit(ctx, layer: int, token: int, channel: int) -> tuple[int, float]:
     unit = int(contribution.abs().argmax())
     total = contribution.sum().item()
     return unit, (contribution[unit].item() / total if total else 0.0)
+
+
+def _spans(layers: list[int]) -> str:
+    """1-based layers as runs: [2, 3, 4, 7] -> '2-4, 7'."""
+    runs, start = [], None
+    for i, layer in enumerate(layers):
+        if start is None:
+            start = layer
+        if i + 1 == len(layers) or layers[i + 1] != layer + 1:
+            runs.append(f"{start}-{layer}" if layer > start else str(start))
+            start = None
+    return ", ".join(runs) or "none"
+
+
+def dominant_outlier(ctx) -> dict:
+    """The prompt's dominant outlier, whether or not the rule flags it: the layer-output entry that stands highest
+    over its layer's median |h| (layer, token, channel, |h|, ratio), its |h| after every layer with each of the
+    rule's three tests (|h| > the floor, > factor x the layer's median |h|, > TOKEN_FACTOR x its channel's median
+    over tokens), the layers where the rule flags it, and why it stops passing where it does."""
+    if "dominant" in ctx.cache:
+        return ctx.cache["dominant"]
+    scan = prompt_scan(ctx)
+    resid, tokens = scan["resid"], scan["tokens"]
+    layer = strongest_layer(resid)
+    token, channel = resid[layer]["argmax"]
+    values = persistent_channel_values(ctx, channel).abs()  # [layers, tokens]
+    factor, floor = ctx.rule["factor"], ctx.rule["min_abs"]
+    trace = []
+    for i, found in enumerate(resid):
+        value, median = float(values[i, token]), max(found["median"], 1e-12)
+        channel_median = max(float(values[i].median()), 1e-12)
+        tests = {"above_floor": value > floor, "above_factor_x_median": value > factor * median,
+                 "above_channel_median": value > analysis.TOKEN_FACTOR * channel_median}
+        trace.append({"layer": i + 1, "abs": value, "over_median": value / median,
+                      "over_channel_median": value / channel_median, **tests, "flagged": all(tests.values())})
+    flagged = [t["layer"] for t in trace if t["flagged"]]
+    peak = trace[layer]
+    text = (f"dominant outlier of the prompt: token {token} ({tokens[token]!r}), channel {channel}, |h| "
+            f"{peak['abs']:.4g} at layer {layer + 1} ({peak['over_median']:.4g} x the median |h|); the rule flags it at "
+            f"layers {_spans(flagged)}")
+    after = [t for t in trace if flagged and t["layer"] > flagged[-1]]
+    if after:
+        first, why = after[0], []
+        if not first["above_factor_x_median"]:
+            why.append(f"it is only {first['over_median']:.4g} x the layer's median |h| (< {factor:g}: the median "
+                       f"grows from {resid[flagged[-1] - 1]['median']:.3g} to {resid[first['layer'] - 1]['median']:.3g})")
+        if not first["above_floor"]:
+            why.append(f"|h| {first['abs']:.4g} is under the floor {floor:g}")
+        if not first["above_channel_median"]:
+            why.append(f"its channel is large at every token (only {first['over_channel_median']:.3g} x the channel's "
+                       "median)")
+        text += f"; from layer {first['layer']} on it fails: " + "; ".join(why)
+    elif not flagged:
+        text += f" (factor {factor:g} x the median |h| and the floor {floor:g})"
+    ctx.cache["dominant"] = {"layer": layer + 1, "token": token, "token_text": tokens[token], "channel": channel,
+                             "abs": peak["abs"], "over_median": peak["over_median"], "flagged_layers": flagged,
+                             "per_layer": trace, "text": text}
+    return ctx.cache["dominant"]
