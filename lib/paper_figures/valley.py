@@ -49,11 +49,15 @@ def _mean(values):
 
 
 def valley(per_layer: list) -> dict:
-    """The valley of a per-layer entropy curve (DEFINITIONS["valley"]), layers 1-based."""
-    highest, lowest = max(per_layer), min(per_layer)
-    return {"layers": [i + 1 for i, e in enumerate(per_layer) if e < VALLEY_FRACTION * highest],
-            "depth": 1 - lowest / highest if highest > 0 else 0.0,
-            "lowest_layer": per_layer.index(lowest) + 1, "highest_layer": per_layer.index(highest) + 1}
+    """The valley of a per-layer entropy curve (DEFINITIONS["valley"]), layers 1-based; layers without a value
+    (no window kept two tokens) are left out."""
+    known = {i + 1: e for i, e in enumerate(per_layer) if e is not None}
+    if not known:
+        return {"layers": [], "depth": None, "lowest_layer": None, "highest_layer": None}
+    highest, lowest = max(known, key=known.get), min(known, key=known.get)
+    return {"layers": [layer for layer, e in known.items() if e < VALLEY_FRACTION * known[highest]],
+            "depth": 1 - known[lowest] / known[highest] if known[highest] > 0 else 0.0,
+            "lowest_layer": lowest, "highest_layer": highest}
 
 
 def _layer_output(rule):
