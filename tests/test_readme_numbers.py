@@ -8,6 +8,7 @@ and code blocks are commands, paths and identifiers, not results. Adding a READM
 claim, or a STATIC entry with its reason. Text is matched with its whitespace collapsed, never by line number.
 """
 import importlib
+import importlib.util
 import json
 import math
 import re
@@ -18,13 +19,67 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "gpt-2/README.md", "results/consequences/README.md", "gpt-2/results/README.md")
-# a number: digits with optional thousands commas and decimals, not part of a name (fp32, gpt-2, llama2_7b, R^2,
-# the exponent of 5.3e10)
-NUMBER = re.compile(r"(?<![\w^.])(?<![A-Za-z]-)\d+(?:,\d{3})*(?:\.\d+)?")
+# a number: digits with optional thousands commas, decimals and exponent (3e-2), not part of a name (fp32, gpt-2,
+# llama2_7b, R^2)
+NUMBER = re.compile(r"(?<![\w^.])(?<![A-Za-z]-)\d+(?:,\d{3})*(?:\.\d+)?(?:e[+-]?\d+)?")
+WORDS = dict(enumerate("zero one two three four five six seven eight nine ten eleven twelve".split()))
 
+
+# --- the committed results, and numbers as the READMEs write them -----------------------------------------------------
 
 def load(path):
     return json.loads((ROOT / path).read_text())
+
+
+def consequences(folder):
+    return load(f"results/consequences/{folder}/consequences.json")
+
+
+def scale_test_of(folder, name):
+    """One model's result in a --scale-test run of consequences.py."""
+    return next(r for r in consequences(f"{folder}/scale_test")["results"] if r["name"] == name)
+
+
+def variant_rows(folder):
+    """compare.py's table.json rows of a gpt-2/results folder, by variant."""
+    return {r["variant"]: r for r in load(f"gpt-2/results/{folder}/table.json")["rows"]}
+
+
+def analysis(folder, variant):
+    """analyze.py's per-layer statistics of one run (layers and attention_layers are 0-based lists)."""
+    return load(f"gpt-2/results/{folder}/{variant}/analysis.json")
+
+
+def emergence_rows():
+    return {r["run"]: r for r in load("gpt-2/results/emergence/table.json")["rows"]}
+
+
+def log_val_loss(name, step=None):
+    """The val loss train.py printed at `step` (the last evaluation by default) in a committed training log."""
+    found = re.findall(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)",
+                       (ROOT / "gpt-2/results/pilots" / f"{name}.log").read_text())
+    return float(next(v for s, v in reversed(found) if step is None or int(s) == step))
+
+
+def config(name):
+    """The settings of a gpt-2/config file (plain assignments)."""
+    values = {}
+    exec((ROOT / "gpt-2" / "config" / name).read_text(), {}, values)
+    return values
+
+
+def gpt2_module(path, name):
+    """A module of gpt-2/ (its defaults are what the README states), imported from its file."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "gpt-2" / path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "gpt-2"))
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench_module(name):
+    sys.path.insert(0, str(ROOT / "bench"))
+    return importlib.import_module(name)
 
 
 def ppl(x):
@@ -35,205 +90,13 @@ def ppl(x):
     return f"{mantissa}e{int(exponent)}"
 
 
-def gemma_consequences():
-    r = load("results/consequences/gemma3_270m/consequences.json")["results"][0]
-    c = {k: v["ppl"] for k, v in r["compression"].items()}
-    row = " | ".join(ppl(v) for v in [r["baseline"]["ppl"], c["w8_tensor"], c["w8_channel"], c["w4_tensor"],
-                                       c["w4_channel"], c["w8a8"], c["prune50"]])
-    i = r["interventions"]
-    d = next(s for s in i["sites"] if s["site"] == "dominant")
-    a = i["attention_sinks"]
-    return [f"| perplexity | {row} |",
-            f"Where channel {i['dominant_channel']}'s massive activations appear (layer {d['layer']}): zeroing them "
-            f"raises perplexity to {ppl(d['zero']['ppl'])}, setting\nthem to their calibration mean leaves it at "
-            f"{ppl(d['mean']['ppl'])}, masking them as attention keys gives {ppl(d['mask_sink']['ppl'])} against "
-            f"{ppl(d['mask_random']['ppl'])}",
-            f"gives {ppl(a['mask_attn_sink']['ppl'])} against {ppl(a['mask_attn_random']['ppl'])} for random keys",
-            f"changes nothing ({ppl(d['zero_random']['ppl'])})"]
+def g4(x):
+    """A number as consequences.md writes it: 4 significant digits, in exponent form from 1e5."""
+    return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.3e}"
 
 
-def capture_bench():
-    claims = []
-    for name in ("capture.json", "capture_gemma3-270m.json", "capture_llama-30x576.json",
-                 "capture_llama2-7b-2layers.json"):
-        b = load(f"bench/results/{name}")
-        t, m = b["time"], b["memory"]
-        mib = {k: v / 2**20 for k, v in m["peak_bytes"].items()}
-        claims += [f"| {t['ratio']:.2f} ({t['capture_s']:.2f} s vs {t['plain_s']:.2f} s; median of pairs "
-                   f"{t['ratio_median_of_pairs']:.2f}) |",
-                   f"| {m['stats_vs_plain_eager']:.2f} ({mib['stats']:.0f} vs {mib['plain']:.0f} MiB) |",
-                   f"| {m['reference_vs_plain_eager']:.1f} ({mib['reference']:.0f} MiB) |"]
-    return claims
-
-
-def variants_bench():
-    def span(path):
-        b = load(path)
-        ratios = [v for k, v in b["variant_vs_default"].items() if k != "default"]
-        return f"{b['default_vs_plain_sdpa']:.2f} and variant / default {min(ratios):.2f}-{max(ratios):.2f}"
-    return [f"gave default / plain\n{span('bench/results/gpt2_variants_before_classes.json')}",
-            f"after {span('bench/results/gpt2_variants.json').replace(' and variant / default', ' and')}"]
-
-
-def figures_time():
-    took = re.search(r"the last run took (\d+) s", (ROOT / "results/figures/gemma3_270m/index.md").read_text())
-    return [f"took {took.group(1)} s after the model load"]
-
-
-def backcopy_sinks():
-    """Masking the attention sinks of the gpt-2 variants: the paper's softmax variants, then ca_softmax, sigmoid."""
-    change = {}
-    for r in load("results/consequences/gpt2_backcopy/consequences.json")["results"]:
-        a, base = r["interventions"]["attention_sinks"], r["baseline"]["ppl"]
-        change[r["name"]] = {k: 100 * (v["ppl"] / base - 1) for k, v in a.items()}
-    softmax = [change[v] for v in ("default", "vbias", "cabias", "attn_bias")]
-    sink = [c["mask_attn_sink"] for c in softmax]
-    rand = [c["mask_attn_random"] for c in softmax]
-    return [f"+{min(sink):.0f}% to +{max(sink):.0f}% perplexity (random keys: +{min(rand):.0f}% to +{max(rand):.0f}%) "
-            f"and ca_softmax +{change['ca_softmax']['mask_attn_sink']:.0f}%, sigmoid "
-            f"{change['sigmoid']['mask_attn_sink']:.0f}%"]
-
-
-def scale_tests():
-    def row(path, name, fmt):
-        r = next(x for x in load(path)["results"] if x["name"] == name)
-        m = r["scale_test"]["modes"]
-        return " | ".join(fmt(v) for v in [r["baseline"]["ppl"]] + [m[k]["ppl"] for k in
-                                                                   ("mask", "oracle_scale", "const_scale", "fitted_scale")])
-    gemma = row("results/consequences/gemma3_270m/scale_test/consequences.json", "gemma3_270m", ppl)
-    gpt = row("results/consequences/gpt2_emergence_bos/scale_test/consequences.json", "out-emergence-default",
-              lambda x: f"{x:.4g}")
-    bos = next(x for x in load("results/consequences/gpt2_emergence_bos/scale_test/consequences.json")["results"]
-               if x["name"] == "out-emergence-default")["scale_test"]["modes"]
-    undone = 1 - bos["oracle_scale"]["nll_change"] / bos["mask"]["nll_change"]
-    return [f"| {gemma} |", f"| {gpt} |", f"undoes {100 * undone:.0f}% of the damage",
-            f"(+{bos['oracle_scale']['nll_change']:.2f} nats left of +{bos['mask']['nll_change']:.1f})"]
-
-
-def scale_bench():
-    b = load("bench/results/scale.json")
-    peak = {k: v / 2**30 for k, v in b["peak_bytes_above_weights"].items()}
-    full = {k: v / 2**30 for k, v in b["estimate_32_layers_bytes"].items()}
-    return [f"| {peak['logits']:.2f} GiB | {full['logits']:.1f} GiB |", f"| {peak['stats']:.2f} GiB | {full['stats']:.1f} GiB |",
-            f"| {peak['reference']:.2f} GiB | {full['reference']:.1f} GiB |",
-            f"{b['stats_vs_logits_memory']:.2f}x the plain forward's peak and {b['time']['stats_vs_logits']:.2f}x its time "
-            f"(median of the pair ratios {b['time']['stats_vs_logits_median_of_pairs']:.2f}x)"]
-
-
-def emergence():
-    rows = {r["run"]: r for r in load("gpt-2/results/emergence/table.json")["rows"]}
-    none, bos, six = rows["out-emergence-rf-default-none"], rows["out-emergence-default"], \
-        rows["out-emergence-rf-default-none-l6"]
-    found, found6 = none["verdict"]["layers"][0], six["verdict"]["layers"][0]
-    cons = load("results/consequences/gpt2_emergence_none/consequences.json")["results"][0]
-    zero = cons["interventions"]["sites"][0]["zero"]["ppl"] / cons["baseline"]["ppl"] - 1
-    ablation = next(a for a in six["ablation"] if a["layer"] == found6["layer"])
-    zero6 = math.exp(ablation["loss_zeroed"] - ablation["loss"]) - 1  # a loss in nats: perplexity's change
-    writers = [layer["writer"] for layer in six["layers"]]
-    first = writers.index(f"mlp{found6['layer'] - 3}") + 1  # the block that writes it, then carries it
-    nobos = [r["iter"] for r in rows.values() if r["design"] == "nobos"]
-    return [f"(top-1/median {found['ratio']:.0f} in block {found['layer']} on position\n{found['token']}",
-            f"position {found['token']} the sink of block {found['sink_layers'][0]})",
-            f"a {six['n_layer']}-layer model grows it in the LLM layout: written in block {first}, carried, raised in "
-            f"block {found6['layer']}, position {found6['token']} the sink of blocks "
-            f"{found6['sink_layers'][0]}-{found6['sink_layers'][-1]})",
-            f"costs +{100 * zero:.1f}% perplexity (+{100 * zero6:.1f}% in the {six['n_layer']}-layer model)",
-            f"default's peak reaches only {bos['layers'][0]['ratio']:.0f} in {bos['iter'] // 1000}k steps",
-            f"no sink forms at all in {min(nobos) / 1000:.0f}k-{max(nobos) / 1000:.0f}k steps"]
-
-
-def emergence_figures():
-    """The figure suite on the emergence run with the systematic outlier."""
-    folder = "gpt-2/results/emergence/figures/out-emergence-rf-default-none"
-    born, spread, gone = (load(f"{folder}/{name}.json") for name in
-                          ("lifecycle_emergence", "lifecycle_spread", "lifecycle_disappearance"))
-    heads = "both heads" if len(spread["head_outlier_ratio"]) == 2 and min(spread["head_outlier_ratio"]) > 0.5 \
-        else "some heads"
-    values = spread["per_token"][f"v head {spread['head']} (L2)"]
-    smallest = "the smallest" if min(range(len(values)), key=values.__getitem__) == born["token"] else "not the smallest"
-    steps = gone["values_at_layer"]
-    by = "MLP" if abs(steps["MLP adds"]) > 10 * abs(steps["attention adds"]) else "attention"
-    return [f"it is written in block {born['layer']} by MLP unit {born['neuron']} on position {born['token']}, read by "
-            f"{heads} of block {spread['layer']} (position {born['token']}'s value vector is {smallest} of the "
-            f"window), and cancelled by block {gone['layer']}'s {by}"]
-
-
-def gemma_figures():
-    layer = load("results/figures/gemma3_270m/existence_activation_outliers_layer.json")
-    (token, channel, value), = layer["outlier_entries"]
-    return [f'the first "{layer["tokens"][token]}" gets {value:,.0f} in channel {channel} at layer\n{layer["layer"]} '
-            f'({layer["max"] / layer["median"]:,.0f} x the median']
-
-
-def gemma_windows():
-    """The CPU run's windows on the default model, where the README states them."""
-    data = load("results/consequences/gemma3_270m/consequences.json")["results"][0]
-    scale = load("results/consequences/gemma3_270m/scale_test/consequences.json")["results"][0]
-    bos = next(r for r in load("results/consequences/gpt2_emergence_bos/scale_test/consequences.json")["results"]
-               if r["name"] == "out-emergence-default")
-    sinks = data["interventions"]["attention_sinks"]["mask_attn_sink"]["masked_keys_per_window"]
-    return [f"On Gemma 3 270M (CPU: {data['data']['windows']} windows x\n{data['data']['seqlen']} tokens",
-            f"(about {sinks:.0f} keys per window)",
-            f"| Gemma 3 270M ({scale['data']['windows']} x {scale['data']['seqlen']}) |",
-            f"`gpt-2/results/emergence/`, {bos['data']['windows']} x {bos['data']['seqlen']})"]
-
-
-def scale_test_reading():
-    """The bullets under the scale-test table: the small GPT's BOS sink, then Gemma 3 270M's."""
-    def result(path, name):
-        return next(r for r in load(path)["results"] if r["name"] == name)["scale_test"]
-    gpt = result("results/consequences/gpt2_emergence_bos/scale_test/consequences.json", "out-emergence-default")
-    gemma = result("results/consequences/gemma3_270m/scale_test/consequences.json", "gemma3_270m")
-    main = max(gpt["layers"].values(), key=lambda layer: layer["a_s_mean"])  # where the sink holds most attention
-    values = [gpt["layers"][layer]["sink_value_ratio_median"] for layer in ("1", "2")]
-    shares = [layer["a_s_mean"] for layer in gemma["layers"].values()]
-    dropped, masked = gemma["modes"]["drop_sink_value"], gemma["modes"]["mask"]
-    fits = [layer["fit_r2"] for layer in gemma["layers"].values()]
-    early = fits[:next(i for i, r2 in enumerate(fits) if r2 < 0.5)]  # the layers before the first poor fit
-    windows = load("results/consequences/gemma3_270m/scale_test/consequences.json")["results"][0]["data"]["windows"]
-    return [f"(+{gpt['modes']['fitted_scale']['nll_change']:.2f}; held-out R^2 {main['fit_r2']:.2f} in\nthe sink's "
-            f"main layer), and one scale per head does much worse (+{gpt['modes']['const_scale']['nll_change']:.2f})",
-            f"The sinks' values are small ({min(values):.2f}-{max(values):.2f}\nof the median value norm in layers 1-2)",
-            f"they hold {100 * min(shares):.0f}-{100 * max(shares):.0f}% of the attention on average",
-            f"(+{dropped['nll_change']:.3f} against +{masked['nll_change']:.3f} nats, both with paired standard errors\n"
-            f"of {min(dropped['nll_change_stderr'], masked['nll_change_stderr']):.2f}-"
-            f"{max(dropped['nll_change_stderr'], masked['nll_change_stderr']):.2f} over {windows} windows)",
-            f"(R^2 {min(early):.2f}-{max(early):.2f})"]
-
-
-def capture_bench_setup():
-    """What the capture bench ran: tokens, repeats, processes, and the random-init shapes."""
-    bench_capture = bench_module("bench_capture")
-    b = load("bench/results/capture.json")
-    t, m = b["time"], b["memory"]
-    shape = {name: bench_capture.SHAPES[name]() for name in ("llama-30x576", "llama2-7b-2layers")}
-    c, seven = shape["llama-30x576"], shape["llama2-7b-2layers"]
-    return [f"decoder ({t['tokens']} tokens)", f"column sums at\n{m['tokens']} tokens",
-            f"fastest of {len(t['pairs_s'])} alternating plain and captured runs",
-            f"with the median of the {len(t['pairs_s'])} pair ratios", f"median of {len(m['peak_bytes_samples']['plain'])}"
-            " fresh processes", f"(time, {t['tokens']} tokens)", f"(peak memory, {m['tokens']} tokens)",
-            f"llama-30x576 ({c.num_hidden_layers} layers x {c.hidden_size}, {c.num_attention_heads} heads, "
-            f"{c.num_key_value_heads} KV heads)", f"LLaMA-2-7B's width, {seven.num_hidden_layers} layers)",
-            f"{seven.num_attention_heads} x {t['tokens']} x {t['tokens']} float32 each"]
-
-
-def bench_module(name):
-    sys.path.insert(0, str(ROOT / "bench"))
-    return importlib.import_module(name)
-
-
-def scale_bench_setup():
-    b, full = load("bench/results/scale.json"), bench_module("bench_scale").FULL_LAYERS
-    s, peak = b["settings"], b["peak_bytes_above_weights"]
-    dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[s["dtype"]]
-    return [f"({s['hidden']}, MLP {s['intermediate']}, {s['heads']} heads) and {s['layers']} of its {full} layers, "
-            f"{dtype}, {s['tokens']} tokens", f"median of {s['memory_repeats']} processes (one for the reference)",
-            f"fastest of {s['repeats']} alternating runs in one process",
-            f"| LLaMA-2-7B shape, {s['layers']} layers, {s['tokens']} tokens, {dtype}, CPU |",
-            f"missed by {100 * (b['stats_vs_logits_memory'] - 1):.1f}%: {(peak['stats'] - peak['logits']) / 1e6:.1f} MB "
-            f"of {peak['logits'] / 1e6:.0f}",
-            f"({s['heads'] * s['tokens'] * 4 / 2**20:.1f} MiB of column sums per layer",  # float32 per head and key
-            f"{s['hidden']} x {s['intermediate']} MLP activations"]
+def power_of_ten(x):
+    return f"1e{round(math.log10(x))}"
 
 
 def percent_change(after, before):
@@ -249,56 +112,22 @@ def backcopy_sink_changes():
     return change
 
 
-def variant_rows(folder):
-    """compare.py's table.json rows of a gpt-2/results folder, by variant."""
-    return {r["variant"]: r for r in load(f"gpt-2/results/{folder}/table.json")["rows"]}
-
-
-def gpt2_summary():
-    """gpt-2/README.md's closing summary: the backcopy sinks, the peaks of the search, the emergence study."""
-    change = backcopy_sink_changes()
-    criteria = load("gpt-2/results/emergence/table.json")["criteria"]
-    peak, lr1e2 = variant_rows("backcopy_peak"), variant_rows("backcopy_peak_lr1e2")
-    rows = {r["run"]: r for r in load("gpt-2/results/emergence/table.json")["rows"]}
+def emergence_facts():
+    """What the READMEs quote of the emergence study: the systematic outlier of the run with a random first token and
+    no position embedding, the same in a 6-layer model, what removing each costs, the BOS run, and the runs with
+    neither a BOS nor a fixed token."""
+    rows = emergence_rows()
     six = rows["out-emergence-rf-default-none-l6"]
-    cons = load("results/consequences/gpt2_emergence_none/consequences.json")["results"][0]
-    zero = percent_change(cons["interventions"]["sites"][0]["zero"]["ppl"], cons["baseline"]["ppl"])
     found6 = six["verdict"]["layers"][0]
     ablation = next(a for a in six["ablation"] if a["layer"] == found6["layer"])
-    return [f"its top-1/median |output| >= {criteria['ratio']:g} sits on a position that takes > "
-            f"{criteria['sink_share']:g} of the\nattention",
-            f"the embedding holds < {100 * criteria['embed_share']:g}% of that\nentry",
-            f"(masking it costs\n+{change['default']['mask_attn_sink']:.0f}% perplexity), while ca_softmax and sigmoid do "
-            f"not (+{change['ca_softmax']['mask_attn_sink']:.0f}%, {change['sigmoid']['mask_attn_sink']:.0f}%)",
-            f"(top-1/median >= {criteria['ratio']:g})",
-            f"(default {peak['default']['ratio']:.1f}, attn_bias {peak['attn_bias']['ratio']:.1f}, ca_softmax "
-            f"{lr1e2['ca_softmax']['ratio']:.1f})",
-            f"also at {six['n_layer']} layers, in the LLM layout",
-            f"(+{zero:.1f}% perplexity when removed, +{100 * math.expm1(ablation['loss_zeroed'] - ablation['loss']):.1f}% "
-            f"at {six['n_layer']} layers)"]
-
-
-WORDS = dict(enumerate("zero one two three four five six seven eight nine ten eleven twelve".split()))
-
-
-def g4(x):
-    """A number as consequences.md writes it: 4 significant digits, in exponent form from 1e5."""
-    return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.3e}"
-
-
-def power_of_ten(x):
-    return f"1e{round(math.log10(x))}"
-
-
-def config(name):
-    """The settings of a gpt-2/config file (plain assignments)."""
-    values = {}
-    exec((ROOT / "gpt-2" / "config" / name).read_text(), {}, values)
-    return values
-
-
-def consequences(folder):
-    return load(f"results/consequences/{folder}/consequences.json")
+    cons = consequences("gpt2_emergence_none")["results"][0]
+    return dict(found=rows["out-emergence-rf-default-none"]["verdict"]["layers"][0], six=six, found6=found6,
+                bos=rows["out-emergence-default"], criteria=load("gpt-2/results/emergence/table.json")["criteria"],
+                # the block whose MLP wrote the peak of the layer before the one that raises it (those between carry it)
+                first=int(six["layers"][found6["layer"] - 2]["writer"].removeprefix("mlp")),
+                zero=percent_change(cons["interventions"]["sites"][0]["zero"]["ppl"], cons["baseline"]["ppl"]),
+                zero6=100 * math.expm1(ablation["loss_zeroed"] - ablation["loss"]),  # a loss change in nats
+                nobos=[r["iter"] for r in rows.values() if r["design"] == "nobos"])
 
 
 def consequences_tables(folder, tables):
@@ -324,6 +153,245 @@ def consequences_tables(folder, tables):
                         + f" | {g4(site['zero']['outlier_tokens_per_window'])} |")
     return rows
 
+
+def variant_table(folder):
+    """compare.py's table rows for a gpt-2/results folder, from its table.json; tables made before the per-layer
+    verdict have one outliers column (max over layers >= 100)."""
+    lines = []
+    for r in variant_rows(folder).values():
+        judged = "" if "max_over_layers_outliers" not in r else \
+            f" {'no' if not r['outliers'] else 'yes'} | {'yes' if r['max_over_layers_outliers'] else 'no'} |"
+        old = "" if judged else f" {'yes' if r['outliers'] else 'no'} |"
+        lines.append(f"| {r['variant']} | {r['val_loss']:.4f} | {r['top1']:.2f} | {r['median']:.3f} | {r['ratio']:.1f} "
+                     f"({r['ratio_layer']}) | {r['kurtosis']:.1f} | {r['first_token_share']:.3f} | "
+                     f"{r['top_key_share']:.3f} | {r['extra_key_share']:.3f} | {r['sink_rate']:.2f} |{judged}{old} "
+                     f"{'yes' if r['sink'] else 'no'} | {r['params']:,} | {r['tokens_per_sec']:,.0f} |")
+    return lines
+
+
+# --- README.md --------------------------------------------------------------------------------------------------------
+
+def gemma_figures():
+    layer = load("results/figures/gemma3_270m/existence_activation_outliers_layer.json")
+    (token, channel, value), = layer["outlier_entries"]
+    return [f'the first "{layer["tokens"][token]}" gets {value:,.0f} in channel {channel} at layer\n{layer["layer"]} '
+            f'({layer["max"] / layer["median"]:,.0f} x the median']
+
+
+def figures_time():
+    took = re.search(r"the last run took (\d+) s", (ROOT / "results/figures/gemma3_270m/index.md").read_text())
+    return [f"took {took.group(1)} s after the model load"]
+
+
+def gemma_consequences():
+    r = consequences("gemma3_270m")["results"][0]
+    c = {k: v["ppl"] for k, v in r["compression"].items()}
+    row = " | ".join(ppl(v) for v in [r["baseline"]["ppl"], c["w8_tensor"], c["w8_channel"], c["w4_tensor"],
+                                       c["w4_channel"], c["w8a8"], c["prune50"]])
+    i = r["interventions"]
+    d = next(s for s in i["sites"] if s["site"] == "dominant")
+    a = i["attention_sinks"]
+    return [f"| perplexity | {row} |",
+            f"Where channel {i['dominant_channel']}'s massive activations appear (layer {d['layer']}): zeroing them "
+            f"raises perplexity to {ppl(d['zero']['ppl'])}, setting\nthem to their calibration mean leaves it at "
+            f"{ppl(d['mean']['ppl'])}, masking them as attention keys gives {ppl(d['mask_sink']['ppl'])} against "
+            f"{ppl(d['mask_random']['ppl'])}",
+            f"gives {ppl(a['mask_attn_sink']['ppl'])} against {ppl(a['mask_attn_random']['ppl'])} for random keys",
+            f"changes nothing ({ppl(d['zero_random']['ppl'])})"]
+
+
+def gemma_windows():
+    """The CPU run's windows on the default model, where the README states them."""
+    data = consequences("gemma3_270m")["results"][0]
+    scale, bos = scale_test_of("gemma3_270m", "gemma3_270m"), scale_test_of("gpt2_emergence_bos", "out-emergence-default")
+    sinks = data["interventions"]["attention_sinks"]["mask_attn_sink"]["masked_keys_per_window"]
+    return [f"On Gemma 3 270M (CPU: {data['data']['windows']} windows x\n{data['data']['seqlen']} tokens",
+            f"(about {sinks:.0f} keys per window)",
+            f"| Gemma 3 270M ({scale['data']['windows']} x {scale['data']['seqlen']}) |",
+            f"`gpt-2/results/emergence/`, {bos['data']['windows']} x {bos['data']['seqlen']})"]
+
+
+def backcopy_sinks():
+    """Masking the attention sinks of the gpt-2 variants: the paper's softmax variants, then ca_softmax, sigmoid."""
+    change = backcopy_sink_changes()
+    softmax = [change[v] for v in ("default", "vbias", "cabias", "attn_bias")]
+    sink = [c["mask_attn_sink"] for c in softmax]
+    rand = [c["mask_attn_random"] for c in softmax]
+    return [f"+{min(sink):.0f}% to +{max(sink):.0f}% perplexity (random keys: +{min(rand):.0f}% to +{max(rand):.0f}%) "
+            f"and ca_softmax +{change['ca_softmax']['mask_attn_sink']:.0f}%, sigmoid "
+            f"{change['sigmoid']['mask_attn_sink']:.0f}%"]
+
+
+def scale_tests():
+    def row(result, fmt):
+        modes = result["scale_test"]["modes"]
+        return " | ".join(fmt(v) for v in [result["baseline"]["ppl"]] + [modes[k]["ppl"] for k in
+                                                                        ("mask", "oracle_scale", "const_scale", "fitted_scale")])
+    bos = scale_test_of("gpt2_emergence_bos", "out-emergence-default")
+    modes = bos["scale_test"]["modes"]
+    undone = 1 - modes["oracle_scale"]["nll_change"] / modes["mask"]["nll_change"]
+    return [f"| {row(scale_test_of('gemma3_270m', 'gemma3_270m'), ppl)} |", f"| {row(bos, lambda x: f'{x:.4g}')} |",
+            f"undoes {100 * undone:.0f}% of the damage",
+            f"(+{modes['oracle_scale']['nll_change']:.2f} nats left of +{modes['mask']['nll_change']:.1f})"]
+
+
+def scale_test_reading():
+    """The bullets under the scale-test table: the small GPT's BOS sink, then Gemma 3 270M's."""
+    gpt = scale_test_of("gpt2_emergence_bos", "out-emergence-default")["scale_test"]
+    gemma_run = scale_test_of("gemma3_270m", "gemma3_270m")
+    gemma, windows = gemma_run["scale_test"], gemma_run["data"]["windows"]
+    main = max(gpt["layers"].values(), key=lambda layer: layer["a_s_mean"])  # where the sink holds most attention
+    values = [gpt["layers"][layer]["sink_value_ratio_median"] for layer in ("1", "2")]
+    shares = [layer["a_s_mean"] for layer in gemma["layers"].values()]
+    dropped, masked = gemma["modes"]["drop_sink_value"], gemma["modes"]["mask"]
+    fits = [layer["fit_r2"] for layer in gemma["layers"].values()]
+    early = fits[:next(i for i, r2 in enumerate(fits) if r2 < 0.5)]  # the layers before the first poor fit
+    return [f"(+{gpt['modes']['fitted_scale']['nll_change']:.2f}; held-out R^2 {main['fit_r2']:.2f} in\nthe sink's "
+            f"main layer), and one scale per head does much worse (+{gpt['modes']['const_scale']['nll_change']:.2f})",
+            f"The sinks' values are small ({min(values):.2f}-{max(values):.2f}\nof the median value norm in layers 1-2)",
+            f"they hold {100 * min(shares):.0f}-{100 * max(shares):.0f}% of the attention on average",
+            f"(+{dropped['nll_change']:.3f} against +{masked['nll_change']:.3f} nats, both with paired standard errors\n"
+            f"of {min(dropped['nll_change_stderr'], masked['nll_change_stderr']):.2f}-"
+            f"{max(dropped['nll_change_stderr'], masked['nll_change_stderr']):.2f} over {windows} windows)",
+            f"(R^2 {min(early):.2f}-{max(early):.2f})"]
+
+
+def emergence():
+    e = emergence_facts()
+    found, found6, six = e["found"], e["found6"], e["six"]
+    return [f"(top-1/median {found['ratio']:.0f} in block {found['layer']} on position\n{found['token']}",
+            f"position {found['token']} the sink of block {found['sink_layers'][0]})",
+            f"a {six['n_layer']}-layer model grows it in the LLM layout: written in block {e['first']}, carried, raised "
+            f"in block {found6['layer']}, position {found6['token']} the sink of blocks "
+            f"{found6['sink_layers'][0]}-{found6['sink_layers'][-1]})",
+            f"costs +{e['zero']:.1f}% perplexity (+{e['zero6']:.1f}% in the {six['n_layer']}-layer model)",
+            f"default's peak reaches only {e['bos']['layers'][0]['ratio']:.0f} in {e['bos']['iter'] // 1000}k steps",
+            f"no sink forms at all in {min(e['nobos']) / 1000:.0f}k-{max(e['nobos']) / 1000:.0f}k steps"]
+
+
+def emergence_figures():
+    """The figure suite on the emergence run with the systematic outlier."""
+    folder = "gpt-2/results/emergence/figures/out-emergence-rf-default-none"
+    born, spread, gone = (load(f"{folder}/{name}.json") for name in
+                          ("lifecycle_emergence", "lifecycle_spread", "lifecycle_disappearance"))
+    heads = "both heads" if len(spread["head_outlier_ratio"]) == 2 and min(spread["head_outlier_ratio"]) > 0.5 \
+        else "some heads"
+    values = spread["per_token"][f"v head {spread['head']} (L2)"]
+    smallest = "the smallest" if min(range(len(values)), key=values.__getitem__) == born["token"] else "not the smallest"
+    steps = gone["values_at_layer"]
+    by = "MLP" if abs(steps["MLP adds"]) > 10 * abs(steps["attention adds"]) else "attention"
+    return [f"it is written in block {born['layer']} by MLP unit {born['neuron']} on position {born['token']}, read by "
+            f"{heads} of block {spread['layer']} (position {born['token']}'s value vector is {smallest} of the "
+            f"window), and cancelled by block {gone['layer']}'s {by}"]
+
+
+def capture_bench():
+    claims = []
+    for name in ("capture.json", "capture_gemma3-270m.json", "capture_llama-30x576.json",
+                 "capture_llama2-7b-2layers.json"):
+        b = load(f"bench/results/{name}")
+        t, m = b["time"], b["memory"]
+        mib = {k: v / 2**20 for k, v in m["peak_bytes"].items()}
+        claims += [f"| {t['ratio']:.2f} ({t['capture_s']:.2f} s vs {t['plain_s']:.2f} s; median of pairs "
+                   f"{t['ratio_median_of_pairs']:.2f}) |",
+                   f"| {m['stats_vs_plain_eager']:.2f} ({mib['stats']:.0f} vs {mib['plain']:.0f} MiB) |",
+                   f"| {m['reference_vs_plain_eager']:.1f} ({mib['reference']:.0f} MiB) |"]
+    return claims
+
+
+def capture_bench_setup():
+    """What the capture bench ran: tokens, repeats, processes, and the random-init shapes."""
+    bench_capture = bench_module("bench_capture")
+    b = load("bench/results/capture.json")
+    t, m = b["time"], b["memory"]
+    shape = {name: bench_capture.SHAPES[name]() for name in ("llama-30x576", "llama2-7b-2layers")}
+    c, seven = shape["llama-30x576"], shape["llama2-7b-2layers"]
+    return [f"decoder ({t['tokens']} tokens)", f"column sums at\n{m['tokens']} tokens",
+            f"fastest of {len(t['pairs_s'])} alternating plain and captured runs",
+            f"with the median of the {len(t['pairs_s'])} pair ratios", f"median of {len(m['peak_bytes_samples']['plain'])}"
+            " fresh processes", f"(time, {t['tokens']} tokens)", f"(peak memory, {m['tokens']} tokens)",
+            f"llama-30x576 ({c.num_hidden_layers} layers x {c.hidden_size}, {c.num_attention_heads} heads, "
+            f"{c.num_key_value_heads} KV heads)", f"LLaMA-2-7B's width, {seven.num_hidden_layers} layers)",
+            f"{seven.num_attention_heads} x {t['tokens']} x {t['tokens']} float32 each"]
+
+
+def variants_bench():
+    def span(path):
+        b = load(path)
+        ratios = [v for k, v in b["variant_vs_default"].items() if k != "default"]
+        return f"{b['default_vs_plain_sdpa']:.2f} and variant / default {min(ratios):.2f}-{max(ratios):.2f}"
+    return [f"gave default / plain\n{span('bench/results/gpt2_variants_before_classes.json')}",
+            f"after {span('bench/results/gpt2_variants.json').replace(' and variant / default', ' and')}"]
+
+
+def scale_bench():
+    b = load("bench/results/scale.json")
+    peak = {k: v / 2**30 for k, v in b["peak_bytes_above_weights"].items()}
+    full = {k: v / 2**30 for k, v in b["estimate_32_layers_bytes"].items()}
+    return [f"| {peak['logits']:.2f} GiB | {full['logits']:.1f} GiB |", f"| {peak['stats']:.2f} GiB | {full['stats']:.1f} GiB |",
+            f"| {peak['reference']:.2f} GiB | {full['reference']:.1f} GiB |",
+            f"{b['stats_vs_logits_memory']:.2f}x the plain forward's peak and {b['time']['stats_vs_logits']:.2f}x its time "
+            f"(median of the pair ratios {b['time']['stats_vs_logits_median_of_pairs']:.2f}x)"]
+
+
+def scale_bench_setup():
+    b, full = load("bench/results/scale.json"), bench_module("bench_scale").FULL_LAYERS
+    s, peak = b["settings"], b["peak_bytes_above_weights"]
+    dtype = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[s["dtype"]]
+    return [f"({s['hidden']}, MLP {s['intermediate']}, {s['heads']} heads) and {s['layers']} of its {full} layers, "
+            f"{dtype}, {s['tokens']} tokens", f"median of {s['memory_repeats']} processes (one for the reference)",
+            f"fastest of {s['repeats']} alternating runs in one process",
+            f"| LLaMA-2-7B shape, {s['layers']} layers, {s['tokens']} tokens, {dtype}, CPU |",
+            f"missed by {100 * (b['stats_vs_logits_memory'] - 1):.1f}%: {(peak['stats'] - peak['logits']) / 1e6:.1f} MB "
+            f"of {peak['logits'] / 1e6:.0f}",
+            f"({s['heads'] * s['tokens'] * 4 / 2**20:.1f} MiB of column sums per layer",  # float32 per head and key
+            f"{s['hidden']} x {s['intermediate']} MLP activations"]
+
+
+def code_constants():
+    """Rules, defaults and limits the README states, from the code that applies them (not results, but a README that
+    drifts from its code misleads as much)."""
+    from lib import analysis, cli, outliers
+    from monkey_patch import capture
+    bench = bench_module("bench_scale")
+    a, paper, g = analysis, cli.PAPER_SAMPLES, f"{analysis.ATTENTION_FACTOR:g}"
+    (act_n, act_len), (att_n, att_len) = cli.CPU_DEFAULTS["activations"], cli.CPU_DEFAULTS["attention"]
+    return [f"the paper's rules (max > {outliers.DEFAULT_OUTLIER_FACTOR:g} x mean |h|; cumulative attention >= {g} x "
+            "length)",
+            f"|h| > {a.MASSIVE_ABS:g}, > {a.MASSIVE_FACTOR:g} x the layer's median |h| (Massive\nActivations' rule) and "
+            f"> {a.TOKEN_FACTOR:g} x its channel's median",
+            f"the paper's\n{g} x length rule", f"it holds\nat least {g} more of their attention",
+            f"{act_n} sequences x {act_len} tokens for activations, {att_n} x {att_len} for attention",
+            f"{paper['activations']} sequences for activations, {paper['attention']}\nfor attention",
+            f"(default {a.MASSIVE_FACTOR:g} x the median)", f"(default |h| > {a.MASSIVE_ABS:g})",
+            f"(the paper's max > {outliers.DEFAULT_OUTLIER_FACTOR:g} x mean rule, Massive\nActivations' "
+            f"> {a.MASSIVE_ABS:g} and > {a.MASSIVE_FACTOR:g} x median rule",
+            f"the paper's >= {g} x\nlength", f"at most {capture.CHUNK_QUERIES} queries at a time",
+            f"chunks of one head and {capture.CHUNK_QUERIES} queries ({capture.CHUNK_ELEMENTS * 4 // 2**20} MiB in "
+            "float32", f"| {bench.FULL_LAYERS} layers: weights + peak |",
+            f"fits one {bench.GPU_BYTES // 2**30} GB GPU", f"could not hold\n{bench.FULL_LAYERS} layers"]
+
+
+# --- gpt-2/README.md --------------------------------------------------------------------------------------------------
+
+def gpt2_summary():
+    """gpt-2/README.md's closing summary: the backcopy sinks, the peaks of the search, the emergence study."""
+    change, e = backcopy_sink_changes(), emergence_facts()
+    criteria, layers = e["criteria"], e["six"]["n_layer"]
+    peak, lr1e2 = variant_rows("backcopy_peak"), variant_rows("backcopy_peak_lr1e2")
+    return [f"its top-1/median |output| >= {criteria['ratio']:g} sits on a position that takes > "
+            f"{criteria['sink_share']:g} of the\nattention",
+            f"the embedding holds < {100 * criteria['embed_share']:g}% of that\nentry",
+            f"(masking it costs\n+{change['default']['mask_attn_sink']:.0f}% perplexity), while ca_softmax and sigmoid do "
+            f"not (+{change['ca_softmax']['mask_attn_sink']:.0f}%, {change['sigmoid']['mask_attn_sink']:.0f}%)",
+            f"(top-1/median >= {criteria['ratio']:g})",
+            f"(default {peak['default']['ratio']:.1f}, attn_bias {peak['attn_bias']['ratio']:.1f}, ca_softmax "
+            f"{lr1e2['ca_softmax']['ratio']:.1f})",
+            f"also at {layers} layers, in the LLM layout",
+            f"(+{e['zero']:.1f}% perplexity when removed, +{e['zero6']:.1f}% at {layers} layers)"]
+
+
+# --- results/consequences/README.md -----------------------------------------------------------------------------------
 
 def consequences_gemma():
     """results/consequences/README.md on Gemma 3 270M: its tables, then what the numbers say."""
@@ -451,28 +519,202 @@ def consequences_peak():
         f"(no weight decay, lr {peak['learning_rate']:.0e})".replace("e-0", "e-")]
 
 
-def code_constants():
-    """Rules, defaults and limits the README states, from the code that applies them (not results, but a README that
-    drifts from its code misleads as much)."""
-    from lib import analysis, cli, outliers
-    from monkey_patch import capture
-    bench = bench_module("bench_scale")
-    a, paper, g = analysis, cli.PAPER_SAMPLES, f"{analysis.ATTENTION_FACTOR:g}"
-    (act_n, act_len), (att_n, att_len) = cli.CPU_DEFAULTS["activations"], cli.CPU_DEFAULTS["attention"]
-    return [f"the paper's rules (max > {outliers.DEFAULT_OUTLIER_FACTOR:g} x mean |h|; cumulative attention >= {g} x "
-            "length)",
-            f"|h| > {a.MASSIVE_ABS:g}, > {a.MASSIVE_FACTOR:g} x the layer's median |h| (Massive\nActivations' rule) and "
-            f"> {a.TOKEN_FACTOR:g} x its channel's median",
-            f"the paper's\n{g} x length rule", f"it holds\nat least {g} more of their attention",
-            f"{act_n} sequences x {act_len} tokens for activations, {att_n} x {att_len} for attention",
-            f"{paper['activations']} sequences for activations, {paper['attention']}\nfor attention",
-            f"(default {a.MASSIVE_FACTOR:g} x the median)", f"(default |h| > {a.MASSIVE_ABS:g})",
-            f"(the paper's max > {outliers.DEFAULT_OUTLIER_FACTOR:g} x mean rule, Massive\nActivations' "
-            f"> {a.MASSIVE_ABS:g} and > {a.MASSIVE_FACTOR:g} x median rule",
-            f"the paper's >= {g} x\nlength", f"at most {capture.CHUNK_QUERIES} queries at a time",
-            f"chunks of one head and {capture.CHUNK_QUERIES} queries ({capture.CHUNK_ELEMENTS * 4 // 2**20} MiB in "
-            "float32", f"| {bench.FULL_LAYERS} layers: weights + peak |",
-            f"fits one {bench.GPU_BYTES // 2**30} GB GPU", f"could not hold\n{bench.FULL_LAYERS} layers"]
+# --- gpt-2/results/README.md ------------------------------------------------------------------------------------------
+
+def gpt2_results_brief():
+    """gpt-2/results/README.md's 'Result in brief'."""
+    e = emergence_facts()
+    found, found6, six, bos, criteria = e["found"], e["found6"], e["six"], e["bos"], e["criteria"]
+    scale = scale_test_of("gpt2_emergence_bos", "out-emergence-default")
+    change, table = backcopy_sink_changes(), variant_rows("backcopy")
+    peak, lr1e2 = variant_rows("backcopy_peak"), variant_rows("backcopy_peak_lr1e2")
+    paper = ("default", "vbias", "cabias", "attn_bias")
+    sink, rand = [change[v]["mask_attn_sink"] for v in paper], [change[v]["mask_attn_random"] for v in paper]
+    ratios = [r["ratio"] for r in table.values()]
+    peak_cons = {r["name"]: r for r in consequences("gpt2_backcopy_peak")["results"]}
+    zeroed = [percent_change(peak_cons[v]["interventions"]["sites"][0]["zero"]["ppl"], peak_cons[v]["baseline"]["ppl"])
+              for v in ("default", "attn_bias")]
+    gemma = consequences("gemma3_270m")["results"][0]
+    dominant = gemma["interventions"]["sites"][1]
+    return [f"(block {found['layer']}, position {found['token']},\ntop-1/median {found['ratio']:.0f}, written by an MLP, "
+            f"position {found['token']} the sink of block {found['sink_layers'][0]})",
+            f"costs +{e['zero']:.1f}% perplexity",
+            f"(masking: {scale['baseline']['ppl']:.2f} -> {scale['scale_test']['modes']['mask']['ppl']:.0f}) and its "
+            f"block-{bos['layers'][0]['layer']} BOS\npeak grows ({bos['layers'][0]['ratio']:.0f} at "
+            f"{bos['iter'] // 1000}k steps, +{bos['slope_per_1k'][0]:.1f} per 1k) but has not reached "
+            f"{criteria['ratio']:g}",
+            f"A {six['n_layer']}-layer model\ngrows the outlier in the LLM layout (written in block {e['first']}, "
+            f"carried, raised in block {found6['layer']}, position {found6['token']} the sink of\nblocks "
+            f"{found6['sink_layers'][0]}-{found6['sink_layers'][-1]}) and does not need it either (+{e['zero6']:.1f}%)",
+            f"({len(e['nobos'])} runs on a lent GPU)",
+            f"raises perplexity by {min(sink):.0f}-{max(sink):.0f}% (as many random keys: {min(rand):.0f}-{max(rand):.0f}%)",
+            f"weaken the sink ({table['ca_softmax']['first_token_share']:.2f} and "
+            f"{table['sigmoid']['first_token_share']:.2f} of the mass against {table['default']['first_token_share']:.2f})"
+            f" and do not depend on it (+{change['ca_softmax']['mask_attn_sink']:.0f}% and "
+            f"{change['sigmoid']['mask_attn_sink']:.0f}%)",
+            f"does not depend on it either (+{change['gated']['mask_attn_sink']:.1f}%)",
+            f"({lr1e2['attn_bias']['extra_key_share']:.2f} of the mass\nat lr 1e-2",
+            f"no variant passes top-1/median {min(ratios):.0f}-{max(ratios):.0f} (the issue asks for ≥ "
+            f"{criteria['ratio']:g})", f"that pass {criteria['ratio']:g}",
+            f"changes perplexity by {min(zeroed):.1f}-{max(zeroed):.1f}%, against "
+            f"{percent_change(dominant['zero']['ppl'], gemma['baseline']['ppl']):.0f}% for Gemma 3 270M's"]
+
+
+def gpt2_results_setup():
+    """The task, the model and its training, and how the tables are read."""
+    task = gpt2_module("data/backcopy/prepare.py", "backcopy_prepare").DEFAULTS
+    train, defaults = config("train_backcopy.py"), gpt2_module("train.py", "gpt2_train").DEFAULTS
+    stats = gpt2_module("outlier_stats.py", "gpt2_outlier_stats")
+    table, default = variant_rows("backcopy"), analysis("backcopy", "default")
+    criteria = load("gpt-2/results/emergence/table.json")["criteria"]
+    offsets = task["offsets"]
+    tokens = train["batch_size"] * train["block_size"] * train["max_iters"]
+    return [f"Each sequence is BOS followed by {task['seq_len'] - 1} tokens\nover a {task['vocab']}-token vocabulary. "
+            f"{WORDS[task['triggers'] * len(offsets)].capitalize()} trigger tokens in {WORDS[task['triggers']]} groups "
+            f"mean \"the next token copies the token\n{', '.join(map(str, offsets[:-1]))} or {offsets[-1]} places before "
+            f"me\"", f"(Dirichlet α = {task['alpha']:g} rows)",
+            f"writes {task['train_seqs']:,} training sequences and {task['val_seqs']} validation sequences (seed "
+            f"{task['seed']})",
+            f"{train['n_layer']} layers, {train['n_head']} heads, width {train['n_embd']}, block {train['block_size']}, no "
+            f"biases,\n{table['default']['params'] / 1e6:.2f}M parameters. AdamW with lr {train['learning_rate']:.0e} "
+            f"decaying to {train['min_lr']:.0e} (cosine, {train['warmup_iters']} warmup steps), weight decay "
+            f"{train['weight_decay']:g},\nbetas {defaults['beta1']:g}/{defaults['beta2']:g}, clip "
+            f"{defaults['grad_clip']:.1f}, batch {train['batch_size']} × {train['block_size']} tokens, "
+            f"{train['max_iters']} steps ({tokens / 1e6:.1f}M tokens), fp32, seed {defaults['seed']}".replace("e-0", "e-"),
+            f"-> {table['default']['val_loss']:.4f} for default)",
+            f"over {default['n_seqs']} validation sequences ({default['seq_len']} tokens × {train['n_embd']} channels "
+            f"each)", f"ratio is ≥ {criteria['ratio']:g}", f"top-key attn > {criteria['sink_share']:g}",
+            f"above {stats.SINK_RATE_THRESHOLD:g} (Gu et al.)", "max over layers >= 100 (old)".replace(
+                "100", f"{criteria['ratio']:g}")]
+
+
+def gpt2_results_tables():
+    return [line for folder in ("backcopy", "backcopy_peak", "backcopy_peak_lr1e2", "shakespeare_char")
+            for line in variant_table(folder)]
+
+
+def gpt2_results_reading():
+    """Per-layer detail and the interpretation of the backcopy table."""
+    table, change = variant_rows("backcopy"), backcopy_sink_changes()
+    runs = {v: analysis("backcopy", v) for v in ("default", "vbias", "cabias", "attn_bias", "ca_softmax", "sigmoid")}
+    per_layer = ", ".join(f"{v} " + " / ".join(f"{layer['ratio']:.1f}" for layer in run["layers"])
+                          for v, run in runs.items())
+    heads = "; ".join(f"{v} " + " ".join(f"{x:.2f}" for x in runs[v]["attention_layers"][0]["head_first_token_share"])
+                      for v in ("default", "attn_bias", "ca_softmax", "sigmoid"))
+    second = runs["default"]["layers"][1]
+    bias = runs["attn_bias"]["attention_layers"]
+    span = lambda xs: f"{min(xs):.2f}-{max(xs):.2f}"  # noqa: E731
+    cons = {r["name"]: r for r in consequences("gpt2_backcopy")["results"]}
+    arrow = lambda v, m="mask_attn_sink": (f"{g4(cons[v]['baseline']['ppl'])} → "  # noqa: E731
+                                           f"{g4(cons[v]['interventions']['attention_sinks'][m]['ppl'])}")
+    rand = [c["mask_attn_random"] for c in change.values()]
+    ratios, losses = [r["ratio"] for r in table.values()], [r["val_loss"] for r in table.values()]
+    criteria = load("gpt-2/results/emergence/table.json")["criteria"]
+    peak, lr1e2 = variant_rows("backcopy_peak"), variant_rows("backcopy_peak_lr1e2")
+    return [f"top-1/median per layer: {per_layer}", f"Mean weight on BOS per head, layer 1:\n{heads}",
+            f"layer 2's largest activation sits on {'BOS' if second['top1_token'] == 0 else 'another token'} "
+            f"(channel {second['top1_channel']})",
+            f"every default head puts about {table['default']['first_token_share']:.2f} of its mass on",
+            f"does not form a sink ({table['sigmoid']['first_token_share']:.2f}), and ca_softmax weakens\nit "
+            f"({table['ca_softmax']['first_token_share']:.2f}, below the {criteria['sink_share']:g} threshold). vbias "
+            f"and cabias keep it ({span([table[v]['first_token_share'] for v in ('vbias', 'cabias')])})",
+            f"k′\ntakes only {bias[0]['extra_key_share']:.3f} of the mass in layer 1. In layer 2, k′ does take "
+            f"{bias[1]['extra_key_share']:.3f}, and the weight on BOS drops\n(per-head "
+            f"{span(bias[1]['head_first_token_share'])}, against default's "
+            f"{span(runs['default']['attention_layers'][1]['head_first_token_share'])})",
+            f"k′ does take over: {peak['attn_bias']['extra_key_share']:.2f} of the mass at lr\n3e-2 and "
+            f"{'all of it' if lr1e2['attn_bias']['extra_key_share'] > 0.995 else 'most of it'} at lr 1e-2",
+            f"Perplexity: default {arrow('default')}, vbias {arrow('vbias')}, cabias {arrow('cabias')}, attn_bias "
+            f"{arrow('attn_bias')}, but ca_softmax {arrow('ca_softmax')} and sigmoid {arrow('sigmoid')}",
+            f"costs every\nvariant {min(rand):.0f}-{max(rand):.0f}%",
+            f"keeps a BOS\nsink ({table['gated']['first_token_share']:.3f}) but does not need it ({arrow('gated')}, less "
+            f"than its random control {g4(cons['gated']['interventions']['attention_sinks']['mask_attn_random']['ppl'])})",
+            f"needs it partly ({arrow('clipped')}, random "
+            f"{g4(cons['clipped']['interventions']['attention_sinks']['mask_attn_random']['ppl'])})",
+            f"needs it most ({arrow('softmax1')})",
+            f"No variant's top-1/median exceeds {max(ratios):.1f}",
+            f"but only about {table['default']['ratio']:.0f}× the median. Without the {criteria['ratio']:g}×",
+            f"in this column ({min(ratios):.1f}-{max(ratios):.1f})",
+            f"Validation losses are comparable ({min(losses):.3f}-{max(losses):.3f})"]
+
+
+def gpt2_results_search():
+    """The activation-outlier search: configuration E (the backcopy_peak default run), its variants, lr 1e-2, natural
+    text, what it shows."""
+    peak, lr1e2, char = variant_rows("backcopy_peak"), variant_rows("backcopy_peak_lr1e2"), variant_rows("shakespeare_char")
+    main, e = variant_rows("backcopy")["default"], analysis("backcopy_peak", "default")
+    runs = {v: analysis("backcopy_peak", v) for v in ("attn_bias", "ca_softmax")}
+    top = lambda run: run["layers"][run["summary"]["max_ratio_layer"] - 1]  # noqa: E731
+    where = lambda run: "on BOS" if top(run)["top1_token"] == 0 else "elsewhere"  # noqa: E731
+    heads1, heads2 = (e["attention_layers"][i]["head_first_token_share"] for i in (0, 1))
+    late = [layer["first_token_share"] for layer in e["attention_layers"][2:]]
+    span = lambda xs: f"{min(xs):.2f}-{max(xs):.2f}"  # noqa: E731
+    criteria = load("gpt-2/results/emergence/table.json")["criteria"]
+    chosen = [v for v in ("default", "attn_bias", "sigmoid")]
+    last = analysis("backcopy_peak_lr1e2", "ca_softmax")
+    cons = {r["name"]: r for r in consequences("gpt2_backcopy_peak")["results"]}
+    zeroed = [percent_change(cons[v]["interventions"]["sites"][0]["zero"]["ppl"], cons[v]["baseline"]["ppl"])
+              for v in ("default", "attn_bias")]
+    sinks = cons["default"]["interventions"]["attention_sinks"]["mask_attn_sink"]
+    text, train, compare = config("train_shakespeare_char.py"), config("train_backcopy.py"), \
+        gpt2_module("compare.py", "gpt2_compare").DEFAULTS
+    defaults = gpt2_module("train.py", "gpt2_train").DEFAULTS
+    characters = text["batch_size"] * text["block_size"] * text["max_iters"]
+    shares = [r["first_token_share"] for r in char.values()]
+    return [
+        f"E's layer {e['summary']['max_ratio_layer']} has top-1 {top(e)['top1']:,.0f} and median {top(e)['median']:,.0f}"
+        f", against\nabout {main['top1']:.0f} and {main['median']:.0f} in the main configuration",
+        f"In E the peak (layer {e['summary']['max_ratio_layer']}) is **after** the sinks (layer 1: "
+        f"{e['attention_layers'][0]['first_token_share']:.2f}, heads {span(heads1)}; layer 2: "
+        f"{WORDS[sum(x > 0.5 for x in heads2)]} heads " + " and ".join(f"{x:.2f}" for x in heads2 if x > 0.5)
+        + f"). Layers 3 and 4 put only {span(late)} of their mass on BOS",
+        f"(in E, layers 3-4 put only {span(late)} of their mass on BOS)",
+        f"outliers yes ({peak['default']['ratio']:.1f} in layer {peak['default']['ratio_layer']}, {where(e)}, channel "
+        f"{top(e)['top1_channel']}) and sink yes ({peak['default']['first_token_share']:.3f} on BOS in layer 1).\nThe "
+        f"ratio clears the threshold by only {peak['default']['ratio'] - criteria['ratio']:.1f} %",
+        f"comparable val loss ({peak['attn_bias']['val_loss']:.3f}, "
+        f"{peak['attn_bias']['val_loss'] - peak['default']['val_loss']:.3f} nats above default). The sink leaves the "
+        f"tokens: k′ takes\n{peak['attn_bias']['extra_key_share']:.3f} of the mass and no token gets more than "
+        f"{peak['attn_bias']['top_key_share']:.3f}",
+        f"({peak['attn_bias']['ratio']:.1f}, layer {peak['attn_bias']['ratio_layer']},\n{where(runs['attn_bias'])}, "
+        f"channel {top(runs['attn_bias'])['top1_channel']} as well)",
+        f"**ca_softmax**: {peak['ca_softmax']['ratio']:.1f} (layer {peak['ca_softmax']['ratio_layer']}, "
+        f"{where(runs['ca_softmax'])}) and no sink, but "
+        f"{peak['ca_softmax']['val_loss'] - peak['default']['val_loss']:.2f} nats worse val loss",
+        f"**sigmoid**: {peak['sigmoid']['ratio']:.1f} and no sink, but training is unstable at this learning rate (val "
+        f"loss {log_val_loss('peak-sigmoid', 2000):.3f} at step 2000,\n{log_val_loss('peak-sigmoid', 2500):.3f} at step "
+        f"2500; compare.py: {peak['sigmoid']['val_loss']:.3f})",
+        "(" + ", ".join(f"{lr1e2[v]['val_loss']:.3f}" for v in chosen) + f"), and default is the\nonly one with a sink "
+        f"({lr1e2['default']['first_token_share']:.3f} on BOS in layer 1). attn_bias puts all of its mass on k′ "
+        f"({lr1e2['attn_bias']['extra_key_share']:.3f})",
+        f"({min(lr1e2[v]['ratio'] for v in chosen):.1f}-{max(lr1e2[v]['ratio'] for v in chosen):.1f}; sigmoid's is the "
+        "largest)",
+        f"ca_softmax still trains worse ({lr1e2['ca_softmax']['val_loss']:.3f}) and has the largest peak of any run: "
+        f"{lr1e2['ca_softmax']['ratio']:.1f}, on BOS, in the last\nlayer, channel {last['layers'][-1]['top1_channel']}",
+        f"val loss {log_val_loss('out-lr1e2-ca_softmax-seed7'):.3f}",
+        f"{text['n_layer']} layers x {text['n_embd']}, block {text['block_size']}, weight decay {text['weight_decay']:g}, "
+        f"lr {text['learning_rate']:.0e} cosine to {text['min_lr']:.0e}, {text['max_iters']:,} steps "
+        f"({characters / 1e6:.0f}M\ncharacters".replace("e-0", "e-"),
+        f"the first position gets {100 * min(shares):.0f}-{100 * max(shares):.0f}% of the mass, no key more than "
+        f"{100 * max(r['top_key_share'] for r in char.values()):.0f}%, and the ratio\nis "
+        f"{min(r['ratio'] for r in char.values()):.0f}-{max(r['ratio'] for r in char.values()):.0f}",
+        f"predicts for {characters / 1e6:.0f}M tokens",
+        f"default {peak['default']['ratio']:.1f} and attn_bias {peak['attn_bias']['ratio']:.1f} at lr 3e-2, ca_softmax "
+        f"{lr1e2['ca_softmax']['ratio']:.1f} at lr 1e-2", f"(where default has {lr1e2['default']['ratio']:.1f})",
+        f"costs default and attn_bias {min(zeroed):.1f}-{max(zeroed):.1f}% perplexity",
+        f"sends default from {cons['default']['baseline']['ppl']:.1f} to\n{g4(sinks['ppl'])}",
+        f"falls from\n{peak['default']['ratio']:.1f} to", f"against {peak['default']['first_token_share']:.3f}), at val "
+        f"loss\n{log_val_loss('out-peakwd-default'):.3f}; ca_softmax falls from {peak['ca_softmax']['ratio']:.1f} to",
+        f"(val loss {log_val_loss('out-peakwd-ca_softmax'):.3f}:",
+        f"the issue's criterion (default ≥ {criteria['ratio']:g}", f"top-1/median ≥ {criteria['ratio']:g} together",
+        f"the ratios pass {criteria['ratio']:g}", f"{defaults['n_layer']} layers x {defaults['n_embd']}, OpenWebText)",
+        f"({train['eval_iters']} batches)", f"compare.py's own loss evaluation ({compare['eval_iters']} batches)",
+        f"In the wider {config('train_backcopy_peak.py')['n_layer']}-layer model"]
+
+
+def pilot_val_losses():
+    """The pilots' val loss column: the last evaluation in each pilot's committed training log."""
+    return [f"| {log_val_loss(f'p{name}'):.3f} |" for name in "ABCDE"]
 
 
 CLAIMS = [  # (README, function returning its claims rendered from committed results)
@@ -484,28 +726,19 @@ CLAIMS = [  # (README, function returning its claims rendered from committed res
     ("gpt-2/README.md", gpt2_summary),
     ("results/consequences/README.md", consequences_gemma), ("results/consequences/README.md", consequences_backcopy),
     ("results/consequences/README.md", consequences_peak),
+    ("gpt-2/results/README.md", gpt2_results_tables), ("gpt-2/results/README.md", gpt2_results_brief),
+    ("gpt-2/results/README.md", gpt2_results_setup), ("gpt-2/results/README.md", gpt2_results_reading),
+    ("gpt-2/results/README.md", gpt2_results_search), ("gpt-2/results/README.md", pilot_val_losses),
 ]
 
 EVERY = "*"  # a STATIC entry for every README
 STATIC = [  # (README, regex over the text with its whitespace collapsed, why its numbers come from no result)
     (EVERY, r"Gemma 3 270M|Gemma 3\b|Gemma 2/3|gemma3-270m|LLaMA-2-7B|llama2-7b-2layers|llama-30x576", "model names"),
     (EVERY, r"3-D|top-1/2/3|\b[01]-based|2-core|2 cores", "names: plot kinds, statistics, indexing, the machine"),
-    ("README.md", r"ICLR 2025|arXiv 2502\.06415", "the paper's venue and arXiv id"),
-    ("results/consequences/README.md", r"\b[48]-bit|8 bits|50% smallest|50% magnitude pruning|50% pruning",
-     "the compression methods (lib/compression.py)"),
-    ("results/consequences/README.md", r"Gaussian: 3|a Gaussian's 3", "a Gaussian's kurtosis"),
-    ("results/consequences/README.md", r"the 262k-word LM head", "the default model's vocabulary (262,144 tokens)"),
-    ("results/consequences/README.md", r"The sink is BOS in about 97% of the windows",
+    (EVERY, r"1st-token", "a column name"),
+    (EVERY, r"BOS in about 97% of the windows",
      "history: counted when the run was made; the JSON keeps how many sink keys a window has, not which"),
-    ("results/consequences/README.md", r"\(cumulative attention >= 0\.1 x seqlen and >= 2 x the uniform baseline\)|"
-     r"about 1\.5 CPU-hours|145\.5 in the first run", "history: the earlier rule, an estimate, a replaced run"),
-    ("results/consequences/README.md", r"GPT-2 124M trained on OpenWebText: 8-bit absmax 93 \(default\) vs 29 "
-     r"\(context-aware scaling\) perplexity, 50% sparsity 7,235 vs 39", "the paper's numbers, as quoted"),
-    ("gpt-2/README.md", r"paper Section 5|Qiu et al\. 2025|Bondarenko et al\. 2023", "the paper's section; citations"),
-    ("gpt-2/README.md", r"\[v′; 0\]|S\(x\) = 2 sigmoid|γ, 0, 1\)|an extra 1 in the denominator|k′ = v′ = 0",
-     "the variants' formulas (gpt-2/model.py)"),
-    ("gpt-2/README.md", r"position 0 has nothing|peak on position 0|position 0 always predicts|exit code 3",
-     "the first position's index; train.py's exit code for a NaN loss"),
+    ("README.md", r"ICLR 2025|arXiv 2502\.06415", "the paper's venue and arXiv id"),
     ("README.md", r"Python 3\.10\+|torch pinned to 2\.13\.0|transformers 4\.57\.x and 5\.x",
      "supported versions (pyproject.toml, setup.sh)"),
     ("README.md", r"models at 4096 tokens|from 4 tokens|query 0 can only attend to key 0",
@@ -525,6 +758,51 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
      "history: earlier versions of the capture"),
     ("README.md", r"were 7x slower|from 3\.7 s to 0\.33 s|from 0\.31 s to 0\.12 s|about 15 MiB of kernels|"
      r"counted as 1\.02-1\.03x", "history: measurements made while optimising, not kept as results"),
+    ("gpt-2/README.md", r"paper Section 5|Qiu et al\. 2025|Bondarenko et al\. 2023", "the paper's section; citations"),
+    ("gpt-2/README.md", r"\[v′; 0\]|S\(x\) = 2 sigmoid|γ, 0, 1\)|an extra 1 in the denominator|k′ = v′ = 0",
+     "the variants' formulas (gpt-2/model.py)"),
+    ("gpt-2/README.md", r"position 0 has nothing|peak on position 0|position 0 always predicts|exit code 3",
+     "the first position's index; train.py's exit code for a NaN loss"),
+    ("results/consequences/README.md", r"\b[48]-bit|8 bits|50% smallest|50% magnitude pruning|50% pruning",
+     "the compression methods (lib/compression.py)"),
+    ("results/consequences/README.md", r"Gaussian: 3|a Gaussian's 3", "a Gaussian's kurtosis"),
+    ("results/consequences/README.md", r"the 262k-word LM head", "the default model's vocabulary (262,144 tokens)"),
+    ("results/consequences/README.md", r"\(cumulative attention >= 0\.1 x seqlen and >= 2 x the uniform baseline\)|"
+     r"about 1\.5 CPU-hours|145\.5 in the first run", "history: the earlier rule, an estimate, a replaced run"),
+    ("results/consequences/README.md", r"GPT-2 124M trained on OpenWebText: 8-bit absmax 93 \(default\) vs 29 "
+     r"\(context-aware scaling\) perplexity, 50% sparsity 7,235 vs 39", "the paper's numbers, as quoted"),
+    ("gpt-2/results/README.md", r"the issue's >= 5% criterion", "the study's criterion, fixed before the runs"),
+    ("gpt-2/results/README.md", r"between 108k and 112k steps",
+     "history: read off that run's per-step verdicts in its stats.jsonl, which table.json does not keep"),
+    ("gpt-2/results/README.md", r"about 1-2B training tokens for a 60M model|about 10\^7 tokens in a few minutes|"
+     r"≥ 1B tokens for a 60M-parameter model|at least a 6-layer model", "the published scale of sink formation; "
+     "an estimate"),
+    ("gpt-2/results/README.md", r"Guo et al\. 2024|\(Gu et al\.\)", "citations"),
+    ("gpt-2/results/README.md", r"retrained on 2026-11-25|val loss 1\.5757 ->",
+     "history: the retraining's date and the first training's loss (its checkpoints are not committed)"),
+    ("gpt-2/results/README.md", r"queries 1\.\.T-1|position 0|In layer 1, every default head|\"\+1\" is a zero key",
+     "definitions: the queries with a choice, the first position, the layer the shares above are of, softmax1"),
+    ("gpt-2/results/README.md", r"How the ratio grew here: 8\.2 → 8\.6 → 9\.0 at 1k/2k/3k steps in this configuration, "
+     r"and 10 → 14 from 1k to 2k steps in a one-offset, block-32 pilot",
+     "history: intermediate checkpoints and a pilot, not committed"),
+    ("gpt-2/results/README.md", r"1\. Guo-style back-copy.*?no sink yet\.",
+     "history: the runs tried before this configuration (not committed)"),
+    ("gpt-2/results/README.md", r"2 cores shared with three other jobs, 1 thread per run, torch 2\.13\.0 CPU\. Each "
+     r"variant took about 3 CPU-minutes; wall time was 6-15 minutes each under load, with two runs side by side\. "
+     r"compare\.py took 16 s\.|15-25 minutes per variant|about 30 minutes per variant",
+     "history: machine, versions and times of the runs"),
+    ("gpt-2/results/README.md", r"## Speed \(bench/bench_gpt2_variants\.py.*?sigmoid 0\.89\.",
+     "history: an earlier bench run at other sizes (the committed bench/results/gpt2_variants.json is README.md's)"),
+    ("gpt-2/results/README.md", r"ratio at 1k / 2k / 3k steps|\| A \| no BOS.*?\| 1\.528 \||"
+     r"\| B \| weight decay 0.*?\| 1\.605 \||\| C \| 3 layers.*?\| 1\.602 \||\| D \| 3 layers.*?\| 1\.615 \||"
+     r"\| E \| 4 layers.*?\| 1\.622 \|", "history: the pilots' settings and analyses; their checkpoints are not "
+     "committed (the val losses are checked against their logs)"),
+    ("gpt-2/results/README.md", r"get 0\.07-0\.22 each|plateaued at about 63|327\.1 in layer 4 on BOS \(channel 69\), "
+     r"largest first-token share 0\.30|84 characters, 4\.6M training characters|it was 9\.0 at 1,000 steps and 13\.0 "
+     r"at 3,000|to 45\.3|\(0\.913 of layer 1's mass|to 18\.9",
+     "history: analyses of pilot and follow-up checkpoints that are not committed; the prepared data's size"),
+    ("gpt-2/results/README.md", r"at lr 1e-2|at lr 3e-2|lr 1e-2 \(`backcopy_peak_lr1e2/`\)|constant lr 1e-2:|"
+     r"with weight decay 0\.1", "the learning rates and weight decay that name the configurations"),
 ]
 
 
