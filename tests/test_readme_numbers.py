@@ -106,7 +106,7 @@ def percent_change(after, before):
 def backcopy_sink_changes():
     """Perplexity change (%) of each gpt-2 variant when its attention sinks, or as many random keys, are masked."""
     change = {}
-    for r in load("results/consequences/gpt2_backcopy/consequences.json")["results"]:
+    for r in consequences("gpt2_backcopy")["results"]:
         a = r["interventions"]["attention_sinks"]
         change[r["name"]] = {k: percent_change(v["ppl"], r["baseline"]["ppl"]) for k, v in a.items()}
     return change
@@ -159,12 +159,14 @@ def variant_table(folder):
     verdict have one outliers column (max over layers >= 100)."""
     lines = []
     for r in variant_rows(folder).values():
-        judged = "" if "max_over_layers_outliers" not in r else \
-            f" {'no' if not r['outliers'] else 'yes'} | {'yes' if r['max_over_layers_outliers'] else 'no'} |"
-        old = "" if judged else f" {'yes' if r['outliers'] else 'no'} |"
+        if "max_over_layers_outliers" in r:  # systematic outliers (where), then the old column
+            found = ", ".join(f"L{x['layer']} t{x['token']} c{x['channel']}" for x in r["outlier_layers"])
+            outliers = f" {'yes: ' + found if r['outliers'] else 'no'} | {'yes' if r['max_over_layers_outliers'] else 'no'} |"
+        else:
+            outliers = f" {'yes' if r['outliers'] else 'no'} |"
         lines.append(f"| {r['variant']} | {r['val_loss']:.4f} | {r['top1']:.2f} | {r['median']:.3f} | {r['ratio']:.1f} "
                      f"({r['ratio_layer']}) | {r['kurtosis']:.1f} | {r['first_token_share']:.3f} | "
-                     f"{r['top_key_share']:.3f} | {r['extra_key_share']:.3f} | {r['sink_rate']:.2f} |{judged}{old} "
+                     f"{r['top_key_share']:.3f} | {r['extra_key_share']:.3f} | {r['sink_rate']:.2f} |{outliers} "
                      f"{'yes' if r['sink'] else 'no'} | {r['params']:,} | {r['tokens_per_sec']:,.0f} |")
     return lines
 
@@ -736,6 +738,8 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
     (EVERY, r"Gemma 3 270M|Gemma 3\b|Gemma 2/3|gemma3-270m|LLaMA-2-7B|llama2-7b-2layers|llama-30x576", "model names"),
     (EVERY, r"3-D|top-1/2/3|\b[01]-based|2-core|2 cores", "names: plot kinds, statistics, indexing, the machine"),
     (EVERY, r"1st-token", "a column name"),
+    (EVERY, r"\b[48]-bit|8- and 4-bit|8 bits|50% (?:smallest|magnitude pruning|pruning|pruned)",
+     "the compression methods (lib/compression.py)"),
     (EVERY, r"BOS in about 97% of the windows",
      "history: counted when the run was made; the JSON keeps how many sink keys a window has, not which"),
     ("README.md", r"ICLR 2025|arXiv 2502\.06415", "the paper's venue and arXiv id"),
@@ -745,7 +749,6 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
      "the paper's calibration length; properties of the rule and of causal attention"),
     ("README.md", r"the other tokens have 3,000-5,000 there",
      "history: read off the prompt's layer output when the rule was chosen; the figure JSON keeps outliers only"),
-    ("README.md", r"8- and 4-bit|50% magnitude pruning|50% pruned", "the compression methods (lib/compression.py)"),
     ("README.md", r"\| <= 1\.1 \| <= 1\.0 \||\(<= 1\.1x\)|\(<= 1\.0x\)", "the benchmarks' goals"),
     ("README.md", r"vary by up to 15%, which is why 7 runs were too few",
      "history: the earlier timing protocol, whose runs are not committed"),
@@ -763,8 +766,6 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
      "the variants' formulas (gpt-2/model.py)"),
     ("gpt-2/README.md", r"position 0 has nothing|peak on position 0|position 0 always predicts|exit code 3",
      "the first position's index; train.py's exit code for a NaN loss"),
-    ("results/consequences/README.md", r"\b[48]-bit|8 bits|50% smallest|50% magnitude pruning|50% pruning",
-     "the compression methods (lib/compression.py)"),
     ("results/consequences/README.md", r"Gaussian: 3|a Gaussian's 3", "a Gaussian's kurtosis"),
     ("results/consequences/README.md", r"the 262k-word LM head", "the default model's vocabulary (262,144 tokens)"),
     ("results/consequences/README.md", r"\(cumulative attention >= 0\.1 x seqlen and >= 2 x the uniform baseline\)|"
