@@ -111,12 +111,15 @@ def _rotary_by_hand(r, layer):
     import sys
     view, cap = r["view"], r["cap"]
     q, k = cap["attn.q", layer].transpose(1, 2), cap["attn.k", layer].transpose(1, 2)
-    rotary = view.model.base_model.rotary_emb
+    modules = {name.rsplit(".", 1)[-1]: module for name, module in view.model.named_modules()}
     positions = torch.arange(q.shape[2])[None]
-    if "layer_type" in inspect.signature(rotary.forward).parameters:  # gemma3: local and global frequencies
-        cos, sin = rotary(q, positions, view.config.layer_types[layer])
+    kind = (getattr(view.config, "layer_types", None) or [None] * view.num_layers)[layer]
+    if "layer_type" in inspect.signature(modules["rotary_emb"].forward).parameters:  # gemma3 on transformers 5
+        cos, sin = modules["rotary_emb"](q, positions, kind)
+    elif kind == "sliding_attention" and "rotary_emb_local" in modules:  # gemma3 on transformers 4.57
+        cos, sin = modules["rotary_emb_local"](q, positions)
     else:
-        cos, sin = rotary(q, positions)
+        cos, sin = modules["rotary_emb"](q, positions)
     apply = sys.modules[type(view.attn(layer)).__module__].apply_rotary_pos_emb
     n = cos.shape[-1]
     q_turned, k_turned = apply(q[..., :n], k[..., :n], cos, sin)
