@@ -68,7 +68,7 @@ def time_model(model, args, device):
     x = torch.randint(0, args.vocab_size, (args.batch_size, args.block_size + 1), generator=g).to(device)
 
     def step():
-        loss = model(x[:, :-1], x[:, 1:])[1]
+        loss = model(x[:, :-1], x[:, 1:]).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

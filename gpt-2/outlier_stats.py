@@ -75,7 +75,7 @@ def activation_stats(model, seqs):
     and where top-1 sits (token position and channel, in the first sequence)."""
     out = model(seqs, return_hidden=True)
     layers = []
-    for h in out["hidden"]:  # (B, T, C)
+    for h in out.hidden:  # (B, T, C)
         a = h.abs().double()
         flat = a.flatten(1)
         top = flat.topk(3, dim=1).values.mean(0)
@@ -93,7 +93,7 @@ def attention_stats(model, seqs):
     out = model(seqs, need_weights=True)
     T = seqs.shape[1]
     layers = []
-    for w in out["attn"]:  # (B, nh, T, T) or (B, nh, T, T+1) with the extra key first
+    for w in out.attn:  # (B, nh, T, T) or (B, nh, T, T+1) with the extra key first
         w = w.double()
         w = w / w.sum(-1, keepdim=True).clamp_min(1e-30)
         extra = w[..., 0] if w.shape[-1] == T + 1 else torch.zeros_like(w[..., 0])
@@ -160,9 +160,9 @@ def layer_report(model, seqs):
         for h in hooks:
             h.remove()
     B, T = seqs.shape
-    shares = [key_shares(w, T) for w in out["attn"]]  # per layer, (T,)
+    shares = [key_shares(w, T) for w in out.attn]  # per layer, (T,)
     layers = []
-    for l, h in enumerate(out["hidden"]):
+    for l, h in enumerate(out.hidden):
         flat = h.float().abs().flatten(1)
         top, where = flat.max(dim=1)
         med = flat.median(dim=1).values
@@ -218,7 +218,7 @@ def peak_ablation(model, seqs, report, seed=0):
         finally:
             if hook is not None:
                 hook.remove()
-        return float(out["loss"]), [key_shares(w, T) for w in out["attn"]], out["hidden"]
+        return float(out.loss), [key_shares(w, T) for w in out.attn], out.hidden
 
     loss, shares, hidden = run()  # the unchanged model, once for every block
     rows = []

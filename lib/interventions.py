@@ -337,7 +337,7 @@ def attention_sinks(model, run, ids) -> dict[int, list[list[int]]]:
     models are run with their attention weights, each row divided by its total (sigmoid rows do not sum to 1),
     the extra key k' left out."""
     if _gpt2_blocks(model) is not None:
-        weights = model(ids, need_weights=True)["attn"]
+        weights = model(ids, need_weights=True).attn
         sums = []
         for w in weights:
             w = w / w.sum(dim=-1, keepdim=True)

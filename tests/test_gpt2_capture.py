@@ -125,9 +125,9 @@ def test_rope_checkpoint_captures_and_matches_its_own_forward(tmp_path):
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     with Capture(model, ["resid_post", "attn.pattern"]) as cap:
         model.base_model(ids)
-    hidden = model.gpt(ids, return_hidden=True, need_weights=True)
-    torch.testing.assert_close(cap["resid_post", 1], hidden["hidden"][1])
-    torch.testing.assert_close(cap["attn.pattern", 1], hidden["attn"][1])
+    out = model.gpt(ids, return_hidden=True, need_weights=True)
+    torch.testing.assert_close(cap["resid_post", 1], out.hidden[1])
+    torch.testing.assert_close(cap["attn.pattern", 1], out.attn[1])
 
 
 def prepare_task(path):

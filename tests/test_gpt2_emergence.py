@@ -93,7 +93,7 @@ def test_peak_ablation_zeroes_the_planted_peak_and_nothing_else():
             out[0][:, 0, channels] = 0.0
         h = model.transformer.h[0].register_forward_hook(hook)
         try:
-            return float(model(seqs[:, :-1], targets=seqs[:, 1:])[1].detach())
+            return float(model(seqs[:, :-1], targets=seqs[:, 1:]).loss.detach())
         finally:
             h.remove()
     handle = plant(500.0, 300.0)
@@ -101,7 +101,7 @@ def test_peak_ablation_zeroes_the_planted_peak_and_nothing_else():
         report = layer_report(model, seqs)
         rows = peak_ablation(model, seqs, report)
         by_hand = loss_with_block0_output_zeroed_at([5, 9])
-        planted = float(model(seqs[:, :-1], targets=seqs[:, 1:])[1].detach())
+        planted = float(model(seqs[:, :-1], targets=seqs[:, 1:]).loss.detach())
     finally:
         handle.remove()
     first = rows[0]
@@ -156,13 +156,13 @@ def test_rope_and_none_have_no_position_vector_and_position_0_sees_only_itself(p
     assert model.transformer.wpe is None and "transformer.wpe.weight" not in model.state_dict()
     a = torch.tensor([[3, 1, 4, 1, 5, 9]])
     b = torch.tensor([[3, 2, 7, 1, 8, 2]])
-    ha = model(a, return_hidden=True)["hidden"]
-    hb = model(b, return_hidden=True)["hidden"]
+    ha = model(a, return_hidden=True).hidden
+    hb = model(b, return_hidden=True).hidden
     for x, y in zip(ha, hb):  # position 0's output depends only on its own token, never on a position vector
         assert torch.allclose(x[0, 0], y[0, 0], atol=1e-6)
-    moved = model(torch.tensor([[5, 3, 1, 4]]), return_hidden=True)["hidden"]  # token 3 at position 1
+    moved = model(torch.tensor([[5, 3, 1, 4]]), return_hidden=True).hidden  # token 3 at position 1
     if pos_emb == "none":  # without positions a lone token is the same at any position it is first...
-        assert torch.allclose(ha[-1][0, 0], model(torch.tensor([[3]]), return_hidden=True)["hidden"][-1][0, 0], atol=1e-6)
+        assert torch.allclose(ha[-1][0, 0], model(torch.tensor([[3]]), return_hidden=True).hidden[-1][0, 0], atol=1e-6)
     assert not torch.allclose(moved[-1][0, 1], ha[-1][0, 0], atol=1e-4)  # ...but not after another token
 
 

@@ -80,8 +80,8 @@ def test_statistics_match_direct_computation(data, tmp_path):
     seqs = torch.randint(0, 16, (2, 16))
     act, att = activation_stats(model, seqs), attention_stats(model, seqs)
     with torch.no_grad():
-        h = model(seqs, return_hidden=True)["hidden"][1]
-        w = model(seqs, need_weights=True)["attn"][1]
+        h = model(seqs, return_hidden=True).hidden[1]
+        w = model(seqs, need_weights=True).attn[1]
     vals = [np.sort(np.abs(h[b].numpy()).ravel()) for b in range(2)]
     assert act[1]["top1"] == pytest.approx(np.mean([v[-1] for v in vals]), rel=1e-5)
     assert act[1]["top3"] == pytest.approx(np.mean([v[-3] for v in vals]), rel=1e-5)
