@@ -71,7 +71,7 @@ def time_model(model, args, device, dtype=None):
 
     def step():
         with torch.autocast(torch.device(device).type, dtype, enabled=dtype is not None):
-            loss = model(x[:, :-1], x[:, 1:])[1]
+            loss = model(x[:, :-1], x[:, 1:]).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

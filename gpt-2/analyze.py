@@ -63,9 +63,9 @@ def main(argv):
     ids, labels, source = prompt_ids(c, dataset, model)
     with torch.no_grad():
         out = model(ids[None].to(c["device"]), return_hidden=True, need_weights=True)
-    view = out["hidden"][layer - 1][0].abs()  # (T, C)
+    view = out.hidden[layer - 1][0].abs()  # (T, C)
     attn_layer = min(layer + 1, n_layer)  # attention of the layer after the outliers appear
-    w = out["attn"][attn_layer - 1][0].mean(0)  # head-averaged (T, T[+1])
+    w = out.attn[attn_layer - 1][0].mean(0)  # head-averaged (T, T[+1])
     result = dict(ckpt=os.path.relpath(os.path.abspath(path), GPT2_DIR),  # relative to gpt-2/
                   iter=ckpt["iter_num"], attention=model.config.attention,
                   dataset=dataset, n_seqs=c["n_seqs"], seq_len=seq_len, layers=act, attention_layers=att,

@@ -18,6 +18,7 @@ Beyond the paper, behind the same switch:
 import functools
 import math
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -325,6 +326,15 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
+class GPTOutput(NamedTuple):
+    """What GPT.forward returns, whatever it was asked for."""
+    logits: torch.Tensor  # (B, T, vocab) given targets; else (B, 1, vocab), the last position only
+    loss: torch.Tensor | None  # mean cross-entropy over targets other than -1; None without targets
+    hidden: list | None  # with return_hidden: each block's output (B, T, C), first block first
+    attn: list | None  # with need_weights: each layer's attention weights (B, nh, T, T), or (B, nh, T, T + 1)
+    #                    with the extra key in column 0 where the variant's extra_key_first says so
+
+
 class Block(nn.Module):
 
     def __init__(self, config):
@@ -377,8 +387,7 @@ class GPT(nn.Module):
         return n
 
     def forward(self, idx, targets=None, return_hidden=False, need_weights=False):
-        """idx (B, T) token ids. Returns (logits, loss) or, with return_hidden / need_weights, a dict that also
-        holds 'hidden' (list of block outputs, each (B, T, C)) and 'attn' (list of per-layer weights)."""
+        """idx (B, T) token ids -> GPTOutput; hidden and attn are None unless asked for."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
@@ -386,7 +395,8 @@ class GPT(nn.Module):
         if self.transformer.wpe is not None:
             x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
         x = self.transformer.drop(x)
-        hidden, weights = [], []
+        hidden = [] if return_hidden else None
+        weights = [] if need_weights else None
         for block in self.transformer.h:
             x, w = block(x, need_weights)
             if return_hidden:
@@ -399,9 +409,7 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         else:
             logits, loss = self.lm_head(x[:, [-1], :]), None  # only the last position at inference
-        if return_hidden or need_weights:
-            return dict(logits=logits, loss=loss, hidden=hidden, attn=weights)
-        return logits, loss
+        return GPTOutput(logits, loss, hidden, weights)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, kind="adamw", momentum=0.9):
         """AdamW (or SGD with momentum, kind='sgd'); 2-D weights (matmuls, embeddings) decay, everything else
@@ -419,8 +427,7 @@ class GPT(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :] / temperature
+            logits = self(idx_cond).logits[:, -1, :] / temperature
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                 logits[logits < v[:, [-1]]] = -float("inf")

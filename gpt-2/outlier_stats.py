@@ -46,7 +46,7 @@ def activation_stats(model, seqs):
     and where top-1 sits (token position and channel, in the first sequence). See VARIANTS."""
     out = model(seqs, return_hidden=True)
     layers = []
-    for h in out["hidden"]:  # (B, T, C)
+    for h in out.hidden:  # (B, T, C)
         per_seq = [outliers.topk_magnitudes(s, 3) for s in h]
         top = [sum(s["top"][k] for s in per_seq) / len(per_seq) for k in range(3)]
         med = sum(s["median"] for s in per_seq) / len(per_seq)
@@ -79,7 +79,7 @@ def attention_stats(model, seqs):
     out = model(seqs, need_weights=True)
     T = seqs.shape[1]
     layers = []
-    for w in out["attn"]:  # (B, nh, T, T) or (B, nh, T, T+1) with the extra key first
+    for w in out.attn:  # (B, nh, T, T) or (B, nh, T, T+1) with the extra key first
         per_key = head_key_shares(w, T)  # (nh, T)
         per_key_all = per_key.mean(0)
         extra = row_normalized(w)[..., 0] if w.shape[-1] == T + 1 else torch.zeros_like(w[..., 0])
@@ -218,11 +218,11 @@ def layer_report(model, seqs):
     design fixes it, its writer, every layer's per-head attention share on it and the heads of later blocks
     that sink on it; then the verdict."""
     out, parts = capture(model, seqs)
-    T, n_layer = seqs.shape[1], len(out["hidden"])
-    heads = [head_key_shares(w, T) for w in out["attn"]]  # per layer, (nh, T)
+    T, n_layer = seqs.shape[1], len(out.hidden)
+    heads = [head_key_shares(w, T) for w in out.attn]  # per layer, (nh, T)
     fixed = fixed_positions(seqs)
     layers = []
-    for l, h in enumerate(out["hidden"]):
+    for l, h in enumerate(out.hidden):
         channel_ratio = outliers.channel_position_ratios(h)
         ratio, channel = channel_ratio.max(dim=1)
         holds = outliers.holds_max_share(h)
@@ -400,10 +400,10 @@ def peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=0):
         finally:
             if hook is not None:
                 hook.remove()
-        return float(out["loss"]), [head_key_shares(w, T) for w in out["attn"]]
+        return float(out["loss"]), [head_key_shares(w, T) for w in out.attn]
 
     loss, shares = run()
-    calib_hidden = model(calib, return_hidden=True)["hidden"]
+    calib_hidden = model(calib, return_hidden=True).hidden
     rows = []
     for r in (row for layer in report["layers"][:-1] for row in layer["positions"]):
         layer, p, channels = r["layer"] - 1, r["position"], r["channels"]

@@ -13,6 +13,8 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
@@ -20,7 +22,7 @@ from lib.configurator import UserError, configure, resolve_path, user_errors_exi
 from lib.gpt2_checkpoints import checkpoints, read_checkpoint
 from lib.gpt2_data import load_meta
 from dataset import Batches, FreshBatches
-from model import GPT, POSITIONS, VARIANTS, ConfigError, GPTConfig
+from model import GPT, ConfigError, GPTConfig
 from outlier_stats import compact_report, layer_report
 
 # The defaults are the paper's setup: GPT-2 124M on OpenWebText, ~0.5M tokens per step, analysed at 50k steps.
@@ -52,21 +54,276 @@ class Diverged(Exception):
     pass
 
 
+# --- settings --------------------------------------------------------------------------------------------------
+
+def validate(c):
+    """Reject bad settings before anything starts (the model's own through GPTConfig's checks)."""
+    model_config({k: getattr(c, k) for k in MODEL_KEYS})
+    if c.optimizer not in ("adamw", "sgd"):
+        raise UserError(f"optimizer must be 'adamw' or 'sgd', got {c.optimizer!r}")
+    if c.stats_interval < 0 or c.stats_seqs < 1 or c.max_seconds < 0:
+        raise UserError("stats_interval and max_seconds must be >= 0, stats_seqs >= 1")
+    if c.init_from not in ("scratch", "resume"):
+        raise UserError(f"init_from must be 'scratch' or 'resume', got {c.init_from!r}")
+    for key in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval",
+                "keep_checkpoints"):
+        if getattr(c, key) < 1:
+            raise UserError(f"{key} must be >= 1, got {getattr(c, key)}")
+    if c.max_iters < 0 or c.learning_rate <= 0:
+        raise UserError("max_iters must be >= 0 and learning_rate > 0")
+    if c.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got {c.dtype!r}")
+
+
+def model_config(model_args):
+    try:
+        return GPTConfig.from_dict(model_args)
+    except ConfigError as e:
+        raise UserError(str(e))
+
+
 def get_lr(it, c):
-    if not c["decay_lr"]:
-        return c["learning_rate"]
-    if it < c["warmup_iters"]:
-        return c["learning_rate"] * (it + 1) / (c["warmup_iters"] + 1)
-    if it > c["lr_decay_iters"]:
-        return c["min_lr"]
-    ratio = (it - c["warmup_iters"]) / max(1, c["lr_decay_iters"] - c["warmup_iters"])
-    return c["min_lr"] + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c["learning_rate"] - c["min_lr"])
+    """Linear warmup, then cosine decay from learning_rate to min_lr at lr_decay_iters."""
+    if not c.decay_lr:
+        return c.learning_rate
+    if it < c.warmup_iters:
+        return c.learning_rate * (it + 1) / (c.warmup_iters + 1)
+    if it > c.lr_decay_iters:
+        return c.min_lr
+    ratio = (it - c.warmup_iters) / max(1, c.lr_decay_iters - c.warmup_iters)
+    return c.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (c.learning_rate - c.min_lr)
 
 
-def atomic_save(obj, path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+# --- setup: this process, its device and precision -------------------------------------------------------------
+
+@dataclass
+class Process:
+    """Where this process trains: rank `rank` of `world` (several only under torchrun), device and precision."""
+    ddp: bool
+    rank: int
+    local_rank: int
+    world: int
+    device: str
+    dtype: str
+
+    @property
+    def master(self):  # the process that prints, logs and writes checkpoints
+        return self.rank == 0
+
+    @property
+    def device_type(self):
+        return "cuda" if self.device.startswith("cuda") else "cpu"
+
+    def __post_init__(self):
+        ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+        self.ctx = nullcontext() if self.dtype == "float32" else torch.autocast(self.device_type, dtype=ptdtype)
+
+
+def setup(c):
+    """The Process this one is; under torchrun (RANK set) it joins the process group."""
+    ddp = int(os.environ.get("RANK", -1)) != -1
+    rank, local_rank, world = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")) if ddp else (0, 0, 1)
+    if not ddp:
+        device = c.device if c.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    elif c.device == "cpu" or (c.device == "auto" and not torch.cuda.is_available()):
+        device = "cpu"
+    else:
+        device = f"cuda:{local_rank}"
+    proc = Process(ddp, rank, local_rank, world, device, precision(c, device))
+    if ddp:
+        join_process_group(c, proc)
+    if proc.device_type == "cpu" and "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    if proc.device_type == "cuda":  # float32 means float32; TF32 only where autocast lowers precision anyway
+        torch.backends.cuda.matmul.allow_tf32 = proc.dtype != "float32"
+        torch.backends.cudnn.allow_tf32 = proc.dtype != "float32"
+    return proc
+
+
+def join_process_group(c, proc):
+    """Join the torchrun processes; each then runs gradient_accumulation_steps / world of the micro-steps."""
+    if proc.device == "cpu" and c.backend == "nccl":
+        raise UserError("multi-process training on CPU needs --backend=gloo (nccl is GPU-only)")
+    if c.max_seconds:
+        raise UserError("max_seconds is for single-process runs (the processes would stop at different steps)")
+    if c.gradient_accumulation_steps % proc.world:
+        raise UserError(f"gradient_accumulation_steps ({c.gradient_accumulation_steps}) must be divisible by the "
+                        f"{proc.world} processes")
+    if proc.device_type == "cuda":
+        torch.cuda.set_device(proc.device)
+    from torch.distributed import init_process_group
+    init_process_group(backend=c.backend)
+    c.gradient_accumulation_steps //= proc.world
+
+
+def precision(c, device):
+    """The dtype name training runs in: float32 on CPU; on a GPU bfloat16 where supported, else float16 (auto)."""
+    if not device.startswith("cuda"):
+        if c.dtype not in ("auto", "float32"):
+            raise UserError("on CPU this trainer runs in float32; use --dtype=float32 (or auto)")
+        return "float32"
+    if c.dtype == "auto":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return c.dtype
+
+
+# --- setup: model, optimizer and data, fresh or from a checkpoint ------------------------------------------------
+
+@dataclass
+class State:
+    """What a checkpoint restores: the architecture, the (unwrapped) model, its optimizer, the training batches'
+    generator and the progress."""
+    model_args: dict
+    model: GPT
+    optimizer: torch.optim.Optimizer
+    batches: object  # dataset.Batches or dataset.FreshBatches
+    iter_num: int = 0
+    best_val_loss: float = float("inf")
+
+
+def init_state(c, proc, out_dir):
+    """A fresh State, or with --init_from=resume the one in the newest checkpoint of out_dir (whose architecture
+    wins over the command line)."""
+    torch.manual_seed(c.seed + proc.rank)
+    meta = load_meta(c.dataset)
+    batches = training_batches(c, proc)
+    model_args = {k: getattr(c, k) for k in MODEL_KEYS}
+    model_args["vocab_size"] = meta.get("vocab_size", 50304)
+    ckpt = newest_checkpoint(out_dir, proc) if c.init_from == "resume" else None
+    if ckpt is not None:
+        model_args = ckpt["model_args"]
+    model = GPT(model_config(model_args))
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+    model.to(proc.device)
+    optimizer = model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), proc.device_type,
+                                           c.optimizer, c.momentum)
+    state = State(model_args, model, optimizer, batches)
+    if ckpt is not None:
+        restore(state, ckpt, proc.rank)
+    return state
+
+
+def training_batches(c, proc):
+    """This rank's training batches, seeded by rank: from train.bin, or (fresh_data) sampled anew from the task."""
+    if c.fresh_data:
+        return FreshBatches(c.dataset, c.batch_size, c.block_size, c.seed + proc.rank, proc.device)
+    return Batches(c.dataset, "train", c.batch_size, c.block_size, c.seed + proc.rank, proc.device)
+
+
+def newest_checkpoint(out_dir, proc):
+    found = checkpoints(out_dir)
+    if not found:
+        raise UserError(f"--init_from=resume but no ckpt_<iter>.pt in {out_dir}")
+    print(f"resuming from {found[-1][1]}") if proc.master else None
+    return read_checkpoint(found[-1][1], proc.device)
+
+
+def restore(state, ckpt, rank):
+    """Continue where the checkpoint stopped: optimizer, this rank's batch generator, torch's generator."""
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    state.batches.set_state(ckpt["batch_rng"][rank] if rank < len(ckpt["batch_rng"]) else ckpt["batch_rng"][0])
+    torch.set_rng_state(ckpt["torch_rng"].cpu())  # map_location moved it to the device
+    state.iter_num, state.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
+
+
+def wrap(model, c, proc):
+    """The model the training steps call: compiled if asked, inside DDP under torchrun."""
+    if c.compile:
+        print("compiling the model...") if proc.master else None
+        model = torch.compile(model)
+    if proc.ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        model = DDP(model, device_ids=[proc.local_rank] if proc.device_type == "cuda" else None)
+    return model
+
+
+# --- step, evaluate, log ----------------------------------------------------------------------------------------
+
+def train_step(model, state, scaler, c, proc):
+    """One optimizer step over gradient_accumulation_steps micro-batches; returns the last micro-batch's loss."""
+    for micro_step in range(c.gradient_accumulation_steps):
+        X, Y = state.batches.next()
+        if proc.ddp:  # only sync gradients on the last micro step
+            model.require_backward_grad_sync = micro_step == c.gradient_accumulation_steps - 1
+        with proc.ctx:
+            loss = model(X, Y).loss / c.gradient_accumulation_steps
+        scaler.scale(loss).backward()
+    if c.grad_clip > 0:
+        scaler.unscale_(state.optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+    scaler.step(state.optimizer)
+    scaler.update()
+    state.optimizer.zero_grad(set_to_none=True)
+    return loss.item() * c.gradient_accumulation_steps
+
+
+@torch.no_grad()
+def estimate_loss(model, c, proc):
+    """Mean loss over eval_iters batches per split, drawn with fixed seeds (the same batches every eval)."""
+    out = {}
+    model.eval()
+    for split in ("train", "val"):
+        batches = Batches(c.dataset, split, c.batch_size, c.block_size, 1000 + (split == "val"), proc.device)
+        losses = torch.zeros(c.eval_iters)
+        for k in range(c.eval_iters):
+            X, Y = batches.next()
+            with proc.ctx:
+                losses[k] = model(X, Y).loss.item()
+        out[split] = losses.mean().item()
+    model.train()
+    return out
+
+
+def log_eval(out_dir, iter_num, losses, lr, tokens_per_sec, wandb):
+    """Print an evaluation, append it to out_dir/train_log.jsonl and to wandb when logging there."""
+    print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+    with open(os.path.join(out_dir, "train_log.jsonl"), "a") as f:
+        f.write(json.dumps(dict(iter=iter_num, eval=losses, tokens_per_sec=tokens_per_sec)) + "\n")
+    if wandb:
+        wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
+
+
+class Throughput:
+    """Training tokens per second between log lines; evaluation and checkpoint time do not count."""
+
+    def __init__(self, tokens_per_iter):
+        self.tokens_per_iter, self.tokens_per_sec = tokens_per_iter, None
+        self.pause()
+
+    def pause(self):
+        self.started, self.iters = None, 0
+
+    def start(self):
+        if self.started is None:
+            self.started = time.time()
+
+    def measure(self):
+        """Milliseconds per iteration since the last measure; updates tokens_per_sec."""
+        dt = time.time() - self.started
+        self.tokens_per_sec = self.iters * self.tokens_per_iter / dt
+        ms = 1000 * dt / self.iters
+        self.started, self.iters = time.time(), 0
+        return ms
+
+
+class StatsLog:
+    """Per-layer outlier statistics (outlier_stats.layer_report) on fixed validation sequences, a line per call
+    in out_dir/stats.jsonl."""
+
+    def __init__(self, c, proc, out_dir, iter_num):
+        val = Batches(c.dataset, "val", 1, c.block_size, 0)
+        self.seqs = val.sequences(min(c.stats_seqs, val.available(c.block_size)), c.block_size).to(proc.device)
+        self.path, self.ctx = os.path.join(out_dir, "stats.jsonl"), proc.ctx
+        keep_stats_before(self.path, iter_num)  # a resumed run rewrites what came after its checkpoint
+
+    def write(self, model, raw_model, iter_num):
+        model.eval()
+        with self.ctx:
+            report = layer_report(raw_model, self.seqs)
+        model.train()
+        with open(self.path, "a") as f:
+            f.write(json.dumps(dict(iter=iter_num, **compact_report(report))) + "\n")
 
 
 def keep_stats_before(path, iter_num):
@@ -80,225 +337,92 @@ def keep_stats_before(path, iter_num):
     os.replace(path + ".tmp", path)
 
 
-def validate(c):
-    if c["attention"] not in VARIANTS:
-        raise UserError(f"unknown attention variant {c['attention']!r}; choose one of {', '.join(VARIANTS)}")
-    if c["pos_emb"] not in POSITIONS:
-        raise UserError(f"unknown pos_emb {c['pos_emb']!r}; choose one of {', '.join(POSITIONS)}")
-    if c["optimizer"] not in ("adamw", "sgd"):
-        raise UserError(f"optimizer must be 'adamw' or 'sgd', got {c['optimizer']!r}")
-    if c["stats_interval"] < 0 or c["stats_seqs"] < 1 or c["max_seconds"] < 0:
-        raise UserError("stats_interval and max_seconds must be >= 0, stats_seqs >= 1")
-    if c["init_from"] not in ("scratch", "resume"):
-        raise UserError(f"init_from must be 'scratch' or 'resume', got {c['init_from']!r}")
-    for key in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval", "keep_checkpoints"):
-        if c[key] < 1:
-            raise UserError(f"{key} must be >= 1, got {c[key]}")
-    if c["max_iters"] < 0 or c["learning_rate"] <= 0:
-        raise UserError("max_iters must be >= 0 and learning_rate > 0")
-    if c["dtype"] not in ("auto", "float32", "bfloat16", "float16"):
-        raise UserError(f"dtype must be auto, float32, bfloat16 or float16, got {c['dtype']!r}")
+# --- checkpoint -------------------------------------------------------------------------------------------------
 
+def atomic_save(obj, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(state, c, proc, out_dir, losses, tokens_per_sec):
+    """out_dir/ckpt_<iter>.pt with every rank's batch generator (a collective: all ranks call it), written by
+    rank 0, which then drops all but the newest keep_checkpoints."""
+    batch_rng = [state.batches.get_state()]
+    if proc.ddp:
+        import torch.distributed as dist
+        batch_rng = [None] * proc.world
+        dist.all_gather_object(batch_rng, state.batches.get_state())
+    if not proc.master:
+        return
+    ckpt = dict(model=state.model.state_dict(), optimizer=state.optimizer.state_dict(), model_args=state.model_args,
+                iter_num=state.iter_num, best_val_loss=state.best_val_loss, config=vars(c), batch_rng=batch_rng,
+                torch_rng=torch.get_rng_state(), losses=losses, tokens_per_sec=tokens_per_sec)
+    path = os.path.join(out_dir, f"ckpt_{state.iter_num}.pt")
+    atomic_save(ckpt, path)
+    for _, old in checkpoints(out_dir)[:-c.keep_checkpoints]:
+        os.remove(old)
+    print(f"saved {path}")
+
+
+# --- the run ----------------------------------------------------------------------------------------------------
 
 def main(argv):
-    c = configure(DEFAULTS, argv)
+    c = SimpleNamespace(**configure(DEFAULTS, argv))
     validate(c)
-    # --- distributed setup -------------------------------------------------------------------------
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    if ddp:
-        from torch.distributed import init_process_group
-        rank, local_rank, world = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-        if c["device"] == "cpu" or (c["device"] == "auto" and not torch.cuda.is_available()):
-            if c["backend"] == "nccl":
-                raise UserError("multi-process training on CPU needs --backend=gloo (nccl is GPU-only)")
-            device = "cpu"
-        else:
-            device = f"cuda:{local_rank}"
-            torch.cuda.set_device(device)
-        if c["max_seconds"]:
-            raise UserError("max_seconds is for single-process runs (the processes would stop at different steps)")
-        init_process_group(backend=c["backend"])
-        if c["gradient_accumulation_steps"] % world:
-            raise UserError(f"gradient_accumulation_steps ({c['gradient_accumulation_steps']}) must be divisible by the {world} processes")
-        c["gradient_accumulation_steps"] //= world
-    else:
-        rank, world = 0, 1
-        device = c["device"] if c["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    master = rank == 0
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    if device_type == "cpu" and "OMP_NUM_THREADS" in os.environ:
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    dtype = c["dtype"]
-    if dtype == "auto":
-        dtype = "float32" if device_type == "cpu" else ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
-    if device_type == "cpu" and dtype != "float32":
-        raise UserError("on CPU this trainer runs in float32; use --dtype=float32 (or auto)")
-    ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    ctx = nullcontext() if dtype == "float32" else torch.autocast(device_type=device_type, dtype=ptdtype)
-    if device_type == "cuda":  # float32 means float32; TF32 only where autocast lowers precision anyway
-        torch.backends.cuda.matmul.allow_tf32 = dtype != "float32"
-        torch.backends.cudnn.allow_tf32 = dtype != "float32"
-    out_dir = resolve_path(c["out_dir"])
-    tokens_per_iter = c["gradient_accumulation_steps"] * world * c["batch_size"] * c["block_size"]
-    if master:
+    proc = setup(c)
+    out_dir = resolve_path(c.out_dir)
+    tokens_per_iter = c.gradient_accumulation_steps * proc.world * c.batch_size * c.block_size
+    if proc.master:
         os.makedirs(out_dir, exist_ok=True)
-        print(f"tokens per iteration: {tokens_per_iter:,}  device: {device}  dtype: {dtype}")
-
-    # --- model, optimizer, state -------------------------------------------------------------------
-    torch.manual_seed(c["seed"] + rank)
-    meta = load_meta(c["dataset"])
-    if c["fresh_data"]:
-        train_batches = FreshBatches(c["dataset"], c["batch_size"], c["block_size"], c["seed"] + rank, device)
-    else:
-        train_batches = Batches(c["dataset"], "train", c["batch_size"], c["block_size"], c["seed"] + rank, device)
-    model_args = {k: c[k] for k in MODEL_KEYS}
-    model_args["vocab_size"] = meta.get("vocab_size", 50304)
-    iter_num, best_val_loss, ckpt = 0, float("inf"), None
-    if c["init_from"] == "resume":
-        found = checkpoints(out_dir)
-        if not found:
-            raise UserError(f"--init_from=resume but no ckpt_<iter>.pt in {out_dir}")
-        print(f"resuming from {found[-1][1]}") if master else None
-        ckpt = read_checkpoint(found[-1][1], device)
-        model_args = ckpt["model_args"]  # the run's architecture wins over the command line
-        iter_num, best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
-    try:
-        model = GPT(GPTConfig.from_dict(model_args))
-    except ConfigError as e:
-        raise UserError(str(e))
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-    model.to(device)
-    scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
-    optimizer = model.configure_optimizers(c["weight_decay"], c["learning_rate"], (c["beta1"], c["beta2"]), device_type,
-                                           c["optimizer"], c["momentum"])
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        train_batches.set_state(ckpt["batch_rng"][rank] if rank < len(ckpt["batch_rng"]) else ckpt["batch_rng"][0])
-        torch.set_rng_state(ckpt["torch_rng"].cpu())  # map_location moved it to the device
-    ckpt = None  # free memory
-    raw_model = model
-    if c["compile"]:
-        print("compiling the model...") if master else None
-        model = torch.compile(model)
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-    if master:
-        print(f"model: {c['attention']} attention, {raw_model.get_num_params() / 1e6:.2f}M parameters")
-
-    @torch.no_grad()
-    def estimate_loss():
-        """Mean loss over eval_iters batches per split, drawn with fixed seeds (the same batches every eval)."""
-        out = {}
-        model.eval()
-        for split in ("train", "val"):
-            batches = Batches(c["dataset"], split, c["batch_size"], c["block_size"], 1000 + (split == "val"), device)
-            losses = torch.zeros(c["eval_iters"])
-            for k in range(c["eval_iters"]):
-                X, Y = batches.next()
-                with ctx:
-                    losses[k] = model(X, Y)[1].item()
-            out[split] = losses.mean().item()
-        model.train()
-        return out
-
-    def save(iter_num, losses):
-        batch_rng = [train_batches.get_state()]
-        if ddp:
-            import torch.distributed as dist
-            gathered = [None] * world
-            dist.all_gather_object(gathered, batch_rng[0])
-            batch_rng = gathered
-        if not master:
-            return
-        state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), model_args=model_args,
-                     iter_num=iter_num, best_val_loss=best_val_loss, config=c, batch_rng=batch_rng,
-                     torch_rng=torch.get_rng_state(), losses=losses, tokens_per_sec=tokens_per_sec)
-        path = os.path.join(out_dir, f"ckpt_{iter_num}.pt")
-        atomic_save(state, path)
-        for _, old in checkpoints(out_dir)[:-c["keep_checkpoints"]]:
-            os.remove(old)
-        print(f"saved {path}")
-
+        print(f"tokens per iteration: {tokens_per_iter:,}  device: {proc.device}  dtype: {proc.dtype}")
+    state = init_state(c, proc, out_dir)
+    scaler = torch.amp.GradScaler(proc.device_type, enabled=(proc.dtype == "float16"))
+    model = wrap(state.model, c, proc)
+    if proc.master:
+        print(f"model: {c.attention} attention, {state.model.get_num_params() / 1e6:.2f}M parameters")
     wandb = None
-    if c["wandb_log"] and master:
+    if c.wandb_log and proc.master:
         import wandb
-        wandb.init(project=c["wandb_project"], name=c["wandb_run_name"], config=c)
-    log_path = os.path.join(out_dir, "train_log.jsonl")
-    history, tokens_per_sec, t_timer, tokens_timed = {}, None, None, 0
-    stats_path = os.path.join(out_dir, "stats.jsonl")
-    if c["stats_interval"] and master:
-        val = Batches(c["dataset"], "val", 1, c["block_size"], 0)
-        stats_seqs = val.sequences(min(c["stats_seqs"], val.available(c["block_size"])), c["block_size"]).to(device)
-        keep_stats_before(stats_path, iter_num)  # a resumed run rewrites what came after its checkpoint
-
-    def log_stats(iter_num):
-        model.eval()
-        with ctx:
-            report = layer_report(raw_model, stats_seqs)
-        model.train()
-        with open(stats_path, "a") as f:
-            f.write(json.dumps(dict(iter=iter_num, **compact_report(report))) + "\n")
-    started, last_iter = time.time(), c["max_iters"]
-
-    # --- training loop -----------------------------------------------------------------------------
+        wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=vars(c))
+    stats = StatsLog(c, proc, out_dir, state.iter_num) if c.stats_interval and proc.master else None
+    speed, history, started, last_iter = Throughput(tokens_per_iter), {}, time.time(), c.max_iters
     model.train()
     while True:
-        lr = get_lr(iter_num, c)
-        for group in optimizer.param_groups:
+        lr = get_lr(state.iter_num, c)
+        for group in state.optimizer.param_groups:
             group["lr"] = lr
-        if c["stats_interval"] and master and iter_num % c["stats_interval"] == 0:
-            log_stats(iter_num)
-        out_of_time = c["max_seconds"] > 0 and time.time() - started > c["max_seconds"]
-        if out_of_time:
-            print(f"max_seconds ({c['max_seconds']:g}) reached at iteration {iter_num}") if master else None
-            last_iter = iter_num  # evaluate and save here, then stop
-        if iter_num % c["eval_interval"] == 0 or iter_num == last_iter:
-            if c["eval_only"] or iter_num > 0:
-                losses = estimate_loss()
-                if master:
-                    print(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(dict(iter=iter_num, eval=losses, tokens_per_sec=tokens_per_sec)) + "\n")
-                    if wandb:
-                        wandb.log({"iter": iter_num, "train/loss": losses["train"], "val/loss": losses["val"], "lr": lr})
-                if c["eval_only"]:
-                    break
-                if losses["val"] < best_val_loss or c["always_save_checkpoint"]:
-                    best_val_loss = min(best_val_loss, losses["val"])
-                    save(iter_num, losses)
-                t_timer, tokens_timed = None, 0  # evaluation time does not count towards tokens/s
-        if iter_num >= last_iter:
+        if stats and state.iter_num % c.stats_interval == 0:
+            stats.write(model, state.model, state.iter_num)
+        if c.max_seconds > 0 and time.time() - started > c.max_seconds:
+            print(f"max_seconds ({c.max_seconds:g}) reached at iteration {state.iter_num}") if proc.master else None
+            last_iter = state.iter_num  # evaluate and save here, then stop
+        eval_due = state.iter_num % c.eval_interval == 0 or state.iter_num == last_iter
+        if eval_due and (c.eval_only or state.iter_num > 0):
+            losses = estimate_loss(model, c, proc)
+            if proc.master:
+                log_eval(out_dir, state.iter_num, losses, lr, speed.tokens_per_sec, wandb)
+            if c.eval_only:
+                break
+            if losses["val"] < state.best_val_loss or c.always_save_checkpoint:
+                state.best_val_loss = min(state.best_val_loss, losses["val"])
+                save_checkpoint(state, c, proc, out_dir, losses, speed.tokens_per_sec)
+            speed.pause()
+        if state.iter_num >= last_iter:
             break
-        if t_timer is None:
-            t_timer = time.time()
-        for micro_step in range(c["gradient_accumulation_steps"]):
-            X, Y = train_batches.next()
-            if ddp:  # only sync gradients on the last micro step
-                model.require_backward_grad_sync = micro_step == c["gradient_accumulation_steps"] - 1
-            with ctx:
-                loss = model(X, Y)[1] / c["gradient_accumulation_steps"]
-            scaler.scale(loss).backward()
-        if c["grad_clip"] > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), c["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        lossf = loss.item() * c["gradient_accumulation_steps"]
+        speed.start()
+        lossf = train_step(model, state, scaler, c, proc)
         if not math.isfinite(lossf):
-            raise Diverged(f"loss is {lossf} at iteration {iter_num}; stopping. Lower learning_rate or resume "
+            raise Diverged(f"loss is {lossf} at iteration {state.iter_num}; stopping. Lower learning_rate or resume "
                            f"from the last checkpoint in {out_dir}")
-        history[iter_num] = lossf
-        iter_num += 1
-        tokens_timed += tokens_per_iter
-        if iter_num % c["log_interval"] == 0 and master:
-            dt = time.time() - t_timer
-            tokens_per_sec = tokens_timed / dt
-            print(f"iter {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {1000 * dt / (tokens_timed / tokens_per_iter):.1f} ms/iter, {tokens_per_sec:,.0f} tok/s")
-            t_timer, tokens_timed = time.time(), 0
-    if ddp:
+        history[state.iter_num] = lossf
+        state.iter_num += 1
+        speed.iters += 1
+        if state.iter_num % c.log_interval == 0 and proc.master:
+            ms = speed.measure()
+            print(f"iter {state.iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {ms:.1f} ms/iter, "
+                  f"{speed.tokens_per_sec:,.0f} tok/s")
+    if proc.ddp:
         from torch.distributed import destroy_process_group
         destroy_process_group()
     return history

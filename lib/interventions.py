@@ -395,7 +395,7 @@ def attention_sinks(model, run, ids) -> dict[int, list[list[int]]]:
 
 def _attention_sinks(model, run, ids):
     if _gpt2_blocks(model) is not None:
-        weights = model(ids, need_weights=True)["attn"]
+        weights = model(ids, need_weights=True).attn
         sums = []
         for w in weights:
             w = w / w.sum(dim=-1, keepdim=True)

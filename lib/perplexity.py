@@ -84,8 +84,7 @@ def gpt2_logits(model):
 
     def logits_fn(ids):
         ids = ids.to(device)
-        logits, _ = model(ids, targets=torch.full_like(ids, -1))  # targets only switch on full logits
-        return logits
+        return model(ids, targets=torch.full_like(ids, -1)).logits  # targets only switch on full logits
     return logits_fn
 
 

@@ -68,7 +68,7 @@ def test_gpt2_checkpoint_logits_match_prefix_by_prefix():
     full = gpt2_logits(model)(ids)
     with torch.no_grad():
         for t in range(1, 9):
-            last, _ = model(ids[:, :t])
+            last = model(ids[:, :t]).logits
             assert torch.allclose(full[0, t - 1], last[0, -1], atol=1e-5)
 
 
@@ -322,17 +322,17 @@ def test_mask_sink_in_gpt2_variants_cuts_later_attention_to_the_outlier_token(va
             handle.remove()
 
     others = [i for i in range(12) if i != k]
-    last = lambda out: out["hidden"][-1][:, others]
+    last = lambda out: out.hidden[-1][:, others]
     unmasked_change = (last(run(0.0, False)) - last(run(3000.0, False))).abs().max()
     masked = run(0.0, True)
     masked_change = (last(masked) - last(run(3000.0, True))).abs().max()
     assert unmasked_change > 1e-4 and masked_change < 1e-6
     extra = 1 if variant == "attn_bias" else 0  # attn_bias puts its always-visible k' first
-    for w in masked["attn"][L + 1:]:
+    for w in masked.attn[L + 1:]:
         assert torch.all(w[:, :, others, k + extra] == 0)
     assert all(block.attn.blocked_keys is None for block in model.transformer.h)  # cleaned up
     with torch.no_grad():  # the fused path is back and unchanged
-        assert torch.allclose(model(ids)[0], model(ids, need_weights=True)["logits"], atol=1e-5)
+        assert torch.allclose(model(ids).logits, model(ids, need_weights=True).logits, atol=1e-5)
 
 
 def test_attention_sinks_found_and_masked_in_the_planted_llama():
@@ -382,16 +382,16 @@ def test_attention_sinks_found_and_masked_in_gpt2(variant):
     model = _gpt2_with_a_sink_at_position_0(variant)
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        plain = model(ids, need_weights=True)["attn"]
+        plain = model(ids, need_weights=True).attn
     extra = plain[0].shape[-1] - 12  # attn_bias reports its extra key k' first
     assert all(w[:, :, 1:, extra].mean() > 0.5 for w in plain)
     found = interventions.attention_sinks(model, lambda x: model(x), ids)
     assert found == {0: [[0], [0]], 1: [[0], [0]]}
-    masked_fn, state = interventions.mask_attention_sinks(model, None, lambda x: model(x, need_weights=True)["attn"])
+    masked_fn, state = interventions.mask_attention_sinks(model, None, lambda x: model(x, need_weights=True).attn)
     with torch.no_grad():
         masked = masked_fn(ids)
     assert all(torch.all(w[:, :, 1:, extra] == 0) for w in masked) and state.masked == 2
-    control_fn, control = interventions.mask_attention_sinks(model, None, lambda x: model(x, need_weights=True)["attn"],
+    control_fn, control = interventions.mask_attention_sinks(model, None, lambda x: model(x, need_weights=True).attn,
                                                              control=True)
     with torch.no_grad():
         controlled = control_fn(ids)

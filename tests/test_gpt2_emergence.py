@@ -189,7 +189,7 @@ def test_writer_decomposition_sums_to_the_entry():
 
 def median_of_block1(model, seqs):
     with torch.no_grad():
-        h = model(seqs, return_hidden=True)["hidden"][0]
+        h = model(seqs, return_hidden=True).hidden[0]
     return float(h.abs().flatten(1).median(dim=1).values.mean())
 
 
@@ -230,7 +230,7 @@ def test_peak_ablation_zeroes_only_the_massive_channels_and_sets_them_to_their_c
         with torch.no_grad():
             return planted(model, seqs, register, lambda mod, x: float(mod(x, targets=y)[1]))
     with torch.no_grad():
-        planted_calib = planted(model, calib, hooks, lambda mod, x: mod(x, return_hidden=True)["hidden"][0])
+        planted_calib = planted(model, calib, hooks, lambda mod, x: mod(x, return_hidden=True).hidden[0])
     means = planted_calib[:, 0, [5, 9]].mean(0)
     assert first["calibration_means"] == pytest.approx(means.tolist(), rel=1e-5)
     assert first["loss_zeroed"] == pytest.approx(loss_with(0.0), abs=1e-6)
@@ -307,13 +307,13 @@ def test_rope_and_none_have_no_position_vector_and_position_0_sees_only_itself(p
     assert model.transformer.wpe is None and "transformer.wpe.weight" not in model.state_dict()
     a = torch.tensor([[3, 1, 4, 1, 5, 9]])
     b = torch.tensor([[3, 2, 7, 1, 8, 2]])
-    ha = model(a, return_hidden=True)["hidden"]
-    hb = model(b, return_hidden=True)["hidden"]
+    ha = model(a, return_hidden=True).hidden
+    hb = model(b, return_hidden=True).hidden
     for x, y in zip(ha, hb):  # position 0's output depends only on its own token, never on a position vector
         assert torch.allclose(x[0, 0], y[0, 0], atol=1e-6)
-    moved = model(torch.tensor([[5, 3, 1, 4]]), return_hidden=True)["hidden"]  # token 3 at position 1
+    moved = model(torch.tensor([[5, 3, 1, 4]]), return_hidden=True).hidden  # token 3 at position 1
     if pos_emb == "none":  # without positions a lone token is the same at any position it is first...
-        assert torch.allclose(ha[-1][0, 0], model(torch.tensor([[3]]), return_hidden=True)["hidden"][-1][0, 0], atol=1e-6)
+        assert torch.allclose(ha[-1][0, 0], model(torch.tensor([[3]]), return_hidden=True).hidden[-1][0, 0], atol=1e-6)
     assert not torch.allclose(moved[-1][0, 1], ha[-1][0, 0], atol=1e-4)  # ...but not after another token
 
 

@@ -98,14 +98,14 @@ def test_shapes_and_causal_masking(variant):
     idx = torch.randint(0, 37, (2, 12))
     with torch.no_grad():
         out = model(idx, targets=idx, return_hidden=True)
-        assert out["logits"].shape == (2, 12, 37) and out["loss"].ndim == 0
-        assert len(out["hidden"]) == 2 and out["hidden"][0].shape == (2, 12, 16)
-        logits, loss = model(idx)
-        assert logits.shape == (2, 1, 37) and loss is None
+        assert out.logits.shape == (2, 12, 37) and out.loss.ndim == 0
+        assert len(out.hidden) == 2 and out.hidden[0].shape == (2, 12, 16) and out.attn is None
+        plain = model(idx)
+        assert plain.logits.shape == (2, 1, 37) and plain.loss is None and plain.hidden is None
         changed = idx.clone()
         changed[:, 7:] = (changed[:, 7:] + 5) % 37  # change the future
-        a = model(idx, targets=idx, return_hidden=True)["hidden"][-1]
-        b = model(changed, targets=changed, return_hidden=True)["hidden"][-1]
+        a = model(idx, targets=idx, return_hidden=True).hidden[-1]
+        b = model(changed, targets=changed, return_hidden=True).hidden[-1]
     assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6)
     assert not torch.allclose(a[:, 7:], b[:, 7:], atol=1e-3)
 
@@ -130,8 +130,8 @@ def test_attn_bias_with_zero_value_and_very_negative_key_logit_equals_default():
             bb.attn.k_extra.copy_((-100 * u).expand(2, 1, 8))
             bb.attn.v_extra.zero_()
         idx = torch.randint(0, 37, (2, 10))
-        a, b = default(idx, idx)[1], biased(idx, idx)[1]
-        s = biased(idx, need_weights=True)["attn"]
+        a, b = default(idx, idx).loss, biased(idx, idx).loss
+        s = biased(idx, need_weights=True).attn
     assert max(float(w[..., 0].max()) for w in s) < 1e-30  # the extra key really gets nothing
     assert torch.allclose(a, b, atol=1e-5)
 
@@ -146,8 +146,8 @@ def test_ca_softmax_with_scale_one_equals_default_and_not_otherwise():
         for block in ca.transformer.h:  # S(x) = 2 sigmoid(0) = 1
             block.attn.scale_proj.weight.zero_()
             block.attn.scale_proj.bias.zero_()
-        assert torch.allclose(default(idx, idx, return_hidden=True)["hidden"][-1],
-                              ca(idx, idx, return_hidden=True)["hidden"][-1], atol=1e-6)
+        assert torch.allclose(default(idx, idx, return_hidden=True).hidden[-1],
+                              ca(idx, idx, return_hidden=True).hidden[-1], atol=1e-6)
         for block in ca.transformer.h:
             block.attn.scale_proj.bias.fill_(1.0)
         assert not torch.allclose(default(idx, idx)[1], ca(idx, idx)[1], atol=1e-4)
