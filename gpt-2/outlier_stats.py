@@ -400,7 +400,7 @@ def peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=0):
         finally:
             if hook is not None:
                 hook.remove()
-        return float(out["loss"]), [head_key_shares(w, T) for w in out.attn]
+        return float(out.loss), [head_key_shares(w, T) for w in out.attn]
 
     loss, shares = run()
     calib_hidden = model(calib, return_hidden=True).hidden

@@ -141,10 +141,11 @@ def where_section(rows) -> list[str]:
     return ["## Where the outlier and the sink went", "",
             "| model | intervention | masked / edited layers (1-based) | massive: layer / channel / median |h| "
             "| massive moved | sink: first layer / share | sink moved |", "|---" * 7 + "|"] + table + [
-            "", "Measured in the intervened forwards themselves (the same evaluation windows). Massive: the layer whose "
-            "largest |h| stands highest over its median |h| (median over windows), that entry's most common channel "
-            "and its median |h|. Sink: the first layer where the key most attended by its later queries (head-"
-            "averaged) receives at least 0.3 of their attention in at least half of the windows, and that share. "
+            "", "Measured in the intervened forwards themselves (the same evaluation windows). Massive: the layer "
+            "with the largest |h| (median over windows) among those where the rule flags the layer's largest entry in "
+            "at least half of the windows, that entry's most common channel and its median |h|. Sink: the "
+            "first layer where one key holds at least 0.3 of the attention of queries 1..T-1 (head-averaged) in at "
+            "least half of the windows, and that share. "
             "Moved: the share of windows where the massive activation (at its layer) or the sink (at its layer) sits "
             "on another token than in the unedited model; the scale test replaces attention's output, so no sink is "
             "tracked there.", ""]

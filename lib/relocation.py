@@ -8,8 +8,11 @@ Per forward and layer (layers 1-based in every summary, tokens and channels 0-ba
 - the massive activation: the largest |h| of the layer output (resid_post), its token and channel, and its ratio
   to the layer's median |h|; a layer holds one when the ratio passes the activation rule's factor and |h| its
   floor (lib.interventions.Rule, the figures' rule);
-- the sink: the key that receives the most attention from the queries after it, head-averaged
-  (lib.reducers.attention_received), and that share; a layer has a sink when the share is at least SINK_SHARE.
+- the sink: the key that holds the largest share of the attention of queries 1..T-1 (head-averaged; what the
+  queries after it pay it, lib.reducers.attention_received, summed and divided by T - 1, so that a late key seen
+  by a few queries cannot pass), and that share; a layer has a sink when the share is at least SINK_SHARE.
+The massive activation is the largest |h| among the layers whose largest entry the rule flags in at least half of
+the windows (the layer that stands highest over its median where the rule flags none).
 `compare(before, after)` says, window by window, whether the intervention moved them to another token.
 """
 from collections import Counter
@@ -23,7 +26,7 @@ from lib.gpt2_checkpoints import CheckpointLM
 from lib.interventions import DEFAULT_RULE, Rule
 from monkey_patch import Capture
 
-SINK_SHARE = 0.3  # a sink: a key receiving >= 0.3 of its later queries' attention, head-averaged (Gu et al.'s bar)
+SINK_SHARE = 0.3  # a sink: a key holding >= 0.3 of the attention of queries 1..T-1, head-averaged (Gu et al.'s bar)
 
 
 def _residual(point, layer, h):
@@ -77,11 +80,19 @@ def _massive(layer: dict, rule: Rule) -> bool:
     return abs(layer["value"]) > rule.min_abs and abs(layer["value"]) > rule.factor * max(layer["median"], 1e-12)
 
 
+def later_share(received: torch.Tensor) -> torch.Tensor:
+    """[keys] mean attention from the queries after each key -> its share of the attention of queries 1..T-1."""
+    n = received.shape[-1]
+    later = torch.arange(n - 1, -1, -1, dtype=received.dtype)  # queries after key k: n - 1 - k
+    return received * later / max(n - 1, 1)
+
+
 def _sink(layer: dict):
-    """(key, share) of the layer's most attended key, or None where attention was not tracked."""
+    """(key, share) of the key holding the largest share of the attention of queries 1..T-1, or None where
+    attention was not tracked."""
     if "received" not in layer:
         return None
-    shares = layer["received"]
+    shares = later_share(layer["received"])
     key = int(shares.argmax())
     return key, float(shares[key])
 
@@ -102,7 +113,8 @@ def summarize(windows: list[list[dict]], rule: Rule = DEFAULT_RULE) -> dict:
             row["sink_windows"] = sum(s[1] >= SINK_SHARE for s in sinks) / len(sinks)
         layers.append(row)
     massive_layers = [r["layer"] for r in layers if r["massive_windows"] >= 0.5]
-    top = max(layers, key=lambda r: r["ratio_median"])
+    flagged = [r for r in layers if r["layer"] in massive_layers]
+    top = max(flagged, key=lambda r: r["value_median"]) if flagged else max(layers, key=lambda r: r["ratio_median"])
     out = {"windows": len(windows), "rule": str(rule), "sink_share": SINK_SHARE, "per_layer": layers,
            "massive": {"layers": massive_layers, "largest_layer": top["layer"], "channel": top["channel"],
                        "ratio_median": top["ratio_median"], "value_median": top["value_median"],
@@ -133,8 +145,8 @@ def tokens_max_abs(tracker_windows: list[list[dict]], window: int = 0) -> torch.
 
 
 def received(tracker_windows: list[list[dict]], window: int = 0) -> torch.Tensor:
-    """float32 [layers, keys]: the head-averaged attention each key receives from later queries, per layer."""
-    return torch.stack([layer["received"] for layer in tracker_windows[window]])
+    """float32 [layers, keys]: each key's share of the attention of queries 1..T-1 (head-averaged), per layer."""
+    return torch.stack([later_share(layer["received"]) for layer in tracker_windows[window]])
 
 
 # --- the relocation experiment: block the outlier tokens as keys and see where the outlier and the sink go --------

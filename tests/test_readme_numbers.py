@@ -23,7 +23,7 @@ READMES = ("README.md", "gpt-2/README.md", "results/consequences/README.md", "gp
 # a number: digits with optional thousands commas, decimals and exponent (3e-2), not part of a name (fp32, gpt-2,
 # llama2_7b, R^2)
 NUMBER = re.compile(r"(?<![\w^.])(?<![A-Za-z]-)\d+(?:,\d{3})*(?:\.\d+)?(?:e[+-]?\d+)?")
-WORDS = dict(enumerate("zero one two three four five six seven eight nine ten eleven twelve".split()))
+WORDS = dict(enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen".split()))
 
 
 # --- the committed results, and numbers as the READMEs write them -----------------------------------------------------

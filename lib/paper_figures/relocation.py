@@ -108,7 +108,7 @@ def _summary(d: Relocation) -> list[str]:
              f"channel {after['massive_channel']}, |h| {after['massive_value']:.4g}"]
     if "sink_token" in before and "sink_token" in after:
         lines.append(f"sink: {_token(before['sink_token_text'], before['sink_token'])} from layer "
-                     f"{before['sink_first_layer']} ({before['sink_share']:.2f} of later queries' attention) -> "
+                     f"{before['sink_first_layer']} ({before['sink_share']:.2f} of the attention of queries 1..T-1) -> "
                      f"{_token(after['sink_token_text'], after['sink_token'])} from layer {after['sink_first_layer']} "
                      f"({after['sink_share']:.2f})")
     w = d.windows
@@ -140,7 +140,7 @@ def draw(axes, d: Relocation):
         plotting.layer_token_map(axes[column], torch.log10(d.maps[name]["max_abs"].clamp_min(1e-3)), labels,
                                  highlight=d.outlier_tokens, title=f"{title}: log10 max |h|")
         plotting.layer_token_map(axes[2 + column], d.maps[name]["received"], labels, highlight=d.outlier_tokens,
-                                 title=f"{title}: attention from later queries", vmin=0.0, vmax=1.0)
+                                 title=f"{title}: share of queries 1..T-1's attention", vmin=0.0, vmax=1.0)
 
 
 def _summary_row(result: dict) -> dict:
