@@ -1,6 +1,6 @@
 """Cost of capture, printed as ratios.
 
-1. time: capturing every point the figure scripts need at one layer vs a plain forward pass (target <= 1.1x, issue 15);
+1. time: capturing every point the figure scripts need at one layer vs a plain forward pass (target <= 1.1x);
 2. memory: per-layer top-k/median statistics and attention column sums for ALL layers vs a plain eager
    forward pass (target <= 1.0x), and vs the reference code's approach (full fp64 copies of every layer's
    activations and full attention maps). Peak memory above the loaded model: CUDA's allocator statistics on a

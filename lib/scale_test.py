@@ -1,4 +1,4 @@
-"""Is an attention sink only a context-aware scale? Counterfactuals on the sink keys (issue 10).
+"""Is an attention sink only a context-aware scale? Counterfactuals on the sink keys.
 
 Per head and query, softmax attention splits into the sink keys S and the rest:
     o = sum_{j in S} w_j v_j + (1 - a_s) o_rest,    a_s = sum_{j in S} w_j,

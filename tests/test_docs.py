@@ -42,3 +42,14 @@ def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch):
             exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
         except Exception as e:  # name the block, not just the line
             pytest.fail(f"README python block {i + 1} fails: {type(e).__name__}: {e}\n{block}")
+
+
+def test_the_product_cites_nothing_its_user_does_not_have():
+    """No issue numbers, no files outside the repository, no first person in the product's docs and code."""
+    import subprocess
+    files = subprocess.run(["git", "ls-files", "*.py", "*.md", "*.sh", "*.toml", "*.cff"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    banned = re.compile(r"\bissue \d+|\bissue's\b|SPEC\.md|\.\./shared|\bI (?:take|think|ran|measured)\b", re.I)
+    found = [f"{f}: {m.group()}" for f in files if not f.startswith("tests/")
+             for m in banned.finditer((ROOT / f).read_text(errors="replace"))]
+    assert not found, found

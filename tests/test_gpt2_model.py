@@ -1,4 +1,4 @@
-"""gpt-2/model.py: every attention variant against a hand-written reference of its formula (SPEC.md),
+"""gpt-2/model.py: every attention variant against a hand-written reference of its formula (the paper's),
 causal masking, identity checks against the default variant, and config errors."""
 import math
 import os

@@ -588,7 +588,7 @@ def gpt2_results_brief():
             f"does not depend on it either (+{change['gated']['mask_attn_sink']:.1f}%)",
             f"({lr1e2['attn_bias']['extra_key_share']:.2f} of the mass\nat lr 1e-2",
             f"maxima >= {criteria['ratio']:g} on the most frequent position", f"no layer's ratio passes {max(ratios):.1f}",
-            f"no variant passes top-1/median {min(ratios):.0f}-{max(ratios):.0f} (the issue asks for ≥ "
+            f"no variant passes top-1/median {min(ratios):.0f}-{max(ratios):.0f} (the criterion asks for ≥ "
             f"{criteria['ratio']:g})", f"that pass {criteria['ratio']:g}",
             f"changes perplexity by {min(zeroed):.1f}-{max(zeroed):.1f}%, against "
             f"{percent_change(dominant['zero']['ppl'], gemma['baseline']['ppl']):.0f}% for Gemma 3 270M's"]
@@ -752,7 +752,7 @@ def gpt2_results_search():
         f"falls from\n{peak['default']['ratio']:.1f} to", f"against {peak['default']['first_token_share']:.3f}), at val "
         f"loss\n{log_val_loss('out-peakwd-default'):.3f}; ca_softmax falls from {peak['ca_softmax']['ratio']:.1f} to",
         f"(val loss {log_val_loss('out-peakwd-ca_softmax'):.3f}:",
-        f"the issue's criterion (default ≥ {criteria['ratio']:g}", f"top-1/median ≥ {criteria['ratio']:g} together",
+        f"the study's criterion (default ≥ {criteria['ratio']:g}", f"top-1/median ≥ {criteria['ratio']:g} together",
         f"the ratios pass {criteria['ratio']:g}", f"{defaults['n_layer']} layers x {defaults['n_embd']}, OpenWebText)",
         f"({train['eval_iters']} batches)", f"compare.py's own loss evaluation ({compare['eval_iters']} batches)",
         f"In the wider {config('train_backcopy_peak.py')['n_layer']}-layer model"]

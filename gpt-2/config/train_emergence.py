@@ -1,4 +1,4 @@
-# Emergence study (issue 17; results/emergence/): the pilots' setting in ../shared/pilots. 3 layers x 128 wide,
+# Emergence study (results/emergence/): the pilots' setting (results/pilots/). 3 layers x 128 wide,
 # 2 heads, block 64, 16 sequences per step drawn afresh from the Bigram-Backcopy task (nothing repeats), AdamW
 # at a constant lr after 200 warmup steps, weight decay 0.1, per-layer outlier statistics every 2000 steps.
 # Data first: python data/backcopy/prepare.py --seq_len=65 --train_seqs=2000 --out_dir=data/backcopy_bos65

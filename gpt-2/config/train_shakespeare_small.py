@@ -1,6 +1,6 @@
 # A small GPT on Shakespeare (GPT-2 BPE, data/shakespeare/prepare.py) for CPU: roughly 15-20 minutes on one
 # thread (the 50k-token output layer dominates the cost). Natural text at this scale (a few M tokens) is far
-# below where sinks appear (SPEC.md's scale warning): it exercises the pipeline, it is not the hypothesis test.
+# below where sinks appear (on natural text, sinks appear only after about 1-2B training tokens for a 60M model): it exercises the pipeline, it is not the hypothesis test.
 dataset = "shakespeare"
 out_dir = "out-shakespeare-small"
 block_size = 64

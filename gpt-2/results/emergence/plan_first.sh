@@ -1,5 +1,5 @@
 # The first GPU batch (2026-11-25): sourced by run_gpu.sh, which defines run NAME [flags...].
-# BOS design: the four variants of the issue at the pilots' setting (lr 1e-3, weight decay 0.1, width 128)
+# BOS design: the four variants of the hypothesis test at the pilots' setting (lr 1e-3, weight decay 0.1, width 128)
 run default
 run ca_softmax --attention=ca_softmax
 run attn_bias --attention=attn_bias

@@ -1,6 +1,6 @@
 # The second GPU batch (2026-11-26): no BOS and no fixed token (design nobos: the first token is an ordinary
 # random one), so a sink on position 0 cannot rest on a token's embedding. Sourced by run_gpu.sh.
-# 3 layers, rotary positions: the five variants of the issue, a second seed, lr 2e-3 with its ca_softmax control
+# 3 layers, rotary positions: the five variants of the hypothesis test, a second seed, lr 2e-3 with its ca_softmax control
 run nb-default-rope --dataset=backcopy_nb65 --pos_emb=rope
 run nb-ca_softmax-rope --dataset=backcopy_nb65 --pos_emb=rope --attention=ca_softmax
 run nb-attn_bias-rope --dataset=backcopy_nb65 --pos_emb=rope --attention=attn_bias

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 17's emergence runs, all at once: one train.py process per run on one GPU machine (16 cores), each
+# The emergence study's runs, all at once: one train.py process per run on one GPU machine (16 cores), each
 # stopping after BUDGET seconds of training (max_seconds), then pack_runs.py bundles every run's newest
 # checkpoint (weights only) and logs into DEST. Run from anywhere; settings in config/train_emergence.py.
 #   BUDGET=450 DEST=/tmp/emergence USE_MPS=1 PLAN=results/emergence/plan_first.sh bash results/emergence/run_gpu.sh
