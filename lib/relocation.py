@@ -8,9 +8,10 @@ Per forward and layer (layers 1-based in every summary, tokens and channels 0-ba
 - the massive activation: the largest |h| of the layer output (resid_post), its token and channel, and its ratio
   to the layer's median |h|; a layer holds one when the ratio passes the activation rule's factor and |h| its
   floor (lib.interventions.Rule, the figures' rule);
-- the sink: the key that holds the largest share of the attention of queries 1..T-1 (head-averaged; what the
-  queries after it pay it, lib.reducers.attention_received, summed and divided by T - 1, so that a late key seen
-  by a few queries cannot pass), and that share; a layer has a sink when the share is at least SINK_SHARE.
+- the sink: a layer has one where the attention rule (lib.analysis.ATTENTION_RULE, the rule the figures and
+  mask_attn_sink use, on the head-averaged cumulative attention) flags a key; the sink is the flagged key holding
+  the largest share of the attention of queries 1..T-1 (head-averaged; what the queries after it pay it,
+  lib.reducers.attention_received, summed and divided by T - 1), and that share.
 The massive activation is the largest |h| among the layers whose largest entry the rule flags in at least half of
 the windows (the layer that stands highest over its median where the rule flags none).
 `compare(before, after)` says, window by window, whether the intervention moved them to another token.
@@ -21,12 +22,11 @@ from statistics import median
 
 import torch
 
-from lib import interventions, reducers
+from lib import analysis, interventions, outliers, reducers
 from lib.gpt2_checkpoints import CheckpointLM
 from lib.interventions import DEFAULT_RULE, Rule
 from monkey_patch import Capture
 
-SINK_SHARE = 0.3  # a sink: a key holding >= 0.3 of the attention of queries 1..T-1, head-averaged (Gu et al.'s bar)
 
 
 def _residual(point, layer, h):
@@ -41,6 +41,12 @@ def _residual(point, layer, h):
     return out
 
 
+def _attention(point, layer, probs):
+    """Per sequence: the attention each key receives from later queries and the head-averaged cumulative attention."""
+    received = reducers.attention_received(point, layer, probs)
+    return [{"received": r, "cumulative": outliers.column_sums(p).mean(dim=0).cpu()} for r, p in zip(received, probs)]
+
+
 class Tracker:
     """What `track` recorded: per forward, per layer, the residual summary and the attention received per key."""
 
@@ -52,11 +58,10 @@ class Tracker:
         token_max [tokens] and, where attention was tracked, received [keys] (head-averaged)."""
         per_layer = [[s for call in self.capture["resid_post", i] for s in call] for i in range(self.n_layers)]
         if self.attention:
-            received = [[s.mean(dim=0) for call in self.capture["attn.pattern", i] for s in call]
-                        for i in range(self.n_layers)]
+            attention = [[s for call in self.capture["attn.pattern", i] for s in call] for i in range(self.n_layers)]
             for i in range(self.n_layers):
-                for entry, shares in zip(per_layer[i], received[i]):
-                    entry["received"] = shares
+                for entry, seen in zip(per_layer[i], attention[i]):
+                    entry["received"], entry["cumulative"] = seen["received"].mean(dim=0), seen["cumulative"]
         return [[per_layer[i][w] for i in range(self.n_layers)] for w in range(len(per_layer[0]))]
 
     def summary(self, rule: Rule = DEFAULT_RULE) -> dict:
@@ -70,7 +75,7 @@ def track(model, attention: bool = True):
     if getattr(model.config, "model_type", None) is None:  # a gpt-2/ GPT: captured through its checkpoint wrapper
         model = CheckpointLM(model)
     points = ["resid_post"] + (["attn.pattern"] if attention else [])
-    reduce = reducers.by_point({"resid_post": _residual, "attn.pattern": reducers.attention_received})
+    reduce = reducers.by_point({"resid_post": _residual, "attn.pattern": _attention})
     with Capture(model, points, reduce=reduce) as cap:
         tracker = Tracker(cap, len(cap.view.layers), attention)
         yield tracker
@@ -88,13 +93,14 @@ def later_share(received: torch.Tensor) -> torch.Tensor:
 
 
 def _sink(layer: dict):
-    """(key, share) of the key holding the largest share of the attention of queries 1..T-1, or None where
-    attention was not tracked."""
+    """(key, share, flagged): the key the attention rule flags with the largest share of the attention of queries
+    1..T-1 (where it flags none: the key with the largest share); None where attention was not tracked."""
     if "received" not in layer:
         return None
     shares = later_share(layer["received"])
-    key = int(shares.argmax())
-    return key, float(shares[key])
+    flagged = analysis.excess_attention_keys(layer["cumulative"])
+    key = max(flagged, key=lambda k: float(shares[k])) if flagged else int(shares.argmax())
+    return key, float(shares[key]), bool(flagged)
 
 
 def summarize(windows: list[list[dict]], rule: Rule = DEFAULT_RULE) -> dict:
@@ -110,12 +116,12 @@ def summarize(windows: list[list[dict]], rule: Rule = DEFAULT_RULE) -> dict:
         sinks = [_sink(e) for e in entries]
         if sinks[0] is not None:
             row["sink_share_median"] = median(s[1] for s in sinks)
-            row["sink_windows"] = sum(s[1] >= SINK_SHARE for s in sinks) / len(sinks)
+            row["sink_windows"] = sum(s[2] for s in sinks) / len(sinks)
         layers.append(row)
     massive_layers = [r["layer"] for r in layers if r["massive_windows"] >= 0.5]
     flagged = [r for r in layers if r["layer"] in massive_layers]
     top = max(flagged, key=lambda r: r["value_median"]) if flagged else max(layers, key=lambda r: r["ratio_median"])
-    out = {"windows": len(windows), "rule": str(rule), "sink_share": SINK_SHARE, "per_layer": layers,
+    out = {"windows": len(windows), "rule": str(rule), "sink_rule": analysis.ATTENTION_RULE, "per_layer": layers,
            "massive": {"layers": massive_layers, "largest_layer": top["layer"], "channel": top["channel"],
                        "ratio_median": top["ratio_median"], "value_median": top["value_median"],
                        "tokens": [w[top["layer"] - 1]["token"] for w in windows]}}
@@ -164,8 +170,13 @@ def condition_layers(condition: str, first_sink_layer: int, n_layers: int) -> li
 
 
 def outlier_tokens(scan) -> list[list[int]]:
-    """Per window of an outlier scan (lib.interventions.scan_outliers): the tokens flagged in any layer."""
-    return [sorted({t for mask, _ in per_layer for t in torch.nonzero(mask.any(dim=1)).flatten().tolist()})
+    """Per window of an outlier scan (lib.interventions.scan_outliers): the tokens flagged, in any layer, in the
+    channel of the largest outliers (lib.interventions.dominant_channel): the massive activation's tokens, not every
+    smaller outlier of the early layers."""
+    channel = interventions.dominant_channel(scan)
+    if channel is None:
+        return [[] for _ in scan]
+    return [sorted({t for mask, _ in per_layer for t in torch.nonzero(mask[:, channel]).flatten().tolist()})
             for per_layer in scan]
 
 
@@ -207,8 +218,8 @@ def measure(model, blocks, logits_fn, run_fn, windows, rule: Rule = DEFAULT_RULE
            "outlier_tokens": keys, "control_tokens": controls, "first_sink_layer": first_sink,
            "baseline": {**summarize_ppl(baseline), "where": before}, "conditions": {}}
     if first_sink is None:
-        out["note"] = f"no layer has a sink (a key receiving >= {SINK_SHARE} of its later queries' attention) in at " \
-                      "least half of the windows: only the every-layer condition is defined"
+        out["note"] = "no layer has a sink (a key the attention rule flags) in at least half of the windows: only the " \
+                      "every-layer condition is defined"
     for condition in CONDITIONS if first_sink is not None else CONDITIONS[:1]:
         layers = condition_layers(condition, first_sink or 1, len(blocks))
         out["conditions"][condition] = {}

@@ -462,7 +462,7 @@ def test_emergence_table_judges_each_run_from_its_checkpoint_and_again_from_its_
 
 def test_emergence_from_logs_needs_the_logs_and_the_tables_row(tmp_path):
     import emergence
-    from configurator import UserError
+    from lib.configurator import UserError
     with pytest.raises(UserError, match="no stats.jsonl"):
         emergence.main([f"--runs={[str(tmp_path / 'gone')]}", f"--results_dir={tmp_path}", "--from_logs=True"])
     (tmp_path / "runs" / "gone").mkdir(parents=True)

@@ -107,10 +107,11 @@ def _summary(d: Relocation) -> list[str]:
              f"{_token(after['massive_token_text'], after['massive_token'])} at layer {after['massive_layer']}, "
              f"channel {after['massive_channel']}, |h| {after['massive_value']:.4g}"]
     if "sink_token" in before and "sink_token" in after:
-        lines.append(f"sink: {_token(before['sink_token_text'], before['sink_token'])} from layer "
-                     f"{before['sink_first_layer']} ({before['sink_share']:.2f} of the attention of queries 1..T-1) -> "
-                     f"{_token(after['sink_token_text'], after['sink_token'])} from layer {after['sink_first_layer']} "
-                     f"({after['sink_share']:.2f})")
+        def sink(w):
+            where = f"from layer {w['sink_first_layer']}" if w["sink_first_layer"] else "(no layer's rule flags it)"
+            return f"{_token(w['sink_token_text'], w['sink_token'])} {where}, {w['sink_share']:.2f} of the attention " \
+                   "of queries 1..T-1"
+        lines.append(f"sink: {sink(before)} -> {sink(after)}")
     w = d.windows
     base = w["baseline"]["ppl"]
     lines.append(f"{w['windows']} windows x {w['seqlen']} tokens, first sink layer {w['first_sink_layer']}, "

@@ -92,18 +92,20 @@ def _spans(layers: list[int]) -> str:
 
 
 def dominant_outlier(ctx) -> dict:
-    """The prompt's dominant outlier, whether or not the rule flags it: the layer-output entry that stands highest
-    over its layer's median |h| (layer, token, channel, |h|, ratio), its |h| after every layer with each of the
+    """The prompt's dominant outlier, whether or not the rule flags it: the largest layer-output |h| among the layers
+    whose largest entry exceeds the rule's factor x their median |h| (where none does, the entry that stands highest
+    over its median): layer, token, channel, |h|, ratio; its |h| after every layer with each of the
     rule's three tests (|h| > the floor, > factor x the layer's median |h|, > TOKEN_FACTOR x its channel's median
     over tokens), the layers where the rule flags it, and why it stops passing where it does."""
     if "dominant" in ctx.cache:
         return ctx.cache["dominant"]
     scan = prompt_scan(ctx)
     resid, tokens = scan["resid"], scan["tokens"]
-    layer = strongest_layer(resid)
+    factor, floor = ctx.rule["factor"], ctx.rule["min_abs"]
+    massive = [i for i, found in enumerate(resid) if found["max"] > factor * max(found["median"], 1e-12)]
+    layer = max(massive, key=lambda i: resid[i]["max"]) if massive else strongest_layer(resid)
     token, channel = resid[layer]["argmax"]
     values = persistent_channel_values(ctx, channel).abs()  # [layers, tokens]
-    factor, floor = ctx.rule["factor"], ctx.rule["min_abs"]
     trace = []
     for i, found in enumerate(resid):
         value, median = float(values[i, token]), max(found["median"], 1e-12)
