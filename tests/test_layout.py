@@ -58,7 +58,7 @@ def test_lib_reaches_gpt2_only_through_one_loader_of_model_py():
     assert len(loaders) == 1 and loaders[0][0] == "gpt2_checkpoints.py", loaders
     assert 'GPT2_DIR / "model.py"' in loaders[0][1]
     model_imports = imports(ROOT / "gpt-2" / "model.py")  # what lib/ loads depends on torch alone
-    assert {n.split(".")[0] for n in model_imports} <= {"functools", "math", "dataclasses", "torch"}, model_imports
+    assert {n.split(".")[0] for n in model_imports} <= {"functools", "math", "dataclasses", "typing", "torch"}, model_imports
 
 
 def test_gpt2_edits_no_sys_path():
