@@ -319,6 +319,34 @@ def compression_valley():
                        for n in sorted(set(sinks.values())))]
 
 
+def relocation():
+    """The relocation paragraph, from the default model's lifecycle_relocation.json."""
+    d = load("results/figures/gemma3_270m/lifecycle_relocation.json")
+    w, prompt = d["windows"], d["prompt_before"]
+    c, base = w["conditions"], w["baseline"]["where"]["massive"]
+    every, before, after = (c[k]["outliers"] for k in ("every_layer", "before_sink_layer", "from_sink_layer"))
+    control = c["every_layer"]["control"]
+    counts = [len(k) for k in w["outlier_tokens"]]
+    n = w["windows"]
+
+    def nats(e):
+        return f"{e['nll_change']:+.3f} ± {e['nll_change_stderr']:.3f}"
+
+    def moved(e):
+        return f"{round(e['moved']['massive_moved'] * n)} of {n}"
+    return [f"{n} windows x\n{w['seqlen']} tokens, sinks by the attention rule from layer {w['first_sink_layer']} on",
+            f"hiding the {min(counts)}-{max(counts)} channel-{base['channel']} tokens of each window",
+            f"moves the massive activation to another token in {moved(every)} windows",
+            f"(median |h| {base['value_median']:,.0f} before and {every['where']['massive']['value_median']:,.0f} after, "
+            f"at layer {every['where']['massive']['largest_layer']})",
+            f"and costs {nats(every)} nats against {nats(control)} for random tokens",
+            f"Hiding them only before layer {w['first_sink_layer']} does the same ({nats(before)} nats; moved in "
+            f"{moved(before)}\nwindows)",
+            f"hiding them from layer {w['first_sink_layer']} on moves nothing and costs nothing ({nats(after)} nats)"
+            if after["moved"]["massive_moved"] == 0 else "hiding them from the first sink layer on moves the outlier",
+            f"(|h| {prompt['massive_value']:,.0f} at layer {prompt['massive_layer']})"]
+
+
 def capture_bench():
     claims = []
     for name in ("capture.json", "capture_gemma3-270m.json", "capture_llama-30x576.json",
@@ -769,7 +797,7 @@ CLAIMS = [  # (README, function returning its claims rendered from committed res
     ("bench/README.md", scale_bench), ("bench/README.md", bench_constants),
     ("README.md", emergence), ("README.md", emergence_figures), ("README.md", gemma_figures),
     ("README.md", gemma_windows), ("README.md", scale_test_reading), ("bench/README.md", capture_bench_setup),
-    ("bench/README.md", scale_bench_setup), ("README.md", compression_valley), ("README.md", code_constants),
+    ("bench/README.md", scale_bench_setup), ("README.md", compression_valley), ("README.md", relocation), ("README.md", code_constants),
     ("gpt-2/README.md", gpt2_summary),
     ("results/consequences/README.md", consequences_gemma), ("results/consequences/README.md", consequences_backcopy),
     ("results/consequences/README.md", consequences_peak),
