@@ -13,6 +13,8 @@ import statistics
 import sys
 import time
 
+from types import SimpleNamespace
+
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
@@ -60,7 +62,7 @@ class PlainGPT(nn.Module):
         for b in self.blocks:
             x = b(x)
         logits = self.head(self.norm(x))
-        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return SimpleNamespace(logits=logits, loss=F.cross_entropy(logits.flatten(0, 1), targets.flatten()))
 
 
 def time_model(model, args, device, dtype=None):

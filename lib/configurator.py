@@ -7,6 +7,7 @@ defaults; a flag --key=value overrides one setting (the value is read as a Pytho
 as one, as a string otherwise). Unknown keys and values of the wrong type are UserErrors.
 """
 import ast
+import sys
 import os
 
 from lib.errors import UserError, user_errors_exit  # noqa: F401  (re-exported for the scripts)
