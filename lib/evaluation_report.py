@@ -117,6 +117,8 @@ def _entries(r: dict):
 def _layers(layers) -> str:
     if isinstance(layers, str) or not layers:
         return layers or "-"
+    if len(layers) == 1:
+        return str(layers[0])
     return f"{layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else ", ".join(map(str, layers))
 
 
@@ -144,8 +146,8 @@ def where_section(rows) -> list[str]:
             "", "Measured in the intervened forwards themselves (the same evaluation windows). Massive: the layer "
             "with the largest |h| (median over windows) among those where the rule flags the layer's largest entry in "
             "at least half of the windows, that entry's most common channel and its median |h|. Sink: the "
-            "first layer where one key holds at least 0.3 of the attention of queries 1..T-1 (head-averaged) in at "
-            "least half of the windows, and that share. "
+            "first layer where the attention rule flags a key in at least half of the windows, and the share of the "
+            "attention of queries 1..T-1 (head-averaged) that its most attended flagged key holds. "
             "Moved: the share of windows where the massive activation (at its layer) or the sink (at its layer) sits "
             "on another token than in the unedited model; the scale test replaces attention's output, so no sink is "
             "tracked there.", ""]

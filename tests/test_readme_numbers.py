@@ -842,6 +842,8 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
      "the first position's index; train.py's exit code for a NaN loss"),
     ("results/consequences/README.md", r"Gaussian: 3|a Gaussian's 3", "a Gaussian's kurtosis"),
     ("results/consequences/README.md", r"the 262k-word LM head", "the default model's vocabulary (262,144 tokens)"),
+    ("results/consequences/README.md", r"138\.7 in an earlier run of the same code", "history: an earlier run's W8A8 "
+     "perplexity (float rounding of absmax scales of 1e5 moves it from run to run)"),
     ("results/consequences/README.md", r"\(cumulative attention >= 0\.1 x seqlen and >= 2 x the uniform baseline\)|"
      r"about 1\.5 CPU-hours|145\.5 in the first run", "history: the earlier rule, an estimate, a replaced run"),
     ("results/consequences/README.md", r"GPT-2 124M trained on OpenWebText: 8-bit absmax 93 \(default\) vs 29 "
