@@ -19,6 +19,9 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 
+from lib import relocation
+from lib.interventions import DEFAULT_RULE, _gpt2_blocks, attention_sinks, key_mask, supports_sink_mask
+from lib.perplexity import perplexity, summarize
 from monkey_patch import AttentionEdit, ModelView, route
 from monkey_patch.routing import additive_mask, eager_attention
 
@@ -44,7 +47,6 @@ class ScaleTest:
 
     def sinks(self, layer: int, batch: int, n_tokens: int, device) -> torch.Tensor | None:
         """Bool [batch, queries, keys]: key j is a sink of query i (j in S, j != i, j <= i), or None."""
-        from lib.interventions import key_mask
         keys = key_mask(self.keys.get(layer), batch, n_tokens, device)
         if keys is None:
             return None
@@ -195,7 +197,6 @@ def _gpt2_wrap(state, layer, attn):
 @contextmanager
 def scale_test(model, state: ScaleTest):
     """Within the context every forward runs `state.mode` on the sink keys `state.keys` names."""
-    from lib.interventions import _gpt2_blocks, supports_sink_mask
     if not supports_sink_mask(model):
         raise ValueError("the scale test needs a gpt-2/ model or a Hugging Face family on the attention registry")
     blocks = _gpt2_blocks(model)
@@ -221,7 +222,6 @@ def scale_test(model, state: ScaleTest):
 def logits_under(model, run, logits_fn, state: ScaleTest, sinks: dict | None = None):
     """logits_fn' that finds each window's sink keys (unmodified forward), then runs logits_fn under the test.
     `sinks` caches them by window across calls (every mode tests the same windows: one search per window)."""
-    from lib.interventions import attention_sinks
     sinks = {} if sinks is None else sinks
 
     def scaled_logits(ids):
@@ -238,9 +238,6 @@ def measure(model, run, logits_fn, windows, calib, baseline, log=print, rule=Non
     """Calibrate on `calib` windows (const and fitted scales, a_s and |v_s| statistics), then the perplexity of
     every mode on `windows`, each with its paired change against `baseline` (lib.perplexity.summarize) and where
     the massive activation went (lib.relocation; the modes replace attention's output, so no sink is tracked)."""
-    from lib import relocation
-    from lib.interventions import DEFAULT_RULE
-    from lib.perplexity import perplexity, summarize
     rule = rule or DEFAULT_RULE
     record = ScaleTest("record")
     recording = logits_under(model, run, logits_fn, record)
