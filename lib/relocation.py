@@ -32,12 +32,11 @@ from monkey_patch import Capture
 def _residual(point, layer, h):
     """Per sequence: the largest |h| (token, channel, value), the median |h| and each token's max |h|."""
     out = []
-    for sequence in h.detach():
+    for sequence, token_max in zip(h.detach(), reducers.token_max_abs(point, layer, h)):
         flat = sequence.abs().float()
-        index = int(flat.argmax())
-        token, channel = divmod(index, sequence.shape[-1])
+        token, channel = divmod(int(flat.argmax()), sequence.shape[-1])
         out.append({"token": token, "channel": channel, "value": float(sequence[token, channel]),
-                    "median": float(flat.median()), "token_max": flat.amax(dim=-1).cpu()})
+                    "median": float(flat.median()), "token_max": token_max})
     return out
 
 
