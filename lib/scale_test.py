@@ -22,6 +22,7 @@ import torch
 from lib import relocation
 from lib.interventions import DEFAULT_RULE, _gpt2_blocks, attention_sinks, key_mask, supports_sink_mask
 from lib.perplexity import perplexity, summarize
+from lib.text_numbers import sig
 from monkey_patch import AttentionEdit, ModelView, route
 from monkey_patch.routing import additive_mask, eager_attention
 
@@ -256,7 +257,7 @@ def measure(model, run, logits_fn, windows, calib, baseline, log=print, rule=Non
                               "where": summary, "moved": relocation.compare(baseline.get("where", {}), summary)}
         if mode in ("const_scale", "fitted_scale"):
             out["modes"][mode]["uncalibrated_layer_windows"] = state.uncalibrated
-        log(f"scale test: {mode}: perplexity {out['modes'][mode]['ppl']:.4g}")
+        log(f"scale test: {mode}: perplexity {sig(out['modes'][mode]['ppl'])}")
     return out
 
 
@@ -267,14 +268,14 @@ def markdown(rows) -> list[str]:
         if entry.get("ppl") is None:
             return "n/a"
         change = entry.get("nll_change")
-        return f"{entry['ppl']:.4g}" + (f" ({change:+.3f} ± {entry['nll_change_stderr']:.3f})"
+        return sig(entry['ppl']) + (f" ({change:+.3f} ± {entry['nll_change_stderr']:.3f})"
                                         if change is not None and entry.get("nll_change_stderr") is not None else "")
     lines = ["## Is the sink only a scale? (--scale-test)", "",
              "| model | fp32 | " + " | ".join(MODES) + " |", "|---" * (len(MODES) + 2) + "|"]
     for r in rows:
         test = r.get("scale_test", {})
         if "modes" in test:
-            lines.append(f"| {r['name']} | {r['baseline']['ppl']:.4g} | "
+            lines.append(f"| {r['name']} | {sig(r['baseline']['ppl'])} | "
                          + " | ".join(cell(test["modes"][m]) for m in MODES) + " |")
     lines += ["", "Perplexity (change of the mean token NLL against fp32 ± its paired standard error over windows). "
               "In every layer, that layer's sink keys (found per window as for mask_attn_sink): mask = masked and "

@@ -6,6 +6,7 @@ import torch
 from lib import analysis, outliers, plotting
 from lib.paper_figures.figure import PROMPT_FLAGS, Figure, Unavailable, View, cell, drawn, optional
 from lib.paper_figures.scan import prompt_scan, strongest_layer, writer_unit
+from lib.text_numbers import sig
 from monkey_patch import Capture
 
 
@@ -67,7 +68,7 @@ def _activation(ctx, point, found_key, layers_key, what):
         max=found["max"], median=found["median"], threshold=found["threshold"],
         paper_rule_tokens=paper, outlier_layers=outlier_layers,
         summary=[
-            f"{ctx.title} {what}, layer {layer + 1} ({why}): max {found['max']:.4g}, median {found['median']:.4g}",
+            f"{ctx.title} {what}, layer {layer + 1} ({why}): max {sig(found['max'])}, median {sig(found['median'])}",
             f"outlier tokens {found['tokens']} {[tokens[t] for t in found['tokens']]}, channels {found['channels']}"
             f"; paper's 1000x-mean rule: tokens {paper}",
             f"layers with outliers (1-based): {outlier_layers}",
@@ -212,14 +213,14 @@ def weights(ctx):
     top_rows = torch.topk(W[:, top].abs(), min(3, W.shape[0])).indices.tolist()
     down_in_channels = list(down_in["channels"]) if down_in else []
     summary = [
-        f"{ctx.title} down_proj layer {layer + 1} ({why}): top column {top} ratio {stats['top_ratios'][0]:.4g} "
-        f"(median {stats['median_ratio']:.4g}), largest in rows {top_rows}",
+        f"{ctx.title} down_proj layer {layer + 1} ({why}): top column {top} ratio {sig(stats['top_ratios'][0])} "
+        f"(median {sig(stats['median_ratio'])}), largest in rows {top_rows}",
         f"down_proj-input outlier channels {down_in_channels}; layer-output outlier channels {activation_channels}",
     ]
     if writer:
         summary.append(
             f"column {writer['column']} writes most of channel {writer['channel']} at token {writer['token']} "
-            f"(share {writer['share_of_down_proj_output']:.2f}); its ratio {writer['ratio']:.4g} ranks "
+            f"(share {writer['share_of_down_proj_output']:.2f}); its ratio {sig(writer['ratio'])} ranks "
             f"{writer['ratio_rank']} of {len(ratios)}")
     return WeightExample(
         layer=layer + 1, why=why, columns=columns, column_ratios=[ratios[c].item() for c in columns],
@@ -247,8 +248,8 @@ def _dominant_cell(row: dict) -> str:
     d = row.get("dominant_outlier")
     if not d:
         return "-"
-    return (f"{d['token_text']!r} ({d['token']}), ch {d['channel']}, {d['abs']:.4g} at layer {d['layer']} "
-            f"({d['over_median']:.3g}x median); flagged at {cell(d['flagged_layers'])}")
+    return (f"{d['token_text']!r} ({d['token']}), ch {d['channel']}, {sig(d['abs'])} at layer {d['layer']} "
+            f"({sig(d['over_median'], 3)}x median); flagged at {cell(d['flagged_layers'])}")
 
 
 def _writer(result: dict) -> dict:
@@ -260,7 +261,7 @@ def _writer(result: dict) -> dict:
 def _writer_cell(row: dict) -> str:
     if row.get("writer_column") is None:
         return "-"
-    return f"{row['writer_column']} ({row['writer_column_ratio']:.3g}, rank {row['writer_column_rank']})"
+    return f"{row['writer_column']} ({sig(row['writer_column_ratio'], 3)}, rank {row['writer_column_rank']})"
 
 
 VIEW_3D = dict(size=(7, 5.5), three_d=True)

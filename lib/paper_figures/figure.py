@@ -12,6 +12,7 @@ from typing import Callable
 
 from lib import plotting
 from lib.outliers import CATEGORIES
+from lib.text_numbers import sig
 
 
 # the flag groups (lib.cli.FLAG_GROUPS) of the figures on the prompt and of those over calibration text
@@ -89,7 +90,7 @@ def cell(x) -> str:
     if x is None or x == []:
         return "-"
     if isinstance(x, float):
-        return f"{x:.4g}"
+        return f"{sig(x)}"
     if isinstance(x, list):
         return ", ".join(str(v) for v in x)
     return str(x)

@@ -9,6 +9,7 @@ from lib import outliers, plotting
 from lib.errors import UserError
 from lib.paper_figures.figure import PROMPT_FLAGS, Figure, View, cell, drawn
 from lib.paper_figures.scan import main_outlier, persistent_channel_values, prompt_scan, strongest_layer
+from lib.text_numbers import sig
 from monkey_patch import Capture
 from monkey_patch.adapters import get_submodule
 
@@ -126,9 +127,9 @@ def emergence(ctx):
         outlier_layers=[i + 1 for i in scan["resid_layers"]],
         summary=[
             f"{ctx.title} emergence at layer {layer + 1} ({why}): token {token} {scan['tokens'][token]!r} channel "
-            f"{channel} goes {before:.4g} -> {values[layer].item():.4g}",
-            f"MLP unit {neuron} writes most of it: down_in {chain['down in']['value']:.4g}, "
-            f"W_down[{channel}, {neuron}] = {W_down[channel, neuron].item():.4g}",
+            f"{channel} goes {sig(before)} -> {sig(values[layer].item())}",
+            f"MLP unit {neuron} writes most of it: down_in {sig(chain['down in']['value'])}, "
+            f"W_down[{channel}, {neuron}] = {sig(W_down[channel, neuron].item())}",
         ],
         panels=panels)
 
@@ -204,7 +205,7 @@ def spread(ctx):
         summary=[
             f"{ctx.title} spread at layer {layer + 1} ({why}), head {head} ({head_why}): outlier tokens {sink_tokens}",
             "head outlier ratios: " + ", ".join(f"{r:.2f}" for r in ratio.tolist()),
-            "v norm per token: " + ", ".join(f"{v:.3g}" for v in v_norm.tolist()),
+            "v norm per token: " + ", ".join(sig(v, 3) for v in v_norm.tolist()),
         ],
         logits=logits, probs=probs.numpy())
 
@@ -267,9 +268,9 @@ def disappearance(ctx):
         outlier_layers=[i + 1 for i in scan["resid_layers"]],
         summary=[
             f"{ctx.title} disappearance at layer {layer + 1} ({why}): |h[{token}, {channel}]| "
-            f"{before[layer].item():.4g} -> {magnitude[layer].item():.4g}",
-            f"the layer changes it by {change:.4g}: attention adds {parts['attention adds']:.4g}, the MLP adds "
-            f"{mlp_adds:.4g}; in down_proj, unit {neuron} pushes hardest against it ({contribution[neuron].item():.4g})",
+            f"{sig(before[layer].item())} -> {sig(magnitude[layer].item())}",
+            f"the layer changes it by {sig(change)}: attention adds {sig(parts['attention adds'])}, the MLP adds "
+            f"{sig(mlp_adds)}; in down_proj, unit {neuron} pushes hardest against it ({sig(contribution[neuron].item())})",
         ],
         down_out=got["mlp.down_out"][token].numpy(), down_in=got["mlp.down_in"][token].numpy(),
         w_column=W_down[:, neuron].numpy())

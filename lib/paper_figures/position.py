@@ -13,6 +13,7 @@ from tqdm import tqdm
 from lib import analysis, outliers, plotting
 from lib.paper_figures.figure import CALIBRATION_FLAGS, Figure, Unavailable, View, cell, drawn, shares
 from lib.reducers import attention_column_sums, by_point
+from lib.text_numbers import sig
 from monkey_patch import Capture
 
 
@@ -111,9 +112,9 @@ def _activation(ctx, point, what):
         summary=[
             f"{ctx.title} {what} over {info['nsamples']} x {info['seqlen']} tokens of {info['data']}: "
             f"outlier layers (1-based) {outlier_layers}",
-            "top-1 per layer: " + ", ".join(f"{r['top'][0]:.4g}" for r in rows),
-            "median per layer: " + ", ".join(f"{r['median']:.3g}" for r in rows),
-            "kurtosis per layer: " + ", ".join(f"{r['kurtosis']:.3g}" for r in rows),
+            "top-1 per layer: " + ", ".join(sig(r['top'][0]) for r in rows),
+            "median per layer: " + ", ".join(sig(r['median'], 3) for r in rows),
+            "kurtosis per layer: " + ", ".join(sig(r['kurtosis'], 3) for r in rows),
             "outlier token categories: " + ", ".join(f"{k} {categories[k]:.1%}" for k in outliers.CATEGORIES)
             + f" (n={categories['count']})",
         ],
@@ -231,7 +232,7 @@ def attention(ctx):
             f"paper's >= 0.1 x seqlen rule alone: layers {paper_layers}; (sequence, layer, key) triples flagged by "
             f"one rule only: ours {only_ours}, the paper's {only_paper} (it also counts query 0's forced weight on "
             "key 0 and has no uniform baseline)",
-            "cumulative top-1 per layer: " + ", ".join(f"{v:.4g}" for v in top1),
+            "cumulative top-1 per layer: " + ", ".join(sig(v) for v in top1),
             "mean per-head outlier ratio: " + ", ".join(f"{r['head_ratio_mean']:.2f}" for r in rows),
             "outlier key categories: " + ", ".join(f"{k} {categories[k]:.1%}" for k in outliers.CATEGORIES)
             + f" (n={categories['count']})",
@@ -287,10 +288,10 @@ def weights(ctx):
                               for role, values_ in scores.items()},
         late_layer_shown=late["layer"] if late else None,
         summary=[
-            f"{ctx.title} down_proj: largest column ratio {strongest['max_ratio']:.4g} at layer {strongest['layer']} "
+            f"{ctx.title} down_proj: largest column ratio {sig(strongest['max_ratio'])} at layer {strongest['layer']} "
             f"column {strongest['top_columns'][0]}" if strongest else f"{ctx.title}: no down_proj",
-            "max column ratio per layer: " + ", ".join(f"{r['max_ratio']:.3g}" for r in rows),
-            "module score maxima: " + ", ".join(f"{role} {max(v):.3g}" for role, v in scores.items()),
+            "max column ratio per layer: " + ", ".join(sig(r['max_ratio'], 3) for r in rows),
+            "module score maxima: " + ", ".join(f"{role} {sig(max(v), 3)}" for role, v in scores.items()),
         ],
         late_values=values, late_columns=columns, late_highlight=highlight)
 

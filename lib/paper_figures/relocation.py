@@ -16,6 +16,7 @@ import torch
 from lib import interventions, plotting, relocation
 from lib.paper_figures.figure import Figure, View, cell, drawn
 from lib.perplexity import gpt2_logits, hf_logits
+from lib.text_numbers import sig
 
 
 def _model_parts(ctx):
@@ -103,9 +104,9 @@ def _summary(d: Relocation) -> list[str]:
     lines = [f"prompt: outlier token(s) {', '.join(_token(t, k) for t, k in zip(d.outlier_token_text, d.outlier_tokens))}"
              f" masked as keys for every other query in every layer",
              f"massive activation: {_token(before['massive_token_text'], before['massive_token'])} at layer "
-             f"{before['massive_layer']}, channel {before['massive_channel']}, |h| {before['massive_value']:.4g} -> "
+             f"{before['massive_layer']}, channel {before['massive_channel']}, |h| {sig(before['massive_value'])} -> "
              f"{_token(after['massive_token_text'], after['massive_token'])} at layer {after['massive_layer']}, "
-             f"channel {after['massive_channel']}, |h| {after['massive_value']:.4g}"]
+             f"channel {after['massive_channel']}, |h| {sig(after['massive_value'])}"]
     if "sink_token" in before and "sink_token" in after:
         def sink(w):
             where = f"from layer {w['sink_first_layer']}" if w["sink_first_layer"] else "(no layer's rule flags it)"
@@ -115,13 +116,13 @@ def _summary(d: Relocation) -> list[str]:
     w = d.windows
     base = w["baseline"]["ppl"]
     lines.append(f"{w['windows']} windows x {w['seqlen']} tokens, first sink layer {w['first_sink_layer']}, "
-                 f"perplexity {base:.4g} unmasked:")
+                 f"perplexity {sig(base)} unmasked:")
     for condition, kinds in w["conditions"].items():
         parts = []
         for kind in ("outliers", "control"):
             e = kinds[kind]
             moved = e["moved"]
-            parts.append(f"{kind} {e['ppl']:.4g} ({e['nll_change']:+.3f} ± {e['nll_change_stderr']:.3f} nats; outlier "
+            parts.append(f"{kind} {sig(e['ppl'])} ({e['nll_change']:+.3f} ± {e['nll_change_stderr']:.3f} nats; outlier "
                          f"moved in {cell(moved['massive_moved'])}, sink in {cell(moved['sink_moved'])} of windows)")
         lines.append(f"  {relocation.CONDITION_TEXT[condition]} (layers {_span(kinds['outliers']['masked_layers'])}): "
                      + "; ".join(parts))

@@ -7,8 +7,9 @@ sums. The figures then capture full tensors again for the one layer they draw.
 import torch
 
 from lib import analysis
-from monkey_patch import Capture
 from lib.reducers import attention_column_sums, by_point
+from lib.text_numbers import sig
+from monkey_patch import Capture
 
 
 def _activation(rule):
@@ -117,18 +118,18 @@ def dominant_outlier(ctx) -> dict:
     flagged = [t["layer"] for t in trace if t["flagged"]]
     peak = trace[layer]
     text = (f"dominant outlier of the prompt: token {token} ({tokens[token]!r}), channel {channel}, |h| "
-            f"{peak['abs']:.4g} at layer {layer + 1} ({peak['over_median']:.4g} x the median |h|); the rule flags it at "
+            f"{sig(peak['abs'])} at layer {layer + 1} ({sig(peak['over_median'])} x the median |h|); the rule flags it at "
             f"layers {_spans(flagged)}")
     after = [t for t in trace if flagged and t["layer"] > flagged[-1]]
     if after:
         first, why = after[0], []
         if not first["above_factor_x_median"]:
-            why.append(f"it is only {first['over_median']:.4g} x the layer's median |h| (< {factor:g}: the median "
-                       f"grows from {resid[flagged[-1] - 1]['median']:.3g} to {resid[first['layer'] - 1]['median']:.3g})")
+            why.append(f"it is only {sig(first['over_median'])} x the layer's median |h| (< {factor:g}: the median "
+                       f"grows from {sig(resid[flagged[-1] - 1]['median'], 3)} to {sig(resid[first['layer'] - 1]['median'], 3)})")
         if not first["above_floor"]:
-            why.append(f"|h| {first['abs']:.4g} is under the floor {floor:g}")
+            why.append(f"|h| {sig(first['abs'])} is under the floor {floor:g}")
         if not first["above_channel_median"]:
-            why.append(f"its channel is large at every token (only {first['over_channel_median']:.3g} x the channel's "
+            why.append(f"its channel is large at every token (only {sig(first['over_channel_median'], 3)} x the channel's "
                        "median)")
         text += f"; from layer {first['layer']} on it fails: " + "; ".join(why)
     elif not flagged:

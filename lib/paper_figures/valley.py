@@ -22,6 +22,7 @@ from lib import analysis, outliers, plotting
 from lib.paper_figures.figure import Figure, View, cell, drawn
 from lib.paper_figures.position import majority_layers, sequences
 from lib.reducers import attention_column_sums, by_point
+from lib.text_numbers import sig
 from monkey_patch import Capture
 
 SINK_THRESHOLD = 0.3  # Gu et al.'s
@@ -155,7 +156,9 @@ def _layer_row(layer, reductions, windows) -> dict:
 
 
 def _values(rows, key, fmt) -> str:
-    return ", ".join("-" if r[key] is None else format(r[key], fmt) for r in rows)
+    """One row value per layer; fmt is a format spec, or a function for measured values written with sig."""
+    write = fmt if callable(fmt) else (lambda x: format(x, fmt))
+    return ", ".join("-" if r[key] is None else write(r[key]) for r in rows)
 
 
 def _summary(ctx, info, rows, outlier_layers, valleys, found, categories) -> list[str]:
@@ -169,8 +172,8 @@ def _summary(ctx, info, rows, outlier_layers, valleys, found, categories) -> lis
         "without the outlier tokens: " + _values(rows, "entropy_without_outliers", ".3f"),
         "mean-centred: " + _values(rows, "entropy_centred", ".3f"),
         "mean-centred without the outlier tokens: " + _values(rows, "entropy_centred_without_outliers", ".3f"),
-        "outlier-token norm / median norm: " + _values(rows, "norm_ratio_outlier", ".3g"),
-        "first-token norm / median norm: " + _values(rows, "norm_ratio_first", ".3g"),
+        "outlier-token norm / median norm: " + _values(rows, "norm_ratio_outlier", lambda x: sig(x, 3)),
+        "first-token norm / median norm: " + _values(rows, "norm_ratio_first", lambda x: sig(x, 3)),
         "sink rate on the outlier token: " + _values(rows, "sink_rate_outlier", ".2f"),
         "sink rate on the first token: " + _values(rows, "sink_rate_first", ".2f"),
         f"outlier token in {len(found)} of {info['nsamples']} windows: "
