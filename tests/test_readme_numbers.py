@@ -625,6 +625,21 @@ def consequences_peak():
 
 # --- gpt-2/results/README.md ------------------------------------------------------------------------------------------
 
+def attn_bias_extra_per_layer(folder="backcopy_peak_lr1e2"):
+    """attn_bias's share of each layer's attention on its extra key k′ (the tables give the largest layer's)."""
+    return [layer["extra_key_share"] for layer in analysis(folder, "attn_bias")["attention_layers"]]
+
+
+def search_peaks():
+    """The variants whose top-1/median passes the criterion in a search configuration, and the largest ratio of each
+    that does not."""
+    criteria = load("gpt-2/results/emergence/table.json")["criteria"]
+    peak, lr1e2 = variant_rows("backcopy_peak"), variant_rows("backcopy_peak_lr1e2")
+    largest = {v: max(peak[v]["ratio"], lr1e2[v]["ratio"]) for v in peak}
+    return [v for v in peak if largest[v] >= criteria["ratio"]], {v: r for v, r in largest.items()
+                                                                    if r < criteria["ratio"]}
+
+
 def gpt2_results_brief():
     """gpt-2/results/README.md's 'Result in brief'."""
     e = emergence_facts()
@@ -632,6 +647,8 @@ def gpt2_results_brief():
     scale = scale_test_of("gpt2_emergence_bos", "out-emergence-default")
     change, table = backcopy_sink_changes(), variant_rows("backcopy")
     peak, lr1e2 = variant_rows("backcopy_peak"), variant_rows("backcopy_peak_lr1e2")
+    extra, (passing, below) = attn_bias_extra_per_layer(), search_peaks()
+    assert set(passing) == {"default", "attn_bias", "ca_softmax"}, passing  # the sentence names them
     paper = ("default", "vbias", "cabias", "attn_bias")
     sink, rand = [change[v]["mask_attn_sink"] for v in paper], [change[v]["mask_attn_random"] for v in paper]
     ratios = [r["ratio"] for r in table.values()]
@@ -651,7 +668,9 @@ def gpt2_results_brief():
             f" and do not depend on it (+{change['ca_softmax']['mask_attn_sink']:.0f}% and "
             f"{change['sigmoid']['mask_attn_sink']:.0f}%)",
             f"does not depend on it either (+{change['gated']['mask_attn_sink']:.1f}%)",
-            f"({lr1e2['attn_bias']['extra_key_share']:.2f} of the mass\nat lr 1e-2",
+            f"({min(extra):.2f}-{max(extra):.2f} of each\nlayer's mass at lr 1e-2",
+            f"in softmax variants and ca_softmax alike (" + ", ".join(f"{v} stays below {criteria['ratio']:g}, at "
+                                                                      f"{r:.1f} at most" for v, r in below.items()) + ")",
             f"maxima >= {criteria['ratio']:g} on the most frequent position", f"no layer's ratio passes {max(ratios):.1f}",
             f"no variant passes top-1/median {min(ratios):.0f}-{max(ratios):.0f} (the criterion asks for ≥ "
             f"{criteria['ratio']:g})", f"that pass {criteria['ratio']:g}",
@@ -733,11 +752,11 @@ def gpt2_results_reading():
             f"{bias[1]['extra_key_share']:.3f}, and the weight on BOS drops\n(per-head "
             f"{span(bias[1]['head_first_token_share'])}, against default's "
             f"{span(runs['default']['attention_layers'][1]['head_first_token_share'])})",
-            f"k′ does take over: {peak['attn_bias']['extra_key_share']:.2f} of the mass at lr\n3e-2 and "
-            f"{'all of it' if lr1e2['attn_bias']['extra_key_share'] > 0.995 else 'most of it'} at lr 1e-2",
+            f"k′ does take over: {attn_bias_extra_per_layer('backcopy_peak')[0]:.2f} of layer 1's mass at\nlr 3e-2 and "
+            f"{min(attn_bias_extra_per_layer()):.2f}-{max(attn_bias_extra_per_layer()):.2f} of each layer's at lr 1e-2",
             f"Perplexity: default {arrow('default')}, vbias {arrow('vbias')}, cabias {arrow('cabias')}, attn_bias "
             f"{arrow('attn_bias')}, but ca_softmax {arrow('ca_softmax')} and sigmoid {arrow('sigmoid')}",
-            f"costs every\nvariant {min(rand):.0f}-{max(rand):.0f}%",
+            f"costs every\nvariant {min(rand):.1f}-{max(rand):.1f}%",
             f"keeps a BOS\nsink ({table['gated']['first_token_share']:.3f}) but does not need it ({arrow('gated')}, less "
             f"than its random control {g4(cons['gated']['interventions']['attention_sinks']['mask_attn_random']['ppl'])})",
             f"needs it partly ({arrow('clipped')}, random "
@@ -796,8 +815,12 @@ def gpt2_results_search():
         f"loss {log_val_loss('peak-sigmoid', 2000):.3f} at step 2000,\n{log_val_loss('peak-sigmoid', 2500):.3f} at step "
         f"2500; compare.py: {peak['sigmoid']['val_loss']:.3f})",
         "(" + ", ".join(f"{lr1e2[v]['val_loss']:.3f}" for v in chosen) + f"), and default is the\nonly one with a sink "
-        f"({lr1e2['default']['first_token_share']:.3f} on BOS in layer 1). attn_bias puts all of its mass on k′ "
-        f"({lr1e2['attn_bias']['extra_key_share']:.3f})",
+        f"({lr1e2['default']['first_token_share']:.3f} on BOS in layer 1). attn_bias puts "
+        + " / ".join(f"{x:.3f}" for x in attn_bias_extra_per_layer()) + " of its layers'\nmass on k′ (the table's "
+        f"{lr1e2['attn_bias']['extra_key_share']:.3f} is layer {1 + attn_bias_extra_per_layer().index(max(attn_bias_extra_per_layer()))}'s) "
+        f"and at most {lr1e2['attn_bias']['top_key_share']:.3f} on any token",
+        "where there are peaks, " + ", ".join(search_peaks()[0][:-1]) + f" and {search_peaks()[0][-1]} have them ("
+        + ", ".join(f"{v} stays below {criteria['ratio']:g}" for v in search_peaks()[1]) + ")",
         f"({min(lr1e2[v]['ratio'] for v in chosen):.1f}-{max(lr1e2[v]['ratio'] for v in chosen):.1f}; sigmoid's is the "
         "largest)",
         f"ca_softmax still trains worse ({lr1e2['ca_softmax']['val_loss']:.3f}) and has the largest peak of any run: "
@@ -823,6 +846,16 @@ def gpt2_results_search():
         f"In the wider {config('train_backcopy_peak.py')['n_layer']}-layer model"]
 
 
+def gpt2_results_speed():
+    """The Speed section: the committed bench run of the variants, its settings and ratios."""
+    b = load("bench/results/gpt2_variants.json")
+    s, ratios = b["settings"], b["variant_vs_default"]
+    return [f"CPU, {b['threads']} thread, {s['n_layer']} layers × {s['n_embd']} wide, {s['n_head']} heads, T = "
+            f"{s['block_size']}, batch {s['batch_size']}; median of {s['repeats']} interleaved repeats of {s['steps']} steps",
+            f"- default / plain SDPA GPT: {b['default_vs_plain_sdpa']:.2f}.",
+            "- Each variant / default: " + ", ".join(f"{v} {r:.2f}" for v, r in ratios.items() if v != "default") + "."]
+
+
 def pilot_val_losses():
     """The pilots' val loss column: the last evaluation in each pilot's committed training log."""
     return [f"| {log_val_loss(f'p{name}'):.3f} |" for name in "ABCDE"]
@@ -841,6 +874,7 @@ CLAIMS = [  # (README, function returning its claims rendered from committed res
     ("gpt-2/results/README.md", gpt2_results_tables), ("gpt-2/results/README.md", gpt2_results_brief),
     ("gpt-2/results/README.md", gpt2_results_setup), ("gpt-2/results/README.md", gpt2_results_reading),
     ("gpt-2/results/README.md", gpt2_results_search), ("gpt-2/results/README.md", pilot_val_losses),
+    ("gpt-2/results/README.md", gpt2_results_speed),
 ]
 
 EVERY = "*"  # a STATIC entry for every README
@@ -906,8 +940,6 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
      r"variant took about 3 CPU-minutes; wall time was 6-15 minutes each under load, with two runs side by side\. "
      r"compare\.py took 16 s\.|15-25 minutes per variant|about 30 minutes per variant",
      "history: machine, versions and times of the runs"),
-    ("gpt-2/results/README.md", r"## Speed \(bench/bench_gpt2_variants\.py.*?sigmoid 0\.89\.",
-     "history: an earlier bench run at other sizes (the committed bench/results/gpt2_variants.json is README.md's)"),
     ("gpt-2/results/README.md", r"ratio at 1k / 2k / 3k steps|\| A \| no BOS.*?\| 1\.528 \||"
      r"\| B \| weight decay 0.*?\| 1\.605 \||\| C \| 3 layers.*?\| 1\.602 \||\| D \| 3 layers.*?\| 1\.615 \||"
      r"\| E \| 4 layers.*?\| 1\.622 \|", "history: the pilots' settings and analyses; their checkpoints are not "
