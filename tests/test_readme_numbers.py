@@ -566,7 +566,21 @@ def consequences_backcopy():
     stderr = sorted(x["compression"][m]["nll_change_stderr"] for x in r.values() for m in ("w4_tensor", "prune50"))
     median = (stderr[len(stderr) // 2 - 1] + stderr[len(stderr) // 2]) / 2
     floor = re.search(r"[|]h[|] > (\d+)", report["outlier_rule"]).group(1)
-    quoted = lambda v: f"{g4(r[v]['compression']['w4_tensor']['ppl'])} and {g4(r[v]['compression']['prune50']['ppl'])}"
+
+    def nats(v, method):
+        c = r[v]["compression"][method]
+        return f"+{c['nll_change']:.3f} ± {c['nll_change_stderr']:.3f}"
+
+    def apart(a, b, method):
+        """The difference of two variants' NLL changes in their combined standard errors (independent windows' errors
+        treated as independent: the JSON keeps no paired error between variants)."""
+        x, y = r[a]["compression"][method], r[b]["compression"][method]
+        return abs(x["nll_change"] - y["nll_change"]) / math.hypot(x["nll_change_stderr"], y["nll_change_stderr"])
+
+    def least(method):
+        return sorted(r, key=lambda v: r[v]["compression"][method]["nll_change"])
+    top3 = least("prune50")[:3]
+    spread = max(apart(a, b, "prune50") for a in top3 for b in top3 if a != b)
     return consequences_tables("gpt2_backcopy", ("compression", "sinks")) + [
         f"All {data['windows']} validation sequences ({data['seqlen']} tokens each, from BOS: "
         f"{r['default']['baseline']['tokens']:,} predicted tokens); {info['n_layer']}-layer, {train['n_head']}-head,\n"
@@ -587,7 +601,19 @@ def consequences_backcopy():
         f"(+{change['softmax1']['mask_attn_sink']:.0f}%)",
         f"Here the models are {info['n_layer']}-layer, {info['n_embd']}-wide",
         f"cost every variant under {0.2 if eight < 0.2 else round(eight, 1)}%",
-        f"({quoted('ca_softmax')} vs {quoted('default')} for `default`)",
+        f"At 4-bit per tensor `{least('w4_tensor')[0]}` degrades least ({g4(r['ca_softmax']['compression']['w4_tensor']['ppl'])} vs\n"
+        f"{g4(r['default']['compression']['w4_tensor']['ppl'])} for `default`; {nats('ca_softmax', 'w4_tensor')} against "
+        f"{nats('default', 'w4_tensor')} nats)",
+        f"loses nearly as much as `default` ({nats('vbias', 'w4_tensor')}) and more than `attn_bias` "
+        f"({nats('attn_bias', 'w4_tensor')})" if apart("vbias", "attn_bias", "w4_tensor") > 2 else "vbias as attn_bias",
+        f"Under\n50% pruning `{top3[0]}`, `{top3[1]}` and `{top3[2]}` degrade least ({nats(top3[0], 'prune50')}, "
+        f"{nats(top3[1], 'prune50')} and {nats(top3[2], 'prune50')} nats; `ca_softmax` "
+        f"{g4(r['ca_softmax']['compression']['prune50']['ppl'])} vs {g4(r['default']['compression']['prune50']['ppl'])} "
+        f"for `default`), differences among the three of at most {spread:.1f} of their\ncombined standard errors, so "
+        "their order is not resolved",
+        f"`vbias` prunes worse than `default` ({nats('vbias', 'prune50')}\nagainst {nats('default', 'prune50')}) and "
+        f"`cabias` within the error of it ({nats('cabias', 'prune50')})"
+        if apart("vbias", "default", "prune50") > 2 and apart("cabias", "default", "prune50") <= 1 else "cabias apart",
         f"over the {data['windows']} sequences: about {median:.3f} nats, {100 * math.expm1(median):.1f}% perplexity"]
 
 
