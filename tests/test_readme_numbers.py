@@ -495,6 +495,71 @@ def gpt2_summary():
             f"and its {e['rows']['out-emergence-rf-default-none-l6']['n_layer']}-layer model"]
 
 
+# --- gpt-2/results/emergence/README.md (its claims only: its table and history are not rendered here) --------------
+
+def emergence_stats(run):
+    """A run's logged statistics, one dict per logged checkpoint."""
+    path = ROOT / "gpt-2/results/emergence/runs" / run / "stats.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def second_legs():
+    """Steps each nobos run added in its second GPU leg: between the two max_seconds stops of its console log."""
+    added = {}
+    for log in sorted((ROOT / "gpt-2/results/emergence/runs").glob("nb-*/console.log")):
+        first, second = map(int, re.findall(r"max_seconds \(\d+\) reached at iteration (\d+)", log.read_text()))
+        added[log.parent.name] = second - first
+    return added
+
+
+def emergence_readme():
+    e = emergence_facts()
+    rows = e["rows"]
+    none_cons = {r["name"]: r for r in consequences("gpt2_emergence_none")["results"]}
+    metrics = [r["outlier_metrics"]["max_inf_norm"] for f in ("gpt2_emergence_none", "gpt2_emergence_bos")
+               for r in consequences(f)["results"]]
+    wd0 = max(rows["out-emergence-default-wd0"]["at_checkpoint"]["layers"], key=lambda layer: layer["top1"])
+    figures = "gpt-2/results/emergence/figures/out-emergence-rf-default-none"
+    found = {name: load(f"{figures}/{name}.json").get("outliers_found", bool(load(f"{figures}/{name}.json")
+                                                                              .get("outlier_layers")))
+             for name in ("existence_activation_outliers_down", "pos_activation_outliers_down")}
+    spread = load("gpt-2/results/emergence/figures/out-emergence-rf-default-none-l6/lifecycle_spread.json")
+    values = spread["per_token"]["v head 1 (L2)"]
+    rank = sorted(values).index(values[0])
+    controls = [layer for name in ("sigmoid", "out-emergence-rf-default-none-sgd") for layer in
+                scale_test_of("gpt2_emergence_none", name)["scale_test"]["layers"].values()]
+    costs = [m["nll_change"] for name in ("sigmoid", "out-emergence-rf-default-none-sgd") for k, m in
+             scale_test_of("gpt2_emergence_none", name)["scale_test"]["modes"].items() if k != "mask"]
+    sgd = [layer["top_key_share"] for layer in rows["out-emergence-rf-default-none-sgd"]["last_logged"]["layers"]]
+    legs = second_legs()
+    seeds = [r for r in rows if r.endswith("-s2")]
+    bos_fit = scale_test_of("gpt2_emergence_bos", "out-emergence-default")["scale_test"]["layers"]["1"]["fit_r2"]
+    keys = [(layer["top_key_share"], d["iter"], i + 1, layer["top_key"]) for d in emergence_stats("ca_softmax-w256")
+            for i, layer in enumerate(d["layers"])]
+    share, step, block, key = max(keys)
+    none = {d["iter"]: d["layers"][2]["top_key_share"] for d in emergence_stats("rf-default-none")}
+    late = [none[k] for k in none if 90000 <= k <= 120000]
+    return [f"`rf-default-none`'s block {none_cons['out-emergence-rf-default-none']['interventions']['outlier_layers'][0]}"
+            " passes the whole rule in `gpt2_emergence_none/`",
+            f"`default-wd0`'s block {wd0['layer']}\n    peaks at |h| = {wd0['top1']:.1f} at its final checkpoint",
+            f"(their largest |h| on these windows is {min(metrics):.0f}-{max(metrics):.0f}",
+            "except the two of the down_proj input\n(`existence_activation_outliers_down`, `pos_activation_outliers_down`: "
+            "no entry there passes the rule)" if not any(found.values()) else "a down_proj figure finds it",
+            f"is the\n{['smallest', 'second smallest', 'third smallest'][rank]} of the window ({values[0]:.2f}; the fixed "
+            f"token F at position 1 has {values[1]:.2f}, the other positions {min(values[2:]):.1f}-{max(values[2:]):.1f})",
+            f"(values {min(x['sink_value_ratio_median'] for x in controls):.2f}-"
+            f"{max(x['sink_value_ratio_median'] for x in controls):.1f} x the median, and no scale recovers\n  them: "
+            f"+{min(costs):.2f} to +{max(costs):.1f} nats)",
+            f"{sgd[0]:.2f}, {sgd[1]:.2f} and {sgd[2]:.2f} in blocks 1-3 under SGD",
+            f"so it added only {min(legs.values()) / 1000:.1f}k-{max(legs.values()) / 1000:.1f}k steps per run",
+            f"Seed {gpt2_module('train.py', 'gpt2_train').DEFAULTS['seed']}, except the {WORDS[len(seeds)]} `-s2` runs "
+            "(`--seed=1338`)",
+            f"(held-out R^2 {bos_fit:.2f} in block 1)",
+            f"top key passes {math.ceil(share * 100) / 100:.2f} at any logged checkpoint (the largest: {share:.4f}, block "
+            f"{block} on position {key} at {step // 1000}k)",
+            f"block 3's share on position 0 {none[86000]:.2f} at 86k and {min(late):.2f}-{max(late):.2f} at\n    90k-120k"]
+
+
 # --- results/consequences/README.md -----------------------------------------------------------------------------------
 
 def consequences_gemma():
@@ -900,7 +965,7 @@ CLAIMS = [  # (README, function returning its claims rendered from committed res
     ("gpt-2/results/README.md", gpt2_results_tables), ("gpt-2/results/README.md", gpt2_results_brief),
     ("gpt-2/results/README.md", gpt2_results_setup), ("gpt-2/results/README.md", gpt2_results_reading),
     ("gpt-2/results/README.md", gpt2_results_search), ("gpt-2/results/README.md", pilot_val_losses),
-    ("gpt-2/results/README.md", gpt2_results_speed),
+    ("gpt-2/results/README.md", gpt2_results_speed), ("gpt-2/results/emergence/README.md", emergence_readme),
 ]
 
 EVERY = "*"  # a STATIC entry for every README
@@ -1032,3 +1097,12 @@ def test_every_static_entry_still_matches():
     stale = [(file, pattern) for file, pattern, _ in STATIC
              if not any(re.search(pattern, text[f], re.DOTALL) for f in (READMES if file == EVERY else [file]))]
     assert not stale, f"STATIC entries whose text is gone from the README (remove them): {stale}"
+
+
+def test_the_emergence_page_states_no_verdict_its_table_lacks():
+    """A run the table leaves open is not called reproduced (or lost) anywhere on the emergence page."""
+    verdicts = {r["over_run"]["verdict"] for r in emergence_facts()["rows"].values()}
+    text = flat("gpt-2/results/emergence/README.md")
+    if "yes" not in verdicts:
+        stated = re.findall(r"\*\*reproduced by the criterion[^*]*\*\*", text)
+        assert not stated, stated
