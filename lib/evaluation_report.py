@@ -34,6 +34,12 @@ def markdown(report: dict) -> str:
         cells = [_fmt(r["baseline"]["ppl"])] + [_fmt(r["compression"][m]["ppl"]) for m in methods]
         cells += [_fmt(r["outlier_metrics"]["max_inf_norm"]), _fmt(r["outlier_metrics"]["avg_kurtosis"])]
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    for r in rows:
+        for m in methods:
+            if "runs" in r["compression"][m]:
+                runs = r["compression"][m]["runs"]
+                lines.append(f"\n{r['name']}, {m}: {r['compression'][m]['jitter']} (runs {_fmt(min(runs))} to "
+                             f"{_fmt(max(runs))}: it rounds activations, so it is unstable by nature).")
     lines += [""] + (["Methods: " + "; ".join(f"{m}: {compression.METHODS[m]}" for m in methods) + "."] if methods else []) + [
               "Outlier metrics (Bondarenko et al. 2023) on the evaluation windows: max |h| over all block outputs; "
               "kurtosis of each token's block output over channels, averaged over tokens and blocks (Gaussian: 3).", ""]

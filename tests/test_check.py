@@ -51,3 +51,13 @@ def test_sig_never_writes_a_measured_value_as_an_integer():
             assert NUMBER.fullmatch(written) and any(c in written for c in ".e"), written
             # the same value a hair away (another reduction order) reads as the same number
             assert one(f"is {written} x", f"is {sig(x * (1 + RTOL / 4), digits)} x") == [], (x, digits)
+
+
+def test_a_result_measured_over_runs_is_compared_within_its_own_band():
+    old = {"w8a8": {"ppl": 145.5, "nll": 4.980, "runs": [145.5, 150.4, 142.3, 146.5, 144.0],
+                    "reproducible_within": {"atol": 0.112, "rtol": 0.119}}, "w8_channel": {"ppl": 116.7}}
+    inside = {"w8a8": {**old["w8a8"], "ppl": 150.0, "nll": 5.01, "runs": [150.0, 139.0, 151.0, 148.0, 152.0]},
+              "w8_channel": {"ppl": 116.7}}
+    assert differences(old, inside) == []           # single runs are not compared, the median within the band
+    outside = {"w8a8": {**old["w8a8"], "ppl": 170.0, "nll": 5.14}, "w8_channel": {"ppl": 117.0}}
+    assert differences(old, outside) == ["/w8_channel/ppl: 116.7 -> 117", "/w8a8/ppl: 145.5 -> 170"]  # its own band

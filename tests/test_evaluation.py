@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import consequences
-from lib import analysis, compression, interventions
+from lib import analysis, compression, evaluation, interventions
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
 from lib.tiny_models import tiny_model
 from monkey_patch import ModelView
@@ -452,6 +452,13 @@ def test_run_on_a_planted_model_writes_every_number(tmp_path):
     assert sites[0]["calibration_means"][str(CHANNEL)] == pytest.approx(mean, rel=1e-5)
     assert result["baseline"]["ppl"] == pytest.approx(perplexity_by_hand(lambda x: model(x).logits, windows), rel=1e-5)
     assert sites[0]["zero"]["edited_entries"] == int(sink(windows[:, :-1]).sum())
+    # W8A8 rounds activations: the median of jittered runs, the first run as it is, and the band they span
+    w8a8 = result["compression"]["w8a8"]
+    runs = w8a8["runs"]
+    assert len(runs) == evaluation.JITTER_RUNS and w8a8["ppl"] == sorted(runs)[len(runs) // 2]
+    with compression.compressed(model, ModelView(model).layers, "w8a8"):
+        assert runs[0] == pytest.approx(perplexity_by_hand(lambda x: model(x).logits, windows), rel=1e-6)
+    assert w8a8["reproducible_within"]["atol"] == pytest.approx(2 * (math.log(max(runs)) - math.log(min(runs))))
 
     def sinks_set_to(value):
         def logits(ids):
