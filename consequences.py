@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from lib import compression, gpt2_data, interventions, scale_test
+from lib import check, compression, gpt2_data, interventions, scale_test
 from lib.errors import UserError, user_errors_exit
 from lib.evaluation import (CALIB_WINDOWS, CPU_SEQLEN, CPU_WINDOWS, INTERVENTIONS, Subject, gpt2_subject,  # noqa: F401
                             hf_subject, measure, outlier_rule)
@@ -68,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
                    f"{', '.join(scale_test.MODES)} of every layer's sink keys (lib/scale_test.py)")
     p.add_argument("--savedir", default=None, help="output folder (default results/consequences/<name>/)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--check", metavar="FOLDER", default=None,
+                   help="re-run the command recorded in FOLDER/consequences.json and report every number that differs "
+                   "beyond the tolerance (lib/check.py); exit 1 if any does")
     return p
 
 
@@ -122,7 +125,10 @@ def run(args, subjects=None, command=None, log=print) -> dict:
 
 def main(argv=None) -> None:
     with user_errors_exit("consequences"):
-        run(parser().parse_args(argv))
+        args = parser().parse_args(argv)
+        if args.check:
+            sys.exit(check.main(args.check))
+        run(args)
 
 
 if __name__ == "__main__":
