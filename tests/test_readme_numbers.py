@@ -452,6 +452,16 @@ def code_constants():
             f"the paper's >= {g} x\nlength"]
 
 
+def check_tolerances():
+    """The re-check's tolerances and W8A8's runs, from the code that applies them."""
+    from lib import check, evaluation
+    runs = evaluation.JITTER_RUNS
+    return [f"a relative tolerance of {check.RTOL:g}, and so must", f"a measured value within {check.RTOL:g} or one unit",
+            f"897.6; {check.RTOL:g} is far above",
+            f"measured over {runs} runs ({runs - 1} with the input embeddings jittered by 1 ± "
+            f"2^{math.log2(evaluation.JITTER):.0f})"]
+
+
 def bench_constants():
     """Limits bench/README.md states, from the code that applies them."""
     from monkey_patch import capture
@@ -959,6 +969,7 @@ CLAIMS = [  # (README, function returning its claims rendered from committed res
     ("README.md", emergence), ("README.md", emergence_figures), ("README.md", attn_bias_sink), ("README.md", gemma_figures),
     ("README.md", gemma_windows), ("README.md", scale_test_reading), ("bench/README.md", capture_bench_setup),
     ("bench/README.md", scale_bench_setup), ("README.md", compression_valley), ("README.md", relocation), ("README.md", code_constants),
+    ("README.md", check_tolerances),
     ("gpt-2/README.md", gpt2_summary),
     ("results/consequences/README.md", consequences_gemma), ("results/consequences/README.md", consequences_backcopy),
     ("results/consequences/README.md", consequences_peak),
@@ -981,6 +992,8 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
     (EVERY, r"## Corrections .*?(?=## |$)", "history: what earlier versions of the page said, each beside what the "
      "committed result it names says (the sentences they correct are rendered from those results above)"),
     ("README.md", r"the paper's 4096-token setting", "the paper's calibration length"),
+    ("README.md", r"such as 897\.548 in its fifth digit, which can carry a printed 897\.5 across to 897\.6",
+     "an illustration of rounding across a boundary (a value of the default model's figures, as the re-check saw it)"),
     ("gpt-2/README.md", r"0\.05% of the documents become val \(seed 2357\)|\(position 0, or|queries 1\.\.T-1",
      "nanoGPT's OpenWebText split (data/openwebtext/prepare.py); the first position; the queries with a choice"),
     ("gpt-2/results/README.md", r"\(Gaussian 0\)", "excess kurtosis' value for a Gaussian"),
