@@ -15,6 +15,9 @@ GROUP_OF = {c: g for g, cats in GROUPS.items() for c in cats}
 TOKEN_NAMES = {"initial_token": "the first token", "strong_delimiter": "a delimiter", "weak_semantic": "a weak-semantic token",
                "other": "an ordinary token"}
 SIGNIFICANT = 2.0  # a perplexity change counts where it exceeds this many paired standard errors
+TOP_COLUMNS = 3  # the writer column counts as a weight outlier among its layer's top-3 column ratios (pos_weight_outliers)
+EARLY = 0.25  # written early: in the first quarter of the layers (LLaMA-2-7B: layer 2 of 32)
+LATE = 0.75  # removed in the last layers: in the last quarter
 
 
 def _read(folder: Path, name: str) -> dict:
@@ -38,7 +41,7 @@ def model_data(folder: Path, row: dict, consequences_dir: Path | None = None) ->
         "model": row["model"], "title": row["title"], "num_layers": n,
         "depth": [r["layer"] / n for r in layers],
         "top1_over_median": [r["top"][0] / r["median"] if r["median"] else None for r in layers],
-        "outlier_layers": layer_json.get("outlier_layers", []),
+        "outlier_layers": layer_json.get("outlier_layers", []), "layer_rows": layers,
         "categories": layer_json.get("categories", {}),
         "sink_rate_outlier": [r.get("sink_rate_outlier") for r in valley.get("layers", [])],
         "sink_rate_first": [r.get("sink_rate_first") for r in valley.get("layers", [])],
@@ -58,6 +61,17 @@ def dominant_token(d: dict) -> tuple[str | None, list[str], list[int]]:
     texts = sorted({w["token"] for w in d["windows"] if w["category"] == category})
     channels = sorted({w["channel"] for w in d["windows"]})
     return category, texts, channels
+
+
+def _channel_since(d: dict, channels: list[int]) -> tuple[int, float] | None:
+    """(the first layer at which every window's top-3 values sit in the dominant channel, its top-1 over the median
+    there); None where that never happens."""
+    if len(channels) != 1:
+        return None
+    for r in d["layer_rows"]:
+        if r.get("top_channels") and all(c == channels[0] for seq in r["top_channels"] for c in seq):
+            return r["layer"], d["top1_over_median"][r["layer"] - 1]
+    return None
 
 
 def _layers(layers: list[int]) -> str:
@@ -126,19 +140,26 @@ def properties(d: dict) -> list[tuple[str, str, str]]:
     out.append(("first token and delimiter", verdict,
                 f"flagged outlier tokens ({cats.get('count', 0)}): first token {first:.0%}, delimiter {delim:.0%}, "
                 f"other {1 - first - delim:.0%}; largest per window: {TOKEN_NAMES.get(category, 'none')}"))
-    # written by an early down_proj column with an outlier ratio
+    # written by a down_proj column with an outlier ratio, early
     weights, emergence = d["weights"], row.get("emergence_layer")
     writer = weights.get("writer") or {}
     if row.get("writer_column") is not None and emergence:
         share = writer.get("share_of_down_proj_output")
-        out.append(("written by an early down_proj column with an outlier ratio",
-                    "holds" if row["writer_column_rank"] <= 3 and emergence / n <= 0.5 else "partly",
-                    f"column {row['writer_column']} of layer {emergence} ({emergence / n:.2f} of the depth) writes "
+        out.append(("written by a down_proj column with an outlier ratio",
+                    "holds" if row["writer_column_rank"] <= TOP_COLUMNS else "partly",
+                    f"column {row['writer_column']} of layer {emergence} writes "
                     + (f"{share:.0%} of it, " if share is not None else "")
-                    + f"max/mean ratio {row['writer_column_ratio']:.1f} (rank {row['writer_column_rank']}; the layer's "
+                    + f"max/mean ratio {row['writer_column_ratio']:.1f}, rank {row['writer_column_rank']} (the layer's "
                     f"median column {weights.get('median_ratio', float('nan')):.2f})"))
+        early = emergence / n <= EARLY
+        text = f"layer {emergence} of {n} ({emergence / n:.2f} of the depth)"
+        since = _channel_since(d, channels)
+        if since is not None and since[0] < emergence:
+            text += (f"; channel {channels[0]} already holds every window's top-3 values at layer {since[0]} "
+                     f"(top-1 {since[1]:,.0f} x the median)")
+        out.append(("written early", "holds" if early else "does not hold", text))
     else:
-        out.append(("written by an early down_proj column with an outlier ratio", "not found", "no writer column"))
+        out.append(("written by a down_proj column with an outlier ratio", "not found", "no writer column"))
     # sink in the layer after
     att = d["attention"]
     token = (att.get("dominant_outlier") or {}).get("token")
@@ -148,7 +169,7 @@ def properties(d: dict) -> list[tuple[str, str, str]]:
                 f"the prompt's outlier token {token}"))
     # removed in the last layers
     gone = row.get("disappearance_layer")
-    out.append(("removed in the last layers", "holds" if gone and gone / n >= 0.75 else "does not hold",
+    out.append(("removed in the last layers", "holds" if gone and gone / n >= LATE else "does not hold",
                 f"the layer that shrinks it most: {gone} of {n} ({gone / n:.2f} of the depth)" if gone else "not found"))
     cons = d["consequences"]
     if cons is None:
@@ -183,8 +204,9 @@ def comparison_table(data: list[dict]) -> list[str]:
 
 
 CRITERIA = (f"Criteria: fixed channels = every window's largest outlier in at most two channels, all among the "
-            f"prompt's; early = in the first half of the layers, its column among the layer's 3 largest ratios; "
-            f"removed in the last layers = the layer that shrinks it most in the last quarter; a perplexity change "
+            f"prompt's; an outlier ratio = the writer column among its layer's {TOP_COLUMNS} largest max/mean ratios; "
+            f"early = the rule's emergence layer in the first {EARLY:.0%} of the layers (LLaMA-2-7B: layer 2 of 32); "
+            f"removed in the last layers = the layer that shrinks it most in the last {1 - LATE:.0%}; a perplexity change "
             f"counts above {SIGNIFICANT:g} paired standard errors; compression is hurt where W8A8 counts and "
             f"8-bit weights per tensor cost more than per channel.")
 
@@ -222,7 +244,8 @@ def draw(data: list[dict], path: Path) -> Path:
         shares = [sum(d["categories"].get(c, 0.0) for c in GROUPS[g]) for d in data]
         axes[2].barh(range(len(data)), shares, left=left, color=color, label=g)
         left = [a + b for a, b in zip(left, shares)]
-    axes[2].set_yticks(range(len(data)), [d["title"] for d in data], fontsize=8)
+    axes[2].set_yticks(range(len(data)), [f"{d['title']}\n({d['categories'].get('count', 0)} tokens)" for d in data],
+                       fontsize=8)
     axes[2].set_xlim(0, 1)
     axes[2].set_xlabel("share of the flagged outlier tokens")
     axes[2].set_title("which token the outliers sit on", fontsize=9)
