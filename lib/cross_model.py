@@ -176,7 +176,8 @@ def properties(d: dict) -> list[tuple[str, str, str]]:
         out += [("zeroing hurts and the mean does not", "not measured", "no consequences.json"),
                 ("compression hurt by the outliers", "not measured", "no consequences.json")]
         return out
-    site = next((s for s in cons["interventions"]["sites"] if s["site"] == "dominant"), None)
+    sites = cons["interventions"].get("sites", [])  # "dominant" where the largest outliers' channel appears later
+    site = next((s for s in sites if s["site"] == "dominant"), sites[0] if sites else None)
     if site is not None:
         zero, mean = site["zero"], site["mean"]
         holds = _significant(zero) and not _significant(mean)
