@@ -176,15 +176,20 @@ def properties(d: dict) -> list[tuple[str, str, str]]:
         out += [("zeroing hurts and the mean does not", "not measured", "no consequences.json"),
                 ("compression hurt by the outliers", "not measured", "no consequences.json")]
         return out
-    sites = cons["interventions"].get("sites", [])  # "dominant" where the largest outliers' channel appears later
+    sites = cons.get("interventions", {}).get("sites", [])  # "dominant" where the largest outliers' channel appears later
     site = next((s for s in sites if s["site"] == "dominant"), sites[0] if sites else None)
-    if site is not None:
+    if site is None or not all("nll_change" in site.get(m, {}) for m in ("zero", "mean", "zero_random")):
+        out.append(("zeroing hurts and the mean does not", "not measured", "no zero and mean interventions"))
+    else:
         zero, mean = site["zero"], site["mean"]
         holds = _significant(zero) and not _significant(mean)
         out.append(("zeroing hurts and the mean does not", "holds" if holds else "does not hold",
                     f"at layer {site['layer']}: zero {_change(zero)}, mean {_change(mean)}, "
                     f"zeroing as many random entries {_change(site['zero_random'])}"))
-    comp = cons["compression"]
+    comp = cons.get("compression", {})
+    if not all("nll_change" in comp.get(m, {}) for m in ("w8a8", "w8_tensor", "w8_channel")):
+        out.append(("compression hurt by the outliers", "not measured", "no W8A8 and 8-bit weight runs"))
+        return out
     base = cons["baseline"]["ppl"]
     hurt = _significant(comp["w8a8"]) and comp["w8_tensor"]["nll_change"] > comp["w8_channel"]["nll_change"]
     out.append(("compression hurt by the outliers", "holds" if hurt else "does not hold",
