@@ -107,7 +107,8 @@ def finding(d: dict) -> str:
                  f"{row.get('emergence_layer')} (max/mean ratio {row['writer_column_ratio']:.1f}, rank "
                  f"{row['writer_column_rank']})")
     if sink is not None:
-        text += f"; its sink rate peaks at {sink:.2f} (layer {sink_at})"
+        text += (f"; the share of heads whose mean attention on it passes {d['sink_threshold']:g} peaks at {sink:.2f} "
+                 f"(layer {sink_at})")
     return text + "."
 
 
@@ -214,7 +215,8 @@ CRITERIA = (f"Criteria: fixed channels = every window's largest outlier in at mo
             f"early = the rule's emergence layer in the first {EARLY:.0%} of the layers (LLaMA-2-7B: layer 2 of 32); "
             f"removed in the last layers = the layer that shrinks it most in the last {1 - LATE:.0%}; a perplexity change "
             f"counts above {SIGNIFICANT:g} paired standard errors; compression is hurt where W8A8 counts and "
-            f"8-bit weights per tensor cost more than per channel.")
+            f"8-bit weights per tensor cost more than per channel (a correlation: no run quantizes the model with its "
+            f"outliers removed).")
 
 
 # --- the picture ----------------------------------------------------------------------------------------------------
