@@ -78,6 +78,9 @@ def git_state() -> dict:
     return {"commit": commit, "dirty": dirty}
 
 
+git_state()  # read when the code is loaded: a file edited while a long run goes on is not the code that run ran
+
+
 def model_source(spec) -> dict:
     """Name, source (folder, file or hub id) and a hash over its weight files where they are on disk."""
     out = {"name": spec.name, "source": spec.source, "title": spec.title}
