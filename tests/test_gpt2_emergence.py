@@ -2,6 +2,7 @@
 fresh-data training that resumes exactly, the random-entry control of the zeroing intervention, and
 emergence.py's table."""
 import json
+import math
 import os
 import sys
 
@@ -544,8 +545,12 @@ def emergence_claims():
                                                           "rf-default-rope"]
     (s,) = streaks["rf-default-none"]
     ratios, shares = streak_numbers("rf-default-none", 2, 0, s["first"], s["last"])
-    claims.append(f"then {s['first'] // 1000}k-{s['last'] // 1000}k ({s['checkpoints']} checkpoints), position-free "
-                  f"ratio {span(ratios)}, block 3's share on position 0 {span(shares, '{:.2f}')}")
+    before = s["first"] - 4000  # the lone passing checkpoint before the one that fails (below)
+    _, (share_before,) = streak_numbers("rf-default-none", 2, 0, before, before)
+    claims.append(f"block 2 on position 0 at {before // 1000}k, then {s['first'] // 1000}k-{s['last'] // 1000}k "
+                  f"({s['checkpoints']} checkpoints), position-free ratio {span(ratios)}, block 3's share on position 0 "
+                  f"{share_before:.2f} at {before // 1000}k and {span(shares, '{:.2f}')} at {s['first'] // 1000}k-"
+                  f"{s['last'] // 1000}k")
     a, b = [x for x in streaks["rf-default-none-s2"] if x["layer"] == 2]
     (ra, sa), (rb, sb) = (streak_numbers("rf-default-none-s2", 2, 0, x["first"], x["last"]) for x in (a, b))
     claims.append(f"block 2 on position 0 at {a['first'] // 1000}k-{a['last'] // 1000}k ({span(ra)}) and "
@@ -593,7 +598,8 @@ def emergence_claims():
     claims.append(f"of block 1 was {lr2[40000]:.0f} at 40k and is {lr2[max(lr2)]:.0f} at the last logged checkpoint "
                   f"({rows['default-lr2e3']['at_checkpoint']['layers'][0]['ratio']:.0f} at the final one)")
     w256 = max(x["top_key_share"] for l in logged("ca_softmax-w256") for x in l["layers"])
-    claims.append(f"top key passes {w256:.2f} at any logged checkpoint")
+    bound = math.ceil(w256 * 100) / 100  # the two-decimal bound no key passes
+    claims.append(f"top key passes {bound:.2f} at any logged checkpoint (the largest: {w256:.4f}")
     rca = logged("rf-ca_softmax-none")
     claims.append(f"block-1 ratio reaches {max(l['layers'][0]['ratio'] for l in rca):.0f} and a later layer's top key "
                   f"{max(x['top_key_share'] for l in rca for x in l['layers'][1:]):.2f}")
