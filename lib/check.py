@@ -24,9 +24,10 @@ from lib.provenance import ROOT, git_state, model_source
 from lib.text_numbers import close, texts_match
 
 RTOL, ATOL = 1e-3, 1e-6
-# not compared: times, provenance, file lists, notes, and the single runs of a result measured over several (a
-# result that is unstable by nature, such as W8A8, gives its median run and a band "reproducible_within")
-SKIP = {"seconds", "provenance", "files", "notes", "runs", "reproducible_within"}
+# not compared: times, provenance and the command (the re-run's is the recorded one with another --savedir), file
+# lists, notes, and the single runs of a result measured over several (a result that is unstable by nature, such as
+# W8A8, gives its median run and a band "reproducible_within")
+SKIP = {"seconds", "provenance", "command", "files", "notes", "runs", "reproducible_within"}
 
 
 def differences(old, new, path="", rtol=RTOL, atol=ATOL) -> list[str]:

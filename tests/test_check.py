@@ -61,3 +61,10 @@ def test_a_result_measured_over_runs_is_compared_within_its_own_band():
     assert differences(old, inside) == []           # single runs are not compared, the median within the band
     outside = {"w8a8": {**old["w8a8"], "ppl": 170.0, "nll": 5.14}, "w8_channel": {"ppl": 117.0}}
     assert differences(old, outside) == ["/w8_channel/ppl: 116.7 -> 117", "/w8a8/ppl: 145.5 -> 170"]  # its own band
+
+
+def test_the_command_and_times_are_not_compared():
+    old = {"command": "python consequences.py --savedir results/x", "seconds": 12.0, "ppl": 3.5}
+    new = {"command": "python consequences.py --savedir /tmp/re-run", "seconds": 30.0, "ppl": 3.5}
+    assert differences(old, new) == []
+    assert differences(old, {**new, "ppl": 3.6}) == ["/ppl: 3.5 -> 3.6"]
