@@ -423,8 +423,9 @@ def main(argv):
             print(f"iter {state.iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {ms:.1f} ms/iter, "
                   f"{speed.tokens_per_sec:,.0f} tok/s")
     if proc.ddp:
-        from torch.distributed import destroy_process_group
-        destroy_process_group()
+        import torch.distributed as dist
+        dist.barrier()  # every process is done with its last collective before any closes its connections
+        dist.destroy_process_group()
     return history
 
 
