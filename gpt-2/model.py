@@ -42,10 +42,13 @@ class GPTConfig:
     clip_gamma: float = -0.03  # clipped softmax: lower stretch (gamma < 0)
     clip_zeta: float = 1.0  # clipped softmax: upper stretch (zeta >= 1)
     pos_emb: str = "learned"  # one of POSITIONS
+    norm: str = "layernorm"  # one of NORMS
 
     def __post_init__(self):
         if self.attention not in VARIANTS:
             raise ConfigError(f"unknown attention variant {self.attention!r}; choose one of {', '.join(VARIANTS)}")
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
         if self.pos_emb not in POSITIONS:
             raise ConfigError(f"unknown pos_emb {self.pos_emb!r}; choose one of {', '.join(POSITIONS)}")
         if self.pos_emb == "rope" and (self.n_embd // self.n_head) % 2:
@@ -97,6 +100,62 @@ def rotate(x, base=10000.0):
     cos, sin = rotary_angles(T, hd, x.device, x.dtype, base)
     x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+# --- Muon on the CPU ---------------------------------------------------------------------------------------------
+# torch.optim.Muon orthogonalises each update with a Newton-Schulz iteration computed in bfloat16, which the CPUs
+# this project trains on emulate about 7x slower than float32 matmuls (at these sizes Muon would cost 10x the model's
+# own step). On a CPU the same iteration (same coefficients and steps) runs in float32 instead, which is also the
+# more exact of the two; on a GPU torch's own bfloat16 code runs unchanged.
+
+def newton_schulz_float32(grad, ns_coefficients, ns_steps, eps):
+    """The quintic Newton-Schulz iteration of torch.optim.Muon, in float32: X <- a X + (b G + c G G) X with
+    G = X X^T, starting from the gradient scaled to Frobenius norm 1, on the wide orientation of the matrix."""
+    a, b, c = ns_coefficients
+    x = grad.float()
+    tall = x.shape[0] > x.shape[1]
+    x = x.T if tall else x
+    x = x / x.norm().clamp(min=eps)
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(grad.dtype)
+
+
+def _use_float32_newton_schulz_on_cpu():
+    import torch.optim._muon as muon
+    original = muon._zeropower_via_newtonschulz
+    if getattr(original, "float32_on_cpu", False):
+        return
+
+    def zeropower(grad, ns_coefficients, ns_steps, eps):
+        if grad.device.type == "cpu":
+            return newton_schulz_float32(grad, ns_coefficients, ns_steps, eps)
+        return original(grad, ns_coefficients, ns_steps, eps)
+    zeropower.float32_on_cpu = True
+    muon._zeropower_via_newtonschulz = zeropower
+
+
+# --- normalisation ---------------------------------------------------------------------------------------------
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) times a learned gain: one per channel (`single=False`, as LLaMA's RMSNorm), or one
+    scalar for the whole vector (`single=True`: the single-scale norm, which cannot single out a channel)."""
+
+    def __init__(self, ndim, single=False, eps=1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1 if single else ndim))
+        self.eps = eps
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+NORMS = {
+    "layernorm": lambda config: nn.LayerNorm(config.n_embd, bias=config.bias),  # GPT-2's: per-channel gain
+    "rmsnorm": lambda config: RMSNorm(config.n_embd),
+    "rmsnorm_single": lambda config: RMSNorm(config.n_embd, single=True),
+}
 
 
 # --- attention: softmax, then one subclass per variant ----------------------------------------------------------
@@ -339,9 +398,9 @@ class Block(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_1 = NORMS[config.norm](config)
         self.attn = ATTENTION[config.attention](config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_2 = NORMS[config.norm](config)
         self.mlp = MLP(config)
 
     def forward(self, x, need_weights=False):
@@ -361,7 +420,7 @@ class GPT(nn.Module):
             wpe=nn.Embedding(config.block_size, config.n_embd) if POSITIONS[config.pos_emb].table else None,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            ln_f=NORMS[config.norm](config),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
@@ -411,17 +470,36 @@ class GPT(nn.Module):
             logits, loss = self.lm_head(x[:, [-1], :]), None  # only the last position at inference
         return GPTOutput(logits, loss, hidden, weights)
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, kind="adamw", momentum=0.9):
-        """AdamW (or SGD with momentum, kind='sgd'); 2-D weights (matmuls, embeddings) decay, everything else
-        (norms, biases, extra k'/v') does not."""
+    def hidden_matrices(self):
+        """The 2-D weights inside the blocks (attention and MLP projections, the variants' own linear maps): what
+        Muon orthogonalises. The embedding (tied to the output head) and every 1-D or extra parameter are not."""
+        return [p for p in self.transformer.h.parameters() if p.requires_grad and p.dim() == 2]
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, kind="adamw", momentum=0.9,
+                             muon_lr=None):
+        """The optimizer(s) of one training run. 2-D weights (matmuls, embeddings) decay, everything else (norms,
+        biases, extra k'/v') does not.
+        adamw: AdamW on everything. sgd: SGD with momentum on everything. muon: torch.optim.Muon (at muon_lr, with
+        Moonshot's RMS matching, so that its rate and decoupled weight decay mean what AdamW's do) on
+        hidden_matrices(), AdamW (at learning_rate) on the rest, as Muon's documentation prescribes. Returns a
+        list of torch optimizers, each with an `initial_lr` in every param group (the rate the schedule scales)."""
         params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() == 2]
+        muon = {id(p) for p in self.hidden_matrices()} if kind == "muon" else set()
+        decay = [p for p in params if p.dim() == 2 and id(p) not in muon]
         no_decay = [p for p in params if p.dim() != 2]
         groups = [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
         if kind == "sgd":
-            return torch.optim.SGD(groups, lr=learning_rate, momentum=momentum)
-        fused = device_type == "cuda"
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+            opts = [torch.optim.SGD(groups, lr=learning_rate, momentum=momentum)]
+        else:
+            opts = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=device_type == "cuda")]
+        if kind == "muon":
+            _use_float32_newton_schulz_on_cpu()
+            opts.append(torch.optim.Muon([p for p in params if id(p) in muon], lr=muon_lr, weight_decay=weight_decay,
+                                         adjust_lr_fn="match_rms_adamw"))
+        for opt in opts:
+            for group in opt.param_groups:
+                group["initial_lr"] = group["lr"]
+        return opts
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):

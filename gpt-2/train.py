@@ -30,15 +30,18 @@ DEFAULTS = dict(
     # I/O
     out_dir="out", eval_interval=1000, log_interval=10, eval_iters=200, eval_only=False,
     always_save_checkpoint=True, keep_checkpoints=3, init_from="scratch",  # 'scratch' or 'resume'
+    overwrite=False,  # a fresh run in an out_dir holding another run first moves that run aside
     wandb_log=False, wandb_project="systematic-outliers", wandb_run_name="gpt2",
     # data
     dataset="openwebtext", gradient_accumulation_steps=5 * 8, batch_size=12, block_size=1024,
     fresh_data=False,  # draw new sequences of a synthetic task at every step (dataset.FreshBatches)
     # model
     n_layer=12, n_head=12, n_embd=768, dropout=0.0, bias=False, attention="default",
-    clip_gamma=-0.03, clip_zeta=1.0, pos_emb="learned",
-    # optimizer ('adamw', or 'sgd' with momentum) and the learning-rate schedule (linear warmup, cosine decay to min_lr)
-    optimizer="adamw", momentum=0.9,
+    clip_gamma=-0.03, clip_zeta=1.0, pos_emb="learned", norm="layernorm",
+    # optimizer: 'adamw'; 'sgd' with momentum; or 'muon' (Muon at muon_lr on the blocks' 2-D weights, AdamW at
+    # learning_rate on the rest; muon_lr 0 means learning_rate). The schedule (linear warmup, cosine decay to
+    # min_lr) scales every rate alike.
+    optimizer="adamw", momentum=0.9, muon_lr=0.0,
     learning_rate=6e-4, max_iters=50000, weight_decay=1e-1, beta1=0.9, beta2=0.95, grad_clip=1.0,
     decay_lr=True, warmup_iters=2000, lr_decay_iters=50000, min_lr=6e-5,
     # outlier statistics per layer (outlier_stats.layer_report) every stats_interval steps into stats.jsonl
@@ -47,7 +50,9 @@ DEFAULTS = dict(
     backend="nccl", device="auto", dtype="auto", compile=False, seed=1337, max_seconds=0.0,
 )
 MODEL_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "attention", "clip_gamma", "clip_zeta",
-              "pos_emb")
+              "pos_emb", "norm")
+OPTIMIZERS = ("adamw", "sgd", "muon")
+RUN_FILES = ("train_log.jsonl", "stats.jsonl")  # with ckpt_<iter>.pt: what marks a folder as holding a run
 
 
 class Diverged(Exception):
@@ -59,8 +64,10 @@ class Diverged(Exception):
 def validate(c):
     """Reject bad settings before anything starts (the model's own through GPTConfig's checks)."""
     model_config({k: getattr(c, k) for k in MODEL_KEYS})
-    if c.optimizer not in ("adamw", "sgd"):
-        raise UserError(f"optimizer must be 'adamw' or 'sgd', got {c.optimizer!r}")
+    if c.optimizer not in OPTIMIZERS:
+        raise UserError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
+    if c.muon_lr < 0 or (c.muon_lr and c.optimizer != "muon"):
+        raise UserError("muon_lr is Muon's rate: >= 0, and only with --optimizer=muon")
     if c.stats_interval < 0 or c.stats_seqs < 1 or c.max_seconds < 0:
         raise UserError("stats_interval and max_seconds must be >= 0, stats_seqs >= 1")
     if c.init_from not in ("scratch", "resume"):
@@ -167,6 +174,22 @@ def precision(c, device):
     return c.dtype
 
 
+def claim_out_dir(out_dir, c):
+    """Make out_dir for this run. A fresh run (init_from='scratch') refuses a folder that holds another run
+    (checkpoints or logs), since it would append to that run's logs and prune its checkpoints, unless
+    overwrite=True, which first moves the old run aside to out_dir.old-<time>."""
+    held = [f for f in sorted(os.listdir(out_dir)) if f in RUN_FILES or f.startswith("ckpt_")] \
+        if os.path.isdir(out_dir) else []
+    if c.init_from == "scratch" and held:
+        if not c.overwrite:
+            raise UserError(f"{out_dir} holds another run ({', '.join(held[:3])}); continue it with "
+                            f"--init_from=resume, or start afresh with --overwrite=True (moves it aside)")
+        aside = f"{out_dir}.old-{time.strftime('%Y%m%d-%H%M%S')}"
+        os.replace(out_dir, aside)
+        print(f"moved the earlier run in {out_dir} to {aside}")
+    os.makedirs(out_dir, exist_ok=True)
+
+
 # --- setup: model, optimizer and data, fresh or from a checkpoint ------------------------------------------------
 
 @dataclass
@@ -175,7 +198,7 @@ class State:
     generator and the progress."""
     model_args: dict
     model: GPT
-    optimizer: torch.optim.Optimizer
+    optimizers: list  # model.configure_optimizers' list (one; two for muon)
     batches: object  # dataset.Batches or dataset.FreshBatches
     iter_num: int = 0
     best_val_loss: float = float("inf")
@@ -196,9 +219,12 @@ def init_state(c, proc, out_dir):
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     model.to(proc.device)
-    optimizer = model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), proc.device_type,
-                                           c.optimizer, c.momentum)
-    state = State(model_args, model, optimizer, batches)
+    if ckpt is not None and ckpt["config"].get("optimizer", "adamw") != c.optimizer:
+        raise UserError(f"the run in {out_dir} trains with --optimizer={ckpt['config'].get('optimizer', 'adamw')}; "
+                        f"resume it with that optimizer")
+    optimizers = model.configure_optimizers(c.weight_decay, c.learning_rate, (c.beta1, c.beta2), proc.device_type,
+                                            c.optimizer, c.momentum, c.muon_lr or c.learning_rate)
+    state = State(model_args, model, optimizers, batches)
     if ckpt is not None:
         restore(state, ckpt, proc.rank)
     return state
@@ -221,7 +247,9 @@ def newest_checkpoint(out_dir, proc):
 
 def restore(state, ckpt, rank):
     """Continue where the checkpoint stopped: optimizer, this rank's batch generator, torch's generator."""
-    state.optimizer.load_state_dict(ckpt["optimizer"])
+    saved = ckpt["optimizer"] if isinstance(ckpt["optimizer"], list) else [ckpt["optimizer"]]
+    for opt, opt_state in zip(state.optimizers, saved, strict=True):
+        opt.load_state_dict(opt_state)
     state.batches.set_state(ckpt["batch_rng"][rank] if rank < len(ckpt["batch_rng"]) else ckpt["batch_rng"][0])
     torch.set_rng_state(ckpt["torch_rng"].cpu())  # map_location moved it to the device
     state.iter_num, state.best_val_loss = ckpt["iter_num"], ckpt["best_val_loss"]
@@ -250,11 +278,14 @@ def train_step(model, state, scaler, c, proc):
             loss = model(X, Y).loss / c.gradient_accumulation_steps
         scaler.scale(loss).backward()
     if c.grad_clip > 0:
-        scaler.unscale_(state.optimizer)
+        for opt in state.optimizers:
+            scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-    scaler.step(state.optimizer)
+    for opt in state.optimizers:
+        scaler.step(opt)
     scaler.update()
-    state.optimizer.zero_grad(set_to_none=True)
+    for opt in state.optimizers:
+        opt.zero_grad(set_to_none=True)
     return loss.item() * c.gradient_accumulation_steps
 
 
@@ -355,7 +386,8 @@ def save_checkpoint(state, c, proc, out_dir, losses, tokens_per_sec):
         dist.all_gather_object(batch_rng, state.batches.get_state())
     if not proc.master:
         return
-    ckpt = dict(model=state.model.state_dict(), optimizer=state.optimizer.state_dict(), model_args=state.model_args,
+    ckpt = dict(model=state.model.state_dict(), optimizer=[opt.state_dict() for opt in state.optimizers],
+                model_args=state.model_args,
                 iter_num=state.iter_num, best_val_loss=state.best_val_loss, config=vars(c), batch_rng=batch_rng,
                 torch_rng=torch.get_rng_state(), losses=losses, tokens_per_sec=tokens_per_sec)
     path = os.path.join(out_dir, f"ckpt_{state.iter_num}.pt")
@@ -374,7 +406,7 @@ def main(argv):
     out_dir = resolve_path(c.out_dir)
     tokens_per_iter = c.gradient_accumulation_steps * proc.world * c.batch_size * c.block_size
     if proc.master:
-        os.makedirs(out_dir, exist_ok=True)
+        claim_out_dir(out_dir, c)
         print(f"tokens per iteration: {tokens_per_iter:,}  device: {proc.device}  dtype: {proc.dtype}")
     state = init_state(c, proc, out_dir)
     scaler = torch.amp.GradScaler(proc.device_type, enabled=(proc.dtype == "float16"))
@@ -390,8 +422,9 @@ def main(argv):
     model.train()
     while True:
         lr = get_lr(state.iter_num, c)
-        for group in state.optimizer.param_groups:
-            group["lr"] = lr
+        for opt in state.optimizers:  # each group's own rate, scaled as the schedule scales learning_rate
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * lr / c.learning_rate
         if stats and state.iter_num % c.stats_interval == 0:
             stats.write(model, state.model, state.iter_num)
         if c.max_seconds > 0 and time.time() - started > c.max_seconds:
