@@ -239,7 +239,8 @@ def layer_report(model, seqs):
             row["why_not"] = judge(row, n_layer)
             rows.append(row)
         shares = heads[l].mean(0)
-        layers.append(dict(layer=l + 1, top1_ratio_mean=outliers.top1_ratio_mean(h), position=best,
+        layers.append(dict(layer=l + 1, top1_ratio_mean=outliers.top1_ratio_mean(h),
+                           kurtosis=outliers.tensor_excess_kurtosis(h), position=best,
                            channel=int(channel[best]), position_ratio=float(ratio[best]), holds_max=float(holds[best]),
                            top_key=int(shares.argmax()), top_key_share=float(shares.max()),
                            max_head_share=float(heads[l].max()), positions=rows))
@@ -376,6 +377,64 @@ def run_verdict(lines, n_head, n_seqs, design_fixed=(0,)):
                 logged_peak_streaks=peaks["streaks"])
 
 
+def paired_change(after, before):
+    """Mean over sequences of after - before (per-sequence losses) and its standard error over sequences."""
+    d = (after - before).double()
+    se = float(d.std(unbiased=True) / math.sqrt(len(d))) if len(d) > 1 else None
+    return dict(mean=float(d.mean()), se=se)
+
+
+class Ablator:
+    """Per-sequence next-token losses (positions 0..T-2) of `seqs` with entries of one block's output edited, and
+    every layer's per-head key shares, for the load-bearing tests."""
+
+    def __init__(self, model, seqs, seed=0):
+        self.model, self.seqs = model, seqs
+        self.y = torch.cat([seqs[:, 1:], torch.full_like(seqs[:, :1], -1)], dim=1)  # the last position: no target
+        self.g = torch.Generator().manual_seed(seed)
+        self.base, self.shares = self.run()
+
+    def run(self, layer=None, pos=None, channels=None, values=None):
+        """(per-sequence loss (B,), per-layer head shares) with h[:, pos, channels] of block `layer` = values."""
+        def edit(module, args, out):
+            out[0][:, pos, channels] = values
+        # the edit goes into a block's output inside the forward: no capture point of the model serves it
+        hook = self.model.transformer.h[layer].register_forward_hook(edit) if layer is not None else None
+        try:
+            out = self.model(self.seqs, targets=self.y, need_weights=True)
+        finally:
+            if hook is not None:
+                hook.remove()
+        nll = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), self.y.flatten(), ignore_index=-1,
+                                                reduction="none").view(self.y.shape)
+        per_seq = nll.sum(1) / (self.y >= 0).sum(1)
+        return per_seq, [head_key_shares(w, self.seqs.shape[1]) for w in out.attn]
+
+    def ablate(self, layer, p, channels, means, draws):
+        """Block `layer` (0-based), position p: `channels` zeroed and set to `means`, against `draws` controls
+        that zero as many random channels at a random other position with a target."""
+        T, C = self.seqs.shape[1], self.model.config.n_embd
+        zeroed, after = self.run(layer, p, channels, 0.0)
+        mean_set, _ = self.run(layer, p, channels, means)
+        control, where = [], []
+        for _ in range(draws):
+            targets = [q for q in range(T - 1) if q != p]  # positions with a next token, but p
+            q = targets[int(torch.randint(len(targets), (1,), generator=self.g))]
+            where.append(q)
+            control.append(self.run(layer, q, torch.randperm(C, generator=self.g)[: len(channels)].tolist(), 0.0)[0])
+        control_mean = torch.stack(control).mean(0)
+        loss, zero_loss, control_loss = float(self.base.mean()), float(zeroed.mean()), float(control_mean.mean())
+        return dict(channels=channels, loss=loss, loss_zeroed=zero_loss, loss_mean=float(mean_set.mean()),
+                    calibration_means=means.tolist(), loss_control=control_loss,
+                    loss_control_draws=[float(c.mean()) for c in control], control_positions=where,
+                    cost_zero=paired_change(zeroed, self.base), cost_mean=paired_change(mean_set, self.base),
+                    cost_control=paired_change(control_mean, self.base),
+                    cost_zero_over_control=paired_change(zeroed, control_mean),
+                    load_bearing=(zero_loss - loss) - (control_loss - loss) >= LOAD_BEARING_NATS,
+                    share_before=[s[:, p].tolist() for s in self.shares],
+                    share_after=[s[:, p].tolist() for s in after])
+
+
 @torch.no_grad()
 def peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=0):
     """Is each judged peak load-bearing? For every judged (block, position) whose ratio passes, before the last
@@ -383,26 +442,9 @@ def peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=0):
     every sequence, (a) zeroed and (b) set to their calibration mean (the mean of the entry over `calib`, other
     sequences: Sun et al. find that zeroing breaks an LLM and the mean does not); the control zeroes as many
     random channels at a random other position that has a target (not the last), `draws` times, and reports
-    the mean. Loss: next-token loss over positions 0..T-2 of seqs; shares: every layer's per-head share of the
-    position before and after zeroing."""
-    blocks = model.transformer.h
-    y = torch.cat([seqs[:, 1:], torch.full_like(seqs[:, :1], -1)], dim=1)  # the last position has no target
-    T, C = seqs.shape[1], model.config.n_embd
-    g = torch.Generator().manual_seed(seed)
-
-    def run(layer=None, pos=None, channels=None, values=None):
-        """(loss, every layer's per-head key shares) with h[:, pos, channels] of block `layer` set to `values`."""
-        def edit(module, args, out):
-            out[0][:, pos, channels] = values
-        hook = blocks[layer].register_forward_hook(edit) if layer is not None else None
-        try:
-            out = model(seqs, targets=y, need_weights=True)
-        finally:
-            if hook is not None:
-                hook.remove()
-        return float(out.loss), [head_key_shares(w, T) for w in out.attn]
-
-    loss, shares = run()
+    the mean. Loss: next-token loss over positions 0..T-2 of seqs (each cost also paired per sequence, with its
+    standard error); shares: every layer's per-head share of the position before and after zeroing."""
+    ablator = Ablator(model, seqs, seed)
     calib_hidden = model(calib, return_hidden=True).hidden
     rows = []
     for r in (row for layer in report["layers"][:-1] for row in layer["positions"]):
@@ -410,23 +452,34 @@ def peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=0):
         if not channels:
             continue
         means = calib_hidden[layer][:, p, channels].float().mean(0)
-        zeroed, after = run(layer, p, channels, 0.0)
-        mean_set, _ = run(layer, p, channels, means)
-        control, where = [], []
-        for _ in range(draws):
-            targets = [q for q in range(T - 1) if q != p]  # positions with a next token, but p
-            q = targets[int(torch.randint(len(targets), (1,), generator=g))]
-            where.append(q)
-            control.append(run(layer, q, torch.randperm(C, generator=g)[: len(channels)].tolist(), 0.0)[0])
-        cost = (zeroed - loss) - (sum(control) / draws - loss)
-        rows.append(dict(layer=layer + 1, position=p, channels=channels, position_ratio=r["position_ratio"],
-                         systematic=not r["why_not"],
-                         loss=loss, loss_zeroed=zeroed, loss_mean=mean_set, calibration_means=means.tolist(),
-                         loss_control=sum(control) / draws, loss_control_draws=control, control_positions=where,
-                         load_bearing=cost >= LOAD_BEARING_NATS,
-                         share_before=[s[:, p].tolist() for s in shares],
-                         share_after=[s[:, p].tolist() for s in after]))
+        rows.append(dict(layer=layer + 1, position=p, position_ratio=r["position_ratio"], systematic=not r["why_not"],
+                         **ablator.ablate(layer, p, channels, means, draws)))
     return rows
+
+
+@torch.no_grad()
+def largest_peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=0):
+    """The load-bearing test of the largest peak before the last block, whatever its size: the (block, position)
+    with the largest POSITION_RATIO over blocks before the last, its massive channels (each >= SYSTEMATIC_RATIO x
+    the median) or, where none reaches that, its top channel alone; tested as peak_ablation tests a judged peak."""
+    layer = max(report["layers"][:-1], key=lambda l: l["position_ratio"])
+    p = layer["position"]
+    row = next(r for r in layer["positions"] if r["position"] == p)
+    channels = row["channels"] or [row["channel"]]
+    means = model(calib, return_hidden=True).hidden[layer["layer"] - 1][:, p, channels].float().mean(0)
+    return dict(layer=layer["layer"], position=p, position_ratio=layer["position_ratio"],
+                channels_rule="massive" if row["channels"] else "top channel (none reaches the ratio)",
+                **Ablator(model, seqs, seed).ablate(layer["layer"] - 1, p, channels, means, draws))
+
+
+@torch.no_grad()
+def final_report(model, seqs, calib):
+    """What a run records about its final checkpoint: layer_report on seqs (the per-position verdict, each block
+    output's excess kurtosis: VARIANTS['kurtosis']), peak_ablation of the judged peaks and largest_peak_ablation
+    (calibration means from calib, sequences the losses are not measured on)."""
+    report = layer_report(model, seqs)
+    return dict(report=report, ablation=peak_ablation(model, seqs, report, calib),
+                largest_peak=largest_peak_ablation(model, seqs, report, calib))
 
 
 def compact_report(report):
@@ -434,7 +487,7 @@ def compact_report(report):
     every judged position with its verdict, and the (block, position) pairs that hold (persistence reads them)."""
     def rounded(d, keys):
         return {k: (round(d[k], 4) if isinstance(d[k], float) else d[k]) for k in keys if k in d}
-    layers = [rounded(r, ("top1_ratio_mean", "position", "channel", "position_ratio", "holds_max", "top_key",
+    layers = [rounded(r, ("top1_ratio_mean", "kurtosis", "position", "channel", "position_ratio", "holds_max", "top_key",
                           "top_key_share", "max_head_share")) for r in report["layers"]]
     judged = [dict(rounded(row, ("layer", "position", "channel", "position_ratio", "holds_max", "fixed", "writer",
                                  "embed_share", "unit")),

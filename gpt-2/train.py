@@ -23,7 +23,7 @@ from lib.gpt2_checkpoints import checkpoints, read_checkpoint
 from lib.gpt2_data import load_meta
 from dataset import Batches, FreshBatches
 from model import GPT, ConfigError, GPTConfig
-from outlier_stats import compact_report, layer_report
+from outlier_stats import compact_report, final_report, layer_report
 
 # The defaults are the paper's setup: GPT-2 124M on OpenWebText, ~0.5M tokens per step, analysed at 50k steps.
 DEFAULTS = dict(
@@ -357,6 +357,24 @@ class StatsLog:
             f.write(json.dumps(dict(iter=iter_num, **compact_report(report))) + "\n")
 
 
+def write_final(model, c, proc, out_dir, iter_num, losses):
+    """out_dir/final.json: outlier_stats.final_report of the model at its last step (the verdict, kurtosis and the
+    load-bearing tests) on the stats_seqs validation sequences StatsLog uses, with calibration means from the
+    next stats_seqs, and the final losses; with provenance."""
+    from lib.files import write_json
+    from lib.provenance import provenance
+    val = Batches(c.dataset, "val", 1, c.block_size, 0)
+    n = min(c.stats_seqs, val.available(c.block_size) // 2)
+    both = val.sequences(2 * n, c.block_size).to(proc.device)
+    model.eval()
+    with proc.ctx:
+        report = final_report(model, both[:n], both[n:])
+    model.train()
+    write_json(os.path.join(out_dir, "final.json"), dict(iter=iter_num, losses=losses, **report,
+                                                         provenance=provenance(data=dict(dataset=c.dataset, seqs=n))))
+    print(f"wrote {os.path.join(out_dir, 'final.json')}")
+
+
 def keep_stats_before(path, iter_num):
     """Drop the stats.jsonl lines of iterations >= iter_num (written after the checkpoint a run resumes from)."""
     if not os.path.exists(path):
@@ -442,6 +460,8 @@ def main(argv):
                 save_checkpoint(state, c, proc, out_dir, losses, speed.tokens_per_sec)
             speed.pause()
         if state.iter_num >= last_iter:
+            if stats and state.iter_num == c.max_iters and not c.eval_only:
+                write_final(state.model, c, proc, out_dir, state.iter_num, losses)
             break
         speed.start()
         lossf = train_step(model, state, scaler, c, proc)

@@ -1,0 +1,281 @@
+"""The factorial study's answer: attention x optimizer x norm, judged from what the runs logged.
+
+    python factorial.py --runs_dir=results/factorial/runs --results_dir=results/factorial     # the committed table
+    python factorial.py --runs_dir=results/factorial/runs --check=True                          # re-derive final.json
+
+Each run is a folder <runs_dir>/<attention>-<optimizer>-<norm>-s<seed>/ holding what train.py wrote while it
+trained (stats.jsonl, train_log.jsonl), the report on its final step (final.json: outlier_stats.final_report)
+and its final weights (ckpt_<iter>.pt, weights only). Nothing is re-judged: the verdict over the run comes from
+stats.jsonl (outlier_stats.persistence), everything at the final step from final.json. Writes into results_dir:
+table.json (per run, per cell over seeds, the effect of each factor and what it says of each explanation, the
+convergence and the criteria), table.md, trajectories.png (the largest fixed-position ratio against steps per
+cell) and convergence.png (validation loss against steps per cell).
+
+--check=True recomputes every final.json from its committed checkpoint (the same sequences train.py used) and
+compares every number within lib/check.py's tolerance; it exits 1 on a difference.
+"""
+import itertools
+import json
+import math
+import os
+import sys
+
+import numpy as np
+from lib.configurator import UserError, configure, resolve_path, user_errors_exit
+from lib.gpt2_checkpoints import checkpoints, load_gpt
+from lib.files import write_json, write_text
+from outlier_stats import SYSTEMATIC_RATIO, criteria, final_report, persistence
+
+DEFAULTS = dict(runs_dir="results/factorial/runs", results_dir="factorial-out", check=False, plot=True)
+FACTORS = dict(attention=("default", "ca_softmax"), optimizer=("adamw", "muon"), norm=("layernorm", "rmsnorm_single"))
+# the level each explanation says removes the outliers, and its name
+REMOVES = dict(attention=("ca_softmax", "softmax attention"), optimizer=("muon", "the optimizer (Adam)"),
+               norm=("rmsnorm_single", "the per-channel norm gain"))
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run_names(runs_dir):
+    if not os.path.isdir(runs_dir):
+        raise UserError(f"runs_dir not found: {runs_dir}")
+    names = sorted(d for d in os.listdir(runs_dir) if os.path.isdir(os.path.join(runs_dir, d)))
+    if not names:
+        raise UserError(f"no runs in {runs_dir}")
+    return names
+
+
+def settings_of(name):
+    """attention, optimizer, norm and seed from a run's name <attention>-<optimizer>-<norm>-s<seed>."""
+    try:
+        attention, optimizer, norm, seed = name.rsplit("-", 3)
+        assert attention in FACTORS["attention"] and optimizer in FACTORS["optimizer"] and norm in FACTORS["norm"]
+        return dict(attention=attention, optimizer=optimizer, norm=norm, seed=int(seed.removeprefix("s")))
+    except (ValueError, AssertionError):
+        raise UserError(f"{name}: not a factorial run name (<attention>-<optimizer>-<norm>-s<seed>)") from None
+
+
+def peak_of(report):
+    """The largest fixed-position ratio over the blocks before the last: (block layer dict, its judged row)."""
+    layer = max(report["layers"][:-1], key=lambda l: l["position_ratio"])
+    row = next(r for r in layer["positions"] if r["position"] == layer["position"])
+    return layer, row
+
+
+def final_numbers(final):
+    """The table's numbers at the final step, from final.json."""
+    layer, row = peak_of(final["report"])
+    later = [s for shares in row["head_shares"][layer["layer"]:] for s in shares]  # heads of strictly later blocks
+    lp = final["largest_peak"]
+    return dict(peak_ratio=layer["position_ratio"], peak_block=layer["layer"], peak_position=layer["position"],
+                peak_channel=layer["channel"], peak_writer=row["writer"], sink_share=max(later) if later else None,
+                kurtosis=max(l["kurtosis"] for l in final["report"]["layers"]),
+                cost_zero=lp["cost_zero"], cost_mean=lp["cost_mean"], cost_control=lp["cost_control"],
+                cost_zero_over_control=lp["cost_zero_over_control"], load_bearing=lp["load_bearing"],
+                channels_rule=lp["channels_rule"], val_loss=final["losses"]["val"],
+                systematic_at_final=final["report"]["verdict"]["outliers"])
+
+
+def trajectory(stats):
+    """Per logged step: the largest fixed-position ratio over the blocks before the last."""
+    return [dict(iter=s["iter"], peak_ratio=max(l["position_ratio"] for l in s["layers"][:-1])) for s in stats]
+
+
+def run_row(runs_dir, name):
+    folder = os.path.join(runs_dir, name)
+    missing = [f for f in ("stats.jsonl", "train_log.jsonl") if not os.path.exists(os.path.join(folder, f))]
+    if missing:
+        raise UserError(f"{folder}: missing {', '.join(missing)}")
+    stats, log = read_jsonl(os.path.join(folder, "stats.jsonl")), read_jsonl(os.path.join(folder, "train_log.jsonl"))
+    row = dict(run=name, **settings_of(name), steps=stats[-1]["iter"] if stats else 0, finished=False,
+               trajectory=trajectory(stats), val_curve=[dict(iter=l["iter"], val=l["eval"]["val"]) for l in log])
+    if stats:
+        held = persistence(stats)  # every line carries the per-position verdict (outlier_positions)
+        row["over_run"] = dict(verdict="yes" if held["held"] else "no", first_held=held["first_held"],
+                               streaks=held["streaks"])
+    final_path = os.path.join(folder, "final.json")
+    if os.path.exists(final_path):
+        row.update(finished=True, **final_numbers(json.load(open(final_path))))
+    return row
+
+
+def spread(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return dict(median=float(np.median(values)), low=float(min(values)), high=float(max(values)), n=len(values))
+
+
+def cells(rows):
+    """Per cell (attention, optimizer, norm), over its finished seeds: median and range of each final number."""
+    out = []
+    for attention, optimizer, norm in itertools.product(*FACTORS.values()):
+        mine = [r for r in rows if (r["attention"], r["optimizer"], r["norm"]) == (attention, optimizer, norm)
+                and r["finished"]]
+        out.append(dict(attention=attention, optimizer=optimizer, norm=norm, seeds=[r["seed"] for r in mine],
+                        verdicts=[r.get("over_run", {}).get("verdict") for r in mine],
+                        **{k: spread([r[k] for r in mine]) for k in ("peak_ratio", "sink_share", "kurtosis",
+                                                                     "val_loss")},
+                        cost_zero_over_control=spread([r["cost_zero_over_control"]["mean"] for r in mine])))
+    return out
+
+
+def effect(rows, factor):
+    """The factor's effect on log10 final peak ratio over the pairs of cells that differ in it only (every seed
+    combination of a pair), and what it says of the explanation that names it (README's rule)."""
+    removes, name = REMOVES[factor]
+    keep = removes
+    other = next(level for level in FACTORS[factor] if level != removes)
+    rest = [f for f in FACTORS if f != factor]
+    pairs, supported, refuted = [], True, False
+    for levels in itertools.product(*(FACTORS[f] for f in rest)):
+        fixed = dict(zip(rest, levels))
+        match = lambda r, level: r["finished"] and r[factor] == level and all(r[f] == v for f, v in fixed.items())
+        a = [r for r in rows if match(r, keep)]
+        b = [r for r in rows if match(r, other)]
+        if not a or not b:
+            supported = False
+            continue
+        diffs = [math.log10(x["peak_ratio"]) - math.log10(y["peak_ratio"]) for x in a for y in b]
+        below = max(x["peak_ratio"] for x in a) < min(y["peak_ratio"] for y in b)
+        yes = lambda rs: any(r.get("over_run", {}).get("verdict") == "yes" for r in rs)
+        pairs.append(dict(**fixed, log10_ratio_change=spread(diffs), removing_level_below=below))
+        supported &= below and max(x["peak_ratio"] for x in a) < SYSTEMATIC_RATIO and yes(b)
+        refuted |= yes(a) or min(x["peak_ratio"] for x in a) > max(y["peak_ratio"] for y in b)
+    word = "refuted" if refuted else "supported" if supported and len(pairs) == 4 else "not decided at this scale"
+    changes = [d for p in pairs for d in [p["log10_ratio_change"]["median"]]]
+    return dict(factor=factor, explanation=name, removing_level=removes, other_level=other, pairs=pairs,
+                median_log10_change=float(np.median(changes)) if changes else None, reading=word)
+
+
+def convergence(rows):
+    """L*: the largest final validation loss over finished runs, rounded up to 0.01; the first logged step at
+    which each run's validation loss is <= L*."""
+    finished = [r for r in rows if r["finished"]]
+    if not finished:
+        return None
+    target = math.ceil(max(r["val_loss"] for r in finished) * 100) / 100
+    steps = {r["run"]: next((p["iter"] for p in r["val_curve"] if p["val"] <= target), None) for r in finished}
+    return dict(target_loss=target, steps_to_target=steps)
+
+
+def check(runs_dir, names):
+    """Recompute each committed final.json from its committed checkpoint; the differences, one line each."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from lib.check import differences
+    from dataset import Batches
+    problems = []
+    for name in names:
+        folder = os.path.join(runs_dir, name)
+        found = checkpoints(folder)
+        if not found or not os.path.exists(os.path.join(folder, "final.json")):
+            continue
+        model, ckpt, _ = load_gpt(found[-1][1])
+        c = ckpt["config"]
+        val = Batches(c["dataset"], "val", 1, c["block_size"], 0)
+        n = min(c["stats_seqs"], val.available(c["block_size"]) // 2)
+        both = val.sequences(2 * n, c["block_size"])
+        old = json.load(open(os.path.join(folder, "final.json")))
+        new = final_report(model, both[:n], both[n:])
+        problems += [f"{name}: {d}" for d in differences({k: old[k] for k in new}, new)]
+        print(f"checked {name} ({found[-1][1]}): {'same' if not problems else 'differs'}")
+    return problems
+
+
+def markdown(rows, cell_rows, effects, conv):
+    """table.md: the runs, the cells over seeds, each factor's effect and reading."""
+    def f(x, fmt="{:.1f}"):
+        return "-" if x is None else fmt.format(x)
+
+    def rng(s, fmt="{:.1f}"):
+        return "-" if s is None else f"{f(s['median'], fmt)} ({f(s['low'], fmt)}-{f(s['high'], fmt)})"
+    lines = ["| run | steps | peak ratio (block, position, channel) | sink share | zero - control (nats) | mean (nats) "
+             "| kurtosis | val loss | verdict over run |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if not r["finished"]:
+            lines.append(f"| {r['run']} | {r['steps']} | running | | | | | | |")
+            continue
+        zc, mean = r["cost_zero_over_control"], r["cost_mean"]
+        lines.append(f"| {r['run']} | {r['steps']} | {r['peak_ratio']:.1f} (block {r['peak_block']}, position "
+                     f"{r['peak_position']}, channel {r['peak_channel']}) | {f(r['sink_share'], '{:.2f}')} | "
+                     f"{zc['mean']:+.4f} ± {zc['se']:.4f} | {mean['mean']:+.4f} ± {mean['se']:.4f} | "
+                     f"{r['kurtosis']:.1f} | {r['val_loss']:.4f} | {r.get('over_run', {}).get('verdict', '-')} |")
+    lines += ["", "| attention | optimizer | norm | seeds | peak ratio | sink share | zero - control | kurtosis | "
+                  "val loss |", "|---|---|---|---|---|---|---|---|---|"]
+    for c in cell_rows:
+        lines.append(f"| {c['attention']} | {c['optimizer']} | {c['norm']} | {len(c['seeds'])} | "
+                     f"{rng(c['peak_ratio'])} | {rng(c['sink_share'], '{:.2f}')} | "
+                     f"{rng(c['cost_zero_over_control'], '{:+.4f}')} | {rng(c['kurtosis'])} | "
+                     f"{rng(c['val_loss'], '{:.4f}')} |")
+    lines += ["", "| explanation | removing level | median log10 change of the peak ratio | reading |", "|---|---|---|---|"]
+    for e in effects:
+        lines.append(f"| {e['explanation']} | {e['removing_level']} | {f(e['median_log10_change'], '{:+.2f}')} | "
+                     f"{e['reading']} |")
+    if conv:
+        lines += ["", f"Steps to a validation loss of {conv['target_loss']:.2f} (the largest final one): " +
+                  ", ".join(f"{k} {v}" for k, v in conv["steps_to_target"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows, results_dir):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    for key, fname, ylabel, log in (("trajectory", "trajectories.png", "largest fixed-position ratio, blocks "
+                                     "before the last", True),
+                                    ("val_curve", "convergence.png", "validation loss", False)):
+        fig, axes = plt.subplots(2, 4, figsize=(16, 7), sharex=True, sharey=True)
+        for ax, (attention, optimizer, norm) in zip(axes.flat, itertools.product(*FACTORS.values())):
+            for r in rows:
+                if (r["attention"], r["optimizer"], r["norm"]) != (attention, optimizer, norm) or not r[key]:
+                    continue
+                y = [p["peak_ratio" if key == "trajectory" else "val"] for p in r[key]]
+                ax.plot([p["iter"] for p in r[key]], y, label=f"seed {r['seed']}")
+            if log:
+                ax.set_yscale("log")
+                ax.axhline(SYSTEMATIC_RATIO, color="grey", ls="--", lw=0.8, label=f"{SYSTEMATIC_RATIO:g} (criterion)")
+            ax.set_title(f"{attention}, {optimizer}, {norm}", fontsize=9)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+        for ax in axes[-1]:
+            ax.set_xlabel("training step")
+        for ax in axes[:, 0]:
+            ax.set_ylabel(ylabel, fontsize=8)
+        fig.suptitle(f"factorial study: {ylabel} against steps, per cell (attention, optimizer, norm)")
+        fig.tight_layout()
+        fig.savefig(os.path.join(results_dir, fname), dpi=110)
+        plt.close(fig)
+
+
+def main(argv):
+    c = configure(DEFAULTS, argv)
+    runs_dir = resolve_path(c["runs_dir"])
+    names = run_names(runs_dir)
+    for name in names:
+        settings_of(name)
+    if c["check"]:
+        problems = check(runs_dir, names)
+        for p in problems:
+            print(p)
+        if problems:
+            sys.exit(1)
+        return None
+    rows = [run_row(runs_dir, n) for n in names]
+    cell_rows, effects, conv = cells(rows), [effect(rows, f) for f in FACTORS], convergence(rows)
+    from lib.provenance import provenance
+    results_dir = resolve_path(c["results_dir"])
+    table = dict(runs=rows, cells=cell_rows, effects=effects, convergence=conv, criteria=criteria(),
+                 provenance=provenance(command="python factorial.py " + " ".join(argv)))
+    write_json(os.path.join(results_dir, "table.json"), table)
+    write_text(os.path.join(results_dir, "table.md"), markdown(rows, cell_rows, effects, conv))
+    if c["plot"]:
+        plot(rows, results_dir)
+    print(markdown(rows, cell_rows, effects, conv))
+    return table
+
+
+if __name__ == "__main__":
+    with user_errors_exit("factorial.py"):
+        main(sys.argv[1:])

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The factorial grid: 16 runs of config/train_factorial.py, two at a time with one thread each, seed 1337's eight
+# cells first. Each run resumes from its newest checkpoint when its out_dir exists, so the script can be stopped
+# and started again at any time. After each run (and on `bash run_grid.sh sync`) its logs, final.json and its final
+# weights (weights only, pack.py) are copied into results/factorial/runs/<run>/. From gpt-2/:
+#   bash results/factorial/run_grid.sh            # the grid (about 6 hours on 2 cores)
+#   bash results/factorial/run_grid.sh sync       # copy every run's logs so far into results/factorial/runs/
+set -u
+cd "$(dirname "$0")/../.."  # gpt-2/
+PY=${PYTHON:-python3}
+ADAMW_LR=5e-4  # the registered sweep's choices (results/factorial/README.md)
+MUON_LR=4e-3
+export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 PY
+sync_run() {  # sync_run NAME: copy what the run has written so far
+  local out=out-factorial/$1 dest=results/factorial/runs/$1
+  [ -d "$out" ] || return 0
+  mkdir -p "$dest"
+  for f in train_log.jsonl stats.jsonl final.json; do [ -f "$out/$f" ] && cp "$out/$f" "$dest/$f"; done
+  [ -f "$out/final.json" ] && $PY results/factorial/pack.py "$out" "$dest"
+  return 0
+}
+one() {  # one NAME [flags...]
+  local name=$1; shift
+  local out=out-factorial/$name
+  mkdir -p logs-factorial
+  $PY train.py config/train_factorial.py --out_dir="$out" "$@" $([ -d "$out" ] && echo --init_from=resume) \
+    >> "logs-factorial/$name.log" 2>&1
+  sync_run "$name"
+}
+export -f one sync_run
+cells() {
+  for seed in 1337 1338; do
+    for norm in layernorm rmsnorm_single; do
+      for attention in default ca_softmax; do
+        echo "$attention-adamw-$norm-s$seed --attention=$attention --norm=$norm --seed=$seed --learning_rate=$ADAMW_LR --min_lr=$ADAMW_LR"
+        echo "$attention-muon-$norm-s$seed --attention=$attention --norm=$norm --seed=$seed --optimizer=muon --muon_lr=$MUON_LR"
+      done
+    done
+  done
+}
+if [ "${1:-}" = sync ]; then
+  cells | while read -r name _; do sync_run "$name"; done
+  exit 0
+fi
+$PY data/backcopy/prepare.py --seq_len=65 --train_seqs=2000 --out_dir=data/backcopy_rf65 --design=random_first > /dev/null || exit 1
+cells | xargs -P 2 -L 1 bash -c 'one "$@"' _

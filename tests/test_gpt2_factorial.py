@@ -1,0 +1,95 @@
+"""gpt-2/factorial.py on tiny runs: a run's final report (final.json, written by train.py at its last step) holds
+the numbers the table reads, checked against a direct computation; the table and the re-check from the
+committed weights; the pack of a run's final weights."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lib import outliers
+from lib.configurator import UserError
+from lib.gpt2_checkpoints import load_gpt
+
+GPT2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2")
+sys.path.insert(0, GPT2)
+import factorial  # noqa: E402
+import train  # noqa: E402
+from dataset import Batches  # noqa: E402
+from test_gpt2_train import data, tiny_args  # noqa: E402,F401  (the module's dataset fixture)
+
+RUNS = ("default-adamw-layernorm-s1", "ca_softmax-adamw-layernorm-s1", "default-muon-rmsnorm_single-s1")
+
+
+@pytest.fixture(scope="module")
+def runs(data, tmp_path_factory):  # noqa: F811
+    """Three tiny runs trained to their end, packed as the study commits them: logs, final.json, weights."""
+    root = tmp_path_factory.mktemp("factorial")
+    for name in RUNS:
+        s = factorial.settings_of(name)
+        extra = dict(optimizer="muon", muon_lr=2e-2) if s["optimizer"] == "muon" else {}
+        out = root / "out" / name
+        train.main(tiny_args(data, out, s["attention"], norm=s["norm"], seed=s["seed"], max_iters=12,
+                             eval_interval=6, stats_interval=6, stats_seqs=8, **extra))
+        dest = root / "runs" / name
+        os.makedirs(dest)
+        for f in ("stats.jsonl", "train_log.jsonl", "final.json"):
+            shutil.copy(out / f, dest / f)
+        subprocess.run([sys.executable, os.path.join(GPT2, "results", "factorial", "pack.py"), str(out), str(dest)],
+                       check=True)
+    return root
+
+
+def test_final_json_holds_the_peak_a_direct_computation_finds(runs, data):  # noqa: F811
+    final = json.load(open(runs / "runs" / RUNS[0] / "final.json"))
+    model, ckpt, _ = load_gpt(str(runs / "runs" / RUNS[0] / "ckpt_12.pt"))
+    seqs = Batches(data, "val", 1, 16, 0).sequences(8, 16)
+    with torch.no_grad():
+        hidden = model(seqs, return_hidden=True).hidden
+    ratios = [outliers.channel_position_ratios(h).max() for h in hidden[:-1]]  # every block but the last
+    numbers = factorial.final_numbers(final)
+    assert numbers["peak_ratio"] == pytest.approx(float(max(ratios)), rel=1e-5)
+    assert numbers["peak_block"] == 1 + int(torch.stack(ratios).argmax())
+    assert final["iter"] == 12 and final["provenance"]["versions"]["torch"] == torch.__version__
+    zc = numbers["cost_zero_over_control"]
+    assert zc["mean"] == pytest.approx(final["largest_peak"]["loss_zeroed"] - final["largest_peak"]["loss_control"],
+                                       abs=1e-6)
+
+
+def test_packed_weights_are_small_and_load_like_a_checkpoint(runs):
+    ckpt = torch.load(runs / "runs" / RUNS[2] / "ckpt_12.pt", weights_only=True)
+    assert "optimizer" not in ckpt and ckpt["model_args"]["norm"] == "rmsnorm_single"
+    assert ckpt["config"]["optimizer"] == "muon"
+
+
+def test_the_table_reads_every_run_and_says_what_it_cannot_decide(runs, tmp_path):
+    table = factorial.main([f"--runs_dir={runs / 'runs'}", f"--results_dir={tmp_path}", "--plot=True"])
+    assert [r["run"] for r in table["runs"]] == sorted(RUNS) and all(r["finished"] for r in table["runs"])
+    assert all(r["over_run"]["verdict"] in ("yes", "no") for r in table["runs"])
+    by = {(c["attention"], c["optimizer"], c["norm"]): c for c in table["cells"]}
+    assert by["default", "adamw", "layernorm"]["peak_ratio"]["n"] == 1
+    assert by["ca_softmax", "muon", "layernorm"]["peak_ratio"] is None  # no run in that cell
+    attention = next(e for e in table["effects"] if e["factor"] == "attention")
+    assert len(attention["pairs"]) == 1 and attention["reading"] != "supported"  # 3 of its 4 pairs are missing
+    assert (tmp_path / "table.md").exists() and (tmp_path / "trajectories.png").exists()
+
+
+def test_the_check_passes_on_committed_runs_and_fails_on_a_changed_number(runs, tmp_path):
+    shutil.copytree(runs / "runs", tmp_path / "runs")
+    assert factorial.main([f"--runs_dir={tmp_path / 'runs'}", "--check=True"]) is None
+    path = tmp_path / "runs" / RUNS[1] / "final.json"
+    final = json.load(open(path))
+    final["largest_peak"]["loss_zeroed"] *= 1.01
+    json.dump(final, open(path, "w"))
+    with pytest.raises(SystemExit) as e:
+        factorial.main([f"--runs_dir={tmp_path / 'runs'}", "--check=True"])
+    assert e.value.code == 1
+
+
+def test_a_folder_that_is_not_a_factorial_run_is_a_clear_error(tmp_path):
+    os.makedirs(tmp_path / "runs" / "default-lamb-layernorm-s1")
+    with pytest.raises(UserError, match="not a factorial run name"):
+        factorial.main([f"--runs_dir={tmp_path / 'runs'}"])
