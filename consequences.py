@@ -15,6 +15,9 @@ For each model (or gpt-2 checkpoint: a ckpt_<iter>.pt or an out dir, whose newes
   masked as attention keys in every later block, with a control that masks as many random tokens;
 - the attention sinks themselves (each layer's attention-outlier keys, found per window) masked in their
   layer, with the same random control; this needs no activation outlier. Same windows as the baseline.
+Every window starts with the special tokens the model's tokenizer adds to a text (a BOS for Gemma, LLaMA, Mistral;
+none for SmolLM2, Qwen2, GPT-2), never scored: where it adds any, the same windows are also measured without them
+(`bos_removed`: the same targets, paired). --no-bos tokenizes as the original code does, with no special tokens.
 Writes consequences.json, consequences.md and consequences.png under --savedir (default
 results/consequences/<model>/, or results/consequences/gpt2_<dataset>/ for gpt-2 checkpoints).
 """
@@ -28,6 +31,7 @@ from pathlib import Path
 import torch
 
 from lib import check, compression, gpt2_data, interventions, scale_test
+from lib.data import add_no_bos
 from lib.errors import UserError, user_errors_exit
 from lib.evaluation import (CALIB_WINDOWS, CPU_SEQLEN, CPU_WINDOWS, INTERVENTIONS, Subject, gpt2_subject,  # noqa: F401
                             hf_subject, measure, outlier_rule)
@@ -54,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-samples", type=int, default=CALIB_WINDOWS,
                    help="calibration windows for the outlier layer and the mean values")
     p.add_argument("--seed", type=int, default=1, help="seed for sampling calibration windows")
+    add_no_bos(p)
     p.add_argument("--methods", nargs="*", default=list(compression.METHODS), choices=list(compression.METHODS))
     p.add_argument("--interventions", nargs="*", default=list(INTERVENTIONS), choices=list(INTERVENTIONS))
     p.add_argument("--outlier-factor", type=float, default=None,

@@ -5,8 +5,9 @@
 Integers (layers, tokens, channels, counts) must match exactly, floats within a relative tolerance (RTOL, or an
 absolute one near zero), and sentences word for word with the numbers in them compared the same way
 (lib/text_numbers.py: an integer exactly, a measured value within RTOL or one unit of its last printed digit);
-times, file lists and the provenance itself are not compared. A result made by other code or other weights is
-said so in one line, and still compared.
+times, file lists and the provenance itself are not compared. A result made by other code or other weights, or with
+other special tokens prepended than the re-run prepends (the tokenizer's BOS, or none with --no-bos), is said so in
+one line, and still compared.
 
 Why a tolerance: the re-run's floats come out of other reduction orders (another CPU, another thread count), which
 moves a value like 897.548 in its fifth digit; 1e-3 is far above that noise and far below any change a reader
@@ -25,9 +26,29 @@ from lib.text_numbers import close, texts_match
 
 RTOL, ATOL = 1e-3, 1e-6
 # not compared: times, provenance and the command (the re-run's is the recorded one with another --savedir), file
-# lists, notes, and the single runs of a result measured over several (a result that is unstable by nature, such as
-# W8A8, gives its median run and a band "reproducible_within")
-SKIP = {"seconds", "provenance", "command", "files", "notes", "runs", "reproducible_within"}
+# lists, notes, the single runs of a result measured over several (a result that is unstable by nature, such as
+# W8A8, gives its median run and a band "reproducible_within"), and the input convention (said in one line instead)
+SKIP = {"seconds", "provenance", "command", "files", "notes", "runs", "reproducible_within", "input"}
+LEGACY_INPUT = {"prepended": [], "text": "no special tokens (made before results recorded their input convention, "
+                                         "when nothing was ever prepended)"}
+
+
+def input_record(result: dict) -> dict:
+    """What a result JSON says was prepended to its inputs: a figure's `input`, or a consequences run's first
+    model's `data.input`; results made before the record existed prepended nothing."""
+    if isinstance(result.get("input"), dict):
+        return result["input"]
+    runs = result.get("results") or [{}]
+    return (runs[0].get("data") or {}).get("input") or LEGACY_INPUT
+
+
+def input_note(folder, old: dict, new: dict) -> str | None:
+    """One line where the folder's results and the re-run's prepend different special tokens."""
+    before, after = input_record(old), input_record(new)
+    if before.get("prepended", []) == after.get("prepended", []):
+        return None
+    return (f"note: {folder} was made with {before.get('text')}; the re-run of its command has {after.get('text')}: "
+            "the numbers compare two different inputs")
 
 
 def differences(old, new, path="", rtol=RTOL, atol=ATOL) -> list[str]:
@@ -102,12 +123,17 @@ def check_folder(folder, log=print) -> list[str]:
         if done.returncode != 0:
             raise UserError(f"the re-run failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
         fresh = {p.name: p for p in Path(tmp).rglob("*.json")}
-        found = []
+        found, noted = [], False
         for name, old in results.items():
             if name not in fresh:
                 found.append(f"{name}: not made by the re-run")
                 continue
-            found += [f"{name}{d}" for d in differences(old, json.loads(fresh[name].read_text()))]
+            new = json.loads(fresh[name].read_text())
+            note = input_note(folder, old, new)
+            if note and not noted:
+                log(note)
+                noted = True
+            found += [f"{name}{d}" for d in differences(old, new)]
     return found
 
 

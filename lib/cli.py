@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lib import check, plotting
+from lib import check, finite, plotting
 from lib.analysis import MASSIVE_ABS, MASSIVE_FACTOR, activation_rule
-from lib.data import DEFAULT_SOURCE, get_data
+from lib.data import DEFAULT_SOURCE, add_no_bos, get_data, special_tokens
 from lib.errors import UserError, user_errors_exit
 from lib.files import write_json, write_text
 from lib.gpt2_data import dataset_windows
@@ -43,7 +43,8 @@ PAPER_SAMPLES = {"activations": 10, "attention": 100}
 
 # Flags beyond the model and output ones, in groups; each figure takes only the groups it registers (`flags`).
 FLAG_GROUPS = {
-    "prompt": [("--prompt", dict(default=None, help="prompt of the single-prompt figures, no special tokens (default: "
+    "prompt": [("--prompt", dict(default=None, help="prompt of the single-prompt figures, tokenized as the model's "
+                                 "tokenizer does it, its special tokens included unless --no-bos (default: "
                                  f"{SUMMER.strip()!r}; a gpt-2 checkpoint of a synthetic task: its first validation "
                                  "sequence)"))],
     "calibration": [
@@ -77,6 +78,7 @@ def parser(description: str = "", groups=None, affects=None, epilog=None) -> arg
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: fp32 on CPU, else the model's)")
     p.add_argument("--savedir", default="figures", help="figures and JSON go to SAVEDIR/<model>/")
     p.add_argument("--format", default="png", choices=sorted(FORMATS), help="figure file format")
+    add_no_bos(p)
     for group in FLAG_GROUPS if groups is None else groups:
         for flag, kwargs in FLAG_GROUPS[group]:
             if affects:
@@ -144,6 +146,8 @@ class Context:
     def __post_init__(self):
         self.view = ModelView(self.model)
         self.formats = FORMATS[self.args.format]
+        # the special tokens every prompt and window gets: the tokenizer's (a BOS where it adds one), none with --no-bos
+        self.input = special_tokens(self.tokenizer, not self.args.no_bos)
 
     @property
     def title(self) -> str:
@@ -198,12 +202,13 @@ class Context:
 
     # --- inputs ------------------------------------------------------------------------------------------------
     def prompt(self):
-        """(ids [1, tokens], token strings) of --prompt, without special tokens; cached."""
+        """(ids [1, tokens], token strings) of --prompt, with the special tokens the tokenizer adds (none with
+        --no-bos); cached."""
         if "prompt" not in self.cache:
             if self.args.prompt is None and self.spec.default_prompt:
                 ids = list(self.spec.default_prompt)
             else:
-                ids = encode(self.tokenizer, self.args.prompt or SUMMER)
+                ids = encode(self.tokenizer, self.args.prompt or SUMMER, self.input.special_tokens)
             if not ids:
                 raise UserError("--prompt encodes to no tokens")
             self.check_length(len(ids), "--prompt")
@@ -241,9 +246,34 @@ class Context:
             if own:
                 self.cache[key] = dataset_windows(self.spec.dataset, "val", seqlen, nsamples)
             else:
-                self.cache[key] = get_data(self.tokenizer, nsamples, seqlen, source=source, seed=self.args.seed)
+                self.cache[key] = get_data(self.tokenizer, nsamples, seqlen, source=source, seed=self.args.seed,
+                                           prefix=self.input.prefix)
         info = {"data": source, "nsamples": int(self.cache[key].shape[0]), "seqlen": seqlen, "seed": self.args.seed}
+        if self.input.prefix and not own:
+            info["prepended"] = self.input.record()["prepended"]
         return self.cache[key], info
+
+    def headroom(self) -> dict | None:
+        """The largest |h| of the current figure's inputs (the prompt where it reads it, its calibration windows)
+        against float16's, bfloat16's and the run's largest finite value (lib.finite); None for a figure that reads
+        no input. Cached per input."""
+        inputs = []
+        if "prompt" in self.figure.flags:
+            inputs.append(("prompt", [self.prompt()[0]]))
+        if self.figure.calibration is not None:
+            ids, info = self.calibration()
+            inputs.append((f"calibration {info['nsamples']} x {info['seqlen']}", [ids[s: s + 1] for s in range(len(ids))]))
+        if not inputs:
+            return None
+        dtype = next(self.model.parameters()).dtype
+        found = []
+        for name, batches in inputs:
+            key = ("headroom", name)
+            if key not in self.cache:
+                self.cache[key] = finite.headroom(self.view.layers, self.forward, batches, dtype)
+            found.append(self.cache[key])
+        best = max(found, key=lambda r: r["largest_abs"])
+        return {"inputs": [name for name, _ in inputs], **best}
 
     def tokens_of(self, ids) -> list[str]:
         return [str(t) for t in self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])]
@@ -255,9 +285,12 @@ class Context:
         return paths
 
 
-def encode(tokenizer, text: str) -> list[int]:
+def encode(tokenizer, text: str, special_tokens: bool = True) -> list[int]:
+    """Token ids of `text` as `tokenizer(text)` gives them: with the special tokens it adds (a BOS...), unless
+    `special_tokens` is False (the original code's add_special_tokens=False). A tokenizer that is not a Hugging
+    Face one adds none."""
     if hasattr(tokenizer, "model_max_length") and callable(tokenizer):  # Hugging Face
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(tokenizer(text, add_special_tokens=special_tokens)["input_ids"])
     return list(tokenizer.encode(text))
 
 
@@ -270,6 +303,12 @@ def run(names, args, model=None, tokenizer=None, spec=None, progress: bool = Fal
         ctx = Context(model, tokenizer, spec, args, writable_dir(Path(args.savedir) / spec.name))
     except CaptureError as e:
         raise UserError(str(e)) from None
+    with finite.guard(model, ctx.view.layers, token_text=lambda i: ctx.tokens_of([i])[0]):
+        return _run_figures(ctx, names, progress)
+
+
+def _run_figures(ctx, names, progress: bool) -> dict:
+    spec = ctx.spec
     steps = names
     if progress:
         steps = tqdm(names, desc=f"figures on {spec.title}", unit="figure", file=sys.stderr)
@@ -279,12 +318,16 @@ def run(names, args, model=None, tokenizer=None, spec=None, progress: bool = Fal
         ctx.figure, ctx.files = FIGURES[name], []
         try:
             data = ctx.figure.compute(ctx)
+            headroom = ctx.headroom()  # before anything is drawn or written: a forward that overflows raises
             ctx.figure.render(data, ctx.title, ctx.save)
         except CaptureError as e:
             raise UserError(f"{name}: {e}") from None
         result = {"script": name, "model": spec.name, "title": spec.title, "layers_are": "1-based",
-                  **json_of(data), "notes": list(ctx.notes), "files": [Path(f).name for f in ctx.files],
-                  "seconds": round(time.time() - start, 2)}
+                  **json_of(data), "input": ctx.input.record(), "notes": list(ctx.notes),
+                  "files": [Path(f).name for f in ctx.files], "seconds": round(time.time() - start, 2)}
+        if headroom is not None:
+            result["headroom"] = headroom
+            result["summary"] = result.get("summary", []) + [headroom["text"]]
         if ctx.figure.dominant:  # beside the layer it draws: the prompt's largest outlier, and where the rule sees it
             result["dominant_outlier"] = dominant_outlier(ctx)
             result["summary"] = result.get("summary", []) + [result["dominant_outlier"]["text"]]
@@ -312,7 +355,7 @@ def figure_provenance(ctx, name, result) -> dict:
         for flag, _ in FLAG_GROUPS[group]:
             key = flag[2:].replace("-", "_")
             flags[key] = getattr(ctx.args, key)
-    data = {"flags": flags}
+    data = {"flags": {**flags, "no_bos": ctx.args.no_bos}, "input": ctx.input.record()}
     if "prompt" in FIGURES[name].flags and "prompt" in ctx.cache:
         data["prompt_ids"] = ctx.cache["prompt"][0][0].tolist()
     if "calibration" in result:

@@ -49,7 +49,7 @@ def model_data(folder: Path, row: dict, consequences_dir: Path | None = None) ->
         "windows": windows,
         "attention": _read(folder, "existence_attention_outliers"),
         "weights": _read(folder, "existence_weight_outliers"),
-        "row": row, "consequences": cons,
+        "row": row, "consequences": cons, "headroom": row.get("headroom"),
     }
 
 
@@ -96,8 +96,8 @@ def finding(d: dict) -> str:
     ratio, at = _peak(d["top1_over_median"])
     row = d["row"]
     sink, sink_at = _peak(d["sink_rate_outlier"]) if d["sink_rate_outlier"] else (None, None)
-    where = (f"{TOKEN_NAMES[category]} ({', '.join(repr(t) for t in texts)})" if category != "initial_token"
-             else TOKEN_NAMES[category])
+    where = (f"{TOKEN_NAMES[category]} ({', '.join(repr(t) for t in texts)})"
+             if category != "initial_token" or len(texts) == 1 else TOKEN_NAMES[category])
     text = (f"{title} ({n} layers): the largest outlier of each of its {len(d['windows'])} calibration windows sits on "
             f"{where} in channel{'s' if len(channels) > 1 else ''} {', '.join(map(str, channels))}; outlier layers "
             f"{_layers(d['outlier_layers'])} (depth {d['outlier_layers'][0] / n:.2f}-{d['outlier_layers'][-1] / n:.2f}), "
@@ -109,6 +109,12 @@ def finding(d: dict) -> str:
     if sink is not None:
         text += (f"; the share of heads whose mean attention on it passes {d['sink_threshold']:g} peaks at {sink:.2f} "
                  f"(layer {sink_at})")
+    room = d.get("headroom")
+    if room:
+        share = room["share_of_largest_finite"]["float16"]
+        text += (f"; its largest |h| ({room['largest_abs']:,.0f}, layer {room['layer']}) is {share:.2f} x float16's "
+                 f"largest finite value ({room['largest_finite']['float16']:,.0f})"
+                 + (": float16 overflows, bfloat16 holds it" if share > 1 else ""))
     return text + "."
 
 

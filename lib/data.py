@@ -8,10 +8,16 @@ Sources:
   pg19       emozilla/pg19 (validation for calibration, test for evaluation)
 or a path to a .txt file or to a folder of .txt files. The online sources need the Hugging Face hub; their
 text is cached after the first download, so they keep working offline afterwards.
+
+Input convention: a text is tokenized as the model's tokenizer does it (`tokenizer(text)`), with the special
+tokens it adds; a model whose tokenizer prepends a BOS sees every window start with it (`special_tokens`,
+`InputConvention`). The original code tokenized without special tokens (`add_special_tokens=False`); the scripts'
+`--no-bos` gives that. The text itself is always cut from one token stream without special tokens.
 """
 import hashlib
 import itertools
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -102,28 +108,116 @@ def strip_gutenberg_boilerplate(text: str) -> str:
 
 
 def get_data(tokenizer, nsamples: int, seqlen: int, source: str = DEFAULT_SOURCE, seed: int = 1,
-             split: str = "calib") -> torch.LongTensor:
-    """`nsamples` random chunks of `seqlen` tokens, shape [nsamples, seqlen], reproducible from `seed`.
+             split: str = "calib", prefix=()) -> torch.LongTensor:
+    """`nsamples` random windows of `seqlen` tokens, shape [nsamples, seqlen], reproducible from `seed`.
 
-    The text is tokenized without special tokens and cut into consecutive non-overlapping chunks; the
-    chunks are drawn without replacement. Too little text is an error, never a short batch.
+    Each window is the token ids `prefix` (the special tokens the tokenizer prepends to a text, such as a BOS;
+    `InputConvention.prefix`) followed by seqlen - len(prefix) consecutive tokens of the text. The text is
+    tokenized without special tokens and cut into consecutive non-overlapping chunks of that length; the chunks
+    are drawn without replacement. Too little text is an error, never a short batch.
     """
     if nsamples < 1 or seqlen < 1:
         raise UserError(f"need at least one sample of at least one token (got nsamples={nsamples}, seqlen={seqlen})")
+    length = text_length(seqlen, prefix)
     tokens = _corpus_tokens(tokenizer, source, split)
-    n_chunks = tokens.numel() // seqlen
+    n_chunks = tokens.numel() // length
     if n_chunks < nsamples:
-        raise UserError(f"source {source!r} ({split}) has {tokens.numel()} tokens = {n_chunks} chunks of {seqlen}; "
+        raise UserError(f"source {source!r} ({split}) has {tokens.numel()} tokens = {n_chunks} chunks of {length}; "
                         f"asked for {nsamples}: use fewer or shorter samples, or more text")
-    chunks = tokens[:n_chunks * seqlen].view(n_chunks, seqlen)
+    chunks = tokens[:n_chunks * length].view(n_chunks, length)
     generator = torch.Generator().manual_seed(seed)
     picked = torch.randperm(n_chunks, generator=generator)[:nsamples]
-    return chunks[picked].clone()
+    return with_prefix(chunks[picked], prefix)
+
+
+def text_length(seqlen: int, prefix=()) -> int:
+    """Text tokens in a window of `seqlen` tokens that starts with `prefix`."""
+    length = seqlen - len(prefix)
+    if length < 1:
+        raise UserError(f"a window of {seqlen} tokens has no room for text after the {len(prefix)} special token(s) "
+                        "the tokenizer prepends: use a longer --seqlen")
+    return length
+
+
+def with_prefix(chunks: torch.Tensor, prefix=()) -> torch.LongTensor:
+    """[n, L] text chunks -> [n, len(prefix) + L]: every row starts with the token ids `prefix`."""
+    if not len(prefix):
+        return chunks.clone()
+    head = torch.tensor(list(prefix), dtype=chunks.dtype).expand(chunks.shape[0], len(prefix))
+    return torch.cat([head, chunks], dim=1)
 
 
 def get_eval_tokens(tokenizer, source: str = DEFAULT_SOURCE) -> torch.LongTensor:
-    """The whole evaluation text of `source` tokenized without special tokens, shape [1, n_tokens]."""
+    """The whole evaluation text of `source` tokenized without special tokens, shape [1, n_tokens] (the windows
+    of lib.perplexity.eval_windows add the tokenizer's prefix)."""
     return _corpus_tokens(tokenizer, source, "eval").unsqueeze(0)
+
+
+# --- the input convention: which special tokens a text gets ------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputConvention:
+    """The special tokens the model's inputs get: `prefix` starts every prompt and window, `suffix` ends a prompt
+    (a window is cut from running text, so it never ends a text). `adds_*` are what the tokenizer itself adds to a
+    text; with `special_tokens` False (--no-bos, the original code's tokenization) nothing is added."""
+    special_tokens: bool = True
+    adds_prefix: tuple = ()   # ((token, id), ...) the tokenizer prepends
+    adds_suffix: tuple = ()   # ((token, id), ...) the tokenizer appends
+
+    @property
+    def prefix(self) -> tuple:
+        """Token ids every window and prompt starts with."""
+        return tuple(i for _, i in self.adds_prefix) if self.special_tokens else ()
+
+    @property
+    def suffix(self) -> tuple:
+        return tuple(i for _, i in self.adds_suffix) if self.special_tokens else ()
+
+    def record(self) -> dict:
+        """What every result JSON states: what was prepended (token and id; none: an empty list), what the
+        tokenizer would add, and in words."""
+        tokens = lambda pairs: [{"token": t, "id": i} for t, i in pairs]  # noqa: E731
+        prepended = list(self.adds_prefix) if self.special_tokens else []
+        return {"special_tokens": self.special_tokens, "prepended": tokens(prepended),
+                "appended_to_prompts": tokens(self.adds_suffix if self.special_tokens else ()),
+                "tokenizer_prepends": tokens(self.adds_prefix), "text": self.text()}
+
+    def text(self) -> str:
+        named = ", ".join(f"{t!r} (id {i})" for t, i in self.adds_prefix)
+        if not self.adds_prefix and not self.adds_suffix:
+            return "no special tokens: the tokenizer adds none"
+        if not self.special_tokens:
+            return (f"no special tokens (--no-bos, the original code's tokenization); the tokenizer would prepend "
+                    f"{named or 'nothing'}")
+        return f"every prompt and window starts with {named}, as the tokenizer adds it" if named else \
+            "the tokenizer's special tokens (it prepends none)"
+
+
+def add_no_bos(parser) -> None:
+    """The flag every script takes for the original code's tokenization."""
+    parser.add_argument("--no-bos", action="store_true",
+                        help="tokenize as the original code does, with no special tokens: the BOS (or any other token) "
+                        "the model's tokenizer adds to a text is left out of prompts and windows (default: the "
+                        "tokenizer's own convention, as the model is used)")
+
+
+def special_tokens(tokenizer, enabled: bool = True) -> InputConvention:
+    """The special tokens `tokenizer` adds to a text (what `tokenizer(text)` adds to
+    `tokenizer(text, add_special_tokens=False)`), found on a probe text. A tokenizer that is not a Hugging Face one
+    (a gpt-2/ checkpoint's, a test's) adds none."""
+    if not _is_hf_tokenizer(tokenizer):
+        return InputConvention(enabled)
+    probe = "Summer is warm."
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    full = list(tokenizer(probe)["input_ids"])
+    start = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), None)
+    if start is None:
+        raise UserError(f"the tokenizer's special tokens could not be told apart from the text: {probe!r} is "
+                        f"{plain} without them and {full} with them")
+
+    def named(ids):
+        return tuple((str(t), int(i)) for t, i in zip(tokenizer.convert_ids_to_tokens(ids), ids))
+    return InputConvention(enabled, named(full[:start]), named(full[start + len(plain):]))
 
 
 def tokenize(tokenizer, text: str) -> torch.LongTensor:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from lib import analysis, compression, gpt2_checkpoints, interventions, outliers, relocation, scale_test
-from lib.data import DEFAULT_SOURCE, get_data, get_eval_tokens
+from lib import analysis, compression, finite, gpt2_checkpoints, interventions, outliers, relocation, scale_test
+from lib.data import DEFAULT_SOURCE, InputConvention, get_data, get_eval_tokens, special_tokens
 from lib.errors import UserError
 from lib.gpt2_data import BPE_VOCAB, dataset_windows, gpt2_encoding, load_meta
 from lib.models import DEFAULT_MODEL, ModelSpec, load_model
@@ -45,6 +45,8 @@ class Subject:
     hf: bool = True
     info: dict = field(default_factory=dict)
     spec: object = None  # lib.models.ModelSpec: where the weights came from (for the provenance block)
+    prefix: int = 0  # special tokens every window starts with (a BOS): never perplexity targets
+    token_text: object = None  # ids -> token strings (to name where the outlier and the sink sit)
 
 
 def hf_subject(args) -> Subject:
@@ -53,17 +55,20 @@ def hf_subject(args) -> Subject:
     seqlen = args.seqlen or (min(CPU_SEQLEN, spec.seqlen) if on_cpu else spec.seqlen)
     nsamples = args.nsamples or (CPU_WINDOWS if on_cpu else None)
     source = args.data or DEFAULT_SOURCE
-    windows = eval_windows(get_eval_tokens(tokenizer, source), seqlen, nsamples)
-    calib = get_data(tokenizer, args.calib_samples, seqlen, source=source, seed=args.seed, split="calib")
+    convention = special_tokens(tokenizer, not args.no_bos)  # the tokenizer's BOS starts every window, unless --no-bos
+    prefix = convention.prefix
+    windows = eval_windows(get_eval_tokens(tokenizer, source), seqlen, nsamples, prefix=prefix)
+    calib = get_data(tokenizer, args.calib_samples, seqlen, source=source, seed=args.seed, split="calib", prefix=prefix)
     data = {"source": source, "split": "eval", "seqlen": seqlen, "windows": windows.shape[0],
-            "calib_windows": calib.shape[0], "calib_split": "calib", "seed": args.seed}
+            "calib_windows": calib.shape[0], "calib_split": "calib", "seed": args.seed, "input": convention.record()}
     if on_cpu and (args.nsamples is None or args.seqlen is None):
         data["note"] = (f"CPU run: {windows.shape[0]} windows x {seqlen} tokens spread evenly over the held-out "
                         "text; a full evaluation uses every window (--nsamples) at the paper's length (--seqlen)")
     device = model.get_input_embeddings().weight.device
     return Subject(spec.name, spec.title, model, ModelView(model).layers, hf_logits(model),
                    lambda ids: model.base_model(input_ids=ids.to(device), use_cache=False),
-                   windows, calib, data, hf=True, spec=spec)
+                   windows, calib, data, hf=True, spec=spec, prefix=len(prefix),
+                   token_text=lambda ids: [str(t) for t in tokenizer.convert_ids_to_tokens([int(i) for i in ids])])
 
 
 def gpt2_subject(path: str, args) -> Subject:
@@ -80,11 +85,14 @@ def gpt2_subject(path: str, args) -> Subject:
         encoding = gpt2_encoding()
         windows = eval_windows(get_eval_tokens(encoding, args.data), seqlen, args.nsamples)
         calib = get_data(encoding, args.calib_samples, seqlen, source=args.data, seed=args.seed)
-        data = {"source": args.data, "split": "eval", "calib_split": "calib"}
+        data = {"source": args.data, "split": "eval", "calib_split": "calib",
+                "input": special_tokens(encoding, not args.no_bos).record()}
     else:
         windows = dataset_windows(name, "val", seqlen, args.nsamples)
         calib = dataset_windows(name, "train", seqlen, args.calib_samples)
-        data = {"source": f"gpt-2/data/{name}", "split": "val", "calib_split": "train (first windows)"}
+        data = {"source": f"gpt-2/data/{name}", "split": "val", "calib_split": "train (first windows)",
+                "input": {**InputConvention(False).record(), "text": "the dataset's sequences as stored (a BOS design "
+                          "stores its BOS in the data): nothing prepended"}}
         if load_meta(name).get("seq_len"):
             data["note"] = "aligned dataset: each window is one whole sequence from its first token"
     data.update(seqlen=seqlen, windows=windows.shape[0], calib_windows=calib.shape[0])
@@ -115,12 +123,19 @@ def outlier_rule(subjects, factor=None, min_abs=None) -> interventions.Rule:
 def measure(subject: Subject, methods, wanted_interventions, log=print, rule=interventions.DEFAULT_RULE,
             scale=False) -> dict:
     """Every number of one subject: baseline, compression and intervention perplexities, outlier metrics."""
-    s = subject
+    token_text = (lambda i: subject.token_text([i])[0]) if subject.token_text else None
+    with finite.guard(subject.model, subject.blocks, token_text):  # a block output or logit that is not finite stops
+        return _measure(subject, methods, wanted_interventions, log, rule, scale)
+
+
+def _measure(s: Subject, methods, wanted_interventions, log, rule, scale) -> dict:
     start = time.time()
     metrics = interventions.OutlierMetrics(len(s.blocks))
     with interventions.block_output_hooks(s.blocks, metrics), relocation.track(s.model) as where:
-        baseline = perplexity(s.logits_fn, s.windows)
+        baseline = perplexity(s.logits_fn, s.windows, prefix=s.prefix)
     baseline["where"] = where.summary(rule)
+    with_prefix = relocation.window_values(where.windows(), baseline["where"]) if s.prefix else None
+    del where
     result = {"name": s.name, "title": s.title, "info": s.info, "data": s.data,
               "baseline": {**summarize(baseline), "where": baseline["where"]},
               "outlier_metrics": {**metrics.summary(), "kurtosis_variant": outliers.KURTOSIS_PER_TOKEN},
@@ -132,20 +147,48 @@ def measure(subject: Subject, methods, wanted_interventions, log=print, rule=int
             result["compression"][method] = jittered(s, method, baseline)
         else:
             with compression.compressed(s.model, s.blocks, method):
-                result["compression"][method] = summarize(perplexity(s.logits_fn, s.windows), baseline)
+                result["compression"][method] = summarize(perplexity(s.logits_fn, s.windows, prefix=s.prefix), baseline)
         log(f"{s.title}: {method} perplexity {result['compression'][method]['ppl']:.4g}")
     if wanted_interventions:
         result["interventions"] = intervene(s, wanted_interventions, log, baseline, rule)
+    if s.prefix:
+        result["bos_removed"] = without_prefix(s, baseline, with_prefix, rule)
+        log(f"{s.title}: without the prepended {', '.join(t['token'] for t in s.data['input']['prepended'])}: "
+            f"perplexity {result['bos_removed']['ppl']:.4g} over the same targets")
     if scale:
         if interventions.supports_sink_mask(s.model):
             result["scale_test"] = scale_test.measure(s.model, s.run_fn, s.logits_fn, s.windows, s.calib, baseline,
-                                                      lambda line: log(f"{s.title}: {line}"), rule=rule)
+                                                      lambda line: log(f"{s.title}: {line}"), rule=rule, prefix=s.prefix)
         else:
             result["scale_test"] = {"note": MASK_UNSUPPORTED}
     result["seconds"] = round(time.time() - start, 1)
     weight = next(s.model.parameters())
     result["provenance"] = provenance(s.spec, data=s.data, device=weight.device, dtype=weight.dtype)
     return result
+
+
+def without_prefix(s: Subject, baseline: dict, with_prefix: dict, rule=interventions.DEFAULT_RULE) -> dict:
+    """The BOS as an intervention: the evaluation windows without the special tokens they start with (the original
+    code's input), scoring the same targets (every text token but the first of each window), paired against the
+    baseline; where the massive activation and the sink went (token positions counted in the full windows, so a
+    token keeps its number; `moved` against the baseline), the tokens they sit on, and per window the massive
+    activation's |h| and the sink's share with and without the prefix (`with_prefix`: the baseline's,
+    lib.relocation.window_values)."""
+    stripped = s.windows[:, s.prefix:]
+    with relocation.track(s.model) as where:
+        measured = perplexity(s.logits_fn, stripped)
+    summary = relocation.shift(where.summary(rule), s.prefix)
+    without = relocation.window_values(where.windows(), summary)
+
+    def texts(found: dict) -> dict:
+        return {kind: [s.token_text([int(s.windows[w, t])])[0] for w, t in enumerate(found[kind]["tokens"])]
+                for kind in ("massive", "sink") if kind in found}
+    return {"removed": s.data["input"]["prepended"], **summarize(measured, baseline), "where": summary,
+            "moved": relocation.compare(baseline["where"], summary),
+            "token_text": {"with": texts(baseline["where"]), "without": texts(summary)},
+            "per_window": {key: {"with": with_prefix[key], "without": without[key]} for key in without},
+            "targets": "the baseline's: every text token of a window but the first (the prepended tokens and the first "
+                       "text token are never targets)"}
 
 
 def _input_embeddings(s: Subject) -> torch.nn.Module:
@@ -165,7 +208,7 @@ def jittered(s: Subject, method: str, baseline: dict) -> dict:
         handle = _input_embeddings(s).register_forward_hook(jitter) if run else None
         try:
             with compression.compressed(s.model, s.blocks, method):
-                runs.append(perplexity(s.logits_fn, s.windows))
+                runs.append(perplexity(s.logits_fn, s.windows, prefix=s.prefix))
         finally:
             if handle is not None:
                 handle.remove()
@@ -234,7 +277,7 @@ def tracked(s: Subject, logits_fn, baseline=None, rule=interventions.DEFAULT_RUL
     """Perplexity under an intervention, and where the massive activation and the sink went in the same forwards
     (lib.relocation): {"where": summary, "moved": against the baseline's}."""
     with relocation.track(s.model, attention=attention) as where:
-        measured = perplexity(logits_fn, s.windows)
+        measured = perplexity(logits_fn, s.windows, prefix=s.prefix)
     summary = where.summary(rule)
     moved = relocation.compare(baseline["where"], summary) if baseline and "where" in baseline else {}
     return measured, {"where": summary, "moved": moved}

@@ -17,6 +17,8 @@ def markdown(report: dict) -> str:
     methods = report["methods"]
     lines = [f"# Consequences of systematic outliers: {report['title']}", "",
              f"Command: `{report['command']}`", ""]
+    if rows and rows[0]["data"].get("input"):
+        lines += [f"Input: {rows[0]['data']['input']['text']}.", ""]
     if rows and "provenance" in rows[0]:
         from lib.provenance import short
         lines += [f"Made by {short(rows[0]['provenance'])}.", ""]
@@ -101,6 +103,17 @@ def markdown(report: dict) -> str:
                 for m in wanted:
                     if site.get(m, {}).get("note"):
                         lines.append(f"- {r['name']}, {m}: {site[m]['note']}")
+    removed = [r for r in rows if r.get("bos_removed")]
+    if removed:
+        lines += ["## Without the BOS", "", "| model | removed | fp32 | without | NLL change (nats) | massive moved | "
+                  "sink moved |", "|---" * 7 + "|"]
+        for r in removed:
+            e = r["bos_removed"]
+            lines.append(f"| {r['name']} | {', '.join(t['token'] for t in e['removed'])} | {_fmt(r['baseline']['ppl'])} | "
+                         f"{_fmt(e['ppl'])} | {e['nll_change']:+.3f} ± {e['nll_change_stderr'] or 0:.3f} | "
+                         f"{_fmt(e['moved'].get('massive_moved'))} | {_fmt(e['moved'].get('sink_moved'))} |")
+        lines += ["", "The same evaluation windows without the special tokens the tokenizer prepends (the original "
+                  "code's input), scoring the same targets: every text token of a window but the first.", ""]
     if report.get("scale_test"):
         lines += scale_test.markdown(rows)
     return "\n".join(lines + where_section(rows)) + "\n"
@@ -118,6 +131,8 @@ def _entries(r: dict):
                 yield f"{m} (layer {site['layer']})", entry
     for m, entry in r.get("scale_test", {}).get("modes", {}).items():
         yield f"scale test: {m}", entry
+    if r.get("bos_removed"):
+        yield "the BOS removed", r["bos_removed"]
 
 
 def _layers(layers) -> str:

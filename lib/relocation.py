@@ -133,6 +133,18 @@ def summarize(windows: list[list[dict]], rule: Rule = DEFAULT_RULE) -> dict:
     return out
 
 
+def window_values(windows: list[list[dict]], summary: dict) -> dict:
+    """Per window: the massive activation's |h| at the layer `summary` (of the same windows) reads it at, and the
+    sink's share of the attention of queries 1..T-1 at the layer where its median share is largest (for paired
+    comparisons over the same windows)."""
+    top = summary["massive"]["largest_layer"] - 1
+    out = {"massive_abs": [abs(w[top]["value"]) for w in windows]}
+    if "sink" in summary:
+        at = max(summary["per_layer"], key=lambda r: r["sink_share_median"])["layer"] - 1
+        out["sink_share"] = [_sink(w[at])[1] for w in windows]
+    return out
+
+
 def compare(before: dict, after: dict) -> dict:
     """Share of windows whose massive activation (at its largest layer) and sink (at its first layer) sit on another
     token after the intervention than before; the same windows in the same order."""
@@ -142,6 +154,16 @@ def compare(before: dict, after: dict) -> dict:
         pairs = list(zip(before[kind]["tokens"], after[kind]["tokens"]))
         return sum(a != b for a, b in pairs) / len(pairs)
     return {"massive_moved": moved("massive"), "sink_moved": moved("sink")}
+
+
+def shift(summary: dict, offset: int) -> dict:
+    """A summary of windows that lost their first `offset` tokens (a BOS removed), with its token positions counted
+    in the full windows, so that `compare` against the full windows' summary pairs the same tokens."""
+    out = dict(summary)
+    for kind in ("massive", "sink"):
+        if kind in out:
+            out[kind] = {**out[kind], "tokens": [t + offset for t in out[kind]["tokens"]]}
+    return out
 
 
 def tokens_max_abs(tracker_windows: list[list[dict]], window: int = 0) -> torch.Tensor:
@@ -166,6 +188,24 @@ def condition_layers(condition: str, first_sink_layer: int, n_layers: int) -> li
     start = first_sink_layer - 1
     return {"every_layer": list(range(n_layers)), "from_sink_layer": list(range(start, n_layers)),
             "before_sink_layer": list(range(start))}[condition]
+
+
+def defined_conditions(first_sink_layer: int | None, n_layers: int) -> tuple[dict, list[str]]:
+    """({condition: its 0-based layers}, why the others are left out): every layer only where no layer has a sink;
+    a condition that masks no layer, or the same layers as an earlier one, is left out (a sink from the first layer
+    on leaves nothing before it, and "from it on" is every layer)."""
+    if first_sink_layer is None:
+        return {"every_layer": condition_layers("every_layer", 1, n_layers)}, []
+    kept, skipped = {}, []
+    for condition in CONDITIONS:
+        layers = condition_layers(condition, first_sink_layer, n_layers)
+        same = next((c for c, seen in kept.items() if seen == layers), None)
+        if not layers or same:
+            skipped.append(f"{CONDITION_TEXT[condition]} " + ("masks no layer" if not layers else
+                                                               f"masks the same layers as {CONDITION_TEXT[same]}"))
+        else:
+            kept[condition] = layers
+    return kept, skipped
 
 
 def outlier_tokens(scan) -> list[list[int]]:
@@ -198,19 +238,21 @@ def masked_logits(model, logits_fn, keys_per_window: list[list[int]], layers: li
     return run
 
 
-def measure(model, blocks, logits_fn, run_fn, windows, rule: Rule = DEFAULT_RULE, seed: int = 0) -> dict:
+def measure(model, blocks, logits_fn, run_fn, windows, rule: Rule = DEFAULT_RULE, seed: int = 0,
+            prefix: int = 0) -> dict:
     """The relocation experiment on evaluation windows [n, L]: each window's outlier tokens (flagged by `rule` in
     any layer of its unmasked forward) blocked as keys for every other query in each condition's layers, and a
     control that blocks as many other tokens of the window, drawn with `seed`. Per condition and kind: perplexity
     with its paired change against the unmasked model, the masked layers (1-based), and where the massive activation
-    and the sink went. The first sink layer is the unmasked model's (`summarize`)."""
+    and the sink went. The first sink layer is the unmasked model's (`summarize`). `prefix`: the special tokens each
+    window starts with (lib.perplexity.perplexity: never scored)."""
     from lib.perplexity import perplexity, summarize as summarize_ppl
     inputs = windows[:, :-1]  # what the model sees of a window
     keys = outlier_tokens(interventions.scan_outliers(blocks, run_fn, inputs, rule))
     generator = torch.Generator().manual_seed(seed)
     controls = [random_tokens(k, inputs.shape[1], generator) for k in keys]
     with track(model) as where:
-        baseline = perplexity(logits_fn, windows)
+        baseline = perplexity(logits_fn, windows, prefix=prefix)
     before = where.summary(rule)
     first_sink = before.get("sink", {}).get("first_layer")
     out = {"rule": str(rule), "windows": int(windows.shape[0]), "seqlen": int(windows.shape[1]),
@@ -219,16 +261,19 @@ def measure(model, blocks, logits_fn, run_fn, windows, rule: Rule = DEFAULT_RULE
     if first_sink is None:
         out["note"] = "no layer has a sink (a key the attention rule flags) in at least half of the windows: only the " \
                       "every-layer condition is defined"
-    for condition in CONDITIONS if first_sink is not None else CONDITIONS[:1]:
-        layers = condition_layers(condition, first_sink or 1, len(blocks))
+    conditions, skipped = defined_conditions(first_sink, len(blocks))
+    for condition, layers in conditions.items():
         out["conditions"][condition] = {}
         for kind, per_window in (("outliers", keys), ("control", controls)):
             with track(model) as where:
-                measured = perplexity(masked_logits(model, logits_fn, per_window, layers), windows)
+                measured = perplexity(masked_logits(model, logits_fn, per_window, layers), windows, prefix=prefix)
             after = where.summary(rule)
             out["conditions"][condition][kind] = {**summarize_ppl(measured, baseline),
                                                   "masked_layers": [layer + 1 for layer in layers],
                                                   "where": after, "moved": compare(before, after)}
+    if skipped:
+        out["note"] = (f"the first sink layer is {first_sink}: " + "; ".join(skipped)
+                       + (", so it is not measured" if len(skipped) == 1 else ", so neither is measured"))
     return out
 
 

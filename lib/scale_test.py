@@ -235,10 +235,11 @@ def logits_under(model, run, logits_fn, state: ScaleTest, sinks: dict | None = N
     return scaled_logits
 
 
-def measure(model, run, logits_fn, windows, calib, baseline, log=print, rule=None) -> dict:
+def measure(model, run, logits_fn, windows, calib, baseline, log=print, rule=None, prefix: int = 0) -> dict:
     """Calibrate on `calib` windows (const and fitted scales, a_s and |v_s| statistics), then the perplexity of
     every mode on `windows`, each with its paired change against `baseline` (lib.perplexity.summarize) and where
-    the massive activation went (lib.relocation; the modes replace attention's output, so no sink is tracked)."""
+    the massive activation went (lib.relocation; the modes replace attention's output, so no sink is tracked).
+    `prefix`: the special tokens each window starts with (lib.perplexity.perplexity)."""
     rule = rule or DEFAULT_RULE
     record = ScaleTest("record")
     recording = logits_under(model, run, logits_fn, record)
@@ -251,7 +252,7 @@ def measure(model, run, logits_fn, windows, calib, baseline, log=print, rule=Non
         state.const, state.fitted = record.const, record.fitted
         scaled = logits_under(model, run, logits_fn, state, sinks)
         with relocation.track(model, attention=False) as where:
-            measured = perplexity(scaled, windows)
+            measured = perplexity(scaled, windows, prefix=prefix)
         summary = where.summary(rule)
         out["modes"][mode] = {**summarize(measured, baseline), "masked_layers": "each layer: its own sink keys",
                               "where": summary, "moved": relocation.compare(baseline.get("where", {}), summary)}

@@ -8,7 +8,7 @@ The columns are those the registered figures declare (lib/paper_figures), read f
 import json
 from pathlib import Path
 
-from lib import cross_model
+from lib import bos_effect, cross_model
 from lib.errors import UserError
 from lib.files import write_json, write_text
 from lib.outliers import CATEGORIES
@@ -32,13 +32,29 @@ def model_row(folder: Path, consequences_dir: Path | None = None) -> dict:
         if figure.summary is not None:
             row.update(figure.summary(results[name]))
     row["provenance"] = first.get("provenance")
+    row["input"] = first.get("input", {}).get("prepended", [])
+    rooms = [r["headroom"] for r in results.values() if r.get("headroom")]
+    row["headroom"] = max(rooms, key=lambda r: r["largest_abs"]) if rooms else None
     cons = consequences_dir / row["model"] / "consequences.json" if consequences_dir else None
     if cons is not None and cons.is_file():
         result = json.loads(cons.read_text())["results"][0]
         row["consequences"] = {"fp32": result["baseline"]["ppl"],
                                **{m: v.get("ppl") for m, v in result["compression"].items()},
-                               **{m: v.get("ppl") for m, v in result["interventions"].get("attention_sinks", {}).items()}}
+                               **{m: v.get("ppl") for m, v in result["interventions"].get("attention_sinks", {}).items()},
+                               **({"without the BOS": result["bos_removed"]["ppl"]} if "bos_removed" in result else {})}
+        row["bos_effect"] = bos_effect.table(result, folder)
     return row
+
+
+def _prepended(row: dict) -> str:
+    return ", ".join(f"{t['token']} ({t['id']})" for t in row.get("input") or []) or "none"
+
+
+def _headroom(row: dict) -> str:
+    room = row.get("headroom")
+    if not room:
+        return "-"
+    return f"{cell(room['largest_abs'])} (layer {room['layer']}; {cell(room['share_of_largest_finite']['float16'])} x)"
 
 
 def write_summary(savedir, consequences_dir=None) -> tuple[Path, Path, list]:
@@ -48,11 +64,13 @@ def write_summary(savedir, consequences_dir=None) -> tuple[Path, Path, list]:
     if not folders:
         raise UserError(f"no model folders with figure results in {savedir}: run reproduce.py --savedir {savedir} first")
     rows = [model_row(f, Path(consequences_dir) if consequences_dir else None) for f in folders]
-    columns = [column for figure in FIGURES.values() for column in figure.columns]
+    columns = [("prepended", _prepended)] + [column for figure in FIGURES.values() for column in figure.columns] + [
+        ("largest \\|h\\| (x float16's largest finite value)", _headroom)]
     lines = [f"# Systematic outliers across {len(rows)} model(s)", "",
              "Layers 1-based; tokens, channels and columns 0-based. Token categories: "
-             + " / ".join(CATEGORIES) + " (share of outlier tokens; of sink keys). Each row comes from the model's "
-             "figure JSONs in this folder (`python reproduce.py --summary`).", "",
+             + " / ".join(CATEGORIES) + " (share of outlier tokens; of sink keys). Prepended: the special tokens "
+             "every prompt and window starts with (the tokenizer's own). Each row comes from the model's figure JSONs "
+             "in this folder (`python reproduce.py --summary`).", "",
              "| model | " + " | ".join(header for header, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for r in rows:
         lines.append(f"| {r['title']} | " + " | ".join(render(r) for _, render in columns) + " |")
@@ -64,6 +82,10 @@ def write_summary(savedir, consequences_dir=None) -> tuple[Path, Path, list]:
                   "|---" * (len(keys) + 1) + "|"]
         for r in with_cons:
             lines.append(f"| {r['title']} | " + " | ".join(cell(r["consequences"].get(k)) for k in keys) + " |")
+    for r in rows:
+        if r.get("bos_effect"):
+            lines += ["", f"## Without the BOS: {r['title']} (beyond the paper)", ""] + bos_effect.markdown(
+                r["title"], r["bos_effect"])
     md, js = savedir / "summary.md", savedir / "summary.json"
     data = [cross_model.model_data(f, r, Path(consequences_dir) if consequences_dir else None)
             for f, r in zip(folders, rows)]

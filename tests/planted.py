@@ -32,15 +32,17 @@ def spec(name: str, title: str) -> ModelSpec:
     return ModelSpec(name=name, source="(built in the test)", title=title, seqlen=64, cuda_dtype="float32")
 
 
-def random_llama(seed: int = 0):
+def random_llama(seed: int = 0, vocab_size: int = 128):
     torch.manual_seed(seed)
-    config = tf.LlamaConfig(vocab_size=128, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=LAYERS,
+    config = tf.LlamaConfig(vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=LAYERS,
                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
     return tf.AutoModelForCausalLM.from_config(config).eval()
 
 
 @torch.no_grad()
-def planted_llama(seed: int = 0):
+def planted_llama(seed: int = 0, write: float = 20.0):
+    """`write`: the planted down_proj weight (20 gives the sink about 10,000 in CHANNEL; 200 about 1e5, above
+    float16's largest finite value 65,504)."""
     model = random_llama(seed)
     sink = ord(SINK)
     emb = model.model.embed_tokens.weight
@@ -51,7 +53,7 @@ def planted_llama(seed: int = 0):
     for layer in layers:  # no layer other than PLANTED may write into the outlier channel by much
         layer.mlp.down_proj.weight[CHANNEL] *= 0.01
         layer.self_attn.o_proj.weight[CHANNEL] *= 0.01
-    _write_unit(layers[PLANTED].mlp, NEURON, read=TRIGGER, write=CHANNEL, amount=20.0)
+    _write_unit(layers[PLANTED].mlp, NEURON, read=TRIGGER, write=CHANNEL, amount=write)
     for layer in layers[PLANTED + 1:]:
         attn = layer.self_attn
         for head in range(4):

@@ -104,3 +104,46 @@ def test_weight_statistics_read_real_weights(default_model):
     assert stats["top_ratios"] == pytest.approx(ratios.topk(3).values.tolist(), rel=1e-5)
     assert stats["max_ratio"] == pytest.approx(ratios.max().item(), rel=1e-5)
     assert set(view.weight_roles()) == {"q", "k", "v", "o", "gate", "up", "down"}
+
+
+def test_its_tokenizer_prepends_bos_and_the_committed_figures_feed_it(default_model):
+    """Gemma's tokenizer adds <bos> (id 2) to every text; the committed figures' prompt starts with it, and their
+    dominant outlier is in HF's own hidden states on that token, above float16's largest finite value."""
+    import json
+    from pathlib import Path
+
+    from lib.data import special_tokens
+    model, tokenizer, _ = default_model
+    ids = tokenizer(PROMPT).input_ids
+    assert ids[0] == 2 and tokenizer.convert_ids_to_tokens(ids)[0] == "<bos>"
+    assert special_tokens(tokenizer).record()["prepended"] == [{"token": "<bos>", "id": 2}]
+    folder = Path(__file__).resolve().parents[1] / "results" / "figures" / "gemma3_270m"
+    committed = json.loads((folder / "existence_activation_outliers_layer.json").read_text())
+    assert committed["provenance"]["data"]["prompt_ids"] == ids
+    assert committed["input"]["prepended"] == [{"token": "<bos>", "id": 2}]
+    dominant = committed["dominant_outlier"]
+    with torch.no_grad():
+        hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[dominant["layer"]][0]
+    assert (dominant["token"], dominant["channel"]) == (0, int(hidden[0].abs().argmax()))
+    assert hidden[0, dominant["channel"]].abs().item() == pytest.approx(dominant["abs"], rel=1e-3)
+    assert committed["headroom"]["largest_abs"] >= dominant["abs"] > 65504 and not committed["headroom"]["fits"]["float16"]
+
+
+def test_float16_ends_in_the_one_line_overflow_error(tmp_path):
+    """The <bos> activation (about 1e5) overflows float16: the script exits non-zero with one line naming the layer,
+    token and channel, and writes no figure or JSON."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "existence_activation_outliers_layer.py", "--dtype", "float16", "--device",
+                           "cpu", "--savedir", str(tmp_path)], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("existence_activation_outliers_layer: error: layer ")
+    assert "'s output is inf at token 0 ('<bos>'), channel 163: it overflowed float16 (largest finite value 65,504)" \
+        in error and "--dtype bfloat16" in error
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]

@@ -11,6 +11,7 @@ import torch
 import planted
 from lib import cli
 from lib.errors import UserError
+from lib.tiny_models import FAMILY_CONFIGS, tiny_model
 from lib.paper_figures import FIGURES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -375,6 +376,12 @@ def test_summary_across_two_models(random_run, planted_run, tmp_path):
     text = md.read_text()
     assert "| Planted |" in text and "| Random |" in text and "10.25" in text
     assert "| entropy valley: layers (depth) | mean-centred valley: layers (depth) |" in text
+    # the largest |h| of every figure's inputs against float16's range, and what the inputs start with
+    assert planted_row["headroom"]["largest_abs"] == max(r["headroom"]["largest_abs"] for r in (
+        json.loads(p.read_text()) for p in (tmp_path / "figs" / "planted").glob("*.json")) if "headroom" in r)
+    assert planted_row["input"] == [] and "| prepended |" in text and "x float16's largest finite value) |" in text
+    assert "mean attention on it passes" in planted_row["finding"] and "float16's largest finite value (65,504)" in \
+        planted_row["finding"]
     assert planted_row["valley"]["layers"] == list(range(planted.PLANTED + 1, planted.LAYERS))
     assert json.loads(js.read_text())["models"][0]["model"] in ("planted", "random")
     # the picture across models and the paper's pattern per model (lib/cross_model.py)
@@ -421,3 +428,23 @@ def test_planted_relocation_keeps_a_content_written_outlier_and_moves_the_sink(p
     every = r["windows"]["conditions"]["every_layer"]
     assert every["outliers"]["masked_layers"] == list(range(1, planted.LAYERS + 1))
     assert {"ppl", "nll_change", "nll_change_stderr"} <= set(every["control"])
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_CONFIGS))
+def test_the_figure_suite_runs_on_a_tiny_model_of_every_family(family, tmp_path):
+    """Every figure script on a random tiny model of each family in the adapter table, but those a family cannot
+    serve: a mixture of experts has no single MLP to read, and key masking (lifecycle_relocation) needs a family
+    whose attention goes through transformers' attention registry."""
+    from lib.interventions import supports_sink_mask
+    from monkey_patch import ModelView
+    model = tiny_model(family)
+    names = list(FIGURES)
+    if ModelView(model).family.down is None:
+        names = [n for n in names if "down" not in n and "weight" not in n and "lifecycle" not in n
+                 and "compression" not in n]
+    if not supports_sink_mask(model):
+        names.remove("lifecycle_relocation")
+    results = cli.run(names, _args(tmp_path), model=model, tokenizer=planted.CharTokenizer(),
+                      spec=planted.spec(family, family))
+    assert set(results) == set(names)
+    assert all((tmp_path / "out" / family / f"{n}.json").exists() for n in names)

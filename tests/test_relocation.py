@@ -94,7 +94,7 @@ def test_relocation_measures_every_condition_and_its_control_on_a_planted_model(
     assert out["outlier_tokens"] == [[PLANTED_TOKEN], [PLANTED_TOKEN]]
     assert all(len(c) == 1 and c[0] != PLANTED_TOKEN for c in out["control_tokens"])
     first = out["first_sink_layer"]
-    if first is None:
+    if first is None or first == 1:
         assert list(out["conditions"]) == ["every_layer"]
     else:
         assert set(out["conditions"]) == set(relocation.CONDITIONS)
@@ -104,3 +104,15 @@ def test_relocation_measures_every_condition_and_its_control_on_a_planted_model(
     for kind in ("outliers", "control"):
         entry = every[kind]
         assert entry["ppl"] > 0 and "nll_change_stderr" in entry and "moved" in entry
+
+
+def test_conditions_that_mask_nothing_new_are_left_out():
+    """A sink from the first layer on (a BOS): nothing lies before it and "from it on" is every layer, so only the
+    every-layer condition is measured, and the note says why."""
+    kept, skipped = relocation.defined_conditions(1, 4)
+    assert kept == {"every_layer": [0, 1, 2, 3]}
+    assert skipped == ["masked from the first sink layer on masks the same layers as masked in every layer",
+                       "masked only in the layers before the first sink layer masks no layer"]
+    kept, skipped = relocation.defined_conditions(3, 4)
+    assert kept == {"every_layer": [0, 1, 2, 3], "from_sink_layer": [2, 3], "before_sink_layer": [0, 1]} and not skipped
+    assert relocation.defined_conditions(None, 4) == ({"every_layer": [0, 1, 2, 3]}, [])

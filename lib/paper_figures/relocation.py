@@ -85,7 +85,7 @@ def compute(ctx):
         summaries[name] = _where(where.summary(rule), tokens)
     calib, info = ctx.calibration()
     measured = relocation.measure(net, blocks, logits_fn, ctx.forward, calib.to(ctx.input_device), rule,
-                                  seed=ctx.args.seed)
+                                  seed=ctx.args.seed, prefix=len(ctx.input.prefix))
     measured["conditions"] = {c: {k: _trim(e) for k, e in kinds.items()} for c, kinds in measured["conditions"].items()}
     measured["data"] = info
     data = Relocation(outlier_tokens=keys, outlier_token_text=[tokens[k] for k in keys],
