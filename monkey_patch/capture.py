@@ -237,6 +237,7 @@ class Capture:
         self._saved_impl: list = []
         self._routes = ExitStack()  # the attention router's entry, where attention points are asked for
         self._paused = False
+        self._block_shapes: dict = {}  # layer -> (batch, tokens) of its input in the current forward
         self._check_supported()
 
     # --- public -----------------------------------------------------------------------------------------------
@@ -341,6 +342,8 @@ class Capture:
         view, f = self.view, self.view.family
         emit = lambda t: self._emit(point, layer, t)  # noqa: E731
         block = view.layers[layer]
+        if point == "ln2" or point.startswith("mlp."):
+            emit = self._watch_block_shape(layer, emit)
         if point == "resid_pre":
             self._hook(block, lambda m, args, kwargs: emit(_hidden_states_arg(args, kwargs)), pre=True)
         elif point == "resid_post":
@@ -380,6 +383,24 @@ class Capture:
             self._hook(view.module(layer, "down"), lambda m, args, kwargs: emit(args[0]), pre=True)
         elif point == "mlp.down_out":
             self._hook(view.module(layer, "down"), lambda m, i, o: emit(o))
+
+    def _watch_block_shape(self, layer: int, emit):
+        """emit, with a tensor of [batch * tokens, F] given back as [batch, tokens, F]: some families' forwards
+        (OPT on transformers 5.x) flatten the hidden states before the MLP norm and the MLP. The layer's input
+        shape is read by a pre-hook on its block, installed once per layer."""
+        if layer not in self._block_shapes:
+            self._block_shapes[layer] = None
+
+            def keep_shape(module, args, kwargs):
+                self._block_shapes[layer] = tuple(_hidden_states_arg(args, kwargs).shape[:2])
+            self._hook(self.view.layers[layer], keep_shape, pre=True)
+
+        def unflattened(t):
+            shape = self._block_shapes[layer]
+            if shape is not None and t.dim() == 2 and t.shape[0] == shape[0] * shape[1]:
+                t = t.view(*shape, t.shape[-1])
+            emit(t)
+        return unflattened
 
     def _per_head(self, x: torch.Tensor) -> torch.Tensor:
         """[batch, pos, heads*d] or [batch, heads, pos, d] (after a per-head norm) -> [batch, pos, heads, d]."""

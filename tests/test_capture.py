@@ -225,6 +225,43 @@ def test_weights_are_out_by_in_matrices(family_run):
                                        msg=f"{role} at layer {layer}")
 
 
+PER_HEAD = ("attn.q", "attn.k", "attn.v", "attn.q_rot", "attn.k_rot", "attn.z")
+MAPS = ("attn.scores", "attn.pattern")
+
+
+def test_every_point_has_the_documented_shape_and_the_modules_values(family_run):
+    """[batch, tokens, F] for the stream, norm and MLP points, [batch, tokens, heads, d] per head, [batch, heads,
+    queries, keys] for the maps, in every family (OPT's forward flattens its MLP's input on transformers 5.x);
+    the MLP norm's output and the down-projection's input equal what a plain hook on those modules sees."""
+    r = family_run
+    view, cap, (batch, tokens) = r["view"], r["cap"], r["ids"].shape
+    for layer in range(view.num_layers):
+        for point in cap.points:
+            shape = cap[point, layer].shape
+            if point in MAPS:
+                assert shape[0] == batch and shape[-2:] == (tokens, tokens), (point, shape)
+            elif point in PER_HEAD:
+                assert shape[:2] == (batch, tokens) and len(shape) == 4, (point, shape)
+            elif point != "attn.scale":
+                assert shape[:2] == (batch, tokens) and len(shape) == 3, (point, shape)
+    seen, handles = {}, []
+    for layer in range(view.num_layers):
+        handles.append(view.module(layer, "ln2").register_forward_hook(
+            lambda m, i, o, layer=layer: seen.__setitem__(("ln2", layer), o[0] if isinstance(o, tuple) else o)))
+        if view.family.down is not None:
+            handles.append(view.module(layer, "down").register_forward_pre_hook(
+                lambda m, args, layer=layer: seen.__setitem__(("mlp.down_in", layer), args[0])))
+    try:
+        with torch.no_grad():
+            r["model"](r["ids"])
+    finally:
+        for h in handles:
+            h.remove()
+    for (point, layer), raw in seen.items():
+        torch.testing.assert_close(raw.reshape(cap[point, layer].shape).float(), cap[point, layer], atol=ATOL,
+                                   rtol=1e-4, msg=f"{point} at layer {layer}")
+
+
 def test_reduce_runs_on_the_fly_and_keeps_only_results():
     model = tiny_model("llama")
     seen = []
