@@ -1,11 +1,11 @@
 """The emergence table: runs of any settings side by side, judged per block and position.
 
-    python emergence.py --runs="['out-emergence-default', 'out-emergence-ca_softmax']" --results_dir=results/emergence
-    python emergence.py --runs="[...]" --results_dir=results/emergence --from_logs=True
+    python emergence.py --runs="['out-emergence-default', 'out-emergence-ca_softmax']"    # into emergence-out/
+    python emergence.py --runs="[...]" --results_dir=results/emergence --from_logs=True  # the committed table
 
 Each run is a train.py out_dir with its newest checkpoint and, where training logged them (stats_interval),
 stats.jsonl (per-layer statistics against steps) and train_log.jsonl (losses against steps). From a checkpoint,
-each row holds: the val loss (test.py's evaluation), outlier_stats.layer_report on the first n_seqs validation
+each row holds: the val loss (evaluate.py's evaluation), outlier_stats.layer_report on the first n_seqs validation
 sequences (per block and judged position: ratio, how often it holds the block's maximum, writer, per-head
 attention on it, the verdict), outlier_stats.peak_ablation (is each judged peak load-bearing? calibration means
 from the next n_seqs validation sequences), and from stats.jsonl the verdict over the logged checkpoints
@@ -17,23 +17,23 @@ checkpoint gave (val loss, the report and ablation of the rule in force then), t
 <results_dir>/table.json, carried over under `at_checkpoint` and labelled as such. What only a checkpoint can
 decide is marked "not re-judged". Writes <results_dir>/table.md, table.json, trajectories.png (position-free
 ratio per layer and sink share against steps, one panel per run) and convergence.png (val loss against steps).
-The criteria are outlier_stats.criteria().
+The criteria are outlier_stats.criteria(). Every run is checked (from a checkpoint: its newest checkpoint
+loads) and so is the output folder before anything is computed, and nothing is written before every row is made.
 """
-import json
 import os
 import sys
+import textwrap
 
 import numpy as np
 from lib.configurator import UserError, configure, resolve_path, user_errors_exit
-from lib.gpt2_checkpoints import load_gpt
 from lib.gpt2_data import load_meta
 from lib import outliers
-from compare import read_jsonl, table_over_runs
+from compare import check_runs, open_run, read_json, read_jsonl, write_table
 from dataset import Batches
+from evaluate import at_least, evaluate
 from outlier_stats import SINK_SHARE, SYSTEMATIC_RATIO, criteria, layer_report, peak_ablation, run_verdict
-from test import evaluate, find_checkpoint
 
-DEFAULTS = dict(runs=[], results_dir="results/emergence", n_seqs=64, eval_iters=50, batch_size=16, device="cpu",
+DEFAULTS = dict(runs=[], results_dir="emergence-out", n_seqs=64, eval_iters=50, batch_size=16, device="cpu",
                 plot=True, from_logs=False, stats_seqs=64)
 DESIGN_FIXED = dict(bos=(0,), random_first=(0, 1), nobos=(0,))  # positions whose token the design fixes
 PREFIX = "out-emergence-"
@@ -87,8 +87,7 @@ def from_the_logs(stats, log, n_layer):
 def row_for(run, c):
     if c["from_logs"]:
         return logged_row(run, c)
-    path = find_checkpoint("", run)
-    model, ckpt, _ = load_gpt(path, c["device"])
+    path, model, ckpt = open_run(run, c["device"])
     dataset, T = ckpt["config"]["dataset"], model.config.block_size
     losses = evaluate(model, dataset, c["batch_size"], T, c["eval_iters"], 1000, c["device"])
     val = Batches(dataset, "val", 1, T, 0)
@@ -116,8 +115,10 @@ def previous_rows(results_dir):
     path = os.path.join(results_dir, "table.json")
     if not os.path.exists(path):
         return {}
-    with open(path) as f:
-        return {r["run"]: r for r in json.load(f)["rows"]}
+    table = read_json(path)
+    if not isinstance(table, dict) or not isinstance(table.get("rows"), list):
+        raise UserError(f"{path} is not an emergence.py table")
+    return {r["run"]: r for r in table["rows"]}
 
 
 def logged_row(run, c):
@@ -247,6 +248,7 @@ def plot(rows, results_dir):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     n = len(rows)
     cols = min(4, n)
     fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(4.2 * cols, 3.2 * ((n + cols - 1) // cols)),
@@ -255,7 +257,7 @@ def plot(rows, results_dir):
         t = r["trajectory"]
         for i, ratio in enumerate(t["top1_ratio_mean"]):
             ax.plot(np.array(t["steps"]) / 1000, ratio, label=f"L{i + 1}", color=f"C{i}")
-        ax.axhline(SYSTEMATIC_RATIO, color="grey", lw=0.8, ls=":")
+        ax.axhline(SYSTEMATIC_RATIO, color="grey", lw=0.8, ls=":", label=f"ratio {SYSTEMATIC_RATIO:g}")
         ax.set_yscale("log")
         ax.set_title(r["run"].replace("out-emergence-", ""), fontsize=9)
         ax.set_xlabel("steps (k)")
@@ -266,13 +268,15 @@ def plot(rows, results_dir):
         ax2.tick_params(labelsize=7)
     for ax in axes.flat[n:]:
         ax.axis("off")
-    axes[0, 0].set_ylabel("top-1/median |block output|, position-free")
-    axes[0, 0].legend(fontsize=7, loc="upper left")
-    fig.suptitle("solid: per layer, top-1/median of each sequence wherever its maximum sits, mean over sequences (log, "
-                 "left); dashed: head-averaged share of the most-attended key per layer (right)", fontsize=9)
+    axes[0, 0].set_ylabel("top-1/median |block output|")
+    shares = Line2D([], [], color="grey", ls="--", lw=0.8, label="most-attended key's share (right)")
+    axes[0, 0].legend(handles=axes[0, 0].get_lines() + [shares], fontsize=7, loc="upper left")
+    fig.suptitle(textwrap.fill("solid: per layer, top-1/median of each sequence wherever its maximum sits, mean over "
+                               "sequences (log, left); dashed: head-averaged share of the most-attended key per layer "
+                               "(right)", int(60 * cols)), fontsize=9)
     fig.tight_layout()
     paths = [os.path.join(results_dir, "trajectories.png"), os.path.join(results_dir, "convergence.png")]
-    fig.savefig(paths[0], dpi=90)
+    fig.savefig(paths[0], dpi=90, bbox_inches="tight")
     plt.close(fig)
     designs = sorted({r["design"] for r in rows})
     fig, axes = plt.subplots(1, len(designs), figsize=(6.5 * len(designs), 4), squeeze=False)
@@ -291,14 +295,22 @@ def plot(rows, results_dir):
             ax.set_ylim(low - 0.01, low + 0.25)
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(paths[1], dpi=90)
+    fig.savefig(paths[1], dpi=90, bbox_inches="tight")
     plt.close(fig)
     return paths
 
 
+def loads(run, c):
+    """A run to judge from its checkpoint: its newest checkpoint loads."""
+    open_run(run, "cpu")
+
+
 def main(argv):
     c = configure(DEFAULTS, argv)
-    rows, results_dir = table_over_runs(c, row_for, markdown, criteria(), "emergence.py")
+    at_least(c, 1, "n_seqs", "eval_iters", "batch_size", "stats_seqs")
+    check_runs(c, None if c["from_logs"] else loads)
+    rows = [row_for(run, c) for run in c["runs"]]
+    results_dir = write_table(c, rows, markdown, criteria(), "emergence.py")
     if c["plot"]:
         plot(rows, results_dir)
     return rows

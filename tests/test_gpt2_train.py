@@ -1,4 +1,4 @@
-"""gpt-2/train.py, test.py, analyze.py and compare.py on a tiny synthetic dataset: training lowers the loss,
+"""gpt-2/train.py, evaluate.py, analyze.py and compare.py on a tiny synthetic dataset: training lowers the loss,
 resume from a checkpoint reproduces the next step exactly, outlier statistics match direct computations,
 and user mistakes end in one line on stderr with a non-zero exit."""
 import json
@@ -95,10 +95,10 @@ def test_statistics_match_direct_computation(data, tmp_path):
 def test_eval_analyze_and_compare_write_json(data, tmp_path):
     import analyze
     import compare
-    import test as gpt2_test
+    import evaluate
     for v in ("default", "sigmoid"):
         train.main(tiny_args(data, tmp_path / v, v, max_iters=10))
-    r = gpt2_test.main([f"--ckpt={tmp_path / 'default' / 'ckpt_10.pt'}", "--eval_iters=2"])
+    r = evaluate.main([f"--ckpt={tmp_path / 'default' / 'ckpt_10.pt'}", "--eval_iters=2"])
     assert r["val"]["perplexity"] == pytest.approx(np.exp(r["val"]["loss"]))
     a = analyze.main([f"--ckpt={tmp_path / 'sigmoid' / 'ckpt_10.pt'}", "--n_seqs=2", "--plot=False"])
     assert len(a["layers"]) == 2 and a["view"]["tokens"][0] == "BOS"
@@ -150,7 +150,7 @@ def run_script(script, *args, **env):
     ("train", ["--attention=softmax2", "--dataset=backcopy_missing"], "unknown attention variant"),
     ("train", ["--n_layerz=3"], "unknown config key"),
     ("train", ["--dataset=no_such_dataset", "--device=cpu"], "missing data file"),
-    ("test", ["--ckpt=/no/such/ckpt.pt"], "checkpoint not found"),
+    ("evaluate", ["--ckpt=/no/such/ckpt.pt"], "checkpoint not found"),
     ("analyze", ["--ckpt=/no/such/ckpt.pt"], "checkpoint not found"),
     ("compare", ["--runs=['/no/such/out_dir']"], "no ckpt_<iter>.pt"),
 ])

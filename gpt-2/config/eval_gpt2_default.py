@@ -1,5 +1,5 @@
-# Evaluate / analyse the paper-scale default run (test.py, analyze.py read the newest checkpoint in out_dir).
-# python test.py config/eval_gpt2_default.py ;  python analyze.py config/eval_gpt2_default.py
+# Evaluate / analyse the paper-scale default run (evaluate.py, analyze.py read the newest checkpoint in out_dir).
+# python evaluate.py config/eval_gpt2_default.py ;  python analyze.py config/eval_gpt2_default.py
 out_dir = "out-gpt2-default"
 n_seqs = 3
 layer = 6

@@ -1,5 +1,5 @@
-# Evaluate / analyse the paper-scale sigmoid run (test.py, analyze.py read the newest checkpoint in out_dir).
-# python test.py config/eval_gpt2_sigmoid.py ;  python analyze.py config/eval_gpt2_sigmoid.py
+# Evaluate / analyse the paper-scale sigmoid run (evaluate.py, analyze.py read the newest checkpoint in out_dir).
+# python evaluate.py config/eval_gpt2_sigmoid.py ;  python analyze.py config/eval_gpt2_sigmoid.py
 out_dir = "out-gpt2-sigmoid"
 n_seqs = 3
 layer = 6

@@ -1,5 +1,5 @@
-# Evaluate / analyse the paper-scale vbias run (test.py, analyze.py read the newest checkpoint in out_dir).
-# python test.py config/eval_gpt2_vbias.py ;  python analyze.py config/eval_gpt2_vbias.py
+# Evaluate / analyse the paper-scale vbias run (evaluate.py, analyze.py read the newest checkpoint in out_dir).
+# python evaluate.py config/eval_gpt2_vbias.py ;  python analyze.py config/eval_gpt2_vbias.py
 out_dir = "out-gpt2-vbias"
 n_seqs = 3
 layer = 6
