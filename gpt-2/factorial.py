@@ -24,9 +24,11 @@ import numpy as np
 from lib.configurator import UserError, configure, resolve_path, user_errors_exit
 from lib.gpt2_checkpoints import checkpoints, load_gpt
 from lib.files import write_json, write_text
+from dataset import Batches
 from outlier_stats import SYSTEMATIC_RATIO, criteria, final_report, persistence
 
-DEFAULTS = dict(runs_dir="results/factorial/runs", results_dir="factorial-out", check=False, plot=True)
+DEFAULTS = dict(runs_dir="results/factorial/runs", sweep_dir="results/factorial/sweep", results_dir="factorial-out",
+                check=False, plot=True, sweep_only=False)
 FACTORS = dict(attention=("default", "ca_softmax"), optimizer=("adamw", "muon"), norm=("layernorm", "rmsnorm_single"))
 # the level each explanation says removes the outliers, and its name
 REMOVES = dict(attention=("ca_softmax", "softmax attention"), optimizer=("muon", "the optimizer (Adam)"),
@@ -81,6 +83,25 @@ def final_numbers(final):
 def trajectory(stats):
     """Per logged step: the largest fixed-position ratio over the blocks before the last."""
     return [dict(iter=s["iter"], peak_ratio=max(l["position_ratio"] for l in s["layers"][:-1])) for s in stats]
+
+
+def sweep(sweep_dir):
+    """The learning-rate sweep: each run <optimizer>-lr<rate>/'s validation loss at its last evaluation, and each
+    optimizer's choice (the lowest), flagged when it sits at the edge of the rates tried."""
+    rows = []
+    for name in sorted(os.listdir(sweep_dir)) if os.path.isdir(sweep_dir) else []:
+        log_path = os.path.join(sweep_dir, name, "train_log.jsonl")
+        if "-lr" not in name or not os.path.exists(log_path):
+            continue
+        optimizer, rate = name.split("-lr")
+        last = read_jsonl(log_path)[-1]
+        rows.append(dict(optimizer=optimizer, lr=float(rate), step=last["iter"], val_loss=last["eval"]["val"]))
+    choice = {}
+    for optimizer in sorted({r["optimizer"] for r in rows}):
+        mine = sorted((r for r in rows if r["optimizer"] == optimizer), key=lambda r: r["lr"])
+        best = min(mine, key=lambda r: r["val_loss"])
+        choice[optimizer] = dict(lr=best["lr"], val_loss=best["val_loss"], at_edge=best in (mine[0], mine[-1]))
+    return dict(rows=sorted(rows, key=lambda r: (r["optimizer"], r["lr"])), choice=choice)
 
 
 def run_row(runs_dir, name):
@@ -163,9 +184,7 @@ def convergence(rows):
 
 def check(runs_dir, names):
     """Recompute each committed final.json from its committed checkpoint; the differences, one line each."""
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from lib.check import differences
-    from dataset import Batches
     problems = []
     for name in names:
         folder = os.path.join(runs_dir, name)
@@ -184,15 +203,19 @@ def check(runs_dir, names):
     return problems
 
 
-def markdown(rows, cell_rows, effects, conv):
-    """table.md: the runs, the cells over seeds, each factor's effect and reading."""
+def markdown(rows, cell_rows, effects, conv, swept):
+    """table.md: the sweep, the runs, the cells over seeds, each factor's effect and reading."""
     def f(x, fmt="{:.1f}"):
         return "-" if x is None else fmt.format(x)
 
     def rng(s, fmt="{:.1f}"):
         return "-" if s is None else f"{f(s['median'], fmt)} ({f(s['low'], fmt)}-{f(s['high'], fmt)})"
-    lines = ["| run | steps | peak ratio (block, position, channel) | sink share | zero - control (nats) | mean (nats) "
-             "| kurtosis | val loss | verdict over run |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| sweep: optimizer | rate | validation loss at the last step |", "|---|---|---|"]
+    lines += [f"| {r['optimizer']} | {r['lr']:.2e} | {r['val_loss']:.4f} (step {r['step']})"
+              + (" **chosen**" if swept["choice"][r["optimizer"]]["lr"] == r["lr"] else "") + " |"
+              for r in swept["rows"]]
+    lines += ["", "| run | steps | peak ratio (block, position, channel) | sink share | zero - control (nats) "
+                  "| mean (nats) | kurtosis | val loss | verdict over run |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if not r["finished"]:
             lines.append(f"| {r['run']} | {r['steps']} | running | | | | | | |")
@@ -251,6 +274,14 @@ def plot(rows, results_dir):
 
 def main(argv):
     c = configure(DEFAULTS, argv)
+    swept = sweep(resolve_path(c["sweep_dir"]))
+    if c["sweep_only"]:
+        for r in swept["rows"]:
+            print(f"{r['optimizer']:>6} lr {r['lr']:.2e}: val loss {r['val_loss']:.4f} at step {r['step']}")
+        for optimizer, best in swept["choice"].items():
+            print(f"{optimizer}: lr {best['lr']:.2e}" + (" (at the edge of the rates tried: extend)" if best["at_edge"]
+                                                         else ""))
+        return swept
     runs_dir = resolve_path(c["runs_dir"])
     names = run_names(runs_dir)
     for name in names:
@@ -266,13 +297,13 @@ def main(argv):
     cell_rows, effects, conv = cells(rows), [effect(rows, f) for f in FACTORS], convergence(rows)
     from lib.provenance import provenance
     results_dir = resolve_path(c["results_dir"])
-    table = dict(runs=rows, cells=cell_rows, effects=effects, convergence=conv, criteria=criteria(),
+    table = dict(sweep=swept, runs=rows, cells=cell_rows, effects=effects, convergence=conv, criteria=criteria(),
                  provenance=provenance(command="python factorial.py " + " ".join(argv)))
     write_json(os.path.join(results_dir, "table.json"), table)
-    write_text(os.path.join(results_dir, "table.md"), markdown(rows, cell_rows, effects, conv))
+    write_text(os.path.join(results_dir, "table.md"), markdown(rows, cell_rows, effects, conv, swept))
     if c["plot"]:
         plot(rows, results_dir)
-    print(markdown(rows, cell_rows, effects, conv))
+    print(markdown(rows, cell_rows, effects, conv, swept))
     return table
 
 

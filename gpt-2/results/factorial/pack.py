@@ -9,9 +9,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))
-from lib.files import write_atomically  # noqa: E402
-from lib.gpt2_checkpoints import checkpoints, read_checkpoint  # noqa: E402
+from lib.files import write_atomically
+from lib.gpt2_checkpoints import checkpoints, read_checkpoint
 
 KEPT = ("model", "model_args", "config", "iter_num", "best_val_loss", "losses")
 
