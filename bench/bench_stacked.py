@@ -6,7 +6,8 @@
 A grid of small runs can use the CPU's cores two ways: one training process per core, each with one thread, or
 one process that trains K models as one, their weights stacked along a leading dimension so that each matrix
 product is one batched product over the models (StackedGPT below), with all the threads. (torch.func.vmap over
-the GPT itself is slower still: it has no batching rule for the CPU's fused attention and loops over the models.) Prints model-steps per second of each way and their ratio to the two processes; writes
+the GPT itself is slower still: it has no batching rule for the CPU's fused attention and loops over the models.) Stacking is also measured inside each of the two 1-thread processes. Prints model-steps per second of each
+way and their ratio to the two plain processes, and one run's cost per step with AdamW and with Muon; writes
 bench/results/stacked.json with the machine's load (lib.machine_load). The separate processes train gpt-2/model.py's
 default GPT, at the factorial study's size by default; each step is forward, backward and one AdamW step.
 """
@@ -41,17 +42,19 @@ def batch(a, k=None):
     return torch.randint(0, VOCAB, shape), torch.randint(0, VOCAB, shape)
 
 
-def one_model_steps_per_second(a):
-    """One model, one thread: steps per second over a.steps steps after 5 warm-up steps."""
+def one_model_steps_per_second(a, optimizer="adamw"):
+    """One model, one thread: steps per second over a.steps steps after 5 warm-up steps, with the optimizer(s)
+    train.py makes for `optimizer` (adamw, or muon: Muon on the blocks' matrices and AdamW on the rest)."""
     torch.set_num_threads(1)
     model = GPT(config(a))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    opts = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", optimizer, muon_lr=1e-3)
     x, y = batch(a)
 
     def step():
         model(x, y).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
     for _ in range(5):
         step()
     start = time.perf_counter()
@@ -60,11 +63,12 @@ def one_model_steps_per_second(a):
     return a.steps / (time.perf_counter() - start)
 
 
-def two_processes(a):
-    """Model-steps per second of two 1-thread processes side by side (each times its own steps)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--single"] + [f"--{k}={v}" for k, v in vars(a).items()
-                                                                     if k in ("n_layer", "n_embd", "n_head",
-                                                                              "block_size", "batch_size", "steps")]
+def two_processes(a, stack=1):
+    """Model-steps per second of two 1-thread processes side by side (each times its own steps), each training
+    one GPT (stack 1) or `stack` models stacked (StackedGPT)."""
+    cmd = [sys.executable, os.path.abspath(__file__), f"--single={stack}"] + [
+        f"--{k}={v}" for k, v in vars(a).items() if k in ("n_layer", "n_embd", "n_head", "block_size", "batch_size",
+                                                           "steps")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     rates = [float(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
@@ -104,9 +108,9 @@ class StackedGPT(torch.nn.Module):
         return torch.nn.functional.cross_entropy(logits.view(-1, VOCAB), targets.reshape(-1)) * K
 
 
-def stacked_model_steps_per_second(a, k):
-    """K models stacked in one process with a.threads threads: model-steps per second."""
-    torch.set_num_threads(a.threads)
+def stacked_model_steps_per_second(a, k, threads):
+    """K models stacked in one process with `threads` threads: model-steps per second."""
+    torch.set_num_threads(threads)
     model = StackedGPT(k, config(a))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = batch(a, k)
@@ -135,17 +139,24 @@ def main(argv):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "stacked.json"))
     p.add_argument("--allow-loaded", action="store_true", help="write even when other work loads the machine")
-    p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--single", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.single:
-        print(one_model_steps_per_second(a))
+        print(one_model_steps_per_second(a) if a.single == 1 else stacked_model_steps_per_second(a, a.single, 1))
         return None
     stacks = [int(s) for s in a.stacks.split(",")]
     load = machine_load.check_before(a.out, a.allow_loaded)
     reference = two_processes(a)
     rows = [dict(way="two 1-thread processes", models=2, model_steps_per_s=reference, ratio=1.0)]
+    for optimizer in ("adamw", "muon"):  # one process, one thread: what a single run costs per step
+        rate = one_model_steps_per_second(a, optimizer)
+        rows.append(dict(way=f"one 1-thread process, {optimizer}", models=1, model_steps_per_s=rate,
+                         ms_per_step=1000 / rate, ratio=rate / reference))
     for k in stacks:
-        rate = stacked_model_steps_per_second(a, k)
+        rate = two_processes(a, k)
+        rows.append(dict(way=f"two 1-thread processes, {k} stacked in each", models=2 * k, model_steps_per_s=rate,
+                         ratio=rate / reference))
+        rate = stacked_model_steps_per_second(a, k, a.threads)
         rows.append(dict(way=f"{k} stacked, one process, {a.threads} threads", models=k, model_steps_per_s=rate,
                          ratio=rate / reference))
     for r in rows:
