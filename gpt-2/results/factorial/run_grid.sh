@@ -5,11 +5,13 @@
 # weights (weights only, pack.py) are copied into results/factorial/runs/<run>/. From gpt-2/:
 #   bash results/factorial/run_grid.sh            # the grid (about 6 hours on 2 cores)
 #   bash results/factorial/run_grid.sh sync       # copy every run's logs so far into results/factorial/runs/
+# ONLY=<pattern> trains only the runs whose name holds it, WORKERS=<n> sets how many run at once (default 2). A
+# finished run (final.json) is skipped, and a run another process is training is left to it (a lock per run).
 set -u
 cd "$(dirname "$0")/../.."  # gpt-2/
 PY=${PYTHON:-python3}
 ADAMW_LR=5e-4  # the registered sweep's choices (results/factorial/README.md)
-MUON_LR=4e-3
+MUON_LR=  # set from the sweep before the Muon runs start
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 PY
 sync_run() {  # sync_run NAME: copy what the run has written so far
   local out=out-factorial/$1 dest=results/factorial/runs/$1
@@ -19,12 +21,16 @@ sync_run() {  # sync_run NAME: copy what the run has written so far
   [ -f "$out/final.json" ] && $PY results/factorial/pack.py "$out" "$dest"
   return 0
 }
-one() {  # one NAME [flags...]
+one() {  # one NAME [flags...]: train (or resume) the run unless it is finished or another process trains it
   local name=$1; shift
   local out=out-factorial/$name
-  mkdir -p logs-factorial
-  $PY train.py config/train_factorial.py --out_dir="$out" "$@" $([ -d "$out" ] && echo --init_from=resume) \
-    >> "logs-factorial/$name.log" 2>&1
+  [ -f "$out/final.json" ] && { sync_run "$name"; return 0; }
+  mkdir -p logs-factorial out-factorial
+  (
+    flock -n 9 || { echo "$name: trained by another process, skipped"; exit 0; }
+    $PY train.py config/train_factorial.py --out_dir="$out" "$@" $([ -d "$out" ] && echo --init_from=resume) \
+      >> "logs-factorial/$name.log" 2>&1
+  ) 9> "out-factorial/$name.lock"
   sync_run "$name"
 }
 export -f one sync_run
@@ -43,4 +49,4 @@ if [ "${1:-}" = sync ]; then
   exit 0
 fi
 $PY data/backcopy/prepare.py --seq_len=65 --train_seqs=2000 --out_dir=data/backcopy_rf65 --design=random_first > /dev/null || exit 1
-cells | xargs -P 2 -L 1 bash -c 'one "$@"' _
+cells | grep -- "${ONLY:-}" | xargs -P "${WORKERS:-2}" -L 1 bash -c 'one "$@"' _
