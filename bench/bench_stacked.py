@@ -42,6 +42,21 @@ def batch(a, k=None):
     return torch.randint(0, VOCAB, shape), torch.randint(0, VOCAB, shape)
 
 
+def steps_per_second(loss, opts, steps):
+    """Training steps (backward of loss(), then each optimizer's step) per second over `steps` steps, after 5."""
+    def step():
+        loss().backward()
+        for opt in opts:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+    for _ in range(5):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps / (time.perf_counter() - start)
+
+
 def one_model_steps_per_second(a, optimizer="adamw"):
     """One model, one thread: steps per second over a.steps steps after 5 warm-up steps, with the optimizer(s)
     train.py makes for `optimizer` (adamw, or muon: Muon on the blocks' matrices and AdamW on the rest)."""
@@ -50,17 +65,7 @@ def one_model_steps_per_second(a, optimizer="adamw"):
     opts = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu", optimizer, muon_lr=1e-3)
     x, y = batch(a)
 
-    def step():
-        model(x, y).loss.backward()
-        for opt in opts:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-    for _ in range(5):
-        step()
-    start = time.perf_counter()
-    for _ in range(a.steps):
-        step()
-    return a.steps / (time.perf_counter() - start)
+    return steps_per_second(lambda: model(x, y).loss, opts, a.steps)
 
 
 def two_processes(a, stack=1):
@@ -112,19 +117,8 @@ def stacked_model_steps_per_second(a, k, threads):
     """K models stacked in one process with `threads` threads: model-steps per second."""
     torch.set_num_threads(threads)
     model = StackedGPT(k, config(a))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = batch(a, k)
-
-    def step():
-        model(x, y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    for _ in range(5):
-        step()
-    start = time.perf_counter()
-    for _ in range(a.steps):
-        step()
-    return k * a.steps / (time.perf_counter() - start)
+    return k * steps_per_second(lambda: model(x, y), [torch.optim.AdamW(model.parameters(), lr=1e-3)], a.steps)
 
 
 def main(argv):
