@@ -3,7 +3,9 @@
 Every method acts on the linear layers inside the decoder blocks (attention and MLP projections: nn.Linear,
 and GPT-2's Conv1D); embeddings, norms and the LM head stay in full precision, as in GPTQ / Wanda / SmoothQuant
 comparisons. `compressed(model, method)` edits the weights in place and restores them on exit, so a loaded
-model is never left corrupted.
+model is never left corrupted. A module whose weights accelerate offloads (to CPU memory or disk) is compressed as
+its weights are loaded for each forward: its stored weights are never changed, and no copy of them is kept.
+Quantized (packed) weights are refused: rounding packed integers again says nothing about the model.
 
 Quantization, b bits, symmetric absmax: q = clamp(round(w / s), -(2^(b-1) - 1), 2^(b-1) - 1), w' = q * s with
 s = max|w| / (2^(b-1) - 1) over the whole tensor ("tensor") or over each output channel ("channel": one
@@ -19,10 +21,13 @@ tokens sit within a few quantization steps of zero and a change in the seventh d
 count, another CPU) flips which way they round; on Gemma 3 270M that moves W8A8's perplexity by several percent.
 lib.evaluation therefore measures them over jittered runs and reports the median run with the spread.
 """
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 from torch import nn
+
+from lib.errors import UserError
+from monkey_patch.weights import UNPACK_HINT, is_offloaded, offloaded_weight_as, packed
 
 METHODS = {
     "w8_tensor": "weights 8-bit absmax per tensor",
@@ -64,11 +69,12 @@ def prune_magnitude(w: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 def block_linears(model: nn.Module, blocks) -> list[tuple[str, nn.Module]]:
-    """(name, module) of every nn.Linear / Conv1D inside the decoder `blocks` (an nn.ModuleList)."""
+    """(name, module) of every nn.Linear / Conv1D inside the decoder `blocks` (an nn.ModuleList), and of every
+    projection a quantization library packed (qweight: GPTQ, AWQ), which `compressed` refuses."""
     found = []
     for i, block in enumerate(blocks):
         for name, module in block.named_modules():
-            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D":
+            if isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D" or hasattr(module, "qweight"):
                 found.append((f"{i}.{name}", module))
     return found
 
@@ -95,21 +101,39 @@ def _quantize_input_hook(bits):
     return hook
 
 
+def _compress_loaded(module: nn.Module, method: str):
+    """For an offloaded module: its stored weight (Conv1D: [in, out]) -> the compressed one, in the module's dtype."""
+    dtype, conv = module.weight.dtype, type(module).__name__ == "Conv1D"
+
+    def fn(stored):
+        w = stored.to(dtype)
+        return compress_weight(w.T, method).T if conv else compress_weight(w, method)
+    return fn
+
+
 @contextmanager
 def compressed(model: nn.Module, blocks, method: str):
     """Within the context, every linear layer of `blocks` is compressed with `method`; restored on exit."""
     if method not in METHODS:
         raise ValueError(f"unknown compression method {method!r}: choose from {', '.join(METHODS)}")
     layers = block_linears(model, blocks)
+    for name, module in layers:
+        why = packed(module)
+        if why is not None:
+            raise UserError(f"cannot simulate {method} on block {name}: {why}; {UNPACK_HINT}")
     saved, handles = [], []
     try:
-        for _, module in layers:
-            w = weight_2d(module)
-            saved.append((w, w.to("cpu", copy=True)))  # on the CPU: a GPU model need not fit twice
-            w.copy_(compress_weight(w, method))
-            if method == "w8a8":
-                handles.append(module.register_forward_pre_hook(_quantize_input_hook(8)))
-        yield layers
+        with ExitStack() as offloaded:
+            for _, module in layers:
+                if method == "w8a8":
+                    handles.append(module.register_forward_pre_hook(_quantize_input_hook(8)))
+                if is_offloaded(module):
+                    offloaded.enter_context(offloaded_weight_as(module, _compress_loaded(module, method)))
+                    continue
+                w = weight_2d(module)
+                saved.append((w, w.to("cpu", copy=True)))  # on the CPU: a GPU model need not fit twice
+                w.copy_(compress_weight(w, method))
+            yield layers
     finally:
         for handle in handles:
             handle.remove()

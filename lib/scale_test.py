@@ -88,9 +88,9 @@ def apply(state: ScaleTest, layer: int, run, q, v, x):
     if state.mode == "oracle_scale":
         scale = (1 - a_s)[..., None]
     elif state.mode == "const_scale":
-        scale = state.const[layer].to(masked.dtype)[None, :, None, None]
-    else:
-        weight, bias = state.fitted[layer]
+        scale = state.const[layer].to(masked.device, masked.dtype)[None, :, None, None]
+    else:  # calibrated on the CPU; the layer may run on another device
+        weight, bias = (t.to(x.device) for t in state.fitted[layer])
         scale = (2 * torch.sigmoid(x.float() @ weight.T + bias)).transpose(1, 2)[..., None].to(masked.dtype)
     return torch.where(seen, scale * masked, masked)
 

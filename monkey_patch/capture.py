@@ -37,6 +37,7 @@ from torch import nn
 
 from monkey_patch.adapters import FAMILIES, Family, get_submodule, head_counts, split_qkv
 from monkey_patch.routing import CaptureError, additive_mask, model_configs, route
+from monkey_patch.weights import matrix
 
 POINTS = ("resid_pre", "resid_post", "ln1", "ln2", "attn.q", "attn.k", "attn.v", "attn.q_rot", "attn.k_rot",
           "attn.scores", "attn.pattern", "attn.z", "attn_out",
@@ -120,21 +121,23 @@ class ModelView:
     def weight(self, layer: int, role: str) -> torch.Tensor:
         """Weight of a projection as [out_features, in_features] (GPT-2's Conv1D stores it transposed).
 
-        Roles: q, k, v, o, gate, up, down; q/k/v and gate/up are cut out of fused projections.
+        Roles: q, k, v, o, gate, up, down; q/k/v and gate/up are cut out of fused projections. Where accelerate
+        offloaded the module, a copy loaded on its execution device (freed when dropped: read one at a time);
+        bitsandbytes weights dequantized; other packed weights raise PackedWeights (monkey_patch.weights).
         """
         f = self.family
         if role in ("q", "k", "v") and f.qkv is not None:
-            w = _weight(self.module(layer, "qkv"))  # [3 * ..., hidden]: split rows like the activations
+            w = matrix(self.module(layer, "qkv"))  # [3 * ..., hidden]: split rows like the activations
             q, k, v = split_qkv(w.T.unsqueeze(0), f.qkv_layout, self.config)
             part = {"q": q, "k": k, "v": v}[role][0]  # [hidden, heads, d]
             return part.reshape(part.shape[0], -1).T
         if role in ("gate", "up") and f.gate_up is not None:
-            gate, up = _weight(self.module(layer, "gate_up")).chunk(2, dim=0)
+            gate, up = matrix(self.module(layer, "gate_up")).chunk(2, dim=0)
             return gate if role == "gate" else up
         module = self.module(layer, role)
         if module is None:
             raise CaptureError(f"{self.model_type} has no {role!r} projection the adapter can reach")
-        return _weight(module)
+        return matrix(module)
 
     def supported_points(self) -> list[str]:
         """Every capture point this family serves."""
@@ -165,11 +168,6 @@ class ModelView:
         if self.family.down is not None:
             roles += ["up", "down"]
         return roles
-
-
-def _weight(module: nn.Module) -> torch.Tensor:
-    w = module.weight
-    return w.T if type(module).__name__ == "Conv1D" else w
 
 
 def _first(output):

@@ -114,7 +114,7 @@ def emergence(ctx):
         vector = W[:, neuron] if role == "down" else W[neuron]
         top = int(vector.abs().argmax())
         chain[f"W_{role}"] = {"index": top, "value": vector[top].item()}
-        panels.append((vector.numpy(), top, f"W_{role}, {label} {neuron}", "channel"))
+        panels.append((vector.clone().numpy(), top, f"W_{role}, {label} {neuron}", "channel"))  # not W's view
     before = values[layer - 1].item() if layer > 0 else 0.0
     return Emergence(
         layer=layer + 1, why=why, outliers_found=detected, token=token, token_text=scan["tokens"][token],
@@ -273,7 +273,7 @@ def disappearance(ctx):
             f"{sig(mlp_adds)}; in down_proj, unit {neuron} pushes hardest against it ({sig(contribution[neuron].item())})",
         ],
         down_out=got["mlp.down_out"][token].numpy(), down_in=got["mlp.down_in"][token].numpy(),
-        w_column=W_down[:, neuron].numpy())
+        w_column=W_down[:, neuron].clone().numpy())  # a copy: a view would keep all of W_down
 
 
 def draw_disappearance(axes, data):
