@@ -36,6 +36,7 @@ from lib.errors import UserError, user_errors_exit
 from lib.evaluation import (CALIB_WINDOWS, CPU_SEQLEN, CPU_WINDOWS, INTERVENTIONS, Subject, gpt2_subject,  # noqa: F401
                             hf_subject, measure, outlier_rule)
 from lib.evaluation_report import save
+from lib.models import add_placement_flags
 from lib.provenance import provenance
 
 HERE = Path(__file__).resolve().parent
@@ -49,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
                    help="gpt-2/ checkpoints (ckpt_<iter>.pt or out dirs) to evaluate instead of --model")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: auto if a GPU, else cpu)")
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: fp32 on CPU)")
+    add_placement_flags(p)
     p.add_argument("--data", default=None, help="evaluation text: gutenberg (offline default), wikitext, c4, pg19 "
                    "or a path; for --gpt2 the default is the val split of the checkpoint's dataset")
     p.add_argument("--seqlen", type=int, default=None,
@@ -84,6 +86,8 @@ def parser() -> argparse.ArgumentParser:
 def check_args(args) -> None:
     if args.gpt2 and args.model:
         raise UserError("give either --model or --gpt2, not both")
+    if args.gpt2 and (args.max_memory or args.offload_folder):
+        raise UserError("--max-memory and --offload-folder are for --model: a gpt-2/ checkpoint loads whole on one device")
     for name in ("seqlen", "nsamples", "calib_samples", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:

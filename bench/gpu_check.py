@@ -3,6 +3,7 @@
     python bench/gpu_check.py                         # CUDA, full sizes (meant to fit in about 8 minutes)
     python bench/gpu_check.py --device cpu --quick    # every part at reduced sizes, on a CPU
     python bench/gpu_check.py --parts gpt2 --out /tmp/check
+    python bench/gpu_check.py --parts offload          # the figure suite with layers offloaded to CPU memory
 
 Parts (each check has a target and a pass/fail verdict):
   capture_exact  every family's tiny model (lib/tiny_models.py): logits inside a capture of every point equal those
@@ -17,6 +18,15 @@ Parts (each check has a target and a pass/fail verdict):
   figures        reproduce.py's eleven figures on a random-init 4-layer model of LLaMA-2-7B's width in bf16, with
                  the paper's sample counts at 4096 tokens of synthetic text and a character tokenizer (no download):
                  completes, with its wall time.
+  offload        the same suite on a model bigger than the memory it is given: the figure model's shape (4 layers)
+                 saved to a folder and loaded twice with lib.models.load_model, whole on the device and with
+                 accelerate's device map (--max-memory keeps 2 layers on the device; on a GPU the other 2 and the
+                 LM head are offloaded to CPU memory, on a CPU to disk through --offload-folder), fewer calibration
+                 sequences (4 x 1024 tokens). Targets: every figure's JSON equal to the whole model's within
+                 lib/check.py's tolerance; 2 layers offloaded; the offloaded weights held at once at most one layer's
+                 bytes (on a GPU: the offloaded run's peak memory above its resident weights less the whole run's,
+                 torch.cuda.max_memory_allocated; on a CPU: the bytes loaded from the offload files, counted until
+                 freed).
   gpt2           gpt-2/ training throughput at GPT-2-small shape (12 x 768, 1024 tokens, bf16 autocast, each block
                  compiled with torch.compile, fullgraph): tokens/s and model FLOPs utilisation of every variant, its
                  ratio to `default`, and `default`'s ratio to a plain SDPA GPT of the same shape. Targets: default
@@ -65,7 +75,7 @@ SIZES = {
     "full": dict(capture_shape="llama2-7b-2layers", time_tokens=1024, memory_tokens=2048, repeats=21,
                  scale=["--tokens", "4096", "--repeats", "11", "--reference"],
                  figure_dims=dict(hidden=4096, intermediate=11008, heads=32, vocab=32000), figure_flags=[],
-                 figure_seqlen=4096,
+                 figure_seqlen=4096, offload_flags=["--nsamples", "4", "--seqlen", "1024"],
                  gpt2=dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304, batch_size=16,
                            steps=10, repeats=3)),
     "quick": dict(capture_shape="llama-2x256", time_tokens=128, memory_tokens=256, repeats=3,
@@ -73,6 +83,7 @@ SIZES = {
                          "4", "--vocab", "1024"],
                   figure_dims=dict(hidden=256, intermediate=688, heads=4, vocab=1024),
                   figure_flags=["--nsamples", "2", "--seqlen", "128"], figure_seqlen=128,
+                  offload_flags=["--nsamples", "2", "--seqlen", "128"],
                   gpt2=dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=256, batch_size=2, steps=2,
                             repeats=1)),
 }
@@ -242,7 +253,79 @@ def figures(args, sizes) -> dict:
                              f"{seconds:.1f} s for the suite")]}
 
 
-# --- 4. gpt-2/ throughput ---------------------------------------------------------------------------------------
+# --- 4. the figure suite with accelerate's offload --------------------------------------------------------------
+
+OFFLOAD_LAYERS, ON_DEVICE = 4, 2
+
+
+def offload(args, sizes) -> dict:
+    import gc
+
+    from lib import check as results_check
+    from lib import cli
+    from lib.models import load_model, placement
+    from lib.paper_figures import FIGURES
+    from lib.tiny_models import layer_bytes, memory_for_layers, save_folder
+    from monkey_patch.weights import count_offloaded
+    cuda = on_cuda(args)
+    shape = argparse.Namespace(layers=OFFLOAD_LAYERS, tokens=sizes["figure_seqlen"], dtype="bfloat16", device="cpu",
+                               **sizes["figure_dims"])
+    model = bench_scale.build(shape)
+    layer, total = max(layer_bytes(model)), sum(p.numel() * p.element_size() for p in model.parameters())
+    budget = memory_for_layers(model, ON_DEVICE)
+    gpu = torch.device(args.device).index or 0 if cuda else None
+    max_memory = f"{gpu}={budget},cpu={2 * total}" if cuda else f"cpu={budget}"
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = save_folder(model, Path(tmp) / "model")
+        del model
+        data = Path(tmp) / "calibration.txt"
+        data.write_text(synthetic_text(110 * 1024))
+        loads = {"whole": dict(device=args.device),
+                 "offloaded": dict(device="auto", max_memory=max_memory,
+                                   offload_folder=None if cuda else str(Path(tmp) / "offload"))}
+        for name, load in loads.items():
+            net, tokenizer, spec = load_model(folder, dtype="bfloat16", **load)
+            if cuda:
+                torch.cuda.synchronize()
+                resident = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+            fig_args = cli.parser().parse_args(["--savedir", str(Path(tmp) / name), "--data", str(data),
+                                                *sizes["offload_flags"]])
+            start = time.perf_counter()
+            with count_offloaded(net) as held, contextlib.redirect_stdout(io.StringIO()):
+                results = cli.run(list(FIGURES), fig_args, model=net, tokenizer=tokenizer, spec=spec)
+            runs[name] = {"seconds": time.perf_counter() - start, "placement": placement(net),
+                          "results": results, "loaded_peak_bytes": held.peak,
+                          "peak_above_resident_bytes": torch.cuda.max_memory_allocated() - resident if cuda else None}
+            del net, results
+            gc.collect()
+            if cuda:
+                torch.cuda.empty_cache()
+    differ = {name: results_check.differences(runs["whole"]["results"][name], runs["offloaded"]["results"][name])
+              for name in FIGURES}
+    differ = {name: found for name, found in differ.items() if found}
+    where = runs["offloaded"]["placement"]
+    if cuda:
+        held = runs["offloaded"]["peak_above_resident_bytes"] - runs["whole"]["peak_above_resident_bytes"]
+        measure = "GPU peak above the resident weights, offloaded run less whole run"
+    else:
+        held, measure = runs["offloaded"]["loaded_peak_bytes"], "bytes loaded from the offload files, held at once"
+    first = next(iter(differ.items()), None)
+    checks = [
+        check("figures whose JSON differs from the whole model's (lib/check.py tolerance)", len(differ), "==", 0,
+              f"{first[0]}{first[1][0]}" if first else f"{len(FIGURES)} figures compared"),
+        check(f"layers offloaded (of {OFFLOAD_LAYERS})", where["offloaded_layers"], "==", OFFLOAD_LAYERS - ON_DEVICE,
+              f"--max-memory {max_memory}: {where['layers']}"),
+        check("offloaded weights held at once (bytes), against one layer's", held, "<=", layer, measure)]
+    for run in runs.values():
+        run.pop("results")
+    return {"model": f"random-init LLaMA, {OFFLOAD_LAYERS} layers of width {sizes['figure_dims']['hidden']}, bfloat16",
+            "max_memory": max_memory, "layer_bytes": layer, "model_bytes": total, "runs": runs,
+            "differences": differ, "calibration": " ".join(sizes["offload_flags"]), "checks": checks}
+
+
+# --- 5. gpt-2/ throughput ---------------------------------------------------------------------------------------
 
 def flops_per_token(model, n_layer, n_embd, block_size) -> int:
     """Training FLOPs per token, PaLM's estimate as nanoGPT's estimate_mfu: 6 N + 12 L d T, N the parameters
@@ -299,7 +382,8 @@ def gpt2_throughput(args, sizes) -> dict:
 
 # --- the run ----------------------------------------------------------------------------------------------------
 
-PARTS = {"capture_exact": capture_exact, "capture_cost": capture_cost, "figures": figures, "gpt2": gpt2_throughput}
+PARTS = {"capture_exact": capture_exact, "capture_cost": capture_cost, "figures": figures, "offload": offload,
+         "gpt2": gpt2_throughput}
 
 
 def on_cuda(args) -> bool:

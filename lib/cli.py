@@ -11,7 +11,6 @@ import argparse
 import gc
 import json
 import sys
-import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -24,15 +23,16 @@ from lib import check, finite, plotting
 from lib.analysis import MASSIVE_ABS, MASSIVE_FACTOR, activation_rule
 from lib.data import DEFAULT_SOURCE, add_no_bos, get_data, special_tokens
 from lib.errors import UserError, user_errors_exit
-from lib.files import write_json, write_text
+from lib.files import writable_dir, write_json, write_text
 from lib.gpt2_data import dataset_windows
-from lib.models import DEFAULT_MODEL, load_model
+from lib.models import DEFAULT_MODEL, add_placement_flags, load_model, placement
 from lib.paper_figures import FIGURES
 from lib.paper_figures.figure import json_of
 from lib.paper_figures.scan import dominant_outlier
 from lib.provenance import provenance, short
 from lib.summary import write_summary
 from monkey_patch import CaptureError, ModelView
+from monkey_patch.weights import execution_device
 
 SUMMER = "Summer is warm. Winter is cold.\n"
 FORMATS = {"pdf": ["pdf"], "png": ["png"], "both": ["pdf", "png"]}
@@ -76,6 +76,7 @@ def parser(description: str = "", groups=None, affects=None, epilog=None) -> arg
     p.add_argument("--model-path", default=None, help="folder holding the weights (or a folder of model folders)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (default: auto if a GPU, else cpu)")
     p.add_argument("--dtype", default=None, help="float32, float16 or bfloat16 (default: fp32 on CPU, else the model's)")
+    add_placement_flags(p)
     p.add_argument("--savedir", default="figures", help="figures and JSON go to SAVEDIR/<model>/")
     p.add_argument("--format", default="png", choices=sorted(FORMATS), help="figure file format")
     add_no_bos(p)
@@ -120,16 +121,6 @@ def check_args(args) -> None:
     writable_dir(Path(args.savedir))
 
 
-def writable_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write to --savedir {str(path)!r}: {e.strerror or e}") from None
-    return path
-
-
 @dataclass
 class Context:
     """What one figure needs: the model, its tokenizer and spec, the parsed arguments, where to write."""
@@ -164,7 +155,7 @@ class Context:
 
     @property
     def input_device(self):
-        return self.model.get_input_embeddings().weight.device
+        return execution_device(self.model.get_input_embeddings())
 
     def forward(self, ids: torch.Tensor):
         """Run the decoder only: the figures need no logits (Gemma's 262k-word head would dominate the time)."""
@@ -298,7 +289,8 @@ def run(names, args, model=None, tokenizer=None, spec=None, progress: bool = Fal
     """Compute, draw and save each figure in `names` on one model; returns {name: result dict}."""
     check_args(args)
     if model is None:
-        model, tokenizer, spec = load_model(args.model, args.model_path, args.device, args.dtype)
+        model, tokenizer, spec = load_model(args.model, args.model_path, args.device, args.dtype,
+                                            max_memory=args.max_memory, offload_folder=args.offload_folder)
     try:
         ctx = Context(model, tokenizer, spec, args, writable_dir(Path(args.savedir) / spec.name))
     except CaptureError as e:
@@ -361,7 +353,7 @@ def figure_provenance(ctx, name, result) -> dict:
     if "calibration" in result:
         data["calibration"] = result["calibration"]
     dtype = next(ctx.model.parameters()).dtype
-    return provenance(ctx.spec, data=data, device=ctx.input_device, dtype=dtype)
+    return provenance(ctx.spec, data=data, device=ctx.input_device, dtype=dtype, placement=placement(ctx.model))
 
 
 def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:

@@ -15,10 +15,11 @@ from lib import analysis, compression, finite, gpt2_checkpoints, interventions, 
 from lib.data import DEFAULT_SOURCE, InputConvention, get_data, get_eval_tokens, special_tokens
 from lib.errors import UserError
 from lib.gpt2_data import BPE_VOCAB, dataset_windows, gpt2_encoding, load_meta
-from lib.models import DEFAULT_MODEL, ModelSpec, load_model
+from lib.models import DEFAULT_MODEL, ModelSpec, load_model, placement
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
 from lib.provenance import provenance
 from monkey_patch import ModelView
+from monkey_patch.weights import execution_device
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERVENTIONS = ("zero", "zero_random", "mean", "mask_sink", "mask_random", "mask_attn_sink", "mask_attn_random")
@@ -50,8 +51,10 @@ class Subject:
 
 
 def hf_subject(args) -> Subject:
-    model, tokenizer, spec = load_model(args.model or DEFAULT_MODEL, args.model_path, args.device, args.dtype)
-    on_cpu = model.get_input_embeddings().weight.device.type == "cpu"
+    model, tokenizer, spec = load_model(args.model or DEFAULT_MODEL, args.model_path, args.device, args.dtype,
+                                        max_memory=args.max_memory, offload_folder=args.offload_folder)
+    device = execution_device(model.get_input_embeddings())
+    on_cpu = device.type == "cpu"
     seqlen = args.seqlen or (min(CPU_SEQLEN, spec.seqlen) if on_cpu else spec.seqlen)
     nsamples = args.nsamples or (CPU_WINDOWS if on_cpu else None)
     source = args.data or DEFAULT_SOURCE
@@ -64,7 +67,6 @@ def hf_subject(args) -> Subject:
     if on_cpu and (args.nsamples is None or args.seqlen is None):
         data["note"] = (f"CPU run: {windows.shape[0]} windows x {seqlen} tokens spread evenly over the held-out "
                         "text; a full evaluation uses every window (--nsamples) at the paper's length (--seqlen)")
-    device = model.get_input_embeddings().weight.device
     return Subject(spec.name, spec.title, model, ModelView(model).layers, hf_logits(model),
                    lambda ids: model.base_model(input_ids=ids.to(device), use_cache=False),
                    windows, calib, data, hf=True, spec=spec, prefix=len(prefix),
@@ -163,7 +165,8 @@ def _measure(s: Subject, methods, wanted_interventions, log, rule, scale) -> dic
             result["scale_test"] = {"note": MASK_UNSUPPORTED}
     result["seconds"] = round(time.time() - start, 1)
     weight = next(s.model.parameters())
-    result["provenance"] = provenance(s.spec, data=s.data, device=weight.device, dtype=weight.dtype)
+    result["provenance"] = provenance(s.spec, data=s.data, device=execution_device(_input_embeddings(s)),
+                                      dtype=weight.dtype, placement=placement(s.model, s.blocks))
     return result
 
 

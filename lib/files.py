@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from lib.errors import UserError
 from lib.sdist import cache_dir
 
 
@@ -68,3 +69,14 @@ def file_sha256(path: Path) -> str:
         except OSError:
             pass  # a read-only cache only costs a re-hash next time
     return cache[key]
+
+
+def writable_dir(path: Path, flag: str = "--savedir") -> Path:
+    """`path`, made where it is missing and checked writable; a UserError naming `flag` where it is not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {flag} {str(path)!r}: {e.strerror or e}") from None
+    return path

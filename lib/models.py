@@ -19,10 +19,12 @@ import torch
 
 from lib import gguf_models, gpt2_checkpoints
 from lib.errors import UserError, first_line
+from lib.files import writable_dir
 from lib.model_spec import ModelSpec, check_device, parse_dtype  # noqa: F401  (ModelSpec, parse_dtype: re-exported)
 from lib.sdist import cache_dir
 from monkey_patch import ModelView
 from monkey_patch.adapters import FAMILIES
+from monkey_patch.weights import is_offloaded
 
 DEFAULT_MODEL = "gemma3_270m"
 MODELS_ENV = "SYSTEMATIC_OUTLIERS_MODELS"
@@ -165,15 +167,81 @@ def default_device() -> str:
     return "auto" if torch.cuda.is_available() else "cpu"
 
 
+def add_placement_flags(p) -> None:
+    """--max-memory and --offload-folder: accelerate's max_memory and offload_folder, for models bigger than the
+    GPUs (every script that loads a model takes them)."""
+    p.add_argument("--max-memory", default=None, metavar="DEV=SIZE,...",
+                   help="the most each device may hold, as accelerate's max_memory: GPU indices, cpu, mps, disk, "
+                   "e.g. 0=70GiB,1=70GiB,cpu=200GiB; what does not fit is offloaded to CPU memory, then to "
+                   "--offload-folder (implies --device auto)")
+    p.add_argument("--offload-folder", default=None, metavar="FOLDER",
+                   help="where accelerate keeps the weights it offloads to disk; an empty or new folder, or one that "
+                   "holds only an earlier offload (implies --device auto)")
+
+
+def parse_max_memory(text: str | None) -> dict | None:
+    """--max-memory 'KEY=SIZE,...' as accelerate's max_memory: {0: '70GiB', 'cpu': '200GiB'}. Keys: GPU indices,
+    cpu, mps, disk; sizes: bytes or a number with a unit (GiB, MiB, KiB, GB, MB, KB)."""
+    if text is None:
+        return None
+    from accelerate.utils import convert_file_size_to_int
+    out = {}
+    for part in text.split(","):
+        key, sep, size = (s.strip() for s in part.partition("="))
+        if not sep or not key or not size:
+            raise UserError(f"--max-memory {text!r}: each entry is DEVICE=SIZE, e.g. 0=70GiB,cpu=200GiB; got {part!r}")
+        if not key.isdigit() and key not in ("cpu", "mps", "disk"):
+            raise UserError(f"--max-memory: unknown device {key!r}: use a GPU index (0, 1, ...), cpu, mps or disk")
+        try:
+            if convert_file_size_to_int(int(size) if size.isdigit() else size) < 0:
+                raise ValueError(size)
+        except ValueError:
+            raise UserError(f"--max-memory: size {size!r} of {key} is not bytes nor a number with a unit "
+                            "(GiB, MiB, KiB, GB, MB, KB)") from None
+        out[int(key) if key.isdigit() else key] = int(size) if size.isdigit() else size
+    return out
+
+
+OFFLOAD_FILES = ("index.json", ".dat")  # what accelerate writes into an offload folder
+
+
+def check_offload_folder(path: str | None) -> str | None:
+    """--offload-folder, checked: a folder that can be written and holds nothing but an earlier offload (accelerate
+    writes there, and overwrites index.json)."""
+    if path is None:
+        return None
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--offload-folder {path!r} is a file, not a folder")
+    other = sorted(p.name for p in folder.iterdir() if not p.name.endswith(OFFLOAD_FILES)) if folder.is_dir() else []
+    if other:
+        raise UserError(f"--offload-folder {path!r} holds other files ({', '.join(other[:3])}): accelerate writes "
+                        "offloaded weights there; name an empty or new folder")
+    return str(writable_dir(folder, "--offload-folder"))
+
+
 def load_model(model: str = DEFAULT_MODEL, model_path: str | None = None, device: str | None = None,
-               dtype: str | torch.dtype | None = None, attn_implementation: str | None = None):
-    """Load (model, tokenizer, spec). device "auto" spreads a model over the GPUs with accelerate.
-    A gpt-2/ checkpoint or out dir loads through lib.gpt2_checkpoints."""
+               dtype: str | torch.dtype | None = None, attn_implementation: str | None = None,
+               max_memory: str | dict | None = None, offload_folder: str | None = None):
+    """Load (model, tokenizer, spec). device "auto" spreads a model over the GPUs with accelerate's device map;
+    `max_memory` (accelerate's, or --max-memory's text) and `offload_folder` bound what each device holds and
+    offload the rest to CPU memory and disk, with or without GPUs. A gpt-2/ checkpoint or out dir loads through
+    lib.gpt2_checkpoints."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # seconds to import: --help skips it
+    placed = max_memory is not None or offload_folder is not None
+    if placed and device not in (None, "auto"):
+        raise UserError(f"--max-memory and --offload-folder place the model with accelerate's device map: use them "
+                        f"with --device auto (or without --device), not --device {device}")
     if model and gpt2_checkpoints.is_checkpoint(model):
+        if placed:
+            raise UserError("--max-memory and --offload-folder are for Hugging Face models: a gpt-2/ checkpoint loads "
+                            "whole on one device")
         net, tokenizer, spec = gpt2_checkpoints.load(model, device or default_device(), dtype)
         return net, tokenizer, replace(spec, num_layers=ModelView(net).num_layers)
-    device = check_device(device or default_device())
+    if isinstance(max_memory, str):
+        max_memory = parse_max_memory(max_memory)
+    requested = device or ("auto" if placed else default_device())
+    device = check_device(requested)
     spec = resolve(model, model_path)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype)
     torch_dtype = torch_dtype or default_dtype(device, spec)
@@ -186,17 +254,56 @@ def load_model(model: str = DEFAULT_MODEL, model_path: str | None = None, device
     kwargs = dict(dtype=torch_dtype)
     if attn_implementation:  # else transformers' choice: sdpa where the family supports it
         kwargs["attn_implementation"] = attn_implementation
-    if device == "auto":
+    dispatched = device == "auto" or (requested == "auto" and placed)  # accelerate places it, GPUs or not
+    if dispatched:
         kwargs["device_map"] = "auto"
+        if max_memory:
+            kwargs["max_memory"] = max_memory
+        if offload_folder is not None:
+            kwargs["offload_folder"] = check_offload_folder(offload_folder)
     try:
         net = AutoModelForCausalLM.from_pretrained(spec.source, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(spec.source)
     except OSError as e:
         raise UserError(f"cannot load the weights of {model!r} from {spec.source}: {first_line(e)}") from None
-    if device != "auto":
+    except ImportError as e:  # a quantized checkpoint whose library is not installed
+        raise UserError(f"cannot load {model!r} from {spec.source}: {first_line(e)}") from None
+    except ValueError as e:
+        if "offload" in str(e):  # transformers: the device map offloads to disk, and no folder was given
+            raise UserError(f"{model!r} does not fit in {_memory_text(max_memory)}: give --offload-folder (a folder "
+                            "for the weights offloaded to disk) or more --max-memory") from None
+        raise
+    if not dispatched:
         net = net.to(device)
     net.eval()
     return net, tokenizer, replace(spec, num_layers=ModelView(net).num_layers)
+
+
+def _memory_text(max_memory) -> str:
+    if not max_memory:
+        return "the memory the devices have free"
+    return "--max-memory " + ",".join(f"{k}={v}" for k, v in max_memory.items())
+
+
+def placement(model, layers=None) -> dict:
+    """Where the decoder `layers` (default: the family's) are: per device, how many keep their weights there
+    (accelerate's device map names "cpu" and "disk" for offloaded ones), and how many are offloaded (their weights
+    loaded for each forward)."""
+    layers = ModelView(model).layers if layers is None else layers
+    mapped = getattr(model, "hf_device_map", None) or {}
+    names = {id(module): name for name, module in model.named_modules()}
+    per_device, offloaded = {}, 0
+    for layer in layers:
+        if any(is_offloaded(m) for m in layer.modules()):
+            offloaded += 1
+            name = names.get(id(layer), "")
+            where = next((str(mapped[k]) for k in sorted(mapped, key=len, reverse=True)
+                          if k == "" or name == k or name.startswith(k + ".")), "offloaded")
+        else:
+            param = next(layer.parameters(), None)
+            where = str(param.device) if param is not None else "none"
+        per_device[where] = per_device.get(where, 0) + 1
+    return {"layers": per_device, "offloaded_layers": offloaded}
 
 
 def check_supported(config) -> None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from lib.data import text_length, with_prefix
 from lib.errors import UserError
+from monkey_patch.weights import execution_device
 
 
 def eval_windows(tokens: torch.Tensor, seqlen: int, nsamples: int | None = None, prefix=()) -> torch.LongTensor:
@@ -84,7 +85,7 @@ def perplexity(logits_fn, windows: torch.Tensor, batch_size: int = 1, progress=N
 
 def hf_logits(model):
     """logits_fn of a Hugging Face causal LM (no attention mask: windows are full, unpadded)."""
-    device = model.get_input_embeddings().weight.device
+    device = execution_device(model.get_input_embeddings())  # an offloaded embedding's weight is a meta tensor
 
     def logits_fn(ids):
         return model(input_ids=ids.to(device), use_cache=False).logits

@@ -1,8 +1,9 @@
 """Where a result came from: the `provenance` block every result file carries.
 
 The project's version and git commit (with a dirty flag), the command line, the Python / torch / transformers
-versions, device and dtype, the model's source with a content hash of its weight files (computed once per file
-and cached; a converted GGUF also names the file and quantization it came from), the data, and the UTC time.
+versions, device and dtype, where the decoder layers were (how many on each device, how many offloaded), the
+model's source with a content hash of its weight files (computed once per file and cached; a converted GGUF also
+names the file and quantization it came from), the data, and the UTC time.
 Nothing in it differs between two runs of the same thing except the time.
 """
 import functools
@@ -22,15 +23,16 @@ LOSSLESS = ("F32", "F16", "BF16")  # GGUF file types that hold the weights as th
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
-def provenance(model=None, data=None, device=None, dtype=None, command=None) -> dict:
-    """The block; `model` a lib.models.ModelSpec (or None), `data` a dict saying which windows were used."""
+def provenance(model=None, data=None, device=None, dtype=None, command=None, placement=None) -> dict:
+    """The block; `model` a lib.models.ModelSpec (or None), `data` a dict saying which windows were used,
+    `placement` where the decoder layers were (lib.models.placement: per device, and how many offloaded)."""
     import torch
     try:
         import transformers
         tf_version = transformers.__version__
     except ImportError:
         tf_version = None
-    return {
+    block = {
         "project": {"version": project_version(), **git_state()},
         "command": command or "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "transformers": tf_version},
@@ -39,6 +41,9 @@ def provenance(model=None, data=None, device=None, dtype=None, command=None) -> 
         "data": data,
         "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if placement is not None:
+        block["placement"] = placement
+    return block
 
 
 def short(block: dict) -> str:

@@ -57,3 +57,40 @@ class CharTokenizer:
 
     def decode(self, ids):
         return "".join(self.convert_ids_to_tokens(ids))
+
+
+def char_tokenizer_hf():
+    """CharTokenizer as a Hugging Face fast tokenizer (same ids, no special tokens), to save beside a model folder."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    backend = Tokenizer(models.WordLevel({chr(i): i for i in range(CharTokenizer.vocab_size)}, unk_token="?"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return tf.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="?")
+
+
+def save_folder(model, folder) -> str:
+    """`model` with a character tokenizer as a Hugging Face model folder (safetensors), as a user's local weights."""
+    model.save_pretrained(folder)
+    char_tokenizer_hf().save_pretrained(folder)
+    return str(folder)
+
+
+def layer_bytes(model) -> list[int]:
+    """Bytes of each decoder layer's parameters."""
+    from monkey_patch import ModelView
+    return [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in ModelView(model).layers]
+
+
+def memory_for_layers(model, layers: int) -> int:
+    """A max_memory for the first device of accelerate's device map that keeps `layers` decoder layers there and sends
+    the others on: what comes before the first layer (the embeddings), `layers` layers, the largest layer (the room
+    accelerate keeps on a device it offloads from) and half a layer to spare."""
+    from monkey_patch import ModelView
+    view = ModelView(model)
+    first = f"{view.family.layers}.0."
+    before = 0
+    for name, p in model.named_parameters():
+        if name.startswith(first):
+            break
+        before += p.numel() * p.element_size()
+    sizes = layer_bytes(model)
+    return before + sum(sizes[:layers]) + max(sizes) + max(sizes) // 2

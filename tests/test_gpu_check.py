@@ -74,6 +74,21 @@ def test_figure_suite_completes(quick):
     assert positive(part["seconds"]) and part["seconds"] >= sum(part["seconds_per_figure"].values()) - 1
 
 
+def test_offload_part_compares_every_figure_with_the_whole_model(quick):
+    part = quick[0]["parts"]["offload"]
+    assert "error" not in part and part["passed"] and part["differences"] == {}
+    runs = part["runs"]
+    assert runs["whole"]["placement"] == {"layers": {"cpu": 4}, "offloaded_layers": 0}
+    assert runs["offloaded"]["placement"] == {"layers": {"cpu": 2, "disk": 2}, "offloaded_layers": 2}
+    figures, layers, held = part["checks"]
+    assert figures["value"] == 0 and layers["value"] == 2
+    s = gpu_check.SIZES["quick"]["figure_dims"]  # one layer's bf16 bytes, counted by hand: q, k, v, o, MLP, 2 norms
+    one_layer = 2 * (4 * s["hidden"] ** 2 + 3 * s["hidden"] * s["intermediate"] + 2 * s["hidden"])
+    assert part["layer_bytes"] == one_layer and held["target"] == f"<= {one_layer}"
+    assert 0 < held["value"] == runs["offloaded"]["loaded_peak_bytes"] <= one_layer  # read from disk, a module at a time
+    assert runs["whole"]["loaded_peak_bytes"] == 0
+
+
 def test_gpt2_table_names_every_variant_with_its_ratio(quick):
     report, md = quick
     part = report["parts"]["gpt2"]
