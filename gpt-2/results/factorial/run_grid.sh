@@ -11,7 +11,7 @@ set -u
 cd "$(dirname "$0")/../.."  # gpt-2/
 PY=${PYTHON:-python3}
 ADAMW_LR=5e-4  # the registered sweep's choices (results/factorial/README.md)
-MUON_LR=  # set from the sweep before the Muon runs start
+MUON_LR=5e-4
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 PY
 sync_run() {  # sync_run NAME: copy what the run has written so far
   local out=out-factorial/$1 dest=results/factorial/runs/$1
