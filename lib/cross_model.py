@@ -134,12 +134,17 @@ def properties(d: dict) -> list[tuple[str, str, str]]:
     category, texts, channels = dominant_token(d)
     cats = d["categories"]
     out = []
-    # fixed channels: every window's largest outlier and the prompt's in the same channel(s)
+    # fixed channels: every window's largest outlier and the prompt's in the same channel(s); the prompt's are those of
+    # its first outlier layer and its largest outlier's (they differ where a smaller outlier comes first, as channel
+    # 400 before the massive channel 163 on Gemma 3's <bos>)
     prompt_channels = row.get("prompt_outlier_channels") or []
-    same = bool(channels) and set(channels) <= set(prompt_channels) and len(channels) <= 2
+    largest = (row.get("dominant_outlier") or {}).get("channel")
+    known = set(prompt_channels) | ({largest} if largest is not None else set())
+    same = bool(channels) and set(channels) <= known and len(channels) <= 2
     out.append(("fixed channels", "holds" if same else "does not hold",
                 f"windows' largest outlier in channel(s) {', '.join(map(str, channels)) or 'none'} "
-                f"({len(d['windows'])} windows); prompt outlier channel(s) {', '.join(map(str, prompt_channels)) or 'none'}"))
+                f"({len(d['windows'])} windows); prompt outlier channel(s) {', '.join(map(str, prompt_channels)) or 'none'}"
+                + (f", its largest outlier in channel {largest}" if largest is not None else "")))
     # first token and delimiter
     first, delim = cats.get("initial_token", 0.0), cats.get("strong_delimiter", 0.0)
     verdict = "holds" if first > 0 and delim > 0 else ("first token only" if first > 0 else
@@ -217,7 +222,7 @@ def comparison_table(data: list[dict]) -> list[str]:
 
 
 CRITERIA = (f"Criteria: fixed channels = every window's largest outlier in at most two channels, all among the "
-            f"prompt's; an outlier ratio = the writer column among its layer's {TOP_COLUMNS} largest max/mean ratios; "
+            f"prompt's (the outlier channels of its first outlier layer and its largest outlier's); an outlier ratio = the writer column among its layer's {TOP_COLUMNS} largest max/mean ratios; "
             f"early = the rule's emergence layer in the first {EARLY:.0%} of the layers (LLaMA-2-7B: layer 2 of 32); "
             f"removed in the last layers = the layer that shrinks it most in the last {1 - LATE:.0%}; a perplexity change "
             f"counts above {SIGNIFICANT:g} paired standard errors; compression is hurt where W8A8 counts and "

@@ -282,3 +282,17 @@ def test_the_dtypes_that_would_hold_an_overflow():
     logits[0, 2, 4] = float("nan")
     with pytest.raises(UserError, match="the logits are nan at token 2, vocabulary entry 4, in float32"):
         finite.Guard().logits(None, (), logits)
+
+
+def test_fixed_channels_counts_the_prompts_largest_outlier_where_a_smaller_one_comes_first():
+    """Gemma 3 with its <bos>: channel 400 is the prompt's first outlier (layer 1), channel 163 its largest, and
+    every calibration window's largest outlier sits in 163: the channels are fixed."""
+    from lib import cross_model
+    windows = [{"category": "initial_token", "token": "<bos>", "channel": 163}] * 4
+    d = {"num_layers": 18, "windows": windows, "categories": {"initial_token": 1.0, "count": 4}, "weights": {},
+         "attention": {"tokens": ["<bos>"]}, "consequences": None, "layer_rows": [], "top1_over_median": [],
+         "row": {"prompt_outlier_channels": [400], "dominant_outlier": {"channel": 163}}}
+    verdict, numbers = next((v, x) for p, v, x in cross_model.properties(d) if p == "fixed channels")
+    assert verdict == "holds" and numbers.endswith("prompt outlier channel(s) 400, its largest outlier in channel 163")
+    d["row"]["dominant_outlier"] = {"channel": 400}
+    assert next(v for p, v, _ in cross_model.properties(d) if p == "fixed channels") == "does not hold"
