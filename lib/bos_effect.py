@@ -94,7 +94,7 @@ def table(consequences: dict, figures: Path | None = None) -> dict | None:
     row("massive activation: |h| (median over windows)", sig(base["massive"]["value_median"], 3),
         sig(without["massive"]["value_median"], 3), _change(mean, err))
     if "sink" in base and "sink" in without:
-        row("sink: token", _tokens(texts["with"]["sink"], base["sink"]["tokens"]),
+        row("sink: token (at its first layer)", _tokens(texts["with"]["sink"], base["sink"]["tokens"]),
             _tokens(texts["without"]["sink"], without["sink"]["tokens"]),
             f"moved in {round(moved['sink_moved'] * n)} of {n} windows")
         row("sink: first layer (the attention rule in half of the windows)", str(base["sink"]["first_layer"] or "none"),
