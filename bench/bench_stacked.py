@@ -12,7 +12,7 @@ bench/results/stacked.json with the machine's load (lib.machine_load). The separ
 default GPT, at the factorial study's size by default; each step is forward, backward and one AdamW step.
 """
 import argparse
-import json
+import statistics
 import os
 import subprocess
 import sys
@@ -24,7 +24,7 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "gpt-2"))
 from lib import machine_load  # noqa: E402
-from lib.errors import user_errors_exit  # noqa: E402
+from lib.errors import UserError, user_errors_exit  # noqa: E402
 from lib.files import write_json  # noqa: E402
 from lib.provenance import provenance  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
@@ -131,6 +131,7 @@ def main(argv):
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--stacks", default="2,4,8", help="comma-separated numbers of stacked models")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="rounds of every way, interleaved; the median is kept")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "stacked.json"))
     p.add_argument("--allow-loaded", action="store_true", help="write even when other work loads the machine")
     p.add_argument("--single", type=int, default=0, help=argparse.SUPPRESS)
@@ -138,21 +139,27 @@ def main(argv):
     if a.single:
         print(one_model_steps_per_second(a) if a.single == 1 else stacked_model_steps_per_second(a, a.single, 1))
         return None
+    if a.repeats < 1 or a.steps < 1 or a.threads < 1:
+        raise UserError("--repeats, --steps and --threads must be >= 1")
     stacks = [int(s) for s in a.stacks.split(",")]
-    load = machine_load.check_before(a.out, a.allow_loaded)
-    reference = two_processes(a)
-    rows = [dict(way="two 1-thread processes", models=2, model_steps_per_s=reference, ratio=1.0)]
+    ways = {"two 1-thread processes": (2, lambda: two_processes(a))}
     for optimizer in ("adamw", "muon"):  # one process, one thread: what a single run costs per step
-        rate = one_model_steps_per_second(a, optimizer)
-        rows.append(dict(way=f"one 1-thread process, {optimizer}", models=1, model_steps_per_s=rate,
-                         ms_per_step=1000 / rate, ratio=rate / reference))
+        ways[f"one 1-thread process, {optimizer}"] = (1, lambda o=optimizer: one_model_steps_per_second(a, o))
     for k in stacks:
-        rate = two_processes(a, k)
-        rows.append(dict(way=f"two 1-thread processes, {k} stacked in each", models=2 * k, model_steps_per_s=rate,
-                         ratio=rate / reference))
-        rate = stacked_model_steps_per_second(a, k, a.threads)
-        rows.append(dict(way=f"{k} stacked, one process, {a.threads} threads", models=k, model_steps_per_s=rate,
-                         ratio=rate / reference))
+        ways[f"two 1-thread processes, {k} stacked in each"] = (2 * k, lambda k=k: two_processes(a, k))
+        ways[f"{k} stacked, one process, {a.threads} threads"] = (k, lambda k=k: stacked_model_steps_per_second(
+            a, k, a.threads))
+    load = machine_load.check_before(a.out, a.allow_loaded)
+    measured = {way: [] for way in ways}
+    for _ in range(a.repeats):  # interleaved, so that a change of the machine's load touches every way alike
+        for way, (_, measure) in ways.items():
+            measured[way].append(measure())
+    reference = statistics.median(measured["two 1-thread processes"])
+    rows = []
+    for way, (models, _) in ways.items():
+        rate = statistics.median(measured[way])
+        rows.append(dict(way=way, models=models, model_steps_per_s=rate, ms_per_model_step=1000 / rate,
+                         ratio=rate / reference, rounds=measured[way]))
     for r in rows:
         print(f"{r['way']:<40} {r['model_steps_per_s']:8.1f} model-steps/s   {r['ratio']:.2f}x")
     result = dict(settings={k: v for k, v in vars(a).items() if k not in ("out", "single", "allow_loaded")},
