@@ -185,12 +185,13 @@ def convergence(rows):
 def check(runs_dir, names):
     """Recompute each committed final.json from its committed checkpoint; the differences, one line each."""
     from lib.check import differences
-    problems = []
+    problems, checked = [], 0
     for name in names:
         folder = os.path.join(runs_dir, name)
         found = checkpoints(folder)
         if not found or not os.path.exists(os.path.join(folder, "final.json")):
             continue
+        checked += 1
         model, ckpt, _ = load_gpt(found[-1][1])
         c = ckpt["config"]
         val = Batches(c["dataset"], "val", 1, c["block_size"], 0)
@@ -200,6 +201,7 @@ def check(runs_dir, names):
         new = final_report(model, both[:n], both[n:])
         problems += [f"{name}: {d}" for d in differences({k: old[k] for k in new}, new)]
         print(f"checked {name} ({found[-1][1]}): {'same' if not problems else 'differs'}")
+    print(f"{checked} finished run(s) checked; {len(names) - checked} without final weights yet (still training)")
     return problems
 
 
