@@ -18,8 +18,9 @@ For each model (or gpt-2 checkpoint: a ckpt_<iter>.pt or an out dir, whose newes
 Every window starts with the special tokens the model's tokenizer adds to a text (a BOS for Gemma, LLaMA, Mistral;
 none for SmolLM2, Qwen2, GPT-2), never scored: where it adds any, the same windows are also measured without them
 (`bos_removed`: the same targets, paired). --no-bos tokenizes as the original code does, with no special tokens.
-Writes consequences.json, consequences.md and consequences.png under --savedir (default
-results/consequences/<model>/, or results/consequences/gpt2_<dataset>/ for gpt-2 checkpoints).
+Writes consequences.json, consequences.md and consequences.png under --savedir (default the scratch folder
+consequences-out/<model>/, or consequences-out/gpt2_<dataset>/ for gpt-2 checkpoints); the committed results under
+results/consequences/ are written only where --savedir names them.
 """
 import argparse
 import os
@@ -30,16 +31,17 @@ from pathlib import Path
 
 import torch
 
-from lib import check, compression, gpt2_data, interventions, scale_test
+from lib import check, compression, gpt2_data, interventions, preflight, scale_test
 from lib.data import add_no_bos
 from lib.errors import UserError, user_errors_exit
 from lib.evaluation import (CALIB_WINDOWS, CPU_SEQLEN, CPU_WINDOWS, INTERVENTIONS, Subject, gpt2_subject,  # noqa: F401
                             hf_subject, measure, outlier_rule)
 from lib.evaluation_report import save
-from lib.models import add_placement_flags
+from lib.files import check_writable
+from lib.models import DEFAULT_MODEL, add_placement_flags
 from lib.provenance import provenance
 
-HERE = Path(__file__).resolve().parent
+SCRATCH = "consequences-out"  # the default output folder (git-ignored), relative to where the command runs
 
 
 def parser() -> argparse.ArgumentParser:
@@ -73,7 +75,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-test", action="store_true",
                    help="is each attention sink only a context-aware scale? perplexity under "
                    f"{', '.join(scale_test.MODES)} of every layer's sink keys (lib/scale_test.py)")
-    p.add_argument("--savedir", default=None, help="output folder (default results/consequences/<name>/)")
+    p.add_argument("--savedir", default=None, help=f"output folder (default {SCRATCH}/<name>/, a scratch folder; the "
+                   "committed results/consequences/<name>/ is written only when --savedir names it)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--check", metavar="FOLDER", default=None,
                    help="re-run the command recorded in FOLDER/consequences.json and report every number that differs "
@@ -103,6 +106,10 @@ def check_args(args) -> None:
 def run(args, subjects=None, command=None, log=print) -> dict:
     """Measure `subjects` (loaded from args when None) and write the outputs; returns the report."""
     check_args(args)
+    check_writable(Path(args.savedir or SCRATCH))
+    if subjects is None and not args.gpt2:  # what the config can tell is checked before the weights load
+        preflight.check(preflight.model_shape(args.model or DEFAULT_MODEL, args.model_path), seqlen=args.seqlen,
+                        device=args.device, dtype=args.dtype)
     if args.threads:
         torch.set_num_threads(args.threads)
     start = time.time()
@@ -118,6 +125,7 @@ def run(args, subjects=None, command=None, log=print) -> dict:
         group, title = "gpt2_" + "_".join(datasets), "GPT-2 variants on " + ", ".join(datasets)
     else:
         group, title = subjects[0].name, subjects[0].title
+    savedir = check_writable(Path(args.savedir) if args.savedir else Path(SCRATCH) / group)
     rule = outlier_rule(subjects, args.outlier_factor, args.outlier_min_abs)
     results = [measure(s, args.methods, args.interventions, log, rule, args.scale_test) for s in subjects]
     report = {"command": command or "python " + " ".join(shlex.quote(a) for a in sys.argv), "title": title,
@@ -126,7 +134,6 @@ def run(args, subjects=None, command=None, log=print) -> dict:
               "threads": torch.get_num_threads(), "torch": torch.__version__,
               "results": results, "seconds": round(time.time() - start, 1)}
     report["provenance"] = provenance(command=report["command"])
-    savedir = Path(args.savedir) if args.savedir else HERE / "results" / "consequences" / group
     paths = save(report, savedir)
     log("wrote " + ", ".join(str(p) for p in paths))
     return report

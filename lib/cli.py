@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from lib import check, finite, plotting
+from lib import check, finite, plotting, preflight
 from lib.analysis import MASSIVE_ABS, MASSIVE_FACTOR, activation_rule
 from lib.data import DEFAULT_SOURCE, add_no_bos, get_data, special_tokens
 from lib.errors import UserError, user_errors_exit
-from lib.files import writable_dir, write_json, write_text
+from lib.files import check_writable, write_json, write_text
 from lib.gpt2_data import dataset_windows
 from lib.models import DEFAULT_MODEL, add_placement_flags, load_model, placement
 from lib.paper_figures import FIGURES
@@ -118,7 +118,7 @@ def check_args(args) -> None:
         raise UserError(f"--outlier-min-abs must be at least 0, got {args.outlier_min_abs:g}")
     if args.head is not None and args.head < 0:
         raise UserError(f"--head is 0-based: got {args.head}")
-    writable_dir(Path(args.savedir))
+    check_writable(Path(args.savedir))
 
 
 @dataclass
@@ -179,12 +179,7 @@ class Context:
         return self.args.head
 
     def max_length(self) -> int | None:
-        config = self.model.config
-        for name in ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length"):
-            value = getattr(config, name, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return None
+        return preflight.max_positions(self.model.config)
 
     def check_length(self, length: int, what: str) -> None:
         limit = self.max_length()
@@ -217,13 +212,13 @@ class Context:
             nsamples, seqlen = PAPER_SAMPLES[kind], self.spec.seqlen
         nsamples = self.args.nsamples or nsamples
         seqlen = self.args.seqlen or seqlen
+        self.check_length(seqlen, "--seqlen")
         if on_cpu and (self.args.nsamples is None or self.args.seqlen is None):
             note = (f"CPU defaults for {kind}: {nsamples} sequences x {seqlen} tokens "
                     f"(the paper: {PAPER_SAMPLES[kind]} x {self.spec.seqlen} on a GPU)")
             if note not in self.notes:
                 self.notes.append(note)
                 print(note)
-        self.check_length(seqlen, "--seqlen")
         return nsamples, seqlen
 
     def calibration(self):
@@ -288,11 +283,13 @@ def encode(tokenizer, text: str, special_tokens: bool = True) -> list[int]:
 def run(names, args, model=None, tokenizer=None, spec=None, progress: bool = False) -> dict:
     """Compute, draw and save each figure in `names` on one model; returns {name: result dict}."""
     check_args(args)
-    if model is None:
+    if model is None:  # what the config can tell is checked before the weights load
+        preflight.check(preflight.model_shape(args.model, args.model_path), layer=args.layer, seqlen=args.seqlen,
+                        device=args.device, dtype=args.dtype)
         model, tokenizer, spec = load_model(args.model, args.model_path, args.device, args.dtype,
                                             max_memory=args.max_memory, offload_folder=args.offload_folder)
-    try:
-        ctx = Context(model, tokenizer, spec, args, writable_dir(Path(args.savedir) / spec.name))
+    try:  # SAVEDIR/<model>/ is made by the first file written: a run that fails before leaves no empty folder
+        ctx = Context(model, tokenizer, spec, args, check_writable(Path(args.savedir) / spec.name))
     except CaptureError as e:
         raise UserError(str(e)) from None
     with finite.guard(model, ctx.view.layers, token_text=lambda i: ctx.tokens_of([i])[0]):

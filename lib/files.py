@@ -40,6 +40,27 @@ def write_json(path, data, indent=1) -> None:
     write_text(path, json.dumps(data, indent=indent) + "\n")
 
 
+def check_writable(path, flag: str = "--savedir") -> Path:
+    """`path`, checked before any work: its missing folders are made, a file is written there and removed, and the
+    folders made are removed again, so a run that fails later leaves no empty folder (the writes make them). A
+    UserError naming `flag` where it cannot be written."""
+    path = Path(path)
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write to {flag} {str(path)!r}: {e.strerror or e}") from None
+    finally:
+        for folder in made:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+    return path
+
+
 def sha256_of(path) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -73,10 +94,5 @@ def file_sha256(path: Path) -> str:
 
 def writable_dir(path: Path, flag: str = "--savedir") -> Path:
     """`path`, made where it is missing and checked writable; a UserError naming `flag` where it is not."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-            pass
-    except OSError as e:
-        raise UserError(f"cannot write to {flag} {str(path)!r}: {e.strerror or e}") from None
+    check_writable(path, flag).mkdir(parents=True, exist_ok=True)
     return path
