@@ -308,7 +308,7 @@ def _run_figures(ctx, names, progress: bool) -> dict:
         try:
             data = ctx.figure.compute(ctx)
             headroom = ctx.headroom()  # before anything is drawn or written: a forward that overflows raises
-            ctx.figure.render(data, ctx.title, ctx.save)
+            ctx.figure.render(data, ctx.title, ctx.save, figure_inputs(ctx))
         except CaptureError as e:
             raise UserError(f"{name}: {e}") from None
         result = {"script": name, "model": spec.name, "title": spec.title, "layers_are": "1-based",
@@ -328,6 +328,32 @@ def _run_figures(ctx, names, progress: bool) -> dict:
                 print(line)
             print(f"wrote {ctx.outdir / name}.json and {len(ctx.files)} figure file(s)")
     return results
+
+
+def figure_inputs(ctx) -> dict:
+    """In words, for the figure titles: the prompt (its text and token count), the calibration text (sequences x
+    tokens, source, seed) and one of its sequences where the figure read them, and the weights; with the special
+    tokens the inputs start with."""
+    record = ctx.input.record()
+    named = "/".join(p["token"] for p in record["prepended"])
+    would = "/".join(p["token"] for p in record["tokenizer_prepends"])
+    start = f", each starting with {named}" if named else f", without the {would} (--no-bos)" if would else ""
+    inputs = {"weights": "input: none, the weights alone"}
+    if "prompt" in ctx.cache:
+        ids, tokens = ctx.cache["prompt"]
+        own = ctx.args.prompt is None and ctx.spec.default_prompt
+        text = " ".join(tokens) if own else (ctx.args.prompt or SUMMER)
+        text = text.replace("\n", "\\n")
+        text = text if len(text) <= 160 else text[:159] + "\u2026"
+        first = f", {named} first" if named else f", without the {would} (--no-bos)" if would else ""
+        inputs["prompt"] = f'prompt "{text}": {ids.shape[1]} tokens{first}'
+    if ctx.figure is not None and ctx.figure.calibration is not None:
+        _, info = ctx.calibration()
+        inputs["calibration"] = (f"calibration text: {info['nsamples']} sequences x {info['seqlen']} tokens of "
+                                 f"{info['data']} (seed {info['seed']}){start}")
+        inputs["sequence"] = (f"calibration sequence 0 of {info['nsamples']}: {info['seqlen']} tokens of {info['data']} "
+                              f"(seed {info['seed']}){start}")
+    return inputs
 
 
 def main(name: str, argv=None) -> None:

@@ -5,6 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.colors
+import matplotlib.lines
+import matplotlib.patches
 import pytest
 import torch
 
@@ -41,12 +44,14 @@ def _load(outdir, name):
 
 
 TITLES = {}  # file stem -> (figure title, panel titles) of the planted run's figures
+FIGS = {}  # file stem -> the planted run's matplotlib figure, to check what it draws
 
 
 def _recording_save(save):
     def record(fig, base, formats):
         suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
         TITLES[base.name] = (suptitle, [ax.get_title() for ax in fig.axes])
+        FIGS[base.name] = fig
         return save(fig, base, formats)
     return record
 
@@ -116,6 +121,100 @@ def test_the_model_is_named_once_in_the_figure_title(planted_run):
     for stem, (suptitle, panels) in TITLES.items():
         assert suptitle.startswith("Planted"), stem
         assert panels and not any("Planted" in title for title in panels), (stem, panels)
+
+
+def _rgb(color) -> tuple:
+    return tuple(round(c, 3) for c in matplotlib.colors.to_rgb(color))
+
+
+def _drawn_colours(ax) -> set:
+    """What an axes draws, as RGB: its lines and markers, scatter points, bars, bands and frames (not images)."""
+    from matplotlib.collections import PathCollection
+    colours = set()
+    for line in ax.get_lines():
+        colours |= {_rgb(line.get_color()), _rgb(line.get_markerfacecolor())}
+    for collection in ax.collections:
+        if isinstance(collection, PathCollection):
+            colours |= {_rgb(c) for c in collection.get_facecolors()}
+    for patch in ax.patches:
+        colours.add(_rgb(patch.get_facecolor() if patch.get_fill() else patch.get_edgecolor()))
+    return colours
+
+
+def _legend_colours(fig) -> set:
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + list(fig.legends)
+    colours = set()
+    for legend in legends:
+        for handle in legend.legend_handles:
+            if isinstance(handle, matplotlib.patches.Patch):
+                colours.add(_rgb(handle.get_facecolor() if handle.get_fill() else handle.get_edgecolor()))
+            elif isinstance(handle, matplotlib.lines.Line2D):
+                colours |= {_rgb(handle.get_color()), _rgb(handle.get_markerfacecolor())}
+            else:
+                colours |= {_rgb(c) for c in handle.get_facecolors()}
+    return colours
+
+
+def test_every_outlier_colour_and_band_is_in_a_legend(planted_run):
+    """Magenta (the outliers), blue (the other tokens, channels, columns) and the shaded layer bands are each named
+    by a legend entry of their figure; a band by the legend of its own panel."""
+    marked = {_rgb(cli.plotting.OUTLIER), _rgb(cli.plotting.NORMAL)}
+    for stem, fig in FIGS.items():
+        drawn = set().union(*(_drawn_colours(ax) for ax in fig.axes)) & marked
+        assert drawn and drawn <= _legend_colours(fig), (stem, drawn)
+        for ax in fig.axes:
+            bands = [p for p in ax.patches if p.get_alpha() == cli.plotting.BAND_ALPHA]
+            if bands:
+                named = {_rgb(h.get_facecolor()) for h in ax.get_legend().legend_handles
+                         if isinstance(h, matplotlib.patches.Patch)}
+                assert _rgb(cli.plotting.OUTLIER) in named, (stem, ax.get_title())
+
+
+def test_the_outlier_token_is_boxed_wherever_its_label_appears_and_its_attention_column_framed(planted_run):
+    """The planted sink character: its tick labels, and only its, are boxed (a one-character label stays visible);
+    in the attention map the sink key's column, from its own query down, is framed."""
+    for stem in ("existence_activation_outliers_layer", "existence_activation_outliers_down",
+                 "existence_attention_outliers", "lifecycle_spread", "lifecycle_relocation"):
+        labels = [label for ax in FIGS[stem].axes for label in ax.get_xticklabels() + ax.get_yticklabels()]
+        boxed = {label.get_text() for label in labels if label.get_bbox_patch() is not None}
+        assert boxed == {planted.SINK}, stem
+    ax = FIGS["existence_attention_outliers"].axes[0]
+    frames = [p for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle) and not p.get_fill()]
+    assert [(p.get_x() + 0.5, p.get_y() + 0.5, p.get_width(), p.get_height()) for p in frames] == \
+        [(SINK_POSITION, SINK_POSITION, 1, len(PROMPT) - SINK_POSITION)]
+    assert _rgb(frames[0].get_edgecolor()) == _rgb(cli.plotting.OUTLIER)
+
+
+def test_layer_axes_have_integer_ticks_from_1(planted_run):
+    for stem, fig in FIGS.items():
+        for ax in fig.axes:
+            for axis, label in ((ax.xaxis, ax.get_xlabel()), (ax.yaxis, ax.get_ylabel())):
+                if label != "layer":
+                    continue
+                low, high = sorted(axis.get_view_interval())
+                ticks = [t for t in axis.get_ticklocs() if low <= t <= high]
+                assert ticks and all(float(t).is_integer() and t >= 1 for t in ticks), (stem, ax.get_title(), ticks)
+
+
+def test_every_figure_title_says_what_is_plotted_and_on_what_input(planted_run):
+    """The prompt and its token count, the calibration text and its size, or that only the weights are read; in
+    words, not in the notation only the paper's pages define."""
+    tokens = len(planted.CharTokenizer().encode(PROMPT))
+    prompt = PROMPT.replace("\n", "\\n")
+    for stem, fig in FIGS.items():
+        title = fig._suptitle.get_text().replace("\n", " ")
+        figure = FIGURES[stem.removesuffix("_3d")]
+        if stem.endswith("_3d"):
+            assert "calibration sequence 0 of 3: 64 tokens of" in title, stem
+        elif "prompt" in figure.flags:
+            assert f'prompt "{prompt}": {tokens} tokens' in title, stem
+        elif figure.calibration:
+            assert "calibration text: 3 sequences x 64 tokens of" in title, stem
+        else:
+            assert "the weights alone" in title, stem
+        assert title.startswith("Planted: "), stem  # what is plotted follows the model's name
+        words = [title] + [ax.get_title() for ax in fig.axes]
+        assert not any("T-1" in w or "h[" in w for w in words), (stem, words)
 
 
 def test_every_figure_is_registered_once_with_its_script():

@@ -86,8 +86,13 @@ def activation_down(ctx):
 
 def draw_activation(axes, data):
     status = "" if data.outlier_tokens else " (no outliers found)"
-    plotting.wireframe(axes[0], data.values, data.tokens, highlight=data.outlier_tokens, zlabel="magnitude",
-                       title=f"layer {data.layer}, {data.what}{status}")
+    plotting.wireframe(axes[0], data.values, data.tokens, highlight=data.outlier_tokens, zlabel="|h|",
+                       title=f"layer {data.layer}, {data.what}{status}",
+                       legend=("outlier token (the rule flags an entry)", "other token"))
+
+
+def _activation_heading(data) -> str:
+    return f"activation outliers, |{data.what}| of each token and channel at layer {data.layer} ({data.why})"
 
 
 # --- attention: the head-averaged map of one layer on the prompt -------------------------------------------------
@@ -151,7 +156,8 @@ def attention(ctx):
 def draw_attention(axes, data):
     status = "" if data.outlier_keys else " (no outlier keys)"
     plotting.attention_heatmap(axes[0], data.mean_map, data.tokens, highlight=data.outlier_keys,
-                               title=f"layer {data.layer}, head-averaged attention{status}")
+                               title=f"layer {data.layer}, head-averaged attention{status}",
+                               key_label="attention sink (outlier key)", colorbar="attention probability")
 
 
 # --- weights: down_proj columns of one layer ---------------------------------------------------------------------
@@ -233,7 +239,16 @@ def weights(ctx):
 
 def draw_weights(axes, data):
     plotting.wireframe(axes[0], data.values, [f"col {c}" for c in data.columns], highlight=data.highlight,
-                       xlabel="row (residual channel)", zlabel="|W|", title=f"layer {data.layer}, down_proj columns")
+                       xlabel="row (residual channel)", zlabel="|W|", title=f"layer {data.layer}, down_proj columns",
+                       legend=("outlier column (an outlier's MLP unit, its writer, or the largest max/mean)",
+                               "median column, for comparison"))
+
+
+def _weights_heading(data) -> str:
+    writer = data.writer
+    wrote = (f"; column {writer['column']} writes the outlier of channel {writer['channel']} at token "
+             f"{writer['token']}" if writer else "")
+    return f"weight outliers, |W| of down_proj columns at layer {data.layer}{wrote}"
 
 
 def _prompt_outliers(result: dict) -> dict:
@@ -265,20 +280,23 @@ def _writer_cell(row: dict) -> str:
 
 
 VIEW_3D = dict(size=(7, 5.5), three_d=True)
+ACTIVATION_VIEW = View(draw_activation, heading=_activation_heading, **VIEW_3D)
 FIGURES = [
     Figure("existence_activation_outliers_down",
            "3-D view of the down_proj input on the prompt at the first layer with outliers",
-           PROMPT_FLAGS, None, activation_down, (View(draw_activation, **VIEW_3D),), dominant=True),
+           PROMPT_FLAGS, None, activation_down, (ACTIVATION_VIEW,), dominant=True),
     Figure("existence_activation_outliers_layer",
            "3-D view of a layer output on the prompt at the first layer with outliers",
-           PROMPT_FLAGS, None, activation_layer, (View(draw_activation, **VIEW_3D),), summary=_prompt_outliers,
+           PROMPT_FLAGS, None, activation_layer, (ACTIVATION_VIEW,), summary=_prompt_outliers,
            columns=(("prompt outlier tokens (channels)", lambda row: f"{cell(row['prompt_outlier_tokens'])} "
                                                                      f"({cell(row['prompt_outlier_channels'])})"),
                     ("dominant outlier of the prompt", _dominant_cell)), dominant=True),
     Figure("existence_attention_outliers",
            "head-averaged attention on the prompt at the layer after the outliers appear",
-           PROMPT_FLAGS, None, attention, (View(draw_attention, size=(6.5, 5.5)),), dominant=True),
+           PROMPT_FLAGS, None, attention,
+           (View(draw_attention, size=(6.5, 5.5), heading=lambda d: f"attention sink, head-averaged attention of "
+                 f"each query (row) on each key (column) at layer {d.layer} ({d.why})"),), dominant=True),
     Figure("existence_weight_outliers", "3-D view of down_proj columns, including the outlier column",
-           PROMPT_FLAGS, None, weights, (View(draw_weights, **VIEW_3D),), summary=_writer,
+           PROMPT_FLAGS, None, weights, (View(draw_weights, heading=_weights_heading, **VIEW_3D),), summary=_writer,
            columns=(("down_proj column writing it (ratio, rank)", _writer_cell),), dominant=True),
 ]

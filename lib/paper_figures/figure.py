@@ -3,8 +3,9 @@
     compute(ctx) -> data      a small dataclass; its fields are the figure's JSON (but those marked drawn())
     draw(axes, data)          one view: draws on a grid of panels; saved as <name><suffix>.<format>
 
-The runner (lib.cli.run) computes, writes the JSON, draws each view and puts the model's title in the figure
-title, so panel titles stay short. `summary` and `columns` are what the figure adds to the table across models
+The runner (lib.cli.run) computes, writes the JSON, draws each view and titles the figure: the model's title, what
+the view plots in words (its `heading`) and the input it was computed on (the prompt, the calibration text and its
+size, or the weights alone), so panel titles stay short. `summary` and `columns` are what the figure adds to the table across models
 (lib.summary): the fields it takes from the figure's JSON, and the columns that show them.
 """
 from dataclasses import dataclass, field, fields
@@ -58,7 +59,8 @@ class View:
     nrows: int = 1
     size: tuple = (5.0, 4.0)  # inches per panel
     three_d: bool | tuple = False  # True: every panel 3-D; a tuple: the indices of the 3-D panels
-    heading: Callable | None = None  # data -> what follows the model's title in the figure title
+    heading: Callable | str = ""  # (data ->) what is plotted, in words: it follows the model's title in the title
+    input: str | None = None  # the input it draws ("prompt", "calibration", "sequence", "weights"); default the figure's
 
 
 @dataclass(frozen=True)
@@ -73,14 +75,21 @@ class Figure:
     columns: tuple = ()             # (header, row -> table cell), ... in the summary table
     dominant: bool = False          # a prompt figure: its JSON and summary also state the prompt's dominant outlier
 
-    def render(self, data, title: str, save) -> None:
-        """Draw every view of `data` under the figure title `title`; save(fig, stem) writes the files."""
+    @property
+    def input(self) -> str:
+        """What the figure reads: "calibration" (text windows), "prompt", or "weights" (no input)."""
+        return "calibration" if self.calibration else "prompt" if "prompt" in self.flags else "weights"
+
+    def render(self, data, title: str, save, inputs: dict | None = None) -> None:
+        """Draw every view of `data` under the model's title `title`; `inputs` describes each kind of input in words
+        (lib.cli.figure_inputs); save(fig, stem) writes the files."""
         if isinstance(data, Unavailable):
             return
         for view in self.views:
             fig, axes = plotting.figure(view.ncols, view.nrows, view.size, view.three_d)
             view.draw(axes, data)
-            plotting.title(fig, title if view.heading is None else f"{title}, {view.heading(data)}")
+            heading = view.heading(data) if callable(view.heading) else view.heading or self.description
+            plotting.title(fig, f"{title}: {heading}", (inputs or {}).get(view.input or self.input))
             save(fig, self.name + view.suffix)
 
 

@@ -74,7 +74,7 @@ class Emergence(TracedEntry):
     evidence: dict
     outlier_layers: list
     summary: list
-    panels: list = drawn()  # (values, marked index, title, x label) of each signed-line panel
+    panels: list = drawn()  # (values, marked index, title, x label, what the mark is) of each signed-line panel
 
 
 def emergence(ctx):
@@ -100,21 +100,29 @@ def emergence(ctx):
     neuron = int(contribution.abs().argmax())
     names = {"resid_pre": "norm in", "ln2": "norm out", "mlp.gate_out": "gate out", "mlp.up_out": "up out",
              "mlp.act_out": "act out", "mlp.down_in": "down in", "mlp.down_out": "down out",
-             "resid_post": "layer out"}
+             "resid_post": "layer out"}  # the chain's keys in the JSON
+    titles = {"resid_pre": "layer input", "ln2": "MLP norm output", "mlp.gate_out": "gate projection",
+              "mlp.up_out": "up projection", "mlp.act_out": "activation of the gate", "mlp.down_in": "down_proj input",
+              "mlp.down_out": "down_proj output", "resid_post": "layer output"}
     chain, panels = {}, []
     for stage in [s for s in stages if s in got]:
         row = got[stage][token]
-        mark = channel if row.shape[0] == W_down.shape[0] else neuron
+        on_channels = row.shape[0] == W_down.shape[0]
+        mark = channel if on_channels else neuron
         chain[names[stage]] = {"index": mark, "value": row[mark].item(), "max_abs": row.abs().max().item()}
-        panels.append((row.numpy(), mark, names[stage], "channel" if mark == channel else "MLP unit"))
-    for label, role in [("row", "gate"), ("row", "up"), ("column", "down")]:
+        panels.append((row.numpy(), mark, titles[stage], "channel" if on_channels else "MLP unit",
+                       f"channel {channel} (the outlier's)" if on_channels else f"unit {neuron} (writes most of it)"))
+    for label, role, what in [("row", "gate", "its gate weights"), ("row", "up", "its up weights"),
+                              ("column", "down", "what it writes")]:
         if role not in ctx.view.weight_roles():
             continue
         W = ctx.view.weight(layer, role).detach().float().cpu()
         vector = W[:, neuron] if role == "down" else W[neuron]
         top = int(vector.abs().argmax())
         chain[f"W_{role}"] = {"index": top, "value": vector[top].item()}
-        panels.append((vector.clone().numpy(), top, f"W_{role}, {label} {neuron}", "channel"))  # not W's view
+        largest = f"largest |w|, channel {top}" + (" (the outlier's)" if top == channel else "")
+        panels.append((vector.clone().numpy(), top, f"W_{role} {label} {neuron}: {what}", "channel",  # not W's view
+                       largest))
     before = values[layer - 1].item() if layer > 0 else 0.0
     return Emergence(
         layer=layer + 1, why=why, outliers_found=detected, token=token, token_text=scan["tokens"][token],
@@ -135,8 +143,9 @@ def emergence(ctx):
 
 
 def draw_emergence(axes, data):
-    for ax, (values, mark, title, xlabel) in zip(axes, data.panels):
-        plotting.signed_line(ax, values, mark=mark, title=title, xlabel=xlabel)
+    for ax, (values, mark, title, xlabel, what) in zip(axes, data.panels):
+        plotting.signed_line(ax, values, mark=mark, title=title, xlabel=xlabel, mark_label=what,
+                             label="weight" if title.startswith("W_") else f"token {data.token}")
     for ax in axes[len(data.panels):]:
         ax.axis("off")
 
@@ -211,16 +220,29 @@ def spread(ctx):
 
 
 def draw_spread(axes, data):
-    for ax, (name, vector) in zip(axes, data.per_token.items()):
-        plotting.token_bars(ax, data.tokens, vector, highlight=data.outlier_tokens, title=name)
+    head, kv = data.head, data.kv_head
+    titles = ["layer input: largest |h|", "attention norm output: L2 norm", f"query of head {head}: L2 norm",
+              f"key (KV head {kv}, read by head {head}): L2 norm", f"value (KV head {kv}): L2 norm"]
+    for ax, title, vector in zip(axes, titles, data.per_token.values()):
+        plotting.token_bars(ax, data.tokens, vector, highlight=data.outlier_tokens, title=title)
     if data.logits is not None:
         plotting.attention_heatmap(axes[5], data.logits, data.tokens, highlight=data.outlier_tokens,
-                                   title=f"head {data.head} logits")
+                                   title=f"head {head} attention logits", key_label="outlier token",
+                                   colorbar="logit (before softmax)", vmin=None)
     else:
         axes[5].axis("off")
     plotting.attention_heatmap(axes[6], data.probs, data.tokens, highlight=data.outlier_tokens,
-                               title=f"head {data.head} probabilities")
+                               title=f"head {head} attention probabilities", key_label="outlier token",
+                               colorbar="attention probability")
     axes[7].axis("off")
+    plotting.legend_entries(axes[7], [("bar", plotting.OUTLIER, "outlier token (flagged in the layer's input)"),
+                                      ("bar", plotting.NORMAL, "other token"),
+                                      ("frame", plotting.OUTLIER, "the outlier token's column")],
+                            loc="center", fontsize=9)
+
+
+def _tokens_text(tokens, positions) -> str:
+    return ", ".join(f"{tokens[t]!r} ({t})" for t in positions) or "none"
 
 
 @dataclass
@@ -277,20 +299,25 @@ def disappearance(ctx):
 
 
 def draw_disappearance(axes, data):
-    token, channel = data.token, data.channel
+    token, channel, neuron, layer = data.token, data.channel, data.neuron, data.layer
     magnitude = [abs(v) for v in data.channel_value_per_layer]
-    plotting.layer_curves(axes[0], list(range(1, len(magnitude) + 1)), {f"|h[{token}, {channel}]|": magnitude},
-                          title="outlier across layers", marked_layers=[data.layer])
-    plotting.signed_line(axes[1], data.down_out, mark=channel, title="down_proj output", xlabel="channel")
-    plotting.signed_line(axes[2], data.down_in, mark=data.neuron, title="down_proj input", xlabel="MLP unit")
-    plotting.signed_line(axes[3], data.w_column, mark=channel, title=f"W_down column {data.neuron}", xlabel="channel")
+    plotting.layer_curves(axes[0], list(range(1, len(magnitude) + 1)), {f"token {token}, channel {channel}": magnitude},
+                          title="the outlier's |h| after each layer", ylabel="|h|", marked_layers=[layer],
+                          band_label=f"layer {layer}: {data.why}", legend_loc="below", legend_ncol=1)
+    at_token = f"token {token}"
+    plotting.signed_line(axes[1], data.down_out, mark=channel, title=f"down_proj output at layer {layer}",
+                         xlabel="channel", mark_label=f"channel {channel} (the outlier's)", label=at_token)
+    plotting.signed_line(axes[2], data.down_in, mark=neuron, title=f"down_proj input at layer {layer}",
+                         xlabel="MLP unit", mark_label=f"unit {neuron} (pushes hardest against it)", label=at_token)
+    plotting.signed_line(axes[3], data.w_column, mark=channel, title=f"W_down column {neuron}: what unit {neuron} "
+                         "writes", xlabel="channel", mark_label=f"channel {channel} (the outlier's)", label="weight")
     shown = ["layer in", "attention adds", "MLP adds", "layer out"]
     axes[4].bar(range(4), [data.values_at_layer[k] for k in shown],
                 color=[plotting.NORMAL, "#9467bd", plotting.OUTLIER, plotting.NORMAL])
     axes[4].axhline(0, color="black", linewidth=0.6)
     axes[4].set_xticks(range(4))
-    axes[4].set_xticklabels(shown, rotation=20, fontsize=7)
-    axes[4].set_title(f"h[{token}, {channel}] at layer {data.layer}", fontsize=9)
+    axes[4].set_xticklabels(["layer input", "attention adds", "MLP adds", "layer output"], rotation=20, fontsize=7)
+    axes[4].set_title(f"token {token}, channel {channel} at layer {layer}: h before, what is added, after", fontsize=9)
     plotting.bold_ticks(axes[4])
     axes[5].axis("off")
 
@@ -302,17 +329,21 @@ def _layer_if_found(key):
 FIGURES = [
     Figure("lifecycle_emergence", "how the first activation outlier is written by the MLP", PROMPT_FLAGS, None,
            emergence, (View(draw_emergence, ncols=4, nrows=3, size=(3.6, 2.6),
-                            heading=lambda d: f"layer {d.layer}: emergence of token {d.token} ({d.token_text!r}) "
-                                              f"channel {d.channel}"),),
+                            heading=lambda d: f"emergence, how the MLP of layer {d.layer} writes the activation outlier "
+                                              f"of token {d.token} ({d.token_text!r}) in channel {d.channel}: each step "
+                                              f"of the MLP at that token, and the weights of unit {d.neuron}"),),
            summary=_layer_if_found("emergence_layer"),
            columns=(("emergence layer", lambda row: cell(row["emergence_layer"])),), dominant=True),
     Figure("lifecycle_spread", "how attention reads the outlier tokens (q, k, v norms, logits, probabilities)",
            PROMPT_FLAGS + ("head",), None, spread,
            (View(draw_spread, ncols=4, nrows=2, size=(3.8, 3.4),
-                 heading=lambda d: f"layer {d.layer}, head {d.head}: outlier tokens {d.outlier_tokens}"),), dominant=True),
+                 heading=lambda d: f"spread, how head {d.head} of layer {d.layer} attends to the outlier token(s) "
+                                   f"{_tokens_text(d.tokens, d.outlier_tokens)}: each token's norms on the way to "
+                                   "attention, the head's logits and probabilities"),), dominant=True),
     Figure("lifecycle_disappearance", "how the last layers cancel the outlier", PROMPT_FLAGS, None, disappearance,
            (View(draw_disappearance, ncols=3, nrows=2, size=(4.2, 3.2),
-                 heading=lambda d: f"layer {d.layer}: disappearance of token {d.token} channel {d.channel}"),),
+                 heading=lambda d: f"disappearance, how layer {d.layer} removes the activation outlier of token "
+                                   f"{d.token} ({d.token_text!r}) in channel {d.channel}"),),
            summary=_layer_if_found("disappearance_layer"),
            columns=(("disappearance layer", lambda row: cell(row["disappearance_layer"])),), dominant=True),
 ]

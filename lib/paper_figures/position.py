@@ -143,21 +143,31 @@ def activation_down(ctx):
     return _activation(ctx, "mlp.down_in", "down_proj input")
 
 
+OUTLIER_LAYERS = "outlier layers: the rule flags outliers in at least half of the sequences"
+
+
 def draw_activation(axes, data):
     rows = data.layers
     layers = [r["layer"] for r in rows]
-    plotting.layer_curves(axes[0], layers, {"top-1": [r["top"][0] for r in rows], "top-2": [r["top"][1] for r in rows],
-                                            "top-3": [r["top"][2] for r in rows], "median": [r["median"] for r in rows]},
-                          title=data.what, marked_layers=data.outlier_layers)
+    plotting.layer_curves(axes[0], layers, {"largest |h| (top-1)": [r["top"][0] for r in rows],
+                                            "2nd largest": [r["top"][1] for r in rows],
+                                            "3rd largest": [r["top"][2] for r in rows],
+                                            "median |h|": [r["median"] for r in rows]},
+                          title=f"|{data.what}| per layer, mean over the sequences", ylabel="|h|",
+                          marked_layers=data.outlier_layers, band_label=OUTLIER_LAYERS, legend_loc="below")
     hot = {(r["layer"], c) for r in rows if r["layer"] in data.outlier_layers for c in r["outlier_channels"]}
     plotting.index_scatter(axes[1], layers, [r["frequent_channels"] for r in rows], highlight=hot,
-                           title="channels of the top values")
-    plotting.category_bars(axes[2], data.categories, title=f"outlier tokens (n={data.categories['count']})")
+                           title="channels holding the top-3 values", ranks=("the most frequent", "2nd", "3rd"),
+                           labels=("channel of flagged outliers", "channel of top values, not flagged"),
+                           legend_loc="below")
+    plotting.category_bars(axes[2], data.categories,
+                           title=f"kinds of the outlier tokens ({data.categories['count']} positions)")
 
 
 def draw_activation_3d(axes, data):
     plotting.wireframe(axes[0], data.view_values, data.view_labels, highlight=data.view_highlight,
-                       zlabel="magnitude", title=f"layer {data.view_3d['layer']}, {data.what} (sequence 0)")
+                       zlabel="|h|", title=f"layer {data.view_3d['layer']}, {data.what} (position:token)",
+                       legend=("outlier token (the rule flags an entry)", "other token (the first 8 are shown)"))
 
 
 # --- attention: cumulative attention per layer, per-head outlier ratio, key categories --------------------------
@@ -242,13 +252,17 @@ def attention(ctx):
 def draw_attention(axes, data):
     rows = data.layers
     layers = [r["layer"] for r in rows]
-    plotting.layer_curves(axes[0], layers, {"top-1": [r["top"][0] for r in rows], "top-2": [r["top"][1] for r in rows],
-                                            "median": [r["median"] for r in rows]},
-                          title="cumulative attention", ylabel="cumulative attention", marked_layers=data.outlier_layers)
+    plotting.layer_curves(axes[0], layers, {"busiest key (top-1)": [r["top"][0] for r in rows],
+                                            "2nd busiest": [r["top"][1] for r in rows],
+                                            "median key": [r["median"] for r in rows]},
+                          title="attention a key receives, summed over queries", ylabel="cumulative attention",
+                          marked_layers=data.outlier_layers,
+                          band_label="sink layers: outlier keys in at least half of the sequences", legend_loc="below")
     plotting.range_bars(axes[1], layers, [r["head_ratio_mean"] for r in rows], [r["head_ratio_min"] for r in rows],
-                        [r["head_ratio_max"] for r in rows], title="per-head outlier ratio",
-                        ylabel="share on outlier keys")
-    plotting.category_bars(axes[2], data.categories, title=f"outlier keys (n={data.categories['count']})")
+                        [r["head_ratio_max"] for r in rows], title="each head's share of attention on the outlier keys",
+                        ylabel="share on outlier keys", labels=("mean over heads", "smallest to largest head"))
+    plotting.category_bars(axes[2], data.categories,
+                           title=f"kinds of the outlier keys ({data.categories['count']} positions)")
 
 
 # --- weights: down_proj column ratios per layer, all modules' scores ---------------------------------------------
@@ -300,23 +314,23 @@ def draw_weights(axes, data):
     rows = data.layers
     layers = [m["layer"] for m in next(iter(data.modules.values()), [])]
     if rows:
-        plotting.layer_curves(axes[0], layers, {"max ratio": [r["max_ratio"] for r in rows],
-                                                "median ratio": [r["median_ratio"] for r in rows]},
-                              title="down_proj column max/mean", ylabel="max/mean |W|")
+        plotting.layer_curves(axes[0], layers, {"largest column": [r["max_ratio"] for r in rows],
+                                                "median column": [r["median_ratio"] for r in rows]},
+                              title="down_proj columns: max |W| / mean |W|", ylabel="max/mean |W|")
         plotting.index_scatter(axes[2], layers, [r["top_columns"] for r in rows], ylabel="column",
-                               title="top-3 down_proj columns")
+                               title="the 3 down_proj columns of largest max/mean", ranks=("largest max/mean", "2nd", "3rd"),
+                               labels=("", "column"))
     for role, values in data.modules.items():
         axes[1].plot(layers, [m["score"] for m in values], marker="o", markersize=3, label=role)
     axes[1].set_yscale("log")
-    axes[1].set_xlabel("layer", fontweight="bold")
     axes[1].set_ylabel("max over row/column max/mean", fontweight="bold")
-    axes[1].set_title("weight-outlier score per module", fontsize=10)
-    axes[1].legend(fontsize=7, ncol=2)
-    plotting.bold_ticks(axes[1])
+    axes[1].legend(fontsize=7, ncol=2, title="projection", title_fontsize=7)
+    plotting.layer_axis(axes[1], "weight-outlier score of each projection")
     if data.late_values is not None:
         plotting.wireframe(axes[3], data.late_values, [f"col {c}" for c in data.late_columns],
                            highlight=data.late_highlight, xlabel="row", zlabel="|W|",
-                           title=f"layer {data.late_layer_shown} down_proj")
+                           title=f"layer {data.late_layer_shown} down_proj columns",
+                           legend=("top-3 max/mean column", "median column"))
     else:
         axes[3].remove()
 
@@ -331,7 +345,11 @@ def _sinks(result: dict) -> dict:
     return {"sink_layers": result.get("outlier_layers", []), "sink_key_categories": result.get("categories")}
 
 
-ACTIVATION_VIEWS = (View(draw_activation, ncols=3), View(draw_activation_3d, "_3d", size=(7, 5.5), three_d=True))
+ACTIVATION_VIEWS = (
+    View(draw_activation, ncols=3, heading=lambda d: f"activation outliers per layer over calibration text, "
+         f"{d.what}: the largest values, the channels that hold them and the kinds of tokens they sit on"),
+    View(draw_activation_3d, "_3d", size=(7, 5.5), three_d=True, input="sequence",
+         heading=lambda d: f"activation outliers, |{d.what}| of each token and channel at layer {d.view_3d['layer']}"))
 FIGURES = [
     Figure("pos_activation_outliers_down", "per-layer top-1/2/3 and median of down_proj inputs over calibration text",
            CALIBRATION_FLAGS, "activations", activation_down, ACTIVATION_VIEWS),
@@ -341,9 +359,14 @@ FIGURES = [
            columns=(("first outlier layer (calibration)", lambda row: cell(row["first_outlier_layer"])),
                     ("outlier token categories", lambda row: shares(row["outlier_token_categories"])))),
     Figure("pos_attention_outliers", "cumulative attention, per-head outlier ratio and outlier-key categories",
-           ("calibration",), "attention", attention, (View(draw_attention, ncols=3),), summary=_sinks,
+           ("calibration",), "attention", attention,
+           (View(draw_attention, ncols=3, heading="attention outliers per layer over calibration text: how much "
+                 "attention the busiest keys collect, how much of each head's attention the outlier keys take, and "
+                 "the kinds of tokens they are"),), summary=_sinks,
            columns=(("sink layers", lambda row: cell(row["sink_layers"])),
                     ("sink key categories", lambda row: shares(row["sink_key_categories"])))),
     Figure("pos_weight_outliers", "down_proj column ratios per layer, module scores and top columns",
-           (), None, weights, (View(draw_weights, ncols=2, nrows=2, three_d=(3,)),)),
+           (), None, weights,
+           (View(draw_weights, ncols=2, nrows=2, three_d=(3,), heading="weight outliers per layer: down_proj columns' "
+                 "max/mean |W|, every projection's outlier score, the top columns and one late layer's columns"),)),
 ]

@@ -137,12 +137,22 @@ def _span(layers) -> str:
 
 def draw(axes, d: Relocation):
     labels = [plotting.short_label(t) for t in d.tokens]
+    hidden = _hidden_text(d)
     for column, name in enumerate(("before", "after")):  # axes: the top row, then the bottom one
-        title = "unmasked" if name == "before" else "outlier token(s) masked in every layer"
+        title = "as it is" if name == "before" else f"{hidden} hidden as keys in every layer"
         plotting.layer_token_map(axes[column], torch.log10(d.maps[name]["max_abs"].clamp_min(1e-3)), labels,
-                                 highlight=d.outlier_tokens, title=f"{title}: log10 max |h|")
+                                 highlight=d.outlier_tokens, title=f"{title}: each token's largest |h|",
+                                 colorbar="log10 of the largest |h|")
         plotting.layer_token_map(axes[2 + column], d.maps[name]["received"], labels, highlight=d.outlier_tokens,
-                                 title=f"{title}: share of queries 1..T-1's attention", vmin=0.0, vmax=1.0)
+                                 title=f"{title}: attention each token receives", vmin=0.0, vmax=1.0,
+                                 colorbar="share of the later tokens' attention")
+    plotting.legend_entries(axes[0].figure, [("frame", plotting.OUTLIER, f"the outlier token(s) {hidden}: hidden "
+                                              "as attention keys (right) or not (left)")],
+                            loc="lower center", bbox_to_anchor=(0.5, -0.03), fontsize=9)
+
+
+def _hidden_text(d: Relocation) -> str:
+    return ", ".join(f"{t!r} ({k})" for t, k in zip(d.outlier_token_text, d.outlier_tokens))
 
 
 def _summary_row(result: dict) -> dict:
@@ -154,7 +164,13 @@ def _summary_row(result: dict) -> dict:
 FIGURES = [
     Figure("lifecycle_relocation", "where the outlier and the sink go when the outlier token is masked as a key",
            flags=("prompt", "calibration", "rule"), calibration="activations", compute=compute,
-           views=(View(draw, ncols=2, nrows=2, size=(6.0, 4.0)),), summary=_summary_row,
+           views=(View(draw, ncols=2, nrows=2, size=(6.0, 4.0), input="prompt",
+                       heading=lambda d: f"relocation, where the massive activation (top: each token's largest |h| per "
+                                         f"layer) and the attention sink (bottom: the attention each token receives "
+                                         f"from the tokens after the first, head-averaged) sit, with the outlier "
+                                         f"token(s) {_hidden_text(d)} hidden as attention keys in every layer (right) "
+                                         "or not (left)"),),
+           summary=_summary_row,
            columns=(("masked outlier moves to token", lambda row: cell(row.get("relocated_to"))),
                     ("NLL change, masked in every layer", lambda row: cell(row.get("relocation_nll_change")))), dominant=True),
 ]

@@ -184,7 +184,8 @@ def _summary(ctx, info, rows, outlier_layers, valleys, found, categories) -> lis
 def draw(axes, data):
     ax, rows = axes[0], data.layers
     layers = [r["layer"] for r in rows]
-    plotting.shade_layers(ax, data.outlier_layers)
+    band = plotting.shade_layers(ax, data.outlier_layers,
+                                 "outlier layers: the rule flags outliers in at least half of the windows")
     styles = {"entropy": ("entropy", "-", "o", "#d62728"),
               "entropy_without_outliers": ("entropy without the outlier tokens", "--", "s", "#ff7f0e"),
               "entropy_centred": ("entropy, mean-centred", ":", "^", "#2ca02c"),
@@ -200,19 +201,21 @@ def draw(axes, data):
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("entropy, sink rate", fontweight="bold")
     norms = ax.twinx()
-    for key, label, color in (("norm_ratio_outlier", "norm / median, outlier token", plotting.OUTLIER),
-                              ("norm_ratio_first", "norm / median, first token", "#17becf")):
+    for key, label, color, line in (("norm_ratio_outlier", "norm / median norm, outlier token", plotting.OUTLIER, "-"),
+                                    ("norm_ratio_first", "norm / median norm, first token", "#17becf", (0, (4, 3)))):
         series = [(layer, r[key]) for layer, r in zip(layers, rows) if r[key] is not None]
-        if series:
-            norms.plot(*zip(*series), color=color, linewidth=1.4, alpha=0.8, label=label)
+        if series:  # the first token's dashed: where it is the outlier token, both lines show
+            norms.plot(*zip(*series), color=color, linewidth=1.6, linestyle=line, label=label)
     norms.set_yscale("log")
     norms.set_ylabel("token norm / median token norm", fontweight="bold")
     plotting.bold_ticks(norms)
     handles = ax.get_legend_handles_labels()
     more = norms.get_legend_handles_labels()
-    ax.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, ncol=3, loc="upper center",
-              bbox_to_anchor=(0.5, -0.12))
-    plotting.layer_axis(ax, title=f"compression valley, outlier and sink ({data.calibration['nsamples']} windows)")
+    extra = ([band], [band.get_label()]) if band else ([], [])
+    ax.legend(handles[0] + more[0] + extra[0], handles[1] + more[1] + extra[1], fontsize=8, ncol=3,
+              loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    plotting.layer_axis(ax, title="entropy and sink rates (left axis), token norms (right axis), mean over the "
+                        "windows")
 
 
 def _valley_cell(found) -> str:
@@ -222,7 +225,9 @@ def _valley_cell(found) -> str:
 FIGURES = [
     Figure("pos_compression", "per-layer matrix entropy of the layer output (all tokens, without the outlier tokens, "
            "mean-centred), the outlier and first tokens' norm over the median, and their sink rates",
-           ("calibration", "rule"), "activations", compute, (View(draw, size=(9, 5.5)),),
+           ("calibration", "rule"), "activations", compute,
+           (View(draw, size=(9, 5.5), heading="compression valley per layer over calibration text: the matrix entropy "
+                 "of the layer output, and the norm and sink rate of the outlier token and of the first token"),),
            summary=lambda result: {"valley": (result.get("valley") or {}).get("entropy"),
                                    "centred_valley": (result.get("valley") or {}).get("entropy_centred")},
            columns=(("entropy valley: layers (depth)", lambda row: _valley_cell(row["valley"])),
