@@ -25,6 +25,8 @@ entry (those functions list at most 64).
   activations: in each window, every layer's attention-outlier keys (lib.analysis.ATTENTION_RULE, from an
   unmasked forward) are masked in that layer. Also for models whose sinks carry no activation outlier.
 Both have a control that masks as many other tokens, drawn at random.
+Every intervention object says what it did: `report()` (JSON-ready: layers, keys or entries, per sequence or
+forward, and a summary in words; layers 0-based, as in Capture) and str() (the summary).
 """
 import sys
 from contextlib import contextmanager
@@ -151,8 +153,20 @@ def calibration_means(scan, layer: int) -> dict[int, float]:
     return {c: total / count for c, (total, count) in sorted(totals.items())}
 
 
+LAYERS_ARE = "0-based, as in Capture; the figures' layer L is L - 1"
+SHOWN = 8  # sequences or forwards a summary names one by one
+
+
+def _span(layers) -> str:
+    """Consecutive layers as first-last."""
+    if len(layers) == 1:
+        return str(layers[0])
+    return f"{layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) else str(layers)
+
+
 class OutlierEdit:
-    """Forward hook state for `edit_outliers`: counts what it changed, over all windows."""
+    """Forward hook state for `edit_outliers`: what it changed, per sequence seen (`entries`: [token, channel] of
+    each entry set; `tokens`: the outlier tokens) and in total (`edited`, `without_mean`); `report()` says it."""
 
     def __init__(self, mode: str, means: dict[int, float] | None = None, rule: Rule = DEFAULT_RULE, seed: int = 0):
         if mode not in ("zero", "mean", "zero_random"):
@@ -160,21 +174,26 @@ class OutlierEdit:
         if mode == "mean" and not means:
             raise ValueError("mode 'mean' needs calibration means")
         self.mode, self.means, self.rule = mode, means or {}, rule
+        self.layer: int | None = None  # the block whose output it edits (0-based)
         self.edited = 0
         self.without_mean = 0
         self.tokens: list[list[int]] = []  # per sequence (batch row) seen: the outlier tokens
+        self.entries: list[list[list[int]]] = []  # per sequence seen: [token, channel] of every entry changed
         self.gen = torch.Generator().manual_seed(seed)  # zero_random: which entries
 
     def __call__(self, layer, output):
+        self.layer = layer
         h = _hidden(output).clone()
         for b in range(h.shape[0]):
             mask = outlier_mask(h[b], self.rule)
             self.tokens.append(torch.nonzero(mask.any(dim=1)).flatten().tolist())
+            changed = []
             if self.mode == "zero_random":  # the control: as many entries, drawn among the unflagged ones
                 others = torch.nonzero(~mask.flatten().cpu()).flatten()
                 pick = others[torch.randperm(len(others), generator=self.gen)[: int(mask.sum())]]
                 h[b].view(-1)[pick.to(h.device)] = 0
                 self.edited += len(pick)
+                self.entries.append([list(divmod(int(i), h.shape[-1])) for i in pick])
                 continue
             for t, c in torch.nonzero(mask).tolist():
                 if self.mode == "zero":
@@ -185,7 +204,29 @@ class OutlierEdit:
                     self.without_mean += 1
                     continue
                 self.edited += 1
+                changed.append([t, c])
+            self.entries.append(changed)
         return _replace_hidden(output, h)
+
+    def report(self) -> dict:
+        """What the edit did, JSON-ready: the layer, the mode and rule, per sequence seen the outlier tokens and the
+        [token, channel] entries it set, the totals, and a summary in words."""
+        what = {"zero": "set to zero", "mean": "set to their channel's calibration mean",
+                "zero_random": "set to zero at random among the entries the rule does not flag (the control)"}
+        channels = sorted({c for per in self.entries for _, c in per})
+        summary = [f"edit_outliers ({self.mode}) at layer {self.layer} ({LAYERS_ARE}): {self.edited} entries "
+                   f"{what[self.mode]} in {len(self.entries)} sequence(s), channels {channels}"]
+        summary += [f"sequence {i}: outlier tokens {tokens}, entries set {entries}"
+                    for i, (tokens, entries) in enumerate(zip(self.tokens[:SHOWN], self.entries))]
+        if self.without_mean:
+            summary.append(f"{self.without_mean} outlier(s) left as they were: their channel has no calibration mean")
+        return {"intervention": "edit_outliers", "mode": self.mode, "layer": self.layer, "layers_are": LAYERS_ARE,
+                "rule": str(self.rule), "sequences": len(self.entries), "edited": self.edited,
+                "without_mean": self.without_mean, "outlier_tokens": self.tokens, "entries": self.entries,
+                "summary": summary}
+
+    def __str__(self) -> str:
+        return "\n".join(self.report()["summary"])
 
 
 @contextmanager
@@ -221,15 +262,78 @@ def key_mask(rows, batch: int, n_tokens: int, device) -> torch.Tensor | None:
     return out
 
 
-class SinkMask:
+def layer_groups(keys: dict) -> list[dict]:
+    """{layer: per sequence the token positions} -> [{"layers": [...], "keys": per sequence}], consecutive layers
+    with the same keys in one group; layers without a key left out."""
+    groups = []
+    for layer in sorted(keys):
+        rows = [sorted(int(k) for k in row) for row in keys[layer]]
+        if not any(rows):
+            continue
+        if groups and groups[-1]["keys"] == rows and groups[-1]["layers"][-1] == layer - 1:
+            groups[-1]["layers"].append(int(layer))
+        else:
+            groups.append({"layers": [int(layer)], "keys": rows})
+    return groups
+
+
+class KeyRecord:
+    """The attention keys an intervention acts on, and its record: `keys` ({layer: per sequence (batch row) the
+    token positions}) each time it is set (`history`: once for every forward, or once per forward or window) and the
+    forwards that ran under it (`forwards`); `report()` says which keys, in which layers."""
+    kind = "mask_keys"
+    acts = "masked"
+
+    def __init__(self):
+        self._keys: dict[int, list[list[int]]] = {}
+        self.history: list[dict] = []
+        self.forwards = 0
+
+    @property
+    def keys(self) -> dict:
+        return self._keys
+
+    @keys.setter
+    def keys(self, value: dict) -> None:
+        self._keys = value
+        self.history.append(value)
+
+    def details(self) -> dict:
+        """What a subclass adds to the report."""
+        return {}
+
+    def report(self) -> dict:
+        """JSON-ready: each time the keys were set, the layers and the keys per sequence (consecutive layers with the
+        same keys grouped), the forwards run, and a summary in words."""
+        sets = [layer_groups(keys) for keys in self.history]
+        details = self.details()
+        extra = "".join(f", {k} {v}" for k, v in details.items())
+        summary = [f"{self.kind}{extra}: {self.forwards} forward(s) ran; keys set {len(sets)} time(s) "
+                   f"(layers {LAYERS_ARE}; keys: token positions per sequence, one list: every sequence's)"]
+        for i, groups in enumerate(sets[:SHOWN]):
+            where = "; ".join(f"keys {g['keys']} {self.acts} in layers {_span(g['layers'])}" for g in groups)
+            summary.append(f"set {i}: {where or 'no key'}")
+        if len(sets) > SHOWN:
+            summary.append(f"... {len(sets) - SHOWN} more (report()['keys'])")
+        return {"intervention": self.kind, **details, "layers_are": LAYERS_ARE, "forwards": self.forwards,
+                "keys": sets, "layers": sorted({layer for groups in sets for g in groups for layer in g["layers"]}),
+                "summary": summary}
+
+    def __str__(self) -> str:
+        return "\n".join(self.report()["summary"])
+
+
+class SinkMask(KeyRecord):
     """The keys to mask in the current forward: keys[layer][row] = token positions. Every query but the key's own
     token loses that key. With `control`, each key is swapped for another token drawn at random (one swap per
-    window, the same in every layer): what masking as many keys costs anyway."""
+    window, the same in every layer): what masking as many keys costs anyway. `report()` says which keys it masked
+    in which layers."""
 
-    def __init__(self, control: bool = False, seed: int = 0):
+    def __init__(self, control: bool = False, seed: int = 0, kind: str = "mask_keys"):
+        super().__init__()
         self.control = control
+        self.kind = kind + (" (control: random keys)" if control else "")
         self.generator = torch.Generator().manual_seed(seed)
-        self.keys: dict[int, list[list[int]]] = {}
         self.masked = 0  # (window, key) pairs masked, summed over windows
         self.masked_layer_keys = 0  # (window, layer, key) triples
 
@@ -280,6 +384,7 @@ class KeyMaskEdit(AttentionEdit):
 
     def start_forward(self, *_):
         self.reached.clear()
+        self.state.forwards += 1
 
     def check_applied(self, *_):
         missed = [layer for layer, rows in self.state.keys.items() if any(rows) and layer not in self.reached]
@@ -321,8 +426,10 @@ def masking(model, state: SinkMask):
         raise ValueError(f"{model.config.model_type}: sink masking needs a family on transformers' attention registry")
     blocks = _gpt2_blocks(model)
     if blocks is not None:
-        handle = blocks[0].register_forward_pre_hook(
-            lambda m, args: _gpt2_block_keys(blocks, state, args[0].shape[0], args[0].shape[1], args[0].device))
+        def start(module, args):
+            state.forwards += 1
+            _gpt2_block_keys(blocks, state, args[0].shape[0], args[0].shape[1], args[0].device)
+        handle = blocks[0].register_forward_pre_hook(start)
         try:
             yield state
         finally:
@@ -347,7 +454,8 @@ def mask_keys(model, keys, layers=None):
     """Within the context, in each of `layers` (0-based, as in Capture; None: every layer) no query but the key's
     own token may attend to the token positions `keys` (one list for every sequence, or a list per sequence).
     Works on Hugging Face families on transformers' attention registry and on gpt-2/ models; composes with
-    Capture in either nesting order. Yields the SinkMask; anything it cannot apply raises.
+    Capture in either nesting order. Yields the SinkMask (`report()`: the keys and layers, the forwards run);
+    anything it cannot apply raises.
 
     >>> with mask_keys(model, [3], layers=range(4, 18)):       # doctest: +SKIP
     ...     logits = model(ids).logits
@@ -359,7 +467,7 @@ def mask_keys(model, keys, layers=None):
         raise ValueError(f"layers {bad} out of range: the model has layers 0..{n_layers - 1}")
     rows = [list(keys)] if keys and isinstance(keys[0], int) else [list(r) for r in keys]
     state = SinkMask()
-    state.keys = {layer: rows for layer in layers}
+    state.keys = {layer: rows for layer in layers}  # the same keys for every forward
     with masking(model, state):
         yield state
 
@@ -367,8 +475,9 @@ def mask_keys(model, keys, layers=None):
 @contextmanager
 def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0, rule: Rule = DEFAULT_RULE):
     """Within the context, blocks after `layer` cannot attend to the outlier tokens found at `layer` in each
-    forward (with `control`: to as many other tokens, drawn at random with `seed`)."""
-    state = SinkMask(control, seed)
+    forward (with `control`: to as many other tokens, drawn at random with `seed`). Yields the SinkMask: its
+    `report()` has the keys found in each forward and the layers they were masked in."""
+    state = SinkMask(control, seed, kind=f"mask_sink_keys (found at layer {layer})")
     blocks = decoder_blocks(model)
     gpt2 = _gpt2_blocks(model) is not None
 
@@ -409,8 +518,9 @@ def _attention_sinks(model, run, ids):
 
 def mask_attention_sinks(model, run, logits_fn, control: bool = False, seed: int = 0):
     """(logits_fn', state): logits_fn' first finds each window's attention sinks (`attention_sinks`), then runs
-    `logits_fn` with each layer's sink keys masked in that layer (with `control`: as many other keys)."""
-    state = SinkMask(control, seed)
+    `logits_fn` with each layer's sink keys masked in that layer (with `control`: as many other keys). `state.report()`
+    has the keys of each window and the layers they were masked in."""
+    state = SinkMask(control, seed, kind="mask_attention_sinks")
 
     def masked_logits(ids):
         state.set(attention_sinks(model, run, ids), ids.shape[1])

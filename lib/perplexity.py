@@ -9,7 +9,7 @@ float32 log-probabilities whatever the model's dtype.
 
     prefix = special_tokens(tokenizer).prefix
     windows = eval_windows(get_eval_tokens(tokenizer, "gutenberg"), seqlen=512, nsamples=8, prefix=prefix)
-    perplexity(hf_logits(model), windows, prefix=len(prefix))["ppl"]
+    model_perplexity(model, windows, prefix=len(prefix))["ppl"]     # perplexity(hf_logits(model), ...) underneath
 """
 import math
 
@@ -81,6 +81,23 @@ def perplexity(logits_fn, windows: torch.Tensor, batch_size: int = 1, progress=N
         "windows": len(per_window),
         "window_nll": [x / predicted for x in per_window],
     }
+
+
+def model_perplexity(model, ids, prefix: int = 0, batch_size: int = 1) -> dict:
+    """Perplexity of `model` on token ids: one sequence [L] or windows [n, L], each scored on its own. `model` is a
+    Hugging Face causal LM, a gpt-2/model.py GPT, or what lib.models.load_model returns for either. `prefix`: how
+    many special tokens every row starts with (1 where the tokenizer prepends a BOS, as Gemma's and LLaMA's do:
+    len(lib.data.special_tokens(tokenizer).prefix)); they and the first text token are not targets. Runs inside any
+    intervention or Capture context. Returns `perplexity`'s dict: ppl, nll (mean per token), tokens, windows,
+    window_nll."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2:
+        raise ValueError(f"ids must be [tokens] or [windows, tokens], got shape {tuple(ids.shape)}")
+    net = getattr(model, "gpt", model)  # a gpt-2/ checkpoint as load_model returns it: its GPT gives every logit
+    gpt2 = not hasattr(net, "get_input_embeddings") and hasattr(net, "lm_head")
+    return perplexity(gpt2_logits(net) if gpt2 else hf_logits(net), ids.cpu(), batch_size=batch_size, prefix=prefix)
 
 
 def hf_logits(model):

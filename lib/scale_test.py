@@ -20,7 +20,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from lib import relocation
-from lib.interventions import DEFAULT_RULE, _gpt2_blocks, attention_sinks, key_mask, supports_sink_mask
+from lib.interventions import DEFAULT_RULE, KeyRecord, _gpt2_blocks, attention_sinks, key_mask, supports_sink_mask
 from lib.perplexity import perplexity, summarize
 from lib.text_numbers import sig
 from monkey_patch import AttentionEdit, ModelView, route
@@ -30,21 +30,27 @@ MODES = ("mask", "oracle_scale", "drop_sink_value", "sink_value_only", "const_sc
 RIDGE = 1e-2  # fitted_scale: ridge penalty relative to the mean squared input (keeps the fit stable)
 
 
-class ScaleTest:
+class ScaleTest(KeyRecord):
     """The state of one pass: the mode, each layer's sink keys for the current windows (keys[layer][row]), the
-    context-free and fitted scales, and (mode 'record') the calibration measurements."""
+    context-free and fitted scales, and (mode 'record') the calibration measurements. `report()` says which sink
+    keys the mode acted on in which layers, window by window."""
+    acts = "treated"
 
     def __init__(self, mode: str):
         if mode not in MODES + ("record",):
             raise ValueError(f"unknown scale-test mode {mode!r}")
+        super().__init__()
         self.mode = mode
-        self.keys: dict[int, list[list[int]]] = {}
+        self.kind = "scale_test"
         self.const: dict[int, torch.Tensor] = {}  # layer -> [heads]
         self.fitted: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (w [heads, dim], b [heads])
         self.inputs: dict[int, torch.Tensor] = {}  # layer -> this forward's attention input [batch, tokens, dim]
         self.records: dict[int, list] = {}  # layer -> [(x [n, dim], 1 - a_s [n, heads], seen [n, heads])]
         self.value_ratio: dict[int, list[float]] = {}  # layer -> |v_s| / median |v| per (window, sink key, head)
         self.uncalibrated = 0  # (forward, layer) pairs with sinks but no calibrated scale (left masked)
+
+    def details(self) -> dict:
+        return {"mode": self.mode, "uncalibrated": self.uncalibrated}
 
     def sinks(self, layer: int, batch: int, n_tokens: int, device) -> torch.Tensor | None:
         """Bool [batch, queries, keys]: key j is a sink of query i (j in S, j != i, j <= i), or None."""
@@ -215,6 +221,7 @@ def scale_test(model, state: ScaleTest):
         for i, attn in enumerate(attns):
             def keep_input(module, args, kwargs, i=i):
                 state.inputs[i] = args[0] if args else kwargs["hidden_states"]
+                state.forwards += i == 0
             stack.callback(attn.register_forward_pre_hook(keep_input, with_kwargs=True).remove)
         stack.callback(state.inputs.clear)
         yield state

@@ -602,3 +602,91 @@ def test_paired_change_against_the_baseline_by_hand():
     assert out["nll_change"] == pytest.approx(0.4)
     sd = math.sqrt(((0.1) ** 2 + (0.3) ** 2 + (0.2) ** 2) / 2)
     assert out["nll_change_stderr"] == pytest.approx(sd / math.sqrt(3))
+
+
+# --- the user's perplexity and what each intervention reports -------------------------------------------------
+
+def test_model_perplexity_against_a_token_by_token_loop():
+    """lib.perplexity.model_perplexity on a Hugging Face model (one sequence whose first token is a BOS), on a gpt-2/
+    GPT and on load_model's wrapper of it (windows): each prediction made from its own prefix, the BOS and the first
+    text token never targets."""
+    from lib.gpt2_checkpoints import CheckpointLM
+    from lib.perplexity import model_perplexity
+
+    def loop(next_logits, rows, prefix):
+        nll, count = 0.0, 0
+        with torch.no_grad():
+            for row in rows:
+                for t in range(prefix + 1, row.numel()):
+                    nll -= torch.log_softmax(next_logits(row[:t].unsqueeze(0)).double(), -1)[row[t]].item()
+                    count += 1
+        return math.exp(nll / count)
+
+    model = tiny_model("llama")
+    ids = torch.randint(0, 128, (12,), generator=torch.Generator().manual_seed(1))
+    expected = loop(lambda x: model(x).logits[0, -1], [ids], prefix=1)
+    assert model_perplexity(model, ids, prefix=1)["ppl"] == pytest.approx(expected, rel=1e-4)
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=8)).eval()
+    windows = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(2))
+    expected = loop(lambda x: gpt(x).logits[0, -1], windows, prefix=0)
+    assert model_perplexity(gpt, windows)["ppl"] == pytest.approx(expected, rel=1e-4)
+    assert model_perplexity(CheckpointLM(gpt), windows)["ppl"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_every_intervention_reports_what_it_did():
+    """Each report against what the forward shows: the entries edit_outliers reports are exactly those whose value
+    changed (the planted sink's channel), and the keys a mask reports are exactly those that later queries no longer
+    attend to, in exactly the layers it names."""
+    from lib import scale_test
+    from monkey_patch import Capture
+    model = planted_llama()
+    text = "Summer is warm. W Winter is cold."
+    ids = torch.tensor([CharTokenizer().encode(text)] * 2)
+    sinks, n_layers = [i for i, c in enumerate(text) if c == SINK], 4  # "W" and the W of "Winter"
+    sink = sinks[0]
+    with torch.no_grad(), Capture(model, "resid_post", layers=[PLANTED]) as clean:
+        model(ids)
+    with torch.no_grad(), interventions.edit_outliers(model, PLANTED, "zero") as edit, \
+            Capture(model, "resid_post", layers=[PLANTED]) as edited:
+        model(ids)
+    changed = torch.nonzero(edited["resid_post", PLANTED] != clean["resid_post", PLANTED]).tolist()
+    report = edit.report()
+    assert [[b, t, c] for b, entries in enumerate(report["entries"]) for t, c in entries] == changed == \
+        [[b, t, CHANNEL] for b in range(2) for t in sinks]
+    assert (report["layer"], report["edited"], report["outlier_tokens"]) == (PLANTED, 4, [sinks, sinks])
+    assert f"at layer {PLANTED}" in str(edit) and "4 entries set to zero" in str(edit)
+
+    def attended(state_context):
+        """Per layer: is any later query's attention on the first sink nonzero? And the context's state."""
+        with torch.no_grad(), state_context as state, Capture(model, "attn.pattern") as cap:
+            model(ids)
+        return [bool(cap["attn.pattern", i][:, :, sink + 1:, sink].abs().max() > 0) for i in range(n_layers)], state
+
+    seen, state = attended(interventions.mask_keys(model, [sink], layers=[2, 3]))
+    assert seen == [True, True, False, False]
+    assert state.report()["keys"] == [[{"layers": [2, 3], "keys": [[sink]]}]]  # one list: every sequence's
+    assert state.report()["forwards"] == 1 and f"keys [[{sink}]] masked in layers 2-3" in str(state)
+    seen, state = attended(interventions.mask_sink_keys(model, PLANTED))
+    later = list(range(PLANTED + 1, n_layers))
+    assert seen == [layer not in later for layer in range(n_layers)]
+    assert state.report()["keys"] == [[{"layers": later, "keys": [sinks, sinks]}]] and state.report()["layers"] == later
+    seen, state = attended(interventions.mask_sink_keys(model, PLANTED, control=True))
+    groups = state.report()["keys"][0]
+    assert all(seen) and len(groups) == 1 and groups[0]["layers"] == later
+    assert all(len(row) == 2 and not set(row) & set(sinks) for row in groups[0]["keys"])
+    assert "control" in state.report()["intervention"]
+    masked_fn, state = interventions.mask_attention_sinks(model, lambda x: model.model(input_ids=x),
+                                                          lambda x: model(input_ids=x).logits)
+    with torch.no_grad():
+        masked_fn(ids[:1])
+    found = {layer for g in state.report()["keys"][0] if sink in g["keys"][0] for layer in g["layers"]}
+    assert set(later) <= found and state.report()["forwards"] == 1
+    test = scale_test.ScaleTest("mask")
+    test.keys = {layer: [[sink], [sink]] for layer in later}
+    with torch.no_grad(), scale_test.scale_test(model, test):
+        model(ids)
+    assert test.report()["keys"] == [[{"layers": later, "keys": [[sink], [sink]]}]] and test.report()["forwards"] == 1
+    assert test.report()["mode"] == "mask" and "treated in layers" in str(test)
+    for state in (edit, state, test):
+        json.dumps(state.report())
