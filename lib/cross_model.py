@@ -49,6 +49,7 @@ def model_data(folder: Path, row: dict, consequences_dir: Path | None = None) ->
         "windows": windows,
         "attention": _read(folder, "existence_attention_outliers"),
         "weights": _read(folder, "existence_weight_outliers"),
+        "disappearance": _read(folder, "lifecycle_disappearance"),
         "row": row, "consequences": cons, "headroom": row.get("headroom"),
     }
 
@@ -103,7 +104,9 @@ def finding(d: dict) -> str:
             f"{_layers(d['outlier_layers'])} (depth {d['outlier_layers'][0] / n:.2f}-{d['outlier_layers'][-1] / n:.2f}), "
             f"top-1 up to {ratio:,.0f} x the median at layer {at}")
     if row.get("writer_column") is not None:
-        text += (f"; on the Summer prompt down_proj column {row['writer_column']} writes it at layer "
+        written = (d["weights"].get("writer") or {}).get("channel")
+        what = "it" if written is None or written in channels else f"the prompt's first outlier (channel {written})"
+        text += (f"; on the Summer prompt down_proj column {row['writer_column']} writes {what} at layer "
                  f"{row.get('emergence_layer')} (max/mean ratio {row['writer_column_ratio']:.1f}, rank "
                  f"{row['writer_column_rank']})")
     if sink is not None:
@@ -157,10 +160,12 @@ def properties(d: dict) -> list[tuple[str, str, str]]:
     writer = weights.get("writer") or {}
     if row.get("writer_column") is not None and emergence:
         share = writer.get("share_of_down_proj_output")
+        written = writer.get("channel")
+        it = "it" if written is None or written in channels else f"the prompt's first outlier (channel {written})"
         out.append(("written by a down_proj column with an outlier ratio",
                     "holds" if row["writer_column_rank"] <= TOP_COLUMNS else "partly",
                     f"column {row['writer_column']} of layer {emergence} writes "
-                    + (f"{share:.0%} of it, " if share is not None else "")
+                    + (f"{share:.0%} of {it}, " if share is not None else f"{it}, ")
                     + f"max/mean ratio {row['writer_column_ratio']:.1f}, rank {row['writer_column_rank']} (the layer's "
                     f"median column {weights.get('median_ratio', float('nan')):.2f})"))
         early = emergence / n <= EARLY
@@ -181,8 +186,19 @@ def properties(d: dict) -> list[tuple[str, str, str]]:
                 f"the prompt's outlier token {token}"))
     # removed in the last layers
     gone = row.get("disappearance_layer")
-    out.append(("removed in the last layers", "holds" if gone and gone / n >= LATE else "does not hold",
-                f"the layer that shrinks it most: {gone} of {n} ({gone / n:.2f} of the depth)" if gone else "not found"))
+    traced = d.get("disappearance", {}).get("channel")
+    largest = _largest_shrinks(d)
+    if traced is not None and traced not in channels and largest is not None:
+        # the lifecycle figures follow the prompt's first outlier; where the massive one is another, judge that one
+        layer, channel, flagged = largest
+        out.append(("removed in the last layers", "holds" if layer / n >= LATE else "does not hold",
+                    f"the layer that shrinks the prompt's largest outlier (channel {channel}) most: {layer} of {n} "
+                    f"({layer / n:.2f} of the depth; the rule flags it up to layer {flagged}); its first outlier "
+                    f"(channel {traced}): {gone} of {n}"))
+    else:
+        out.append(("removed in the last layers", "holds" if gone and gone / n >= LATE else "does not hold",
+                    f"the layer that shrinks it most: {gone} of {n} ({gone / n:.2f} of the depth)" if gone else
+                    "not found"))
     cons = d["consequences"]
     if cons is None:
         out += [("zeroing hurts and the mean does not", "not measured", "no consequences.json"),
@@ -210,6 +226,19 @@ def properties(d: dict) -> list[tuple[str, str, str]]:
     return out
 
 
+def _largest_shrinks(d: dict) -> tuple[int, int, int | None] | None:
+    """(the layer that shrinks the prompt's largest outlier most after its peak, its channel, the last layer the rule
+    flags it), from the prompt figures' dominant_outlier trace; None where there is none."""
+    dominant = d["attention"].get("dominant_outlier") or {}
+    trace = [r["abs"] for r in dominant.get("per_layer", [])]
+    peak = max(range(len(trace)), key=trace.__getitem__) if trace else None
+    if peak is None or peak + 1 >= len(trace):
+        return None
+    layer = max(range(peak + 1, len(trace)), key=lambda i: trace[i - 1] - trace[i]) + 1
+    flagged = dominant.get("flagged_layers") or [None]
+    return layer, dominant["channel"], flagged[-1]
+
+
 def comparison_table(data: list[dict]) -> list[str]:
     """The paper's pattern against each model, as Markdown lines."""
     table = {d["title"]: dict((p, (v, x)) for p, v, x in properties(d)) for d in data}
@@ -224,7 +253,8 @@ def comparison_table(data: list[dict]) -> list[str]:
 CRITERIA = (f"Criteria: fixed channels = every window's largest outlier in at most two channels, all among the "
             f"prompt's (the outlier channels of its first outlier layer and its largest outlier's); an outlier ratio = the writer column among its layer's {TOP_COLUMNS} largest max/mean ratios; "
             f"early = the rule's emergence layer in the first {EARLY:.0%} of the layers (LLaMA-2-7B: layer 2 of 32); "
-            f"removed in the last layers = the layer that shrinks it most in the last {1 - LATE:.0%}; a perplexity change "
+            f"removed in the last layers = the layer that shrinks it most in the last {1 - LATE:.0%} (the prompt's "
+            f"largest outlier where the lifecycle figures follow a first, smaller one); a perplexity change "
             f"counts above {SIGNIFICANT:g} paired standard errors; compression is hurt where W8A8 counts and "
             f"8-bit weights per tensor cost more than per channel (a correlation: no run quantizes the model with its "
             f"outliers removed).")

@@ -296,3 +296,24 @@ def test_fixed_channels_counts_the_prompts_largest_outlier_where_a_smaller_one_c
     assert verdict == "holds" and numbers.endswith("prompt outlier channel(s) 400, its largest outlier in channel 163")
     d["row"]["dominant_outlier"] = {"channel": 400}
     assert next(v for p, v, _ in cross_model.properties(d) if p == "fixed channels") == "does not hold"
+
+
+def test_removal_is_judged_on_the_prompts_largest_outlier_where_the_lifecycle_follows_a_smaller_first_one():
+    """The lifecycle figures follow the first outlier (channel 400, shrunk most at layer 9 of 18); the massive one
+    (channel 163) peaks at layer 15 and shrinks most at layer 17: that is the one the paper's property is about."""
+    from lib import cross_model
+    trace = [9, 113, 91, 10428, 24708, 41944, 54685, 68398, 82828, 88093, 90790, 98538, 99535, 102014, 103795, 101000,
+             82725, 66095]
+    dominant = {"channel": 163, "flagged_layers": list(range(4, 16)),
+                "per_layer": [{"layer": i + 1, "abs": float(v)} for i, v in enumerate(trace)]}
+    windows = [{"category": "initial_token", "token": "<bos>", "channel": 163}] * 4
+    d = {"num_layers": 18, "windows": windows, "categories": {"initial_token": 1.0, "count": 4}, "weights": {},
+         "attention": {"tokens": ["<bos>"], "dominant_outlier": dominant}, "consequences": None, "layer_rows": [],
+         "top1_over_median": [], "disappearance": {"channel": 400},
+         "row": {"prompt_outlier_channels": [400], "dominant_outlier": dominant, "disappearance_layer": 9}}
+    verdict, numbers = next((v, x) for p, v, x in cross_model.properties(d) if p == "removed in the last layers")
+    assert verdict == "holds" and numbers == ("the layer that shrinks the prompt's largest outlier (channel 163) most: "
+                                              "17 of 18 (0.94 of the depth; the rule flags it up to layer 15); its "
+                                              "first outlier (channel 400): 9 of 18")
+    d["disappearance"] = {"channel": 163}  # the figures follow the massive one itself: their layer decides
+    assert next(v for p, v, _ in cross_model.properties(d) if p == "removed in the last layers") == "does not hold"
