@@ -109,7 +109,7 @@ def table(consequences: dict, figures: Path | None = None) -> dict | None:
         prompts = [_prompt(_read(Path(folder) / "lifecycle_relocation.json"))
                    for folder in (figures, Path(figures).parent / NO_BOS / model)]
         if all(prompts):
-            row("prompt: massive activation (largest |h|)", prompts[0][0], prompts[1][0])
+            row("prompt: massive activation (the largest |h| of a layer the rule flags)", prompts[0][0], prompts[1][0])
             row("prompt: sink", prompts[0][1], prompts[1][1])
     data = consequences["data"]
     return {"removed": removed["removed"], "windows": n, "seqlen": data["seqlen"], "rows": rows,
