@@ -69,15 +69,15 @@ def short_label(token: str, width: int = 8) -> str:
     return text if len(text) <= width else text[: width - 1] + "\u2026"
 
 
-def mark_labels(labels, highlight) -> None:
+def mark_labels(labels, highlight, fontsize=10, box=LABEL_BOX) -> None:
     """Tick labels of the outlier tokens (indices in `highlight`): magenta, bold and boxed."""
     highlight = set(highlight)
     for k, label in enumerate(labels):
         if k in highlight:
             label.set_color(OUTLIER)
-            label.set_fontsize(10)
+            label.set_fontsize(fontsize)
             label.set_fontweight("bold")
-            label.set_bbox(LABEL_BOX)
+            label.set_bbox(box)
 
 
 def legend_entries(ax, entries, **kwargs):
@@ -109,7 +109,9 @@ def wireframe(ax, values, row_labels, highlight=(), columns=None, title="", xlab
                 linewidth=1.6 if outlier else 0.7, alpha=1.0 if outlier else 0.8)
     ax.set_yticks(range(rows))
     ax.set_yticklabels([short_label(t) for t in row_labels], fontsize=7)
-    mark_labels(ax.get_yticklabels(), highlight)
+    # rows sit close: small, unfilled boxes, so that neighbouring labels show through each other
+    mark_labels(ax.get_yticklabels(), highlight, fontsize=7.5, box=dict(LABEL_BOX, facecolor="none", pad=0.1))
+    ax.set_box_aspect((1.0, 1.0 + 0.06 * max(rows - 8, 0), 0.85))  # more rows, a deeper axis
     entries = ([("line", OUTLIER, legend[0])] if highlight else []) + [("line", NORMAL, legend[1])]
     legend_entries(ax, entries, loc="upper left")
     if columns is not None:
@@ -226,7 +228,7 @@ def category_bars(ax, shares: dict, title=""):
         ax.text(bar.get_x() + bar.get_width() / 2, value + 1, f"{value:.1f}%", ha="center", fontsize=8,
                 fontweight="bold")
     ax.set_xticks(range(4))
-    ax.set_xticklabels(["initial", "strong delim.", "weak sem.", "other"])
+    ax.set_xticklabels(["first\ntoken", "strong\ndelimiter", "weak\nsemantic", "other"])
     ax.set_ylim(0, 110)
     ax.set_ylabel("share of outlier positions (%)", fontweight="bold")
     ax.set_title(title, fontsize=10)
