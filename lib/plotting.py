@@ -39,7 +39,8 @@ def title(fig, text: str, source: str | None = None) -> None:
     """The figure title: the model's name and what is plotted, then the input it was computed on (`source`), each
     wrapped to the figure's width; panels keep short titles."""
     width = max(40, int(fig.get_figwidth() * 11))
-    lines = textwrap.wrap(text, width) + (textwrap.wrap(source, width + 10) if source else [])
+    lines = textwrap.wrap(text, width, break_on_hyphens=False)  # a flag such as --no-bos stays whole
+    lines += textwrap.wrap(source, width + 10, break_on_hyphens=False) if source else []
     fig.suptitle("\n".join(lines), fontweight="bold", fontsize=11)
 
 

@@ -217,6 +217,17 @@ def test_every_figure_title_says_what_is_plotted_and_on_what_input(planted_run):
         assert not any("T-1" in w or "h[" in w for w in words), (stem, words)
 
 
+def test_a_title_line_never_breaks_inside_a_flag():
+    """A figure 6.2 inches wide wraps the input line at 78 characters: where a hyphen may end a line, --no-bos splits
+    into "--no-" and "bos"."""
+    fig, _ = cli.plotting.figure(size=(6.2, 4.0))
+    source = 'prompt "Summer is warm. Winter is cold.\\n": 9 tokens, without the <bos> (--no-bos)'
+    cli.plotting.title(fig, "Model: what is plotted", source)
+    lines = fig._suptitle.get_text().splitlines()
+    cli.plotting.plt.close(fig)
+    assert lines[-1].endswith("(--no-bos)") and not any(line.endswith("-") for line in lines), lines
+
+
 def test_every_figure_is_registered_once_with_its_script():
     for name, figure in FIGURES.items():
         script = (ROOT / f"{name}.py").read_text()
