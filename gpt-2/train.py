@@ -418,6 +418,8 @@ def save_checkpoint(state, c, proc, out_dir, losses, tokens_per_sec):
 # --- the run ----------------------------------------------------------------------------------------------------
 
 def main(argv):
+    from lib.provenance import git_state
+    git_state()  # read once per process: final.json records the commit of the code this process loaded, not a later one
     c = SimpleNamespace(**configure(DEFAULTS, argv))
     validate(c)
     proc = setup(c)
