@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The factorial grid: 16 runs of config/train_factorial.py, two at a time with one thread each, seed 1337's eight
-# cells first. Each run resumes from its newest checkpoint when its out_dir exists, so the script can be stopped
+# cells first. Each run resumes from its newest checkpoint when it has one, so the script can be stopped
 # and started again at any time. After each run (and on `bash run_grid.sh sync`) its logs, final.json and its final
 # weights (weights only, pack.py) are copied into results/factorial/runs/<run>/. From gpt-2/:
 #   bash results/factorial/run_grid.sh            # the grid (about 6 hours on 2 cores)
@@ -21,6 +21,9 @@ sync_run() {  # sync_run NAME: copy what the run has written so far
   [ -f "$out/final.json" ] && $PY results/factorial/pack.py "$out" "$dest"
   return 0
 }
+resume_flag() {  # resume_flag OUT: resume from the newest checkpoint; a run stopped before its first one restarts
+  ls "$1"/ckpt_*.pt > /dev/null 2>&1 && echo --init_from=resume || echo --overwrite=True  # (moved aside)
+}
 one() {  # one NAME [flags...]: train (or resume) the run unless it is finished or another process trains it
   local name=$1; shift
   local out=out-factorial/$name
@@ -28,12 +31,12 @@ one() {  # one NAME [flags...]: train (or resume) the run unless it is finished 
   mkdir -p logs-factorial out-factorial
   (
     flock -n 9 || { echo "$name: trained by another process, skipped"; exit 0; }
-    $PY train.py config/train_factorial.py --out_dir="$out" "$@" $([ -d "$out" ] && echo --init_from=resume) \
+    $PY train.py config/train_factorial.py --out_dir="$out" "$@" $(resume_flag "$out") \
       >> "logs-factorial/$name.log" 2>&1
   ) 9> "out-factorial/$name.lock"
   sync_run "$name"
 }
-export -f one sync_run
+export -f one sync_run resume_flag
 cells() {
   for seed in 1337 1338; do
     for norm in layernorm rmsnorm_single; do
