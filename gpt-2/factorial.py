@@ -9,7 +9,8 @@ and its final weights (ckpt_<iter>.pt, weights only). Nothing is re-judged: the 
 stats.jsonl (outlier_stats.persistence), everything at the final step from final.json. Writes into results_dir:
 table.json (per run, per cell over seeds, the effect of each factor and what it says of each explanation, the
 convergence and the criteria), table.md, trajectories.png (the largest fixed-position ratio against steps per
-cell) and convergence.png (validation loss against steps per cell).
+cell) and convergence.png (validation loss against steps per cell). Where `compression` names consequences.py
+--gpt2's report on the runs' final weights, the table adds each compression method's cost per run and cell.
 
 --check=True recomputes every final.json from its committed checkpoint (the same sequences train.py used) and
 compares every number within lib/check.py's tolerance; it exits 1 on a difference.
@@ -28,7 +29,8 @@ from dataset import Batches
 from outlier_stats import SYSTEMATIC_RATIO, criteria, final_report, persistence
 
 DEFAULTS = dict(runs_dir="results/factorial/runs", sweep_dir="results/factorial/sweep", results_dir="factorial-out",
-                check=False, plot=True, sweep_only=False)
+                compression="results/factorial/compression/consequences.json", check=False, plot=True,
+                sweep_only=False)
 FACTORS = dict(attention=("default", "ca_softmax"), optimizer=("adamw", "muon"), norm=("layernorm", "rmsnorm_single"))
 # the level each explanation says removes the outliers, and its name
 REMOVES = dict(attention=("ca_softmax", "softmax attention"), optimizer=("muon", "the optimizer (Adam)"),
@@ -106,10 +108,9 @@ def sweep(sweep_dir):
 
 def run_row(runs_dir, name):
     folder = os.path.join(runs_dir, name)
-    missing = [f for f in ("stats.jsonl", "train_log.jsonl") if not os.path.exists(os.path.join(folder, f))]
-    if missing:
-        raise UserError(f"{folder}: missing {', '.join(missing)}")
-    stats, log = read_jsonl(os.path.join(folder, "stats.jsonl")), read_jsonl(os.path.join(folder, "train_log.jsonl"))
+    # a run that has just started has logged nothing yet
+    stats, log = (read_jsonl(path) if os.path.exists(path) else []
+                  for path in (os.path.join(folder, "stats.jsonl"), os.path.join(folder, "train_log.jsonl")))
     row = dict(run=name, **settings_of(name), steps=stats[-1]["iter"] if stats else 0, finished=False,
                trajectory=trajectory(stats), val_curve=[dict(iter=l["iter"], val=l["eval"]["val"]) for l in log])
     if stats:
@@ -143,32 +144,83 @@ def cells(rows):
     return out
 
 
-def effect(rows, factor):
-    """The factor's effect on log10 final peak ratio over the pairs of cells that differ in it only (every seed
-    combination of a pair), and what it says of the explanation that names it (README's rule)."""
+MEASURES = dict(peak_ratio="final peak ratio (log10)", sink_share="sink share",
+                cost_zero_over_control="load-bearing cost, zero - control (nats)", kurtosis="kurtosis")
+
+
+def measure_of(row, key):
+    value = row[key]["mean"] if key == "cost_zero_over_control" else row[key]
+    return None if value is None else math.log10(value) if key == "peak_ratio" else value
+
+
+def effect(rows, factor, key="peak_ratio"):
+    """The factor's effect on one measure (the log10 final peak ratio by default) over the pairs of cells that
+    differ in it only (every seed combination of a pair), and what it says of the explanation that names it (the
+    study README's rule; for the other measures its first two parts: below in every pair, above in some)."""
     removes, name = REMOVES[factor]
-    keep = removes
     other = next(level for level in FACTORS[factor] if level != removes)
     rest = [f for f in FACTORS if f != factor]
     pairs, supported, refuted = [], True, False
     for levels in itertools.product(*(FACTORS[f] for f in rest)):
         fixed = dict(zip(rest, levels))
         match = lambda r, level: r["finished"] and r[factor] == level and all(r[f] == v for f, v in fixed.items())
-        a = [r for r in rows if match(r, keep)]
-        b = [r for r in rows if match(r, other)]
+        a = [r for r in rows if match(r, removes) and measure_of(r, key) is not None]
+        b = [r for r in rows if match(r, other) and measure_of(r, key) is not None]
         if not a or not b:
             supported = False
             continue
-        diffs = [math.log10(x["peak_ratio"]) - math.log10(y["peak_ratio"]) for x in a for y in b]
-        below = max(x["peak_ratio"] for x in a) < min(y["peak_ratio"] for y in b)
-        yes = lambda rs: any(r.get("over_run", {}).get("verdict") == "yes" for r in rs)
-        pairs.append(dict(**fixed, log10_ratio_change=spread(diffs), removing_level_below=below))
-        supported &= below and max(x["peak_ratio"] for x in a) < SYSTEMATIC_RATIO and yes(b)
-        refuted |= yes(a) or min(x["peak_ratio"] for x in a) > max(y["peak_ratio"] for y in b)
-    word = "refuted" if refuted else "supported" if supported and len(pairs) == 4 else "not decided at this scale"
-    changes = [d for p in pairs for d in [p["log10_ratio_change"]["median"]]]
-    return dict(factor=factor, explanation=name, removing_level=removes, other_level=other, pairs=pairs,
-                median_log10_change=float(np.median(changes)) if changes else None, reading=word)
+        va, vb = [measure_of(r, key) for r in a], [measure_of(r, key) for r in b]
+        below = max(va) < min(vb)
+        pairs.append(dict(**fixed, change=spread([x - y for x in va for y in vb]), removing_level_below=below))
+        supported &= below
+        refuted |= min(va) > max(vb)
+        if key == "peak_ratio":
+            yes = lambda rs: any(r.get("over_run", {}).get("verdict") == "yes" for r in rs)
+            supported &= max(r["peak_ratio"] for r in a) < SYSTEMATIC_RATIO and yes(b)
+            refuted |= yes(a)
+    if refuted:
+        word = "refuted" if key == "peak_ratio" else "higher in some pair"
+    elif len(pairs) < 4:
+        word = f"incomplete ({len(pairs)} of 4 pairs finished)"
+    elif key == "peak_ratio":
+        word = "supported" if supported else "not decided at this scale"
+    else:
+        word = "lower in every pair" if supported else "mixed"
+    changes = [p["change"]["median"] for p in pairs]
+    return dict(factor=factor, explanation=name, measure=key, removing_level=removes, other_level=other,
+                pairs=pairs, median_change=float(np.median(changes)) if changes else None, reading=word)
+
+
+COMPRESSION = ("w8_tensor", "w8_channel", "w4_tensor", "w4_channel", "w8a8", "prune50")
+
+
+def compression(path, rows):
+    """consequences.py --gpt2's compression of each run's final weights (its consequences.json, when there is
+    one): per run, each method's change of the validation loss over the run's own float32 loss (nats) with its
+    paired standard error; per cell, their mean over seeds with the standard error of that mean. None without
+    the file."""
+    if not os.path.exists(path):
+        return None
+    report = json.load(open(path))
+    by_run = {}
+    for result in report["results"]:
+        run = os.path.basename(os.path.dirname(result["info"]["checkpoint"]))
+        by_run[run] = {m: dict(change=v["nll_change"], se=v["nll_change_stderr"])
+                       for m, v in result["compression"].items() if "nll_change" in v}
+    for r in rows:
+        r["compression"] = by_run.get(r["run"])
+    per_cell = []
+    for a, o, n in itertools.product(*FACTORS.values()):
+        mine = [r["compression"] for r in rows if r["compression"] and (r["attention"], r["optimizer"], r["norm"])
+                == (a, o, n)]
+        methods = {}
+        for m in COMPRESSION:
+            got = [c[m] for c in mine if m in c]
+            if got:
+                methods[m] = dict(mean=float(np.mean([g["change"] for g in got])),
+                                  se=math.sqrt(sum(g["se"] ** 2 for g in got)) / len(got), n=len(got))
+        per_cell.append(dict(attention=a, optimizer=o, norm=n, methods=methods))
+    return dict(file=os.path.relpath(path), command=report.get("command"), cells=per_cell)
 
 
 def convergence(rows):
@@ -179,7 +231,11 @@ def convergence(rows):
         return None
     target = math.ceil(max(r["val_loss"] for r in finished) * 100) / 100
     steps = {r["run"]: next((p["iter"] for p in r["val_curve"] if p["val"] <= target), None) for r in finished}
-    return dict(target_loss=target, steps_to_target=steps)
+    per_cell = [dict(attention=a, optimizer=o, norm=n,
+                     steps=spread([steps[r["run"]] for r in finished if (r["attention"], r["optimizer"], r["norm"])
+                                   == (a, o, n)]))
+                for a, o, n in itertools.product(*FACTORS.values())]
+    return dict(target_loss=target, steps_to_target=steps, cells=per_cell)
 
 
 def check(runs_dir, names):
@@ -205,8 +261,9 @@ def check(runs_dir, names):
     return problems
 
 
-def markdown(rows, cell_rows, effects, conv, swept):
-    """table.md: the sweep, the runs, the cells over seeds, each factor's effect and reading."""
+def markdown(rows, cell_rows, effects, conv, swept, comp=None):
+    """table.md: the sweep, the runs, the cells over seeds, each factor's effect and reading, the steps to L* and
+    the compression costs per cell."""
     def f(x, fmt="{:.1f}"):
         return "-" if x is None else fmt.format(x)
 
@@ -234,13 +291,23 @@ def markdown(rows, cell_rows, effects, conv, swept):
                      f"{rng(c['peak_ratio'])} | {rng(c['sink_share'], '{:.2f}')} | "
                      f"{rng(c['cost_zero_over_control'], '{:+.4f}')} | {rng(c['kurtosis'])} | "
                      f"{rng(c['val_loss'], '{:.4f}')} |")
-    lines += ["", "| explanation | removing level | median log10 change of the peak ratio | reading |", "|---|---|---|---|"]
+    lines += ["", "| explanation | measure | removing level | median change (removing - other) | reading |",
+              "|---|---|---|---|---|"]
     for e in effects:
-        lines.append(f"| {e['explanation']} | {e['removing_level']} | {f(e['median_log10_change'], '{:+.2f}')} | "
-                     f"{e['reading']} |")
+        lines.append(f"| {e['explanation']} | {MEASURES[e['measure']]} | {e['removing_level']} | "
+                     f"{f(e['median_change'], '{:+.3f}')} | {e['reading']} |")
     if conv:
-        lines += ["", f"Steps to a validation loss of {conv['target_loss']:.2f} (the largest final one): " +
-                  ", ".join(f"{k} {v}" for k, v in conv["steps_to_target"].items())]
+        lines += ["", f"| attention | optimizer | norm | steps to a validation loss of {conv['target_loss']:.2f} "
+                      "(the largest final one) |", "|---|---|---|---|"]
+        lines += [f"| {c['attention']} | {c['optimizer']} | {c['norm']} | {rng(c['steps'], '{:.0f}')} |"
+                  for c in conv["cells"]]
+    if comp:
+        lines += ["", "| attention | optimizer | norm | " + " | ".join(COMPRESSION) + " |",
+                  "|---|---|---|" + "---|" * len(COMPRESSION)]
+        for c in comp["cells"]:
+            cols = [f"{c['methods'][m]['mean']:+.4f} ± {c['methods'][m]['se']:.4f}" if m in c["methods"] else "-"
+                    for m in COMPRESSION]
+            lines.append(f"| {c['attention']} | {c['optimizer']} | {c['norm']} | " + " | ".join(cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -296,16 +363,19 @@ def main(argv):
             sys.exit(1)
         return None
     rows = [run_row(runs_dir, n) for n in names]
-    cell_rows, effects, conv = cells(rows), [effect(rows, f) for f in FACTORS], convergence(rows)
+    comp = compression(resolve_path(c["compression"]), rows)
+    cell_rows, conv = cells(rows), convergence(rows)
+    effects = [effect(rows, f, key) for key in MEASURES for f in FACTORS]
     from lib.provenance import provenance
     results_dir = resolve_path(c["results_dir"])
-    table = dict(sweep=swept, runs=rows, cells=cell_rows, effects=effects, convergence=conv, criteria=criteria(),
-                 provenance=provenance(command="python factorial.py " + " ".join(argv)))
+    table = dict(sweep=swept, runs=rows, cells=cell_rows, effects=effects, convergence=conv, compression=comp,
+                 criteria=criteria(), provenance=provenance(command="python factorial.py " + " ".join(argv)))
     write_json(os.path.join(results_dir, "table.json"), table)
-    write_text(os.path.join(results_dir, "table.md"), markdown(rows, cell_rows, effects, conv, swept))
+    page = markdown(rows, cell_rows, effects, conv, swept, comp)
+    write_text(os.path.join(results_dir, "table.md"), page)
     if c["plot"]:
         plot(rows, results_dir)
-    print(markdown(rows, cell_rows, effects, conv, swept))
+    print(page)
     return table
 
 

@@ -93,3 +93,53 @@ def test_a_folder_that_is_not_a_factorial_run_is_a_clear_error(tmp_path):
     os.makedirs(tmp_path / "runs" / "default-lamb-layernorm-s1")
     with pytest.raises(UserError, match="not a factorial run name"):
         factorial.main([f"--runs_dir={tmp_path / 'runs'}"])
+
+
+def synthetic_rows(values, key="kurtosis"):
+    """A finished run per cell and seed whose measure `key` is values(attention, optimizer, norm, seed)."""
+    import itertools
+    rows = []
+    for (a, o, n), seed in itertools.product(itertools.product(*factorial.FACTORS.values()), (1, 2)):
+        rows.append(dict(run=f"{a}-{o}-{n}-s{seed}", attention=a, optimizer=o, norm=n, seed=seed, finished=True,
+                         **{key: values(a, o, n, seed)}))
+    return rows
+
+
+def test_each_measure_is_read_by_the_registered_rule():
+    # kurtosis 1 + seed/10 under muon, 5 + seed/10 under adamw: muon is lower in all 4 pairs, by 4 in each
+    rows = synthetic_rows(lambda a, o, n, seed: (1 if o == "muon" else 5) + seed / 10)
+    optimizer = factorial.effect(rows, "optimizer", "kurtosis")
+    assert optimizer["reading"] == "lower in every pair" and len(optimizer["pairs"]) == 4
+    assert optimizer["median_change"] == pytest.approx(-4.0)
+    assert all(p["change"]["low"] == pytest.approx(-4.1) for p in optimizer["pairs"])
+    assert factorial.effect(rows, "norm", "kurtosis")["reading"] == "mixed"  # the norm changes nothing
+    # a removing level above every seed of the other level in one pair is the rule's refutation
+    rows = synthetic_rows(lambda a, o, n, seed: 9.0 if (a, o, n) == ("ca_softmax", "adamw", "layernorm") else 1.0)
+    assert factorial.effect(rows, "attention", "kurtosis")["reading"] == "higher in some pair"
+    assert factorial.effect(rows[:-2], "norm", "kurtosis")["reading"] == "incomplete (3 of 4 pairs finished)"
+
+
+def test_compression_costs_are_read_per_run_and_averaged_per_cell(tmp_path):
+    rows = synthetic_rows(lambda a, o, n, seed: 1.0)
+    def result(run, change, se):
+        return dict(info=dict(checkpoint=f"gpt-2/results/factorial/runs/{run}/ckpt_40000.pt"),
+                    compression=dict(fp32=dict(ppl=4.0), w8a8=dict(nll_change=change, nll_change_stderr=se)))
+    report = dict(command="python consequences.py --gpt2 ...",
+                  results=[result("default-adamw-layernorm-s1", 0.03, 0.003),
+                           result("default-adamw-layernorm-s2", 0.05, 0.004)])
+    json.dump(report, open(tmp_path / "consequences.json", "w"))
+    comp = factorial.compression(str(tmp_path / "consequences.json"), rows)
+    cell = next(c for c in comp["cells"] if (c["attention"], c["optimizer"], c["norm"]) == ("default", "adamw",
+                                                                                           "layernorm"))
+    assert cell["methods"]["w8a8"] == dict(mean=pytest.approx(0.04), se=pytest.approx(0.0025), n=2)  # 0.005 / 2
+    assert rows[0]["compression"]["w8a8"] == dict(change=0.03, se=0.003) and rows[2]["compression"] is None
+    assert factorial.compression(str(tmp_path / "missing.json"), rows) is None
+
+
+def test_a_run_that_has_logged_nothing_yet_is_listed_as_running(runs, tmp_path):
+    shutil.copytree(runs / "runs", tmp_path / "runs")
+    os.makedirs(tmp_path / "runs" / "ca_softmax-muon-layernorm-s1")
+    table = factorial.main([f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'out'}", "--plot=False"])
+    started = next(r for r in table["runs"] if r["run"] == "ca_softmax-muon-layernorm-s1")
+    assert not started["finished"] and started["steps"] == 0
+    assert "| ca_softmax-muon-layernorm-s1 | 0 | running |" in (tmp_path / "out" / "table.md").read_text()
