@@ -650,7 +650,10 @@ def emergence_readme():
             f"measured 1 - a_s leaves +{modes['oracle_scale']['nll_change']:.2f}, a per-token scale of ca_softmax's form "
             f"fitted per head +{modes['fitted_scale']['nll_change']:.2f}, one constant scale per head "
             f"+{modes['const_scale']['nll_change']:.2f}",
-            f"W8A8\n  takes {w8a8}".replace(", attn_bias", ", attn_bias", 1),
+            f"W8A8 takes {w8a8}; 50% magnitude pruning gives " + ", ".join(
+                f"{none_cons[name]['compression']['prune50']['ppl']:.3f}" for name in
+                ("out-emergence-rf-default-none", "ca_softmax")) + f" and "
+            f"{none_cons['attn_bias']['compression']['prune50']['ppl']:.3f}",
             f"so the {e['open']} open runs can be decided only by retraining",
             f"with the figure rule at {criteria['ratio']:g} x the median"]
 
@@ -831,7 +834,8 @@ def search_lrs():
 def gpt2_results_page():
     """gpt-2/results/README.md: the task, the main configuration's table, the search's table and reading, natural
     text."""
-    criteria = load("gpt-2/results/emergence/table.json")["criteria"]
+    e = emergence_facts()
+    criteria = e["criteria"]
     task = gpt2_module("data/backcopy/prepare.py", "backcopy_prepare").DEFAULTS
     train, peak_cfg, text = config("train_backcopy.py"), config("train_backcopy_peak.py"), \
         config("train_shakespeare_char.py")
@@ -851,6 +855,14 @@ def gpt2_results_page():
     largest = {v: max(variant_rows(f)[v]["ratio"] for f in lrs) for v in variant_rows("backcopy_peak")}
     passing = [v for v, r in largest.items() if r >= criteria["ratio"]]
     assert passing == ["default", "attn_bias", "ca_softmax"], passing  # the sentences name them
+    change = backcopy_sink_changes()  # who needs the sink: far above its random control, partly, not at all
+    needs = {v: ("yes" if c["mask_attn_sink"] > 5 * c["mask_attn_random"] else
+                 "partly" if c["mask_attn_sink"] > 2 * c["mask_attn_random"] else "no") for v, c in change.items()}
+    assert needs == dict(default="yes", vbias="yes", cabias="yes", attn_bias="yes", ca_softmax="no", sigmoid="no",
+                         gated="no", clipped="partly", softmax1="yes"), needs
+    worse = {f: [v for v, r in variant_rows(f).items() if r["val_loss"] > variant_rows(f)["default"]["val_loss"] + 0.05]
+             for f in lrs}
+    assert worse == dict(backcopy_peak=["ca_softmax", "sigmoid"], backcopy_peak_lr1e2=["ca_softmax"]), worse
     extra = [layer["extra_key_share"] for layer in analysis("backcopy_peak_lr1e2", "attn_bias")["attention_layers"]]
     peak_cons = {r["name"]: r for r in consequences("gpt2_backcopy_peak")["results"]}
     zeroed = [percent_change(peak_cons[v]["interventions"]["sites"][0]["zero"]["ppl"], peak_cons[v]["baseline"]["ppl"])
@@ -861,6 +873,8 @@ def gpt2_results_page():
     ratios = [r["ratio"] for r in char.values()]
     return main_rows + search_rows + [
         f"top-1/median\npasses {criteria['ratio']:g} only with no weight decay",
+        f"the logs of the long runs on fresh data rule out {e['no']} of {e['total']}\nruns and cannot decide the other "
+        f"{e['open']}",
         f"Each sequence is BOS followed by {task['seq_len'] - 1} tokens over a {task['vocab']}-token vocabulary. "
         f"{WORDS[task['triggers'] * len(task['offsets'])].capitalize()} trigger tokens in {WORDS[task['triggers']]} "
         f"groups mean \"the next token copies the token {', '.join(map(str, task['offsets'][:-1]))} or "
