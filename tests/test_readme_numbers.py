@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "gpt-2/README.md", "results/consequences/README.md", "gpt-2/results/README.md",
-           "bench/README.md")
+           "gpt-2/results/emergence/README.md", "bench/README.md")
 # a number: digits with optional thousands commas, decimals and exponent (3e-2), not part of a name (fp32, gpt-2,
 # llama2_7b, R^2)
 NUMBER = re.compile(r"(?<![\w^.])(?<![A-Za-z]-)\d+(?:,\d{3})*(?:\.\d+)?(?:e[+-]?\d+)?")
@@ -53,13 +53,6 @@ def analysis(folder, variant):
 
 def emergence_rows():
     return {r["run"]: r for r in load("gpt-2/results/emergence/table.json")["rows"]}
-
-
-def log_val_loss(name, step=None):
-    """The val loss train.py printed at `step` (the last evaluation by default) in a committed training log."""
-    found = re.findall(r"step (\d+): train loss [\d.]+, val loss ([\d.]+)",
-                       (ROOT / "gpt-2/results/pilots" / f"{name}.log").read_text())
-    return float(next(v for s, v in reversed(found) if step is None or int(s) == step))
 
 
 def config(name):
@@ -305,28 +298,10 @@ def scale_test_reading():
 
 
 def emergence():
+    """The README's gpt-2 section: the fixed corpus's peaks and the emergence runs judged from their logs."""
     e = emergence_facts()
-    longest = max(e["rows"]["out-emergence-rf-default-none"]["over_run"]["logged_peak_streaks"],
-                  key=lambda s: s["checkpoints"])
-    return [f"ruled out by their logs in {e['no']} of {e['total']} cases and not re-judged in {e['open']}",
-            f"the longest on position {longest['position']} of block {longest['layer']} at {steps(longest)} steps",
-            f"BOS's own entry stays near {e['bos_ratio']:.0f} x the median",
-            f"over {e['persistence']} consecutive logged checkpoints",
-            f"(a peak >= {e['criteria']['ratio']:g} x the median at a fixed position",
-            f"the figure rule at {e['criteria']['ratio']:g} x the median",
-            f"no sink forms at all in {min(e['nobos']) / 1000:.0f}k-{max(e['nobos']) / 1000:.0f}k steps"]
-
-def attn_bias_sink():
-    """Where attn_bias puts its sink: on BOS in the 2-layer backcopy model, on k′ in the wider model of the search
-    (per layer at lr 1e-2, not only the table's largest layer)."""
-    table, change = variant_rows("backcopy"), backcopy_sink_changes()
-    peak = analysis("backcopy_peak", "attn_bias")["attention_layers"]
-    lr1e2 = [layer["extra_key_share"] for layer in analysis("backcopy_peak_lr1e2", "attn_bias")["attention_layers"]]
-    return [f"attn_bias keeps its BOS sink in the 2-layer model ({table['attn_bias']['first_token_share']:.3f} of the "
-            f"mass on BOS, at most\n{table['attn_bias']['extra_key_share']:.3f} on its extra key k′; masking BOS costs "
-            f"+{change['attn_bias']['mask_attn_sink']:.0f}%) and moves the sink onto k′ only in the wider 4-layer model "
-            f"of\nthe search ({peak[0]['extra_key_share']:.3f} of layer 1's mass at lr 3e-2; {min(lr1e2):.3f}-"
-            f"{max(lr1e2):.3f} per layer at lr 1e-2)"]
+    return [f"outliers of\ntop-1/median >= {e['criteria']['ratio']:g} appear only at a high learning rate",
+            f"which rule out {e['no']} of {e['total']} runs and cannot decide the other {e['open']}"]
 
 
 def emergence_figures():
@@ -571,37 +546,25 @@ def bench_constants():
 # --- gpt-2/README.md --------------------------------------------------------------------------------------------------
 
 def gpt2_summary():
-    """gpt-2/README.md's closing summary: the backcopy sinks, the peaks of the search, the emergence study."""
+    """gpt-2/README.md: the outlier criterion as outlier_stats states it, and the Results section."""
     change, e = backcopy_sink_changes(), emergence_facts()
     criteria = e["criteria"]
-    peak, lr1e2 = variant_rows("backcopy_peak"), variant_rows("backcopy_peak_lr1e2")
-    passing = [v for v in peak if max(peak[v]["ratio"], lr1e2[v]["ratio"]) >= criteria["ratio"]]
-    below = [v for v in peak if v not in passing]
-    fresh = config("train_emergence.py")
-    final = {run: e["rows"][f"out-emergence-{run}"]["at_checkpoint"]["max_over_layers"]
-             for run in ("rf-default-none", "rf-default-none-s2")}
-    return [f"(masking it costs\n+{change['default']['mask_attn_sink']:.0f}% perplexity), while ca_softmax and sigmoid do "
-            f"not (+{change['ca_softmax']['mask_attn_sink']:.0f}%, {change['sigmoid']['mask_attn_sink']:.0f}%)",
-            f"attn_bias keeps its BOS sink in the 2-layer\nmodel (masking it costs "
-            f"+{change['attn_bias']['mask_attn_sink']:.0f}%)",
-            f"(top-1/median >= {criteria['ratio']:g})",
-            f"and then in {WORDS[len(passing)]} of the {WORDS[len(peak)]}\nvariants (default {peak['default']['ratio']:.1f}, "
-            f"attn_bias {peak['attn_bias']['ratio']:.1f}, ca_softmax {lr1e2['ca_softmax']['ratio']:.1f}; "
-            + "; ".join(f"{v} reaches {max(peak[v]['ratio'], lr1e2[v]['ratio']):.1f} at most" for v in below) + ")",
-            f"the ratio passes {criteria['ratio']:g} with weight decay {fresh['weight_decay']:g} and lr "
-            f"{fresh['learning_rate']:.0e} as well (the position-free ratio\nat the final checkpoint: "
-            f"{final['rf-default-none']:.0f} in `rf-default-none`, {final['rf-default-none-s2']:.0f} in its second "
-            f"seed)".replace("e-0", "e-"),
-            f"{e['no']} of {e['total']} runs are ruled out, {e['open']} stay open",
+    largest = {v: max(variant_rows(f)[v]["ratio"] for f in ("backcopy_peak", "backcopy_peak_lr1e2"))
+               for v in variant_rows("backcopy_peak")}
+    passing = [v for v, r in largest.items() if r >= criteria["ratio"]]
+    return [f"(masking it costs +{change['default']['mask_attn_sink']:.0f}% perplexity), while ca_softmax and sigmoid "
+            f"do not (+{change['ca_softmax']['mask_attn_sink']:.0f}%, {change['sigmoid']['mask_attn_sink']:.0f}%)",
+            f"activation outliers (top-1/median >= {criteria['ratio']:g})",
+            f"in {WORDS[len(passing)]} of the {WORDS[len(largest)]} variants of the search",
+            f"{e['no']} of {e['total']} runs are ruled out and {e['open']} cannot be decided",
             f"median |h| for p's top channel c is >= {criteria['ratio']:g}",
             f"(the embedding holds < {100 * criteria['embed_share']:g}% of it",
             f"puts > {criteria['sink_share']:g} of the attention",
             f"holds at {criteria['persistence']} consecutive logged checkpoints",
-            f"(each >= {criteria['ratio']:g} x the median at p)", f"({criteria['control_draws']} draws)",
-            f"and its {e['rows']['out-emergence-rf-default-none-l6']['n_layer']}-layer model"]
+            f"(each >= {criteria['ratio']:g} x the median at p)", f"({criteria['control_draws']} draws)"]
 
 
-# --- gpt-2/results/emergence/README.md (its claims only: its table and history are not rendered here) --------------
+# --- gpt-2/results/emergence/README.md ------------------------------------------------------------------------------
 
 def emergence_stats(run):
     """A run's logged statistics, one dict per logged checkpoint."""
@@ -609,61 +572,90 @@ def emergence_stats(run):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def second_legs():
-    """Steps each nobos run added in its second GPU leg: between the two max_seconds stops of its console log."""
-    added = {}
-    for log in sorted((ROOT / "gpt-2/results/emergence/runs").glob("nb-*/console.log")):
-        first, second = map(int, re.findall(r"max_seconds \(\d+\) reached at iteration (\d+)", log.read_text()))
-        added[log.parent.name] = second - first
-    return added
-
-
 def emergence_readme():
+    """The emergence page: what was run (table.json's rows, the setting), how the logs judge it, what they show."""
     e = emergence_facts()
-    rows = e["rows"]
+    rows, criteria = e["rows"], e["criteria"]
+    fresh, defaults = config("train_emergence.py"), gpt2_module("train.py", "gpt2_train").DEFAULTS
+    stats = gpt2_module("outlier_stats.py", "gpt2_outlier_stats")
+    count = lambda key, value: sum(r[key] == value for r in rows.values())  # noqa: E731
+    adamw = [r for r in rows.values() if r["optimizer"] == "adamw"]
+    sgd = [r for r in rows.values() if r["optimizer"] == "sgd"]
+    wide = [r for r in rows.values() if r["width"] != fresh["n_embd"]]
+    decays = sorted({r["weight_decay"] for r in adamw} - {fresh["weight_decay"]})
+    (lr,) = {r["lr"] for r in adamw} - {fresh["learning_rate"]}
+    assert {r["lr"] for r in sgd} == {0.1} and {r["weight_decay"] for r in sgd} == {0.0}  # the SGD runs' settings
+    (width,), (heads,) = {r["width"] for r in wide}, {r["heads"] for r in wide}
+    iters = [r["iter"] for r in rows.values()]
+    opened = [name.removeprefix("out-emergence-") for name, r in rows.items() if r["over_run"]["verdict"] != "no"]
+    candidates = [name for name in rows if e["streaks"](name)]
+    none, = e["streaks"]("out-emergence-rf-default-none")
+    seed = [s for s in e["streaks"]("out-emergence-rf-default-none-s2") if s["layer"] == none["layer"]]
+    six = e["streaks"]("out-emergence-rf-default-none-l6")
+    rope, = e["streaks"]("out-emergence-rf-default-rope")
+    nobos = [name for name, r in rows.items() if r["design"] == "nobos"]
+    nobos_share = max(x["top_key_share"] for name in nobos for line in emergence_stats(name.removeprefix("out-emergence-"))
+                      for x in line["layers"])
+    bos = {r["name"]: r for r in consequences("gpt2_emergence_bos")["results"]}
+    masks = lambda r: r["interventions"]["attention_sinks"]  # noqa: E731
+    at = rows["out-emergence-default"]["at_checkpoint"]["layers"][0]
+    modes = scale_test_of("gpt2_emergence_bos", "out-emergence-default")["scale_test"]["modes"]
     none_cons = {r["name"]: r for r in consequences("gpt2_emergence_none")["results"]}
-    metrics = [r["outlier_metrics"]["max_inf_norm"] for f in ("gpt2_emergence_none", "gpt2_emergence_bos")
-               for r in consequences(f)["results"]]
-    wd0 = max(rows["out-emergence-default-wd0"]["at_checkpoint"]["layers"], key=lambda layer: layer["top1"])
-    figures = "gpt-2/results/emergence/figures/out-emergence-rf-default-none"
-    found = {name: load(f"{figures}/{name}.json").get("outliers_found", bool(load(f"{figures}/{name}.json")
-                                                                              .get("outlier_layers")))
-             for name in ("existence_activation_outliers_down", "pos_activation_outliers_down")}
-    spread = load("gpt-2/results/emergence/figures/out-emergence-rf-default-none-l6/lifecycle_spread.json")
-    values = spread["per_token"]["v head 1 (L2)"]
-    rank = sorted(values).index(values[0])
-    controls = [layer for name in ("sigmoid", "out-emergence-rf-default-none-sgd") for layer in
-                scale_test_of("gpt2_emergence_none", name)["scale_test"]["layers"].values()]
-    costs = [m["nll_change"] for name in ("sigmoid", "out-emergence-rf-default-none-sgd") for k, m in
-             scale_test_of("gpt2_emergence_none", name)["scale_test"]["modes"].items() if k != "mask"]
-    sgd = [layer["top_key_share"] for layer in rows["out-emergence-rf-default-none-sgd"]["last_logged"]["layers"]]
-    legs = second_legs()
-    seeds = [r for r in rows if r.endswith("-s2")]
-    bos_fit = scale_test_of("gpt2_emergence_bos", "out-emergence-default")["scale_test"]["layers"]["1"]["fit_r2"]
-    keys = [(layer["top_key_share"], d["iter"], i + 1, layer["top_key"]) for d in emergence_stats("ca_softmax-w256")
-            for i, layer in enumerate(d["layers"])]
-    share, step, block, key = max(keys)
-    none = {d["iter"]: d["layers"][2]["top_key_share"] for d in emergence_stats("rf-default-none")}
-    late = [none[k] for k in none if 90000 <= k <= 120000]
-    return [f"`rf-default-none`'s block {none_cons['out-emergence-rf-default-none']['interventions']['outlier_layers'][0]}"
-            " passes the whole rule in `gpt2_emergence_none/`",
-            f"`default-wd0`'s block {wd0['layer']}\n    peaks at |h| = {wd0['top1']:.1f} at its final checkpoint",
-            f"(their largest |h| on these windows is {min(metrics):.0f}-{max(metrics):.0f}",
-            "except the two of the down_proj input\n(`existence_activation_outliers_down`, `pos_activation_outliers_down`: "
-            "no entry there passes the rule)" if not any(found.values()) else "a down_proj figure finds it",
-            f"is the\n{['smallest', 'second smallest', 'third smallest'][rank]} of the window ({values[0]:.2f}; the fixed "
-            f"token F at position 1 has {values[1]:.2f}, the other positions {min(values[2:]):.1f}-{max(values[2:]):.1f})",
-            f"(values {min(x['sink_value_ratio_median'] for x in controls):.2f}-"
-            f"{max(x['sink_value_ratio_median'] for x in controls):.1f} x the median, and no scale recovers\n  them: "
-            f"+{min(costs):.2f} to +{max(costs):.1f} nats)",
-            f"{sgd[0]:.2f}, {sgd[1]:.2f} and {sgd[2]:.2f} in blocks 1-3 under SGD",
-            f"so it added only {min(legs.values()) / 1000:.1f}k-{max(legs.values()) / 1000:.1f}k steps per run",
-            f"Seed {gpt2_module('train.py', 'gpt2_train').DEFAULTS['seed']}, except the {WORDS[len(seeds)]} `-s2` runs "
-            "(`--seed=1338`)",
-            f"(held-out R^2 {bos_fit:.2f} in block 1)",
-            f"top key passes {math.ceil(share * 100) / 100:.2f} at any logged checkpoint (the largest: {share:.4f}, block "
-            f"{block} on position {key} at {step // 1000}k)",
-            f"block 3's share on position 0 {none[86000]:.2f} at 86k and {min(late):.2f}-{max(late):.2f} at\n    90k-120k"]
+    w8a8 = ", ".join(f"{label} from {none_cons[name]['baseline']['ppl']:.3f} to "
+                     f"{none_cons[name]['compression']['w8a8']['ppl']:.3f}" for label, name in
+                     (("default", "out-emergence-rf-default-none"), ("ca_softmax", "ca_softmax"),
+                      ("attn_bias", "attn_bias")))
+    return [f"{e['total']} small GPTs were trained",
+            f"{fresh['n_layer']} layers x {fresh['n_embd']} wide, {fresh['n_head']} heads, block {fresh['block_size']}, "
+            f"{fresh['batch_size']} sequences per step",
+            f"AdamW at a constant lr {fresh['learning_rate']:.0e} after {fresh['warmup_iters']} warmup\nsteps, weight "
+            f"decay {fresh['weight_decay']:g}, fp32. Every {fresh['stats_interval']} steps".replace("e-0", "e-"),
+            f"on the first {defaults['stats_seqs']}\nvalidation sequences",
+            f"{count('design', 'bos')} runs)", f"position embedding; {count('design', 'random_first')} runs)",
+            f"rotary or no position embedding; {count('design', 'nobos')} runs)",
+            f"({count('attention', 'default')} default, {count('attention', 'ca_softmax')} ca_softmax, "
+            f"{count('attention', 'attn_bias')} attn_bias, {count('attention', 'sigmoid')} sigmoid runs), weight decay "
+            + " or ".join(f"{d:g}" for d in decays) + f", lr {lr:.0e}, width {width} with {heads} heads, SGD (momentum "
+            f"{defaults['momentum']:g}, lr 0.1, no weight decay)".replace("e-0", "e-"),
+            f"{rows['out-emergence-rf-default-none-l6']['n_layer']} layers (`-l6`). The runs stopped at {min(iters):,}-"
+            f"{max(iters):,} steps",
+            f"for p's top channel c is\n>= {criteria['ratio']:g}", f"(the embedding holds < {100 * criteria['embed_share']:g}% "
+            "of it)", f"puts > {criteria['sink_share']:g} of the\nattention",
+            f"at {criteria['persistence']} consecutive logged checkpoints",
+            f"costs at least {100 * (math.exp(criteria['load_bearing_nats']) - 1):.0f}% perplexity more",
+            f"(mean of {criteria['control_draws']} draws)",
+            f"ratio is under {stats.ratio_floor(defaults['stats_seqs']):.1f} (`outlier_stats.ratio_floor("
+            f"{defaults['stats_seqs']})`)", f"top-key\nshare is <= {criteria['sink_share']:g} has no head above "
+            f"{criteria['sink_share']:g}", f"leave no block open at {criteria['persistence']} consecutive",
+            f"The logs rule out {e['no']} of the {e['total']} runs and leave {e['open']} not re-judged: "
+            + ", ".join(f"`{n}`" for n in opened[:-1]) + f" and `{opened[-1]}`",
+            f"In {WORDS[len(candidates)]} of them the logged peak passes every check a log can make (position-free ratio "
+            f">= {criteria['ratio']:g} on a position", f"share on it > {criteria['sink_share']:g}) at "
+            f"{criteria['persistence']} or more consecutive checkpoints",
+            f"`rf-default-none`, block {none['layer']} on position {none['position']} at {steps(none)} steps; its second "
+            f"seed, block {seed[0]['layer']} on position {seed[0]['position']} at " + " and ".join(steps(s) for s in seed)
+            + f"; its {rows['out-emergence-rf-default-none-l6']['n_layer']}-layer model, block {six[0]['layer']} on "
+            f"position {six[0]['position']} at " + " and ".join(steps(s) for s in six) + f"; `rf-default-rope`, block "
+            f"{rope['layer']} on F at {steps(rope)}",
+            f"(the {len(nobos)} `nobos` runs) no layer's most attended key takes more\nthan {nobos_share:.2f}",
+            f"raises perplexity from {bos['out-emergence-default']['baseline']['ppl']:.3f} to "
+            f"{masks(bos['out-emergence-default'])['mask_attn_sink']['ppl']:.1f} (as many random keys:\n"
+            f"{masks(bos['out-emergence-default'])['mask_attn_random']['ppl']:.3f}); masking ca_softmax's, attn_bias' and "
+            f"sigmoid's gives " + ", ".join(f"{masks(bos[v])['mask_attn_sink']['ppl']:.3f}" for v in ("ca_softmax",))
+            + f", {masks(bos['attn_bias'])['mask_attn_sink']['ppl']:.3f} and "
+            f"{masks(bos['sigmoid'])['mask_attn_sink']['ppl']:.3f}",
+            f"|h| = {abs(at['value']):.1f} against a mean median of {at['median']:.2f}, about "
+            f"{abs(at['value']) / at['median']:.0f} x",
+            f"masking it costs +{modes['mask']['nll_change']:.1f} nats; masking it and scaling each head's output by the "
+            f"measured 1 - a_s leaves +{modes['oracle_scale']['nll_change']:.2f}, a per-token scale of ca_softmax's form "
+            f"fitted per head +{modes['fitted_scale']['nll_change']:.2f}, one constant scale per head "
+            f"+{modes['const_scale']['nll_change']:.2f}",
+            f"W8A8 takes {w8a8}; 50% magnitude pruning gives " + ", ".join(
+                f"{none_cons[name]['compression']['prune50']['ppl']:.3f}" for name in
+                ("out-emergence-rf-default-none", "ca_softmax")) + f" and "
+            f"{none_cons['attn_bias']['compression']['prune50']['ppl']:.3f}",
+            f"so the {e['open']} open runs can be decided only by retraining",
+            f"with the figure rule at {criteria['ratio']:g} x the median"]
 
 
 # --- results/consequences/README.md -----------------------------------------------------------------------------------
@@ -830,249 +822,88 @@ def consequences_peak():
 
 # --- gpt-2/results/README.md ------------------------------------------------------------------------------------------
 
-def attn_bias_extra_per_layer(folder="backcopy_peak_lr1e2"):
-    """attn_bias's share of each layer's attention on its extra key k′ (the tables give the largest layer's)."""
-    return [layer["extra_key_share"] for layer in analysis(folder, "attn_bias")["attention_layers"]]
+def search_lrs():
+    """The constant learning rates of the two search configurations, as the page writes them: the config file's and
+    the flag run_backcopy_peak_lr1e2.sh adds."""
+    script = (ROOT / "gpt-2/results/run_backcopy_peak_lr1e2.sh").read_text()
+    lr1e2 = float(re.search(r"--learning_rate=(\S+)", script).group(1))
+    return {folder: f"{lr:.0e}".replace("e-0", "e-") for folder, lr in
+            (("backcopy_peak", config("train_backcopy_peak.py")["learning_rate"]), ("backcopy_peak_lr1e2", lr1e2))}
 
 
-def search_peaks():
-    """The variants whose top-1/median passes the criterion in a search configuration, and the largest ratio of each
-    that does not."""
-    criteria = load("gpt-2/results/emergence/table.json")["criteria"]
-    peak, lr1e2 = variant_rows("backcopy_peak"), variant_rows("backcopy_peak_lr1e2")
-    largest = {v: max(peak[v]["ratio"], lr1e2[v]["ratio"]) for v in peak}
-    return [v for v in peak if largest[v] >= criteria["ratio"]], {v: r for v, r in largest.items()
-                                                                    if r < criteria["ratio"]}
-
-
-def gpt2_results_brief():
-    """gpt-2/results/README.md's 'Result in brief'."""
+def gpt2_results_page():
+    """gpt-2/results/README.md: the task, the main configuration's table, the search's table and reading, natural
+    text."""
     e = emergence_facts()
     criteria = e["criteria"]
-    scale = scale_test_of("gpt2_emergence_bos", "out-emergence-default")
-    change, table = backcopy_sink_changes(), variant_rows("backcopy")
-    peak, lr1e2 = variant_rows("backcopy_peak"), variant_rows("backcopy_peak_lr1e2")
-    extra, (passing, below) = attn_bias_extra_per_layer(), search_peaks()
-    assert set(passing) == {"default", "attn_bias", "ca_softmax"}, passing  # the sentence names them
-    paper = ("default", "vbias", "cabias", "attn_bias")
-    sink, rand = [change[v]["mask_attn_sink"] for v in paper], [change[v]["mask_attn_random"] for v in paper]
-    ratios = [r["ratio"] for r in table.values()]
+    task = gpt2_module("data/backcopy/prepare.py", "backcopy_prepare").DEFAULTS
+    train, peak_cfg, text = config("train_backcopy.py"), config("train_backcopy_peak.py"), \
+        config("train_shakespeare_char.py")
+    table, default = variant_rows("backcopy"), analysis("backcopy", "default")
+    cons = {r["name"]: r for r in consequences("gpt2_backcopy")["results"]}
+    sinks = lambda v: cons[v]["interventions"]["attention_sinks"]  # noqa: E731
+    main_rows = [f"| {v} | {r['val_loss']:.4f} | {r['ratio']:.1f} ({r['ratio_layer']}) | {r['first_token_share']:.3f} | "
+                 f"{r['extra_key_share']:.3f} | {g4(cons[v]['baseline']['ppl'])} → "
+                 f"{g4(sinks(v)['mask_attn_sink']['ppl'])} | {g4(sinks(v)['mask_attn_random']['ppl'])} |"
+                 for v, r in table.items()]
+    lrs = search_lrs()
+    search_rows = [f"| {lrs[folder]} | {v} | {r['val_loss']:.4f} | {r['ratio']:.1f} ({r['ratio_layer']}) | "
+                   f"{r['first_token_share']:.3f} | {r['extra_key_share']:.3f} |"
+                   for folder in lrs for v, r in variant_rows(folder).items()]
+    peaks = [analysis(folder, v) for folder in lrs for v in variant_rows(folder)]
+    assert all(a["layers"][a["summary"]["max_ratio_layer"] - 1]["top1_token"] == 0 for a in peaks)  # "on BOS"
+    largest = {v: max(variant_rows(f)[v]["ratio"] for f in lrs) for v in variant_rows("backcopy_peak")}
+    passing = [v for v, r in largest.items() if r >= criteria["ratio"]]
+    assert passing == ["default", "attn_bias", "ca_softmax"], passing  # the sentences name them
+    change = backcopy_sink_changes()  # who needs the sink: far above its random control, partly, not at all
+    needs = {v: ("yes" if c["mask_attn_sink"] > 5 * c["mask_attn_random"] else
+                 "partly" if c["mask_attn_sink"] > 2 * c["mask_attn_random"] else "no") for v, c in change.items()}
+    assert needs == dict(default="yes", vbias="yes", cabias="yes", attn_bias="yes", ca_softmax="no", sigmoid="no",
+                         gated="no", clipped="partly", softmax1="yes"), needs
+    worse = {f: [v for v, r in variant_rows(f).items() if r["val_loss"] > variant_rows(f)["default"]["val_loss"] + 0.05]
+             for f in lrs}
+    assert worse == dict(backcopy_peak=["ca_softmax", "sigmoid"], backcopy_peak_lr1e2=["ca_softmax"]), worse
+    extra = [layer["extra_key_share"] for layer in analysis("backcopy_peak_lr1e2", "attn_bias")["attention_layers"]]
     peak_cons = {r["name"]: r for r in consequences("gpt2_backcopy_peak")["results"]}
     zeroed = [percent_change(peak_cons[v]["interventions"]["sites"][0]["zero"]["ppl"], peak_cons[v]["baseline"]["ppl"])
               for v in ("default", "attn_bias")]
-    # gpt-2/results/README.md compares with Gemma 3 270M as its figures then saw it, without its <bos> (the no_bos run
-    # reproduces those numbers); the default run, with it, is results/consequences/gemma3_270m/
-    gemma = consequences("gemma3_270m/no_bos")["results"][0]
-    dominant = gemma["interventions"]["sites"][1]
-    return [f"{e['no']} of {e['total']} runs are ruled out and {e['open']} are not re-judged",
-            f"at {e['persistence']} or more consecutive checkpoints",
-            emergence_streaks(e),
-            f"(masking: {scale['baseline']['ppl']:.2f} -> {scale['scale_test']['modes']['mask']['ppl']:.0f}) and BOS's "
-            f"own entry stays near {e['bos_ratio']:.0f} x the median",
-            f"raises perplexity by {min(sink):.0f}-{max(sink):.0f}% (as many random keys: {min(rand):.0f}-{max(rand):.0f}%)",
-            f"weaken the sink ({table['ca_softmax']['first_token_share']:.2f} and "
-            f"{table['sigmoid']['first_token_share']:.2f} of the mass against {table['default']['first_token_share']:.2f})"
-            f" and do not depend on it (+{change['ca_softmax']['mask_attn_sink']:.0f}% and "
-            f"{change['sigmoid']['mask_attn_sink']:.0f}%)",
-            f"does not depend on it either (+{change['gated']['mask_attn_sink']:.1f}%)",
-            f"({min(extra):.2f}-{max(extra):.2f} of each\nlayer's mass at lr 1e-2",
-            f"in softmax variants and ca_softmax alike (" + ", ".join(f"{v} stays below {criteria['ratio']:g}, at "
-                                                                      f"{r:.1f} at most" for v, r in below.items()) + ")",
-            f"maxima >= {criteria['ratio']:g} on the most frequent position", f"no layer's ratio passes {max(ratios):.1f}",
-            f"no variant passes top-1/median {min(ratios):.0f}-{max(ratios):.0f} (the criterion asks for ≥ "
-            f"{criteria['ratio']:g})", f"that pass {criteria['ratio']:g}",
-            f"changes perplexity by {min(zeroed):.1f}-{max(zeroed):.1f}%, against "
-            f"{percent_change(dominant['zero']['ppl'], gemma['baseline']['ppl']):.0f}% for Gemma 3 270M's"]
-
-
-
-def emergence_streaks(e) -> str:
-    """The four default runs' streaks, as gpt-2/results/README.md lists them."""
-    none, = e["streaks"]("out-emergence-rf-default-none")
-    seed = [s for s in e["streaks"]("out-emergence-rf-default-none-s2") if s["layer"] == none["layer"]]
-    six = e["streaks"]("out-emergence-rf-default-none-l6")
-    rope, = e["streaks"]("out-emergence-rf-default-rope")
-    return (f"block {none['layer']} on position {none['position']} at {steps(none)} steps (a second seed at "
-            + " and ".join(steps(s) for s in seed) + f", a {e['rows']['out-emergence-rf-default-none-l6']['n_layer']}-"
-            f"layer model in block {six[0]['layer']} at " + " and ".join(steps(s) for s in six)
-            + f"), and with rotary positions block {rope['layer']} on the fixed token at {steps(rope)}")
-
-def gpt2_results_setup():
-    """The task, the model and its training, and how the tables are read."""
-    task = gpt2_module("data/backcopy/prepare.py", "backcopy_prepare").DEFAULTS
-    train, defaults = config("train_backcopy.py"), gpt2_module("train.py", "gpt2_train").DEFAULTS
-    stats = gpt2_module("outlier_stats.py", "gpt2_outlier_stats")
-    table, default = variant_rows("backcopy"), analysis("backcopy", "default")
-    criteria = load("gpt-2/results/emergence/table.json")["criteria"]
-    offsets = task["offsets"]
-    tokens = train["batch_size"] * train["block_size"] * train["max_iters"]
-    return [f"Each sequence is BOS followed by {task['seq_len'] - 1} tokens\nover a {task['vocab']}-token vocabulary. "
-            f"{WORDS[task['triggers'] * len(offsets)].capitalize()} trigger tokens in {WORDS[task['triggers']]} groups "
-            f"mean \"the next token copies the token\n{', '.join(map(str, offsets[:-1]))} or {offsets[-1]} places before "
-            f"me\"", f"(Dirichlet α = {task['alpha']:g} rows)",
-            f"writes {task['train_seqs']:,} training sequences and {task['val_seqs']} validation sequences (seed "
-            f"{task['seed']})",
-            f"{train['n_layer']} layers, {train['n_head']} heads, width {train['n_embd']}, block {train['block_size']}, no "
-            f"biases,\n{table['default']['params'] / 1e6:.2f}M parameters. AdamW with lr {train['learning_rate']:.0e} "
-            f"decaying to {train['min_lr']:.0e} (cosine, {train['warmup_iters']} warmup steps), weight decay "
-            f"{train['weight_decay']:g},\nbetas {defaults['beta1']:g}/{defaults['beta2']:g}, clip "
-            f"{defaults['grad_clip']:.1f}, batch {train['batch_size']} × {train['block_size']} tokens, "
-            f"{train['max_iters']} steps ({tokens / 1e6:.1f}M tokens), fp32, seed {defaults['seed']}".replace("e-0", "e-"),
-            f"-> {table['default']['val_loss']:.4f} for default)",
-            f"over {default['n_seqs']} validation sequences ({default['seq_len']} tokens × {train['n_embd']} channels "
-            f"each)", f"ratio is ≥ {criteria['ratio']:g}", f"top-key attn > {criteria['sink_share']:g}",
-            f"above {stats.SINK_RATE_THRESHOLD:g} (Gu et al.)", "max over layers >= 100 (old)".replace(
-                "100", f"{criteria['ratio']:g}")]
-
-
-def gpt2_results_tables():
-    return [line for folder in ("backcopy", "backcopy_peak", "backcopy_peak_lr1e2", "shakespeare_char")
-            for line in variant_table(folder)]
-
-
-def gpt2_results_reading():
-    """Per-layer detail and the interpretation of the backcopy table."""
-    table, change = variant_rows("backcopy"), backcopy_sink_changes()
-    runs = {v: analysis("backcopy", v) for v in ("default", "vbias", "cabias", "attn_bias", "ca_softmax", "sigmoid")}
-    per_layer = ", ".join(f"{v} " + " / ".join(f"{layer['ratio']:.1f}" for layer in run["layers"])
-                          for v, run in runs.items())
-    heads = "; ".join(f"{v} " + " ".join(f"{x:.2f}" for x in runs[v]["attention_layers"][0]["head_first_token_share"])
-                      for v in ("default", "attn_bias", "ca_softmax", "sigmoid"))
-    second = runs["default"]["layers"][1]
-    bias = runs["attn_bias"]["attention_layers"]
-    span = lambda xs: f"{min(xs):.2f}-{max(xs):.2f}"  # noqa: E731
-    cons = {r["name"]: r for r in consequences("gpt2_backcopy")["results"]}
-    arrow = lambda v, m="mask_attn_sink": (f"{g4(cons[v]['baseline']['ppl'])} → "  # noqa: E731
-                                           f"{g4(cons[v]['interventions']['attention_sinks'][m]['ppl'])}")
-    rand = [c["mask_attn_random"] for c in change.values()]
-    ratios, losses = [r["ratio"] for r in table.values()], [r["val_loss"] for r in table.values()]
-    criteria = load("gpt-2/results/emergence/table.json")["criteria"]
-    peak, lr1e2 = variant_rows("backcopy_peak"), variant_rows("backcopy_peak_lr1e2")
-    return [f"top-1/median per layer: {per_layer}", f"Mean weight on BOS per head, layer 1:\n{heads}",
-            f"layer 2's largest activation sits on {'BOS' if second['top1_token'] == 0 else 'another token'} "
-            f"(channel {second['top1_channel']})",
-            f"every default head puts about {table['default']['first_token_share']:.2f} of its mass on",
-            f"does not form a sink ({table['sigmoid']['first_token_share']:.2f}), and ca_softmax weakens\nit "
-            f"({table['ca_softmax']['first_token_share']:.2f}, below the {criteria['sink_share']:g} threshold). vbias "
-            f"and cabias keep it ({span([table[v]['first_token_share'] for v in ('vbias', 'cabias')])})",
-            f"k′\ntakes only {bias[0]['extra_key_share']:.3f} of the mass in layer 1. In layer 2, k′ does take "
-            f"{bias[1]['extra_key_share']:.3f}, and the weight on BOS drops\n(per-head "
-            f"{span(bias[1]['head_first_token_share'])}, against default's "
-            f"{span(runs['default']['attention_layers'][1]['head_first_token_share'])})",
-            f"k′ does take over: {attn_bias_extra_per_layer('backcopy_peak')[0]:.2f} of layer 1's mass at\nlr 3e-2 and "
-            f"{min(attn_bias_extra_per_layer()):.2f}-{max(attn_bias_extra_per_layer()):.2f} of each layer's at lr 1e-2",
-            f"Perplexity: default {arrow('default')}, vbias {arrow('vbias')}, cabias {arrow('cabias')}, attn_bias "
-            f"{arrow('attn_bias')}, but ca_softmax {arrow('ca_softmax')} and sigmoid {arrow('sigmoid')}",
-            f"costs every\nvariant {min(rand):.1f}-{max(rand):.1f}%",
-            f"keeps a BOS\nsink ({table['gated']['first_token_share']:.3f}) but does not need it ({arrow('gated')}, less "
-            f"than its random control {g4(cons['gated']['interventions']['attention_sinks']['mask_attn_random']['ppl'])})",
-            f"needs it partly ({arrow('clipped')}, random "
-            f"{g4(cons['clipped']['interventions']['attention_sinks']['mask_attn_random']['ppl'])})",
-            f"needs it most ({arrow('softmax1')})",
-            f"No variant's top-1/median exceeds {max(ratios):.1f}",
-            f"but only about {table['default']['ratio']:.0f}× the median. Without the {criteria['ratio']:g}×",
-            f"in this column ({min(ratios):.1f}-{max(ratios):.1f})",
-            f"Validation losses are comparable ({min(losses):.3f}-{max(losses):.3f})"]
-
-
-def gpt2_results_search():
-    """The activation-outlier search: configuration E (the backcopy_peak default run), its variants, lr 1e-2, natural
-    text, what it shows."""
-    peak, lr1e2, char = variant_rows("backcopy_peak"), variant_rows("backcopy_peak_lr1e2"), variant_rows("shakespeare_char")
-    main, e = variant_rows("backcopy")["default"], analysis("backcopy_peak", "default")
-    runs = {v: analysis("backcopy_peak", v) for v in ("attn_bias", "ca_softmax")}
-    top = lambda run: run["layers"][run["summary"]["max_ratio_layer"] - 1]  # noqa: E731
-    where = lambda run: "on BOS" if top(run)["top1_token"] == 0 else "elsewhere"  # noqa: E731
-    heads1, heads2 = (e["attention_layers"][i]["head_first_token_share"] for i in (0, 1))
-    late = [layer["first_token_share"] for layer in e["attention_layers"][2:]]
-    span = lambda xs: f"{min(xs):.2f}-{max(xs):.2f}"  # noqa: E731
-    criteria = load("gpt-2/results/emergence/table.json")["criteria"]
-    chosen = [v for v in ("default", "attn_bias", "sigmoid")]
-    last = analysis("backcopy_peak_lr1e2", "ca_softmax")
-    cons = {r["name"]: r for r in consequences("gpt2_backcopy_peak")["results"]}
-    zeroed = [percent_change(cons[v]["interventions"]["sites"][0]["zero"]["ppl"], cons[v]["baseline"]["ppl"])
-              for v in ("default", "attn_bias")]
-    sinks = cons["default"]["interventions"]["attention_sinks"]["mask_attn_sink"]
-    text, train, compare = config("train_shakespeare_char.py"), config("train_backcopy.py"), \
-        gpt2_module("compare.py", "gpt2_compare").DEFAULTS
-    defaults = gpt2_module("train.py", "gpt2_train").DEFAULTS
-    characters = text["batch_size"] * text["block_size"] * text["max_iters"]
+    masked = peak_cons["default"]["interventions"]["attention_sinks"]["mask_attn_sink"]["ppl"]
+    char = variant_rows("shakespeare_char")
     shares = [r["first_token_share"] for r in char.values()]
-    return [
-        f"E's layer {e['summary']['max_ratio_layer']} has top-1 {top(e)['top1']:,.0f} and median {top(e)['median']:,.0f}"
-        f", against\nabout {main['top1']:.0f} and {main['median']:.0f} in the main configuration",
-        f"In E the peak (layer {e['summary']['max_ratio_layer']}) is **after** the sinks (layer 1: "
-        f"{e['attention_layers'][0]['first_token_share']:.2f}, heads {span(heads1)}; layer 2: "
-        f"{WORDS[sum(x > 0.5 for x in heads2)]} heads " + " and ".join(f"{x:.2f}" for x in heads2 if x > 0.5)
-        + f"). Layers 3 and 4 put only {span(late)} of their mass on BOS",
-        f"(in E, layers 3-4 put only {span(late)} of their mass on BOS)",
-        f"outliers yes ({peak['default']['ratio']:.1f} in layer {peak['default']['ratio_layer']}, {where(e)}, channel "
-        f"{top(e)['top1_channel']}) and sink yes ({peak['default']['first_token_share']:.3f} on BOS in layer 1).\nThe "
-        f"ratio clears the threshold by only {peak['default']['ratio'] - criteria['ratio']:.1f} %",
-        f"comparable val loss ({peak['attn_bias']['val_loss']:.3f}, "
-        f"{peak['attn_bias']['val_loss'] - peak['default']['val_loss']:.3f} nats above default). The sink leaves the "
-        f"tokens: k′ takes\n{peak['attn_bias']['extra_key_share']:.3f} of the mass and no token gets more than "
-        f"{peak['attn_bias']['top_key_share']:.3f}",
-        f"({peak['attn_bias']['ratio']:.1f}, layer {peak['attn_bias']['ratio_layer']},\n{where(runs['attn_bias'])}, "
-        f"channel {top(runs['attn_bias'])['top1_channel']} as well)",
-        f"**ca_softmax**: {peak['ca_softmax']['ratio']:.1f} (layer {peak['ca_softmax']['ratio_layer']}, "
-        f"{where(runs['ca_softmax'])}) and no sink, but "
-        f"{peak['ca_softmax']['val_loss'] - peak['default']['val_loss']:.2f} nats worse val loss",
-        f"**sigmoid**: {peak['sigmoid']['ratio']:.1f} and no sink, but training is unstable at this learning rate (val "
-        f"loss {log_val_loss('peak-sigmoid', 2000):.3f} at step 2000,\n{log_val_loss('peak-sigmoid', 2500):.3f} at step "
-        f"2500; compare.py: {peak['sigmoid']['val_loss']:.3f})",
-        "(" + ", ".join(f"{lr1e2[v]['val_loss']:.3f}" for v in chosen) + f"), and default is the\nonly one with a sink "
-        f"({lr1e2['default']['first_token_share']:.3f} on BOS in layer 1). attn_bias puts "
-        + " / ".join(f"{x:.3f}" for x in attn_bias_extra_per_layer()) + " of its layers'\nmass on k′ (the table's "
-        f"{lr1e2['attn_bias']['extra_key_share']:.3f} is layer {1 + attn_bias_extra_per_layer().index(max(attn_bias_extra_per_layer()))}'s) "
-        f"and at most {lr1e2['attn_bias']['top_key_share']:.3f} on any token",
-        "where there are peaks, " + ", ".join(search_peaks()[0][:-1]) + f" and {search_peaks()[0][-1]} have them ("
-        + ", ".join(f"{v} stays below {criteria['ratio']:g}" for v in search_peaks()[1]) + ")",
-        f"({min(lr1e2[v]['ratio'] for v in chosen):.1f}-{max(lr1e2[v]['ratio'] for v in chosen):.1f}; sigmoid's is the "
-        "largest)",
-        f"ca_softmax still trains worse ({lr1e2['ca_softmax']['val_loss']:.3f}) and has the largest peak of any run: "
-        f"{lr1e2['ca_softmax']['ratio']:.1f}, on BOS, in the last\nlayer, channel {last['layers'][-1]['top1_channel']}",
-        f"val loss {log_val_loss('out-lr1e2-ca_softmax-seed7'):.3f}",
-        f"{text['n_layer']} layers x {text['n_embd']}, block {text['block_size']}, weight decay {text['weight_decay']:g}, "
-        f"lr {text['learning_rate']:.0e} cosine to {text['min_lr']:.0e}, {text['max_iters']:,} steps "
-        f"({characters / 1e6:.0f}M\ncharacters".replace("e-0", "e-"),
-        f"the first position gets {100 * min(shares):.0f}-{100 * max(shares):.0f}% of the mass, no key more than "
-        f"{100 * max(r['top_key_share'] for r in char.values()):.0f}%, and the ratio\nis "
-        f"{min(r['ratio'] for r in char.values()):.0f}-{max(r['ratio'] for r in char.values()):.0f}",
-        f"predicts for {characters / 1e6:.0f}M tokens",
-        f"default {peak['default']['ratio']:.1f} and attn_bias {peak['attn_bias']['ratio']:.1f} at lr 3e-2, ca_softmax "
-        f"{lr1e2['ca_softmax']['ratio']:.1f} at lr 1e-2", f"(where default has {lr1e2['default']['ratio']:.1f})",
-        f"costs default and attn_bias {min(zeroed):.1f}-{max(zeroed):.1f}% perplexity",
-        f"sends default from {cons['default']['baseline']['ppl']:.1f} to\n{g4(sinks['ppl'])}",
-        f"falls from\n{peak['default']['ratio']:.1f} to", f"against {peak['default']['first_token_share']:.3f}), at val "
-        f"loss\n{log_val_loss('out-peakwd-default'):.3f}; ca_softmax falls from {peak['ca_softmax']['ratio']:.1f} to",
-        f"(val loss {log_val_loss('out-peakwd-ca_softmax'):.3f}:",
-        f"the study's criterion (default ≥ {criteria['ratio']:g}", f"top-1/median ≥ {criteria['ratio']:g} together",
-        f"the ratios pass {criteria['ratio']:g}", f"{defaults['n_layer']} layers x {defaults['n_embd']}, OpenWebText)",
-        f"({train['eval_iters']} batches)", f"compare.py's own loss evaluation ({compare['eval_iters']} batches)",
-        f"In the wider {config('train_backcopy_peak.py')['n_layer']}-layer model"]
-
-
-def gpt2_results_speed():
-    """The Speed section: the committed bench run of the variants, its settings and ratios."""
-    b = load("bench/results/gpt2_variants.json")
-    s, ratios = b["settings"], b["variant_vs_default"]
-    return [f"CPU, {b['threads']} thread, {s['n_layer']} layers × {s['n_embd']} wide, {s['n_head']} heads, T = "
-            f"{s['block_size']}, batch {s['batch_size']}; median of {s['repeats']} interleaved repeats of {s['steps']} steps",
-            f"- default / plain SDPA GPT: {b['default_vs_plain_sdpa']:.2f}.",
-            "- Each variant / default: " + ", ".join(f"{v} {r:.2f}" for v, r in ratios.items() if v != "default") + "."]
-
-
-def pilot_val_losses():
-    """The pilots' val loss column: the last evaluation in each pilot's committed training log."""
-    return [f"| {log_val_loss(f'p{name}'):.3f} |" for name in "ABCDE"]
+    ratios = [r["ratio"] for r in char.values()]
+    return main_rows + search_rows + [
+        f"top-1/median\npasses {criteria['ratio']:g} only with no weight decay",
+        f"the logs of the long runs on fresh data rule out {e['no']} of {e['total']}\nruns and cannot decide the other "
+        f"{e['open']}",
+        f"Each sequence is BOS followed by {task['seq_len'] - 1} tokens over a {task['vocab']}-token vocabulary. "
+        f"{WORDS[task['triggers'] * len(task['offsets'])].capitalize()} trigger tokens in {WORDS[task['triggers']]} "
+        f"groups mean \"the next token copies the token {', '.join(map(str, task['offsets'][:-1]))} or "
+        f"{task['offsets'][-1]} places before me\"", f"(Dirichlet α = {task['alpha']:g} rows)",
+        f"writes {task['train_seqs']:,} training sequences and {task['val_seqs']} validation sequences (seed "
+        f"{task['seed']})",
+        f"{train['n_layer']} layers, {train['n_head']} heads, width {train['n_embd']}, block {train['block_size']}, no "
+        f"biases, {table['default']['params'] / 1e6:.2f}M parameters, AdamW with lr {train['learning_rate']:.0e} "
+        f"decaying to {train['min_lr']:.0e} (cosine, {train['warmup_iters']} warmup steps), weight decay "
+        f"{train['weight_decay']:g}, {train['max_iters']} steps".replace("e-0", "e-"),
+        f"over {default['n_seqs']} validation sequences",
+        f"No variant's top-1/median passes {max(r['ratio'] for r in table.values()):.1f}",
+        f"{peak_cfg['n_layer']} layers x {peak_cfg['n_embd']} wide, no weight decay, constant lr "
+        f"{lrs['backcopy_peak']}, {peak_cfg['max_iters']:,} steps",
+        f"Default, attn_bias and ca_softmax pass {criteria['ratio']:g}, sigmoid does not",
+        f"({min(extra):.2f}-{max(extra):.2f} of each layer's mass at lr {lrs['backcopy_peak_lr1e2']})",
+        f"Zeroing the peaks costs default and attn_bias\n{min(zeroed):.1f}-{max(zeroed):.1f}% perplexity, while "
+        f"masking default's sinks takes it from {peak_cons['default']['baseline']['ppl']:.1f} to {masked:.0f}",
+        f"{text['n_layer']}\nlayers x {text['n_embd']}, block {text['block_size']}, {text['max_iters']:,} steps",
+        f"gets {100 * min(shares):.0f}-{100 * max(shares):.0f}% of the attention, no key more than "
+        f"{100 * max(r['top_key_share'] for r in char.values()):.0f}%, and top-1/median is "
+        f"{min(ratios):.0f}-{max(ratios):.0f}"]
 
 
 CLAIMS = [  # (README, function returning its claims rendered from committed results)
     ("README.md", gemma_consequences), ("bench/README.md", capture_bench), ("bench/README.md", variants_bench),
     ("README.md", figures_time), ("README.md", backcopy_sinks), ("README.md", scale_tests),
     ("bench/README.md", scale_bench), ("bench/README.md", bench_constants),
-    ("README.md", emergence), ("README.md", emergence_figures), ("README.md", attn_bias_sink), ("README.md", gemma_figures),
+    ("README.md", emergence), ("README.md", emergence_figures), ("README.md", gemma_figures),
     ("README.md", gemma_windows), ("README.md", scale_test_reading), ("bench/README.md", capture_bench_setup),
     ("bench/README.md", capture_bench_load),
     ("bench/README.md", scale_bench_setup), ("README.md", compression_valley), ("README.md", relocation), ("README.md", code_constants),
@@ -1081,10 +912,7 @@ CLAIMS = [  # (README, function returning its claims rendered from committed res
     ("gpt-2/README.md", gpt2_summary),
     ("results/consequences/README.md", consequences_gemma), ("results/consequences/README.md", consequences_backcopy),
     ("results/consequences/README.md", consequences_peak),
-    ("gpt-2/results/README.md", gpt2_results_tables), ("gpt-2/results/README.md", gpt2_results_brief),
-    ("gpt-2/results/README.md", gpt2_results_setup), ("gpt-2/results/README.md", gpt2_results_reading),
-    ("gpt-2/results/README.md", gpt2_results_search), ("gpt-2/results/README.md", pilot_val_losses),
-    ("gpt-2/results/README.md", gpt2_results_speed), ("gpt-2/results/emergence/README.md", emergence_readme),
+    ("gpt-2/results/README.md", gpt2_results_page), ("gpt-2/results/emergence/README.md", emergence_readme),
 ]
 
 EVERY = "*"  # a STATIC entry for every README
@@ -1092,7 +920,6 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
     (EVERY, r"Gemma 3 270M|Gemma 3\b|Gemma 2/3|gemma3-270m|LLaMA-2-7B|llama2-7b-2layers|llama-30x576|"
      r"SmolLM2-135M-Instruct", "model names"),
     (EVERY, r"3-D|top-1/2/3|\b[01]-based|2-core|2 cores", "names: plot kinds, statistics, indexing, the machine"),
-    (EVERY, r"1st-token", "a column name"),
     (EVERY, r"\b[48]-bit|8- and 4-bit|8 bits|50% (?:smallest|magnitude pruning|pruning|pruned)",
      "the compression methods (lib/compression.py)"),
     (EVERY, r"BOS in about 97% of the windows",
@@ -1107,7 +934,6 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
      "an illustration of rounding across a boundary (a value of the default model's figures, as the re-check saw it)"),
     ("gpt-2/README.md", r"0\.05% of the documents become val \(seed 2357\)|\(position 0, or|queries 1\.\.T-1",
      "nanoGPT's OpenWebText split (data/openwebtext/prepare.py); the first position; the queries with a choice"),
-    ("gpt-2/results/README.md", r"\(Gaussian 0\)", "excess kurtosis' value for a Gaussian"),
     ("README.md", r"Queipo-de-Llano et al\. 2025|1 for orthogonal tokens of one\s?norm, 0 for rank one|exceeds 0\.3\. The valley|"
      r"below 0\.5 x the largest, its depth 1 - lowest|by the 0\.5\s?x rule|passes 0\.3",
      "a citation; the entropy's range and the valley's definition (lib/outliers.py, lib/paper_figures/valley.py)"),
@@ -1137,31 +963,10 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
      r"about 1\.5 CPU-hours|145\.5 in the first run", "history: the earlier rule, an estimate, a replaced run"),
     ("results/consequences/README.md", r"GPT-2 124M trained on OpenWebText: 8-bit absmax 93 \(default\) vs 29 "
      r"\(context-aware scaling\) perplexity, 50% sparsity 7,235 vs 39", "the paper's numbers, as quoted"),
-    ("gpt-2/results/README.md", r"about 1-2B training tokens for a 60M model|about 10\^7 tokens in a few minutes|"
-     r"≥ 1B tokens for a 60M-parameter model|at least a 6-layer model", "the published scale of sink formation; "
-     "an estimate"),
     ("gpt-2/results/README.md", r"Guo et al\. 2024|\(Gu et al\.\)", "citations"),
-    ("gpt-2/results/README.md", r"retrained on 2026-11-25|val loss 1\.5757 ->",
-     "history: the retraining's date and the first training's loss (its checkpoints are not committed)"),
     ("gpt-2/results/README.md", r"queries 1\.\.T-1|position 0|In layer 1, every default head|\"\+1\" is a zero key",
      "definitions: the queries with a choice, the first position, the layer the shares above are of, softmax1"),
-    ("gpt-2/results/README.md", r"How the ratio grew here: 8\.2 → 8\.6 → 9\.0 at 1k/2k/3k steps in this configuration, "
-     r"and 10 → 14 from 1k to 2k steps in a one-offset, block-32 pilot",
-     "history: intermediate checkpoints and a pilot, not committed"),
-    ("gpt-2/results/README.md", r"1\. Guo-style back-copy.*?no sink yet\.",
-     "history: the runs tried before this configuration (not committed)"),
-    ("gpt-2/results/README.md", r"2 cores shared with three other jobs, 1 thread per run, torch 2\.13\.0 CPU\. Each "
-     r"variant took about 3 CPU-minutes; wall time was 6-15 minutes each under load, with two runs side by side\. "
-     r"compare\.py took 16 s\.|15-25 minutes per variant|about 30 minutes per variant",
-     "history: machine, versions and times of the runs"),
-    ("gpt-2/results/README.md", r"ratio at 1k / 2k / 3k steps|\| A \| no BOS.*?\| 1\.528 \||"
-     r"\| B \| weight decay 0.*?\| 1\.605 \||\| C \| 3 layers.*?\| 1\.602 \||\| D \| 3 layers.*?\| 1\.615 \||"
-     r"\| E \| 4 layers.*?\| 1\.622 \|", "history: the pilots' settings and analyses; their checkpoints are not "
-     "committed (the val losses are checked against their logs)"),
-    ("gpt-2/results/README.md", r"get 0\.07-0\.22 each|plateaued at about 63|327\.1 in layer 4 on BOS \(channel 69\), "
-     r"largest first-token share 0\.30|84 characters, 4\.6M training characters|it was 9\.0 at 1,000 steps and 13\.0 "
-     r"at 3,000|to 45\.3|\(0\.913 of layer 1's mass|to 18\.9",
-     "history: analyses of pilot and follow-up checkpoints that are not committed; the prepared data's size"),
+    ("gpt-2/results/emergence/README.md", r"queries 1\.\.T-1", "definition: the queries with a choice of key"),
     ("gpt-2/results/README.md", r"at lr 1e-2|at lr 3e-2|lr 1e-2 \(`backcopy_peak_lr1e2/`\)|constant lr 1e-2:|"
      r"with weight decay 0\.1", "the learning rates and weight decay that name the configurations"),
 ]
