@@ -13,8 +13,6 @@ import statistics
 import sys
 import time
 
-from types import SimpleNamespace
-
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
@@ -62,7 +60,7 @@ class PlainGPT(nn.Module):
         for b in self.blocks:
             x = b(x)
         logits = self.head(self.norm(x))
-        return SimpleNamespace(logits=logits, loss=F.cross_entropy(logits.flatten(0, 1), targets.flatten()))
+        return logits, F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
 def time_model(model, args, device, dtype=None):
@@ -73,7 +71,7 @@ def time_model(model, args, device, dtype=None):
 
     def step():
         with torch.autocast(torch.device(device).type, dtype, enabled=dtype is not None):
-            loss = model(x[:, :-1], x[:, 1:]).loss
+            _, loss = model(x[:, :-1], x[:, 1:])
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

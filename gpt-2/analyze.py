@@ -23,7 +23,7 @@ from lib.files import write_json
 from lib.gpt2_data import gpt2_encoding, load_meta
 from dataset import Batches
 from evaluate import at_least, check_output_dir, open_checkpoint
-from outlier_stats import VARIANTS, activation_stats, attention_stats, checkpoint_provenance, summary
+from outlier_stats import VARIANTS, activation_stats, attention_stats, captured, checkpoint_provenance, summary
 
 SUMMER = "Summer is warm. Winter is cold.\n"
 DEFAULTS = dict(ckpt="", out_dir="out", analysis_dir="", dataset="", n_seqs=3, seq_len=0, layer=0, attention_layer=0,
@@ -75,9 +75,9 @@ def analysis(c, path, model, ckpt, dataset, record):
     attn_layer = c["attention_layer"] or 1 + max(range(n_layer), key=lambda i: att[i]["top_key_share"])
     ids, labels, source = prompt_ids(c, dataset, model)
     with torch.no_grad():
-        out = model(ids[None].to(c["device"]), return_hidden=True, need_weights=True)
-    view = out.hidden[layer - 1][0].abs()  # (T, C)
-    w = out.attn[attn_layer - 1][0].mean(0)  # head-averaged (T, T[+1])
+        got = captured(model, ids[None].to(c["device"]), ["resid_post", "attn.pattern"])[1]
+    view = got["resid_post"][layer - 1][0].abs()  # (T, C)
+    w = got["attn.pattern"][attn_layer - 1][0].mean(0)  # head-averaged (T, T[+1])
     return dict(checkpoint=record, attention=model.config.attention,
                 dataset=dataset, n_seqs=c["n_seqs"], seq_len=seq_len, layers=act, attention_layers=att,
                 summary=summ, variants=VARIANTS, view=dict(layer=layer, source=source, tokens=labels, abs_hidden=view.tolist(),

@@ -116,7 +116,7 @@ def evaluate(model, dataset, batch_size, block_size, eval_iters, seed, device):
     result = {}
     for split in ("train", "val"):
         batches = Batches(dataset, split, batch_size, block_size, seed + (split == "val"), device)
-        losses = [model(*batches.next()).loss.item() for _ in range(eval_iters)]
+        losses = [model(*batches.next())[1].item() for _ in range(eval_iters)]
         loss = sum(losses) / len(losses)
         result[split] = dict(loss=loss, perplexity=math.exp(loss))
     return result

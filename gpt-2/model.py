@@ -18,7 +18,6 @@ Beyond the paper, behind the same switch:
 import functools
 import math
 from dataclasses import dataclass, fields
-from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -170,8 +169,12 @@ def sdpa_with_extra_key(q, k, v, dropout_p):
 
 class CausalSelfAttention(nn.Module):
     """The paper's `default`: softmax(Q K^T / sqrt(d)) V. A variant subclasses it and overrides what it changes:
-    `fused` (the SDPA path; None where there is no kernel), `explicit` (the same with the weights returned),
-    `combine` (heads -> channels) and `init_extra` (its own parameters' initial values)."""
+    `fused` (the SDPA path; None where there is no kernel), `explicit` (the same computed step by step, returning
+    the weights too), `combine` (heads -> channels) and `init_extra` (its own parameters' initial values).
+    `flash` picks the path, as in nanoGPT: True runs `fused` (training), False `explicit`. On the explicit path the
+    scores Q K^T / sqrt(d) of the tokens (B, nh, T, T; -inf after the query) pass through `hook_scores` and the
+    weights (B, nh, T, T), or (B, nh, T, T + 1) with an extra key k' in column 0 where `extra_key_first`, through
+    `hook_pattern`: identity modules, where forward hooks read them and a hook's return value replaces them."""
     extra_key_first = False  # explicit weights hold an always-visible extra key k' in column 0
 
     def __init__(self, config):
@@ -184,28 +187,19 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.rotary = POSITIONS[config.pos_emb].rotary
-        self.blocked_keys = None  # bool (B, T), set by interventions: tokens no other query may attend to
+        self.flash = self.fused is not None
+        self.hook_scores = nn.Identity()
+        self.hook_pattern = nn.Identity()
 
-    def forward(self, x, need_weights=False):
-        """x: (B, T, C). Returns y (B, T, C) and, if need_weights, the attention weights (B, nh, T, T[+1])."""
+    def forward(self, x):
+        """x: (B, T, C) -> (B, T, C)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
         if self.rotary:  # an extra key k' stays unrotated: it has no position
             q, k = rotate(q), rotate(k)
-        if need_weights or self.blocked_keys is not None or self.fused is None:
-            y, w = self.explicit(q, k, v, self.visible(T, q.device))
-        else:
-            y, w = self.fused(q, k, v), None
-        return self.resid_dropout(self.c_proj(self.combine(y, x))), w
-
-    def visible(self, T, device):
-        """Which keys each query may attend to: causal, minus blocked tokens (each still sees itself)."""
-        visible = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-        if self.blocked_keys is not None:  # (B, 1, T, T)
-            eye = torch.eye(T, dtype=torch.bool, device=device)
-            visible = visible & (~self.blocked_keys.to(device)[:, None, None, :] | eye)
-        return visible
+        y = self.fused(q, k, v) if self.flash else self.explicit(q, k, v)[0]
+        return self.resid_dropout(self.c_proj(self.combine(y, x)))
 
     def dropout_p(self):
         return self.attn_dropout if self.training else 0.0
@@ -213,12 +207,18 @@ class CausalSelfAttention(nn.Module):
     def scores(self, q, k):
         return (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
 
+    def causal_scores(self, q, k):
+        """The tokens' scores (B, nh, T, T), -inf where the key comes after the query, through hook_scores."""
+        T = q.shape[2]
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        return self.hook_scores(self.scores(q, k).masked_fill(~causal, float("-inf")))
+
     def fused(self, q, k, v):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout_p())
 
-    def explicit(self, q, k, v, visible):
+    def explicit(self, q, k, v):
         """(y, weights) with the weights computed explicitly (for analysis and the unfused variants)."""
-        w = torch.softmax(self.scores(q, k).masked_fill(~visible, float("-inf")), dim=-1)
+        w = self.hook_pattern(torch.softmax(self.causal_scores(q, k), dim=-1))
         return F.dropout(w, self.dropout_p(), self.training) @ v, w
 
     def combine(self, y, x):
@@ -240,8 +240,8 @@ class VBias(CausalSelfAttention):
     def fused(self, q, k, v):
         return super().fused(q, k, v) + self.v_extra
 
-    def explicit(self, q, k, v, visible):
-        y, w = super().explicit(q, k, v, visible)
+    def explicit(self, q, k, v):
+        y, w = super().explicit(q, k, v)
         return y + self.v_extra, w
 
     def init_extra(self):
@@ -271,13 +271,12 @@ class AttnBias(CausalSelfAttention):
     def fused(self, q, k, v):
         return sdpa_with_extra_key(q, *self.with_extra(q, k, v), self.dropout_p())
 
-    def extra_weights(self, q, k, visible):
-        """softmax over [k'; visible keys]: (B, nh, T, T + 1), k' in column 0."""
-        tokens = self.scores(q, k).masked_fill(~visible, float("-inf"))
+    def extra_weights(self, q, tokens):
+        """softmax over [k'; the tokens' scores]: (B, nh, T, T + 1), k' in column 0."""
         return torch.softmax(torch.cat([self.scores(q, self.extra(q)[0]), tokens], dim=-1), dim=-1)
 
-    def explicit(self, q, k, v, visible):
-        w = self.extra_weights(q, k, visible)
+    def explicit(self, q, k, v):
+        w = self.hook_pattern(self.extra_weights(q, self.causal_scores(q, k)))
         v = torch.cat([self.extra(q)[1].expand(q.shape[0], -1, -1, -1), v], dim=2)
         return F.dropout(w, self.dropout_p(), self.training) @ v, w
 
@@ -306,10 +305,13 @@ class CaBias(AttnBias):
         bias = sdpa_with_extra_key(q, *self.with_extra(q, k, torch.zeros_like(v)), p)  # p'(q) v'
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p) + bias
 
-    def explicit(self, q, k, v, visible):
-        y, a = CausalSelfAttention.explicit(self, q, k, v, visible)
-        w = self.extra_weights(q, k, visible)
-        return y + F.dropout(w, self.dropout_p(), self.training)[..., :1] * self.extra(q)[1], a
+    def explicit(self, q, k, v):
+        tokens = self.causal_scores(q, k)
+        a = self.hook_pattern(torch.softmax(tokens, dim=-1))
+        w = self.extra_weights(q, tokens)
+        p = self.dropout_p()
+        y = F.dropout(a, p, self.training) @ v
+        return y + F.dropout(w, p, self.training)[..., :1] * self.extra(q)[1], a
 
 
 class CaSoftmax(CausalSelfAttention):
@@ -333,8 +335,8 @@ class Sigmoid(CausalSelfAttention):
     """sigmoid(Q K^T / sqrt(d) - log T) V, causal (T = sequence length); no fused kernel."""
     fused = None
 
-    def explicit(self, q, k, v, visible):
-        w = torch.sigmoid(self.scores(q, k) - math.log(q.shape[2])).masked_fill(~visible, 0.0)
+    def explicit(self, q, k, v):
+        w = self.hook_pattern(torch.sigmoid(self.causal_scores(q, k) - math.log(q.shape[2])))  # -inf -> 0
         return F.dropout(w, self.dropout_p(), self.training) @ v, w
 
 
@@ -361,9 +363,9 @@ class Clipped(CausalSelfAttention):
         super().__init__(config)
         self.clip_gamma, self.clip_zeta = config.clip_gamma, config.clip_zeta
 
-    def explicit(self, q, k, v, visible):
-        a = torch.softmax(self.scores(q, k).masked_fill(~visible, float("-inf")), dim=-1)
-        w = torch.clamp((self.clip_zeta - self.clip_gamma) * a + self.clip_gamma, 0.0, 1.0)
+    def explicit(self, q, k, v):
+        a = torch.softmax(self.causal_scores(q, k), dim=-1)
+        w = self.hook_pattern(torch.clamp((self.clip_zeta - self.clip_gamma) * a + self.clip_gamma, 0.0, 1.0))
         return F.dropout(w, self.dropout_p(), self.training) @ v, w
 
 
@@ -385,15 +387,6 @@ class MLP(nn.Module):
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
-class GPTOutput(NamedTuple):
-    """What GPT.forward returns, whatever it was asked for."""
-    logits: torch.Tensor  # (B, T, vocab) given targets; else (B, 1, vocab), the last position only
-    loss: torch.Tensor | None  # mean cross-entropy over targets other than -1; None without targets
-    hidden: list | None  # with return_hidden: each block's output (B, T, C), first block first
-    attn: list | None  # with need_weights: each layer's attention weights (B, nh, T, T), or (B, nh, T, T + 1)
-    #                    with the extra key in column 0 where the variant's extra_key_first says so
-
-
 class Block(nn.Module):
 
     def __init__(self, config):
@@ -403,11 +396,10 @@ class Block(nn.Module):
         self.ln_2 = NORMS[config.norm](config)
         self.mlp = MLP(config)
 
-    def forward(self, x, need_weights=False):
-        a, w = self.attn(self.ln_1(x), need_weights=need_weights)  # by keyword: capture hooks may set it
-        x = x + a
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
         x = x + self.mlp(self.ln_2(x))
-        return x, w
+        return x
 
 
 class GPT(nn.Module):
@@ -445,8 +437,9 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, return_hidden=False, need_weights=False):
-        """idx (B, T) token ids -> GPTOutput; hidden and attn are None unless asked for."""
+    def forward(self, idx, targets=None):
+        """idx (B, T) token ids -> (logits, loss): given targets, the logits (B, T, vocab) and the mean
+        cross-entropy over targets other than -1; else the last position's logits (B, 1, vocab) and None."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of length {T} is longer than block_size {self.config.block_size}")
@@ -454,21 +447,15 @@ class GPT(nn.Module):
         if self.transformer.wpe is not None:
             x = x + self.transformer.wpe(torch.arange(T, device=idx.device))
         x = self.transformer.drop(x)
-        hidden = [] if return_hidden else None
-        weights = [] if need_weights else None
         for block in self.transformer.h:
-            x, w = block(x, need_weights)
-            if return_hidden:
-                hidden.append(x)
-            if need_weights:
-                weights.append(w)
+            x = block(x)
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         else:
             logits, loss = self.lm_head(x[:, [-1], :]), None  # only the last position at inference
-        return GPTOutput(logits, loss, hidden, weights)
+        return logits, loss
 
     def hidden_matrices(self):
         """The 2-D weights inside the blocks (attention and MLP projections, the variants' own linear maps): what
@@ -505,7 +492,8 @@ class GPT(nn.Module):
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
-            logits = self(idx_cond).logits[:, -1, :] / temperature
+            logits, _ = self(idx_cond)
+            logits = logits[:, -1, :] / temperature
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                 logits[logits < v[:, [-1]]] = -float("inf")

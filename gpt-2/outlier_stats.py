@@ -17,6 +17,8 @@ import os
 import torch
 
 from lib import analysis, outliers
+from lib.gpt2_checkpoints import CheckpointLM
+from monkey_patch import Capture, ModelView
 
 SINK_RATE_THRESHOLD = 0.3
 VARIANTS = dict(
@@ -38,15 +40,28 @@ def checkpoint_provenance(path, ckpt, data=None):
     return provenance(spec, data=data)
 
 
+def captured(model, seqs, points, targets=None):
+    """One forward of the GPT with monkey_patch.Capture's `points` (names as in monkey_patch.capture) in every layer:
+    ((logits, loss), {point: [one tensor per layer, on seqs' device]}). attn.pattern comes whole, as the model
+    computes it: (B, nh, T, T), or (B, nh, T, T + 1) with the extra key k' in column 0 where the variant has one.
+    Asking for attention runs every layer's explicit path (the same numbers as without, up to rounding)."""
+    lm = CheckpointLM(model)
+    extra = "attn.pattern" in points and ModelView(lm).has_extra_key()
+    with Capture(lm, points + ["attn.extra"] * extra) as cap:
+        out = model(seqs, targets)
+    got = {p: [cap[p, i].to(seqs.device) for i in range(model.config.n_layer)] for p in points + ["attn.extra"] * extra}
+    if extra:
+        got["attn.pattern"] = [torch.cat([k[..., None], w], dim=-1) for k, w in zip(got.pop("attn.extra"),
+                                                                                      got["attn.pattern"])]
+    return out, got
 
 
 @torch.no_grad()
 def activation_stats(model, seqs):
     """Per layer (block outputs): mean over sequences of top-1/2/3 |h| and median |h|; ratio; kurtosis;
     and where top-1 sits (token position and channel, in the first sequence). See VARIANTS."""
-    out = model(seqs, return_hidden=True)
     layers = []
-    for h in out.hidden:  # (B, T, C)
+    for h in captured(model, seqs, ["resid_post"])[1]["resid_post"]:  # (B, T, C)
         per_seq = [outliers.topk_magnitudes(s, 3) for s in h]
         top = [sum(s["top"][k] for s in per_seq) / len(per_seq) for k in range(3)]
         med = sum(s["median"] for s in per_seq) / len(per_seq)
@@ -76,10 +91,9 @@ def key_shares(w, T):
 @torch.no_grad()
 def attention_stats(model, seqs):
     """Per layer: first-token share, top-key share and its position, extra-key share, sink rate (VARIANTS)."""
-    out = model(seqs, need_weights=True)
     T = seqs.shape[1]
     layers = []
-    for w in out.attn:  # (B, nh, T, T) or (B, nh, T, T+1) with the extra key first
+    for w in captured(model, seqs, ["attn.pattern"])[1]["attn.pattern"]:  # (B, nh, T, T[+1]), the extra key first
         per_key = head_key_shares(w, T)  # (nh, T)
         per_key_all = per_key.mean(0)
         extra = row_normalized(w)[..., 0] if w.shape[-1] == T + 1 else torch.zeros_like(w[..., 0])
@@ -148,24 +162,14 @@ def fixed_positions(seqs):
 
 @torch.no_grad()
 def capture(model, seqs):
-    """One forward: block outputs, attention weights, and what adds up to each block output (the embedding,
-    each block's attention and MLP outputs, and each MLP's hidden units)."""
-    blocks = model.transformer.h
-    parts, hooks = {}, []
-
-    def keep(name, i, pick=lambda o: o):
-        return lambda module, args, out: parts.__setitem__((name, i), pick(out))
-    hooks.append(blocks[0].register_forward_pre_hook(lambda module, args: parts.__setitem__(("embed", 0), args[0])))
-    for i, block in enumerate(blocks):
-        hooks.append(block.attn.register_forward_hook(keep("attn", i, lambda o: o[0])))
-        hooks.append(block.mlp.register_forward_hook(keep("mlp", i)))
-        hooks.append(block.mlp.gelu.register_forward_hook(keep("unit", i)))
-    try:
-        out = model(seqs, return_hidden=True, need_weights=True)
-    finally:
-        for h in hooks:
-            h.remove()
-    return out, parts
+    """One forward: the points of `captured` that layer_report reads (block outputs, attention weights), and what
+    adds up to each block output: parts[name, layer] for the embedding ("embed", 0), each block's attention and
+    MLP outputs ("attn", "mlp") and each MLP's hidden units ("unit")."""
+    got = captured(model, seqs, ["resid_post", "attn.pattern", "resid_pre", "attn_out", "mlp.down_out", "mlp.act_out"])[1]
+    parts = {("embed", 0): got["resid_pre"][0]}
+    for i in range(model.config.n_layer):
+        parts["attn", i], parts["mlp", i], parts["unit", i] = got["attn_out"][i], got["mlp.down_out"][i], got["mlp.act_out"][i]
+    return got, parts
 
 
 def writer_of(model, parts, layer, p, c):
@@ -217,12 +221,12 @@ def layer_report(model, seqs):
     largest): its ratio, top channel, massive channels, how often it holds the block's maximum, whether the
     design fixes it, its writer, every layer's per-head attention share on it and the heads of later blocks
     that sink on it; then the verdict."""
-    out, parts = capture(model, seqs)
-    T, n_layer = seqs.shape[1], len(out.hidden)
-    heads = [head_key_shares(w, T) for w in out.attn]  # per layer, (nh, T)
+    got, parts = capture(model, seqs)
+    T, n_layer = seqs.shape[1], len(got["resid_post"])
+    heads = [head_key_shares(w, T) for w in got["attn.pattern"]]  # per layer, (nh, T)
     fixed = fixed_positions(seqs)
     layers = []
-    for l, h in enumerate(out.hidden):
+    for l, h in enumerate(got["resid_post"]):
         channel_ratio = outliers.channel_position_ratios(h)
         ratio, channel = channel_ratio.max(dim=1)
         holds = outliers.holds_max_share(h)
@@ -397,18 +401,18 @@ class Ablator:
     def run(self, layer=None, pos=None, channels=None, values=None):
         """(per-sequence loss (B,), per-layer head shares) with h[:, pos, channels] of block `layer` = values."""
         def edit(module, args, out):
-            out[0][:, pos, channels] = values
+            out[:, pos, channels] = values
         # the edit goes into a block's output inside the forward: no capture point of the model serves it
         hook = self.model.transformer.h[layer].register_forward_hook(edit) if layer is not None else None
         try:
-            out = self.model(self.seqs, targets=self.y, need_weights=True)
+            (logits, _), got = captured(self.model, self.seqs, ["attn.pattern"], self.y)
         finally:
             if hook is not None:
                 hook.remove()
-        nll = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1).float(), self.y.flatten(), ignore_index=-1,
+        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), self.y.flatten(), ignore_index=-1,
                                                 reduction="none").view(self.y.shape)
         per_seq = nll.sum(1) / (self.y >= 0).sum(1)
-        return per_seq, [head_key_shares(w, self.seqs.shape[1]) for w in out.attn]
+        return per_seq, [head_key_shares(w, self.seqs.shape[1]) for w in got["attn.pattern"]]
 
     def ablate(self, layer, p, channels, means, draws):
         """Block `layer` (0-based), position p: `channels` zeroed and set to `means`, against `draws` controls
@@ -445,7 +449,7 @@ def peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=0):
     the mean. Loss: next-token loss over positions 0..T-2 of seqs (each cost also paired per sequence, with its
     standard error); shares: every layer's per-head share of the position before and after zeroing."""
     ablator = Ablator(model, seqs, seed)
-    calib_hidden = model(calib, return_hidden=True).hidden
+    calib_hidden = captured(model, calib, ["resid_post"])[1]["resid_post"]
     rows = []
     for r in (row for layer in report["layers"][:-1] for row in layer["positions"]):
         layer, p, channels = r["layer"] - 1, r["position"], r["channels"]
@@ -466,7 +470,7 @@ def largest_peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=
     p = layer["position"]
     row = next(r for r in layer["positions"] if r["position"] == p)
     channels = row["channels"] or [row["channel"]]
-    means = model(calib, return_hidden=True).hidden[layer["layer"] - 1][:, p, channels].float().mean(0)
+    means = captured(model, calib, ["resid_post"])[1]["resid_post"][layer["layer"] - 1][:, p, channels].float().mean(0)
     return dict(layer=layer["layer"], position=p, position_ratio=layer["position_ratio"],
                 channels_rule="massive" if row["channels"] else "top channel (none reaches the ratio)",
                 **Ablator(model, seqs, seed).ablate(layer["layer"] - 1, p, channels, means, draws))

@@ -275,7 +275,8 @@ def train_step(model, state, scaler, c, proc):
         if proc.ddp:  # only sync gradients on the last micro step
             model.require_backward_grad_sync = micro_step == c.gradient_accumulation_steps - 1
         with proc.ctx:
-            loss = model(X, Y).loss / c.gradient_accumulation_steps
+            _, loss = model(X, Y)
+            loss = loss / c.gradient_accumulation_steps
         scaler.scale(loss).backward()
     if c.grad_clip > 0:
         for opt in state.optimizers:
@@ -300,7 +301,7 @@ def estimate_loss(model, c, proc):
         for k in range(c.eval_iters):
             X, Y = batches.next()
             with proc.ctx:
-                losses[k] = model(X, Y).loss.item()
+                losses[k] = model(X, Y)[1].item()
         out[split] = losses.mean().item()
     model.train()
     return out

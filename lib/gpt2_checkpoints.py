@@ -115,8 +115,13 @@ class CheckpointLM(nn.Module):
         return self.gpt.transformer.wte
 
     def forward(self, input_ids, **unused):
-        """The GPT's forward (last position's logits only: the figures read the hooks, not the logits)."""
-        return self.gpt(input_ids)
+        """The GPT's forward, its `logits` the last position's only (the figures read the hooks, not the logits)."""
+        return SimpleNamespace(logits=self.gpt(input_ids)[0])
+
+
+def as_lm(model: nn.Module) -> nn.Module:
+    """A gpt-2/model.py GPT in CheckpointLM, the face monkey_patch sees it through; any other model as it is."""
+    return CheckpointLM(model) if getattr(model.config, "model_type", None) is None else model
 
 
 class TaskTokenizer:

@@ -19,8 +19,9 @@ entry (those functions list at most 64).
 - `mask_sink_keys(model, layer)`: in every block after `layer`, no query may attend to the outlier tokens
   detected at `layer` in that window (each token still attends to itself, so the first row keeps a key).
   Hugging Face models (families on transformers' attention registry): a registered attention function edits
-  the eager (additive) mask, then runs the family's eager attention. gpt-2/ models: the later attention
-  modules get the tokens as `blocked_keys` (always-visible extra keys k' stay visible).
+  the eager (additive) mask, then runs the family's eager attention. gpt-2/ models (seen through
+  lib.gpt2_checkpoints.CheckpointLM): the same edit sets the masked keys' scores to -inf on the explicit path of
+  the later attention modules (monkey_patch.hook_points; always-visible extra keys k' stay visible).
 - `mask_attention_sinks(model, run, logits_fn)`: the sink itself, found from attention rather than from
   activations: in each window, every layer's attention-outlier keys (lib.analysis.ATTENTION_RULE, from an
   unmasked forward) are masked in that layer. Also for models whose sinks carry no activation outlier.
@@ -35,8 +36,10 @@ from dataclasses import dataclass
 import torch
 
 from lib import analysis, outliers, reducers
+from lib.gpt2_checkpoints import as_lm
 from monkey_patch import AttentionEdit, Capture, CaptureError, ModelView, route
 from monkey_patch.capture import paused
+from monkey_patch.hook_points import scores_edit
 from monkey_patch.routing import hide
 
 
@@ -393,30 +396,20 @@ class KeyMaskEdit(AttentionEdit):
 
 
 def _gpt2_blocks(model):
-    """The blocks of a gpt-2/ package GPT (its attention modules take `blocked_keys`), else None."""
-    blocks = getattr(getattr(model, "transformer", None), "h", None)
-    return blocks if blocks is not None and len(blocks) and hasattr(getattr(blocks[0], "attn", None), "blocked_keys") \
-        else None
+    """The blocks of a gpt-2/ package GPT, else None."""
+    gpt2 = hasattr(model, "config") and getattr(model.config, "model_type", None) is None
+    return model.transformer.h if gpt2 else None
 
 
 def supports_sink_mask(model) -> bool:
-    if _gpt2_blocks(model) is not None:
-        return True
-    view = ModelView(model)
-    return bool(view.family.registry) and getattr(sys.modules[type(view.attn(0)).__module__],
-                                                  "eager_attention_forward", None) is not None
+    view = ModelView(as_lm(model))
+    return view.family.scores is not None or bool(view.family.registry) and getattr(
+        sys.modules[type(view.attn(0)).__module__], "eager_attention_forward", None) is not None
 
 
 def decoder_blocks(model):
     """The decoder blocks of a supported Hugging Face model or of a gpt-2/ GPT."""
-    blocks = _gpt2_blocks(model)
-    return ModelView(model).layers if blocks is None else blocks
-
-
-
-def _gpt2_block_keys(blocks, state: SinkMask, batch: int, n_tokens: int, device) -> None:
-    for i, block in enumerate(blocks):
-        block.attn.blocked_keys = state.blocked(i, batch, n_tokens, device)
+    return ModelView(as_lm(model)).layers
 
 
 @contextmanager
@@ -424,22 +417,10 @@ def masking(model, state: SinkMask):
     """Within the context, every forward masks the keys `state.keys` names (read when each layer runs)."""
     if not supports_sink_mask(model):
         raise ValueError(f"{model.config.model_type}: sink masking needs a family on transformers' attention registry")
-    blocks = _gpt2_blocks(model)
-    if blocks is not None:
-        def start(module, args):
-            state.forwards += 1
-            _gpt2_block_keys(blocks, state, args[0].shape[0], args[0].shape[1], args[0].device)
-        handle = blocks[0].register_forward_pre_hook(start)
-        try:
-            yield state
-        finally:
-            handle.remove()
-            for block in blocks:
-                block.attn.blocked_keys = None
-        return
-    view = ModelView(model)
+    view = ModelView(as_lm(model))
     edit = KeyMaskEdit(state)
-    with route(model, view.layers, view.family.attn, edit=edit):
+    with route(view.model, view.layers, view.family.attn, edit=edit) if view.family.registry else \
+            scores_edit(view, edit):
         handles = [view.layers[0].register_forward_pre_hook(edit.start_forward),
                    view.layers[-1].register_forward_hook(edit.check_applied)]
         try:
@@ -479,14 +460,11 @@ def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0, rule
     `report()` has the keys found in each forward and the layers they were masked in."""
     state = SinkMask(control, seed, kind=f"mask_sink_keys (found at layer {layer})")
     blocks = decoder_blocks(model)
-    gpt2 = _gpt2_blocks(model) is not None
 
     def detect(i, output):
         h = _hidden(output)
         rows = [torch.nonzero(outlier_mask(h[b], rule).any(dim=1)).flatten().tolist() for b in range(h.shape[0])]
         state.set({j: [list(r) for r in rows] for j in range(layer + 1, len(blocks))}, h.shape[1])
-        if gpt2:  # the keys were found mid-forward: hand them to the later blocks before they run
-            _gpt2_block_keys(blocks, state, h.shape[0], h.shape[1], h.device)
 
     with masking(model, state), block_output_hooks(blocks, detect, layers=[layer]):
         yield state
@@ -504,7 +482,12 @@ def attention_sinks(model, run, ids) -> dict[int, list[list[int]]]:
 
 def _attention_sinks(model, run, ids):
     if _gpt2_blocks(model) is not None:
-        weights = model(ids, need_weights=True).attn
+        lm = as_lm(model)
+        extra = ModelView(lm).has_extra_key()
+        with Capture(lm, ["attn.pattern"] + ["attn.extra"] * extra) as cap:
+            model(ids)
+        weights = [torch.cat([cap["attn.extra", i][..., None], cap["attn.pattern", i]], dim=-1) if extra
+                   else cap["attn.pattern", i] for i in range(len(decoder_blocks(model)))]
         sums = []
         for w in weights:
             w = w / w.sum(dim=-1, keepdim=True)

@@ -115,7 +115,7 @@ def gpt2_logits(model):
 
     def logits_fn(ids):
         ids = ids.to(device)
-        return model(ids, targets=torch.full_like(ids, -1)).logits  # targets only switch on full logits
+        return model(ids, targets=torch.full_like(ids, -1))[0]  # targets only switch on full logits
     return logits_fn
 
 

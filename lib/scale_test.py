@@ -20,10 +20,12 @@ from contextlib import ExitStack, contextmanager
 import torch
 
 from lib import relocation
+from lib.gpt2_checkpoints import as_lm
 from lib.interventions import DEFAULT_RULE, KeyRecord, _gpt2_blocks, attention_sinks, key_mask, supports_sink_mask
 from lib.perplexity import perplexity, summarize
 from lib.text_numbers import sig
 from monkey_patch import AttentionEdit, ModelView, route
+from monkey_patch.hook_points import explicit_attention
 from monkey_patch.routing import additive_mask, eager_attention
 
 MODES = ("mask", "oracle_scale", "drop_sink_value", "sink_value_only", "const_scale", "fitted_scale")
@@ -192,10 +194,15 @@ class ScaleEdit(AttentionEdit):
 def _gpt2_wrap(state, layer, attn):
     original = attn.explicit
 
-    def explicit(q, k, v, visible):
+    def explicit(q, k, v):
         def run(new_value, hidden):
-            vis = visible if hidden is None else visible & ~hidden
-            y, w = original(q, k, v if new_value is None else new_value, vis)
+            hide = None if hidden is None else attn.hook_scores.register_forward_hook(
+                lambda module, args, scores: scores.masked_fill(hidden, float("-inf")))
+            try:
+                y, w = original(q, k, v if new_value is None else new_value)
+            finally:
+                if hide is not None:
+                    hide.remove()
             return y, w[..., -q.shape[2]:]  # the tokens' columns (an extra key k' comes first)
         return apply(state, layer, run, q, v, state.inputs.get(layer)), None
     return explicit
@@ -210,10 +217,10 @@ def scale_test(model, state: ScaleTest):
     with ExitStack() as stack:
         if blocks is not None:
             attns = [b.attn for b in blocks]
+            stack.enter_context(explicit_attention(ModelView(as_lm(model))))
             for i, attn in enumerate(attns):
-                attn.explicit, attn.fused = _gpt2_wrap(state, i, attn), None  # instance attributes, removed below
+                attn.explicit = _gpt2_wrap(state, i, attn)  # an instance attribute, removed below
                 stack.callback(delattr, attn, "explicit")
-                stack.callback(delattr, attn, "fused")
         else:
             view = ModelView(model)
             stack.enter_context(route(model, view.layers, view.family.attn, edit=ScaleEdit(state)))

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from monkey_patch.adapters import FAMILIES, Family, get_submodule, head_counts, split_qkv
+from monkey_patch.hook_points import explicit_attention
 from monkey_patch.routing import CaptureError, additive_mask, model_configs, route
 from monkey_patch.weights import matrix
 
@@ -407,10 +408,12 @@ class Capture:
         return x.view(*x.shape[:2], -1, self.view.head_dim)
 
     def _hook_legacy_pattern(self, layer: int) -> None:
-        """Families outside the registry (falcon, mpt, nanogpt) return probabilities from their attention module;
-        where they carry an extra key first, it is split off as attn.extra."""
+        """Families outside the registry return probabilities from their attention module (falcon, mpt) or pass
+        them through a module on an explicit path (nanogpt: monkey_patch.hook_points); where they carry an extra key
+        first, it is split off as attn.extra."""
         flag = self.view.family.weights_flag
         extra = self.view.has_extra_key()
+        attn = self.view.attn(layer)
 
         def force_weights(module, args, kwargs):
             if flag:
@@ -420,7 +423,9 @@ class Capture:
         def take_weights(module, inputs, output):
             if not isinstance(output, tuple) or output[-1] is None or output[-1].dim() != 4:
                 raise CaptureError(f"{self.view.model_type}: attention module returned no probabilities")
-            weights = output[-1]
+            take(output[-1])
+
+        def take(weights):
             if extra:
                 if "attn.extra" in self.points:
                     self._emit("attn.extra", layer, weights[..., 0])
@@ -428,7 +433,10 @@ class Capture:
             if "attn.pattern" in self.points:
                 self._emit("attn.pattern", layer, weights)
 
-        attn = self.view.attn(layer)
+        if self.view.family.pattern is not None:
+            self._routes.enter_context(explicit_attention(self.view))
+            self._hook(get_submodule(attn, self.view.family.pattern), lambda m, i, o: take(o))
+            return
         self._handles.append(attn.register_forward_pre_hook(force_weights, with_kwargs=True))
         self._hook(attn, take_weights)
         self._switch_implementation("eager")  # so the model builds the additive mask these modules expect

@@ -13,9 +13,10 @@ from torch import nn
 
 import consequences
 from lib import analysis, compression, evaluation, interventions
+from lib.gpt2_checkpoints import CheckpointLM
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
 from lib.tiny_models import tiny_model
-from monkey_patch import ModelView
+from monkey_patch import Capture, ModelView
 from planted import CHANNEL, PLANTED, SINK, CharTokenizer, planted_llama
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "gpt-2"))
@@ -68,7 +69,7 @@ def test_gpt2_checkpoint_logits_match_prefix_by_prefix():
     full = gpt2_logits(model)(ids)
     with torch.no_grad():
         for t in range(1, 9):
-            last = model(ids[:, :t]).logits
+            last = model(ids[:, :t])[0]
             assert torch.allclose(full[0, t - 1], last[0, -1], atol=1e-5)
 
 
@@ -300,39 +301,42 @@ def test_mask_sink_in_gpt2_variants_cuts_later_attention_to_the_outlier_token(va
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
 
     def plant(noise):
-        def hook(module, args, output):
-            h, w = output
+        def hook(module, args, h):
             h = h.clone()
             h[:, k, 0] = 5000.0
             h[:, k, 1:] += noise * torch.randn(h.shape[-1] - 1, generator=torch.Generator().manual_seed(1))
-            return h, w
+            return h
         return model.transformer.h[L].register_forward_hook(hook)
 
     def run(noise, masked):
+        """(last block's output, each layer's weights on the tokens), captured through the adapter."""
         handle = plant(noise)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), Capture(CheckpointLM(model), ["resid_post", "attn.pattern"]) as cap:
                 if not masked:
-                    return model(ids, return_hidden=True, need_weights=True)
-                with interventions.mask_sink_keys(model, L) as state:
-                    out = model(ids, return_hidden=True, need_weights=True)
-                assert set(state.keys) == {1, 2} and all(r == [[k], [k]] for r in state.keys.values())
-                return out
+                    model(ids)
+                else:
+                    with interventions.mask_sink_keys(model, L) as state:
+                        model(ids)
+                    assert set(state.keys) == {1, 2} and all(r == [[k], [k]] for r in state.keys.values())
+            return cap["resid_post", 2], [cap["attn.pattern", i] for i in range(3)]
         finally:
             handle.remove()
 
     others = [i for i in range(12) if i != k]
-    last = lambda out: out.hidden[-1][:, others]
+    last = lambda out: out[0][:, others]
     unmasked_change = (last(run(0.0, False)) - last(run(3000.0, False))).abs().max()
     masked = run(0.0, True)
     masked_change = (last(masked) - last(run(3000.0, True))).abs().max()
     assert unmasked_change > 1e-4 and masked_change < 1e-6
-    extra = 1 if variant == "attn_bias" else 0  # attn_bias puts its always-visible k' first
-    for w in masked.attn[L + 1:]:
-        assert torch.all(w[:, :, others, k + extra] == 0)
-    assert all(block.attn.blocked_keys is None for block in model.transformer.h)  # cleaned up
+    for w in masked[1][L + 1:]:  # the weights on the tokens (an extra key k' is captured apart)
+        assert torch.all(w[:, :, others, k] == 0)
+    assert all(not (m._forward_hooks or m._forward_pre_hooks) for m in model.modules())  # cleaned up
+    assert all(b.attn.flash == (variant not in ("sigmoid", "clipped")) for b in model.transformer.h)
     with torch.no_grad():  # the fused path is back and unchanged
-        assert torch.allclose(model(ids).logits, model(ids, need_weights=True).logits, atol=1e-5)
+        with Capture(CheckpointLM(model), "attn.pattern"):
+            explicit = model(ids)[0]
+        assert torch.allclose(model(ids)[0], explicit, atol=1e-5)
 
 
 def test_attention_sinks_found_and_masked_in_the_planted_llama():
@@ -377,26 +381,37 @@ def _gpt2_with_a_sink_at_position_0(variant):
     return model
 
 
+def gpt2_weights(model, ids):
+    """Each layer's attention weights of a gpt-2/ GPT, captured through the adapter, with an extra key k' first
+    where the variant has one."""
+    lm = CheckpointLM(model)
+    extra = ModelView(lm).has_extra_key()
+    with Capture(lm, ["attn.pattern"] + ["attn.extra"] * extra) as cap:
+        model(ids)
+    return [torch.cat([cap["attn.extra", i][..., None], cap["attn.pattern", i]], dim=-1) if extra
+            else cap["attn.pattern", i] for i in range(model.config.n_layer)]
+
+
 @pytest.mark.parametrize("variant", ["default", "attn_bias", "ca_softmax"])
 def test_attention_sinks_found_and_masked_in_gpt2(variant):
     model = _gpt2_with_a_sink_at_position_0(variant)
     ids = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        plain = model(ids, need_weights=True).attn
+        plain = gpt2_weights(model, ids)
     extra = plain[0].shape[-1] - 12  # attn_bias reports its extra key k' first
     assert all(w[:, :, 1:, extra].mean() > 0.5 for w in plain)
     found = interventions.attention_sinks(model, lambda x: model(x), ids)
     assert found == {0: [[0], [0]], 1: [[0], [0]]}
-    masked_fn, state = interventions.mask_attention_sinks(model, None, lambda x: model(x, need_weights=True).attn)
+    masked_fn, state = interventions.mask_attention_sinks(model, None, lambda x: gpt2_weights(model, x))
     with torch.no_grad():
         masked = masked_fn(ids)
     assert all(torch.all(w[:, :, 1:, extra] == 0) for w in masked) and state.masked == 2
-    control_fn, control = interventions.mask_attention_sinks(model, None, lambda x: model(x, need_weights=True).attn,
+    control_fn, control = interventions.mask_attention_sinks(model, None, lambda x: gpt2_weights(model, x),
                                                              control=True)
     with torch.no_grad():
         controlled = control_fn(ids)
     assert all(w[:, :, 1:, extra].mean() > 0.5 for w in controlled) and control.masked == 2
-    assert all(block.attn.blocked_keys is None for block in model.transformer.h)
+    assert all(block.attn.flash and not block.attn.hook_scores._forward_hooks for block in model.transformer.h)
 
 
 def test_outlier_metrics_by_hand():
@@ -629,7 +644,7 @@ def test_model_perplexity_against_a_token_by_token_loop():
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=8)).eval()
     windows = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(2))
-    expected = loop(lambda x: gpt(x).logits[0, -1], windows, prefix=0)
+    expected = loop(lambda x: gpt(x)[0][0, -1], windows, prefix=0)
     assert model_perplexity(gpt, windows)["ppl"] == pytest.approx(expected, rel=1e-4)
     assert model_perplexity(CheckpointLM(gpt), windows)["ppl"] == pytest.approx(expected, rel=1e-4)
 

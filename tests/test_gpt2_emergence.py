@@ -17,8 +17,8 @@ GPT2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2")
 sys.path.insert(0, GPT2)
 import train  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from outlier_stats import (compact_report, key_shares, layer_report, peak_ablation, persistence,  # noqa: E402
-                           ratio_floor, run_verdict)
+from outlier_stats import (captured, compact_report, key_shares, layer_report, peak_ablation,  # noqa: E402
+                           persistence, ratio_floor, run_verdict)
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
@@ -38,30 +38,27 @@ def tiny(n_layer=3, **kw):
 
 # --- the verdict, one planted model per loophole -------------------------------------------------------------
 # A tiny GPT's block outputs are O(0.01-0.1), so a planted 300-1000 is thousands of times the median; forward
-# hooks add the peaks (to an MLP's or an attention's output) and replace a block's returned attention weights
-# (a head putting every query's mass on one key) where a sink is wanted.
+# hooks add the peaks (to an MLP's or an attention's output) and replace a layer's attention weights on its
+# explicit path (a head putting every query's mass on one key) where a sink is wanted.
 
 def seqs_of(n=8, seed=1):
     return torch.randint(0, 17, (n, 16), generator=torch.Generator().manual_seed(seed))
 
 
 def add_at(module, position, channel, value, rows=None):
-    """Forward hook on an MLP (tensor output) or attention ((y, w) output): value added at h[rows, position,
-    channel]."""
+    """Forward hook on an output projection (an MLP's or an attention's c_proj, whose outputs capture reads as the
+    block's parts): value added at its output's [rows, position, channel]."""
     def hook(m, args, out):
-        y = (out[0] if isinstance(out, tuple) else out).clone()
+        y = out.clone()
         y[slice(None) if rows is None else rows, position, channel] += value
-        return (y, out[1]) if isinstance(out, tuple) else y
+        return y
     return module.register_forward_hook(hook)
 
 
 def sink_on(attn, keys):
-    """Forward hook on a block's attention: head k puts all the mass of every query that sees keys[k] on it
-    (keys[k] None: the head attends to each query's own token)."""
-    def hook(m, args, out):
-        y, w = out
-        if w is None:  # a forward that asked for no weights
-            return out
+    """Forward hook on a block's attention weights (its explicit path, which the attention captures run): head k
+    puts all the mass of every query that sees keys[k] on it (keys[k] None: each query's own token)."""
+    def hook(m, args, w):
         w = torch.zeros_like(w)
         T = w.shape[-2]
         for k, key in enumerate(keys):
@@ -70,8 +67,8 @@ def sink_on(attn, keys):
             else:
                 w[:, k, key:, key] = 1.0
                 w[:, k, :key] = torch.eye(T)[:key]
-        return y, w
-    return attn.register_forward_hook(hook)
+        return w
+    return attn.hook_pattern.register_forward_hook(hook)
 
 
 def planted(model, seqs, hooks, fn=layer_report, *args):
@@ -93,7 +90,7 @@ def rejected(report, layer, position):
 
 
 def test_an_mlp_written_peak_that_a_later_head_sinks_on_is_a_systematic_outlier():
-    r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].mlp, 0, 5, 500.0),
+    r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].mlp.c_proj, 0, 5, 500.0),
                                                sink_on(m.transformer.h[2].attn, [0, 0])])
     first = next(x for x in r["layers"][0]["positions"] if x["position"] == 0)
     assert first["channel"] == 5 and first["channels"] == [5] and first["writer"] == "mlp1"
@@ -113,7 +110,7 @@ def test_key_shares_divide_each_row_by_its_total_and_leave_the_extra_key_out():
 
 def test_a_peak_in_a_tenth_of_the_sequences_is_not_counted():
     """Position 5 has a 500 in 2 of 20 sequences (the old ratio, a mean of per-sequence maxima, passes)."""
-    r = planted(tiny(), seqs_of(20), lambda m: [add_at(m.transformer.h[0].mlp, 5, 3, 500.0, rows=[0, 1]),
+    r = planted(tiny(), seqs_of(20), lambda m: [add_at(m.transformer.h[0].mlp.c_proj, 5, 3, 500.0, rows=[0, 1]),
                                                  sink_on(m.transformer.h[2].attn, [5, 5])])
     assert r["layers"][0]["top1_ratio_mean"] > 100
     assert all(x["position"] != 5 or x["position_ratio"] < 100 for x in r["layers"][0]["positions"])
@@ -125,16 +122,16 @@ def test_every_passing_position_is_judged_and_must_hold_the_maximum_in_most_sequ
     holds the block's maximum in 60% of the sequences, position 5 in 40% (and the design does not fix it).
     (A key k is seen by 16 - k of the 15 queries 1..15, so a sink needs k <= 7.)"""
     rows = list(range(6))
-    r = planted(tiny(), seqs_of(10), lambda m: [add_at(m.transformer.h[0].mlp, 5, 3, 300.0),
-                                                 add_at(m.transformer.h[0].mlp, 7, 4, 1000.0, rows=rows),
+    r = planted(tiny(), seqs_of(10), lambda m: [add_at(m.transformer.h[0].mlp.c_proj, 5, 3, 300.0),
+                                                 add_at(m.transformer.h[0].mlp.c_proj, 7, 4, 1000.0, rows=rows),
                                                  sink_on(m.transformer.h[2].attn, [5, 7])])
     assert (1, 7) in found(r) and (1, 5) not in found(r)
     assert "holds the block's maximum in 40%" in rejected(r, 1, 5)
 
 
 def test_a_smaller_peak_on_the_sink_position_is_found_behind_a_larger_one():
-    r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].mlp, 3, 5, 1000.0),
-                                               add_at(m.transformer.h[0].mlp, 0, 9, 300.0),
+    r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].mlp.c_proj, 3, 5, 1000.0),
+                                               add_at(m.transformer.h[0].mlp.c_proj, 0, 9, 300.0),
                                                sink_on(m.transformer.h[2].attn, [0, 0])])
     assert r["layers"][0]["position"] == 3  # the block's largest peak
     assert (1, 0) in found(r)  # position 0 holds the maximum in no sequence, but the design fixes it
@@ -145,7 +142,7 @@ def test_a_sink_in_an_earlier_block_or_the_writers_own_block_does_not_count():
     def hooks(later):
         def register(m):
             h = m.transformer.h
-            handles = [add_at(h[1].mlp, 0, 5, 500.0), sink_on(h[0].attn, [0, 0]), sink_on(h[1].attn, [0, 0])]
+            handles = [add_at(h[1].mlp.c_proj, 0, 5, 500.0), sink_on(h[0].attn, [0, 0]), sink_on(h[1].attn, [0, 0])]
             return handles + ([sink_on(h[2].attn, [0, 0])] if later else [])
         return register
     r = planted(tiny(), seqs_of(), hooks(later=False))
@@ -154,7 +151,7 @@ def test_a_sink_in_an_earlier_block_or_the_writers_own_block_does_not_count():
 
 
 def test_an_attention_written_peak_is_reported_not_counted():
-    r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].attn, 0, 5, 500.0),
+    r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].attn.c_proj, 0, 5, 500.0),
                                                sink_on(m.transformer.h[2].attn, [0, 0])])
     assert not r["verdict"]["outliers"] and "written by attn1" in rejected(r, 1, 0)
     assert [(x["layer"], x["position"], x["writer"]) for x in r["verdict"]["attention_written"]] == \
@@ -163,7 +160,7 @@ def test_an_attention_written_peak_is_reported_not_counted():
 
 def test_one_head_of_two_on_the_key_is_a_sink():
     """Head 0 puts everything on key 0, head 1 on each query's own token: the head average is 0.5, not > 0.5."""
-    r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].mlp, 0, 5, 500.0),
+    r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].mlp.c_proj, 0, 5, 500.0),
                                                sink_on(m.transformer.h[2].attn, [0, None])])
     assert r["layers"][2]["top_key_share"] == pytest.approx(0.5)
     assert (1, 0) in found(r)
@@ -189,7 +186,7 @@ def test_writer_decomposition_sums_to_the_entry():
 
 def median_of_block1(model, seqs):
     with torch.no_grad():
-        h = model(seqs, return_hidden=True).hidden[0]
+        h = captured(model, seqs, ["resid_post"])[1]["resid_post"][0]
     return float(h.abs().flatten(1).median(dim=1).values.mean())
 
 
@@ -197,7 +194,7 @@ def test_a_diffuse_position_state_is_no_massive_activation_and_is_not_ablated():
     """Every channel of position 0 raised to about 60 x the median: a large state, no channel 100 x the median."""
     model, seqs = tiny(), seqs_of()
     m = median_of_block1(model, seqs)
-    hooks = lambda mod: [add_at(mod.transformer.h[0].mlp, 0, list(range(32)), 60 * m),
+    hooks = lambda mod: [add_at(mod.transformer.h[0].mlp.c_proj, 0, list(range(32)), 60 * m),
                          sink_on(mod.transformer.h[2].attn, [0, 0])]
     report = planted(model, seqs, hooks)
     assert report["layers"][0]["position"] == 0 and 30 < report["layers"][0]["position_ratio"] < 100
@@ -212,9 +209,9 @@ def test_peak_ablation_zeroes_only_the_massive_channels_and_sets_them_to_their_c
     model, seqs, calib = tiny(), seqs_of(), seqs_of(6, seed=7)
     m = median_of_block1(model, seqs)
     others = [c for c in range(32) if c not in (5, 9)]
-    hooks = lambda mod: [add_at(mod.transformer.h[0].mlp, 0, others, 60 * m),
-                         add_at(mod.transformer.h[0].mlp, 0, 5, 1000 * m),
-                         add_at(mod.transformer.h[0].mlp, 0, 9, 150 * m), sink_on(mod.transformer.h[2].attn, [0, 0])]
+    hooks = lambda mod: [add_at(mod.transformer.h[0].mlp.c_proj, 0, others, 60 * m),
+                         add_at(mod.transformer.h[0].mlp.c_proj, 0, 5, 1000 * m),
+                         add_at(mod.transformer.h[0].mlp.c_proj, 0, 9, 150 * m), sink_on(mod.transformer.h[2].attn, [0, 0])]
     report = planted(model, seqs, hooks)
     rows = planted(model, seqs, hooks, peak_ablation, report, calib)
     first = next(a for a in rows if a["layer"] == 1)
@@ -224,13 +221,13 @@ def test_peak_ablation_zeroes_only_the_massive_channels_and_sets_them_to_their_c
         y = torch.cat([seqs[:, 1:], torch.full_like(seqs[:, :1], -1)], dim=1)
 
         def edit(mod, args, out):
-            out[0][:, 0, [5, 9]] = values
+            out[:, 0, [5, 9]] = values
         def register(mod):
             return hooks(mod) + [mod.transformer.h[0].register_forward_hook(edit)]
         with torch.no_grad():
-            return planted(model, seqs, register, lambda mod, x: float(mod(x, targets=y)[1]))
+            return planted(model, seqs, register, lambda mod, x: float(captured(mod, x, ["attn.pattern"], y)[0][1]))
     with torch.no_grad():
-        planted_calib = planted(model, calib, hooks, lambda mod, x: mod(x, return_hidden=True).hidden[0])
+        planted_calib = planted(model, calib, hooks, lambda mod, x: captured(mod, x, ["resid_post"])[1]["resid_post"][0])
     means = planted_calib[:, 0, [5, 9]].mean(0)
     assert first["calibration_means"] == pytest.approx(means.tolist(), rel=1e-5)
     assert first["loss_zeroed"] == pytest.approx(loss_with(0.0), abs=1e-6)
@@ -240,7 +237,7 @@ def test_peak_ablation_zeroes_only_the_massive_channels_and_sets_them_to_their_c
 
 def test_the_control_is_five_draws_at_positions_with_a_target():
     model, seqs = tiny(), seqs_of()
-    hooks = lambda mod: [add_at(mod.transformer.h[0].mlp, 0, 5, 500.0), sink_on(mod.transformer.h[2].attn, [0, 0])]
+    hooks = lambda mod: [add_at(mod.transformer.h[0].mlp.c_proj, 0, 5, 500.0), sink_on(mod.transformer.h[2].attn, [0, 0])]
     report = planted(model, seqs, hooks)
     for a in planted(model, seqs, hooks, peak_ablation, report, seqs_of(4, seed=9)):
         assert len(a["loss_control_draws"]) == 5
@@ -252,7 +249,7 @@ def test_a_single_checkpoint_blip_does_not_hold_and_three_in_a_row_do():
     model, seqs = tiny(), seqs_of()
 
     def line(step, on):
-        hooks = lambda m: ([add_at(m.transformer.h[0].mlp, 0, 5, 500.0)] if on else []) + \
+        hooks = lambda m: ([add_at(m.transformer.h[0].mlp.c_proj, 0, 5, 500.0)] if on else []) + \
             [sink_on(m.transformer.h[2].attn, [0, 0])]
         return dict(iter=step, **compact_report(planted(model, seqs, hooks)))
     on = {s: line(s, True) for s in (0, 1)}
@@ -307,13 +304,13 @@ def test_rope_and_none_have_no_position_vector_and_position_0_sees_only_itself(p
     assert model.transformer.wpe is None and "transformer.wpe.weight" not in model.state_dict()
     a = torch.tensor([[3, 1, 4, 1, 5, 9]])
     b = torch.tensor([[3, 2, 7, 1, 8, 2]])
-    ha = model(a, return_hidden=True).hidden
-    hb = model(b, return_hidden=True).hidden
+    hidden = lambda ids: captured(model, ids, ["resid_post"])[1]["resid_post"]  # noqa: E731
+    ha, hb = hidden(a), hidden(b)
     for x, y in zip(ha, hb):  # position 0's output depends only on its own token, never on a position vector
         assert torch.allclose(x[0, 0], y[0, 0], atol=1e-6)
-    moved = model(torch.tensor([[5, 3, 1, 4]]), return_hidden=True).hidden  # token 3 at position 1
+    moved = hidden(torch.tensor([[5, 3, 1, 4]]))  # token 3 at position 1
     if pos_emb == "none":  # without positions a lone token is the same at any position it is first...
-        assert torch.allclose(ha[-1][0, 0], model(torch.tensor([[3]]), return_hidden=True).hidden[-1][0, 0], atol=1e-6)
+        assert torch.allclose(ha[-1][0, 0], hidden(torch.tensor([[3]]))[-1][0, 0], atol=1e-6)
     assert not torch.allclose(moved[-1][0, 1], ha[-1][0, 0], atol=1e-4)  # ...but not after another token
 
 

@@ -46,7 +46,7 @@ def one_step(model, kind, lr=1e-2, wd=0.1, muon_lr=2e-2):
     """Parameters before and after one optimizer step on a fixed batch, and their gradients."""
     opts = model.configure_optimizers(wd, lr, (0.9, 0.95), "cpu", kind, 0.9, muon_lr)
     x = torch.randint(0, 11, (2, 8))
-    model(x, x).loss.backward()
+    model(x, x)[1].backward()
     before = {n: p.detach().clone().double() for n, p in model.named_parameters()}
     grads = {n: p.grad.detach().clone().double() for n, p in model.named_parameters()}
     for opt in opts:

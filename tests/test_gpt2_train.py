@@ -79,9 +79,15 @@ def test_statistics_match_direct_computation(data, tmp_path):
     model, _, _ = load_gpt(str(tmp_path / "ckpt_10.pt"))
     seqs = torch.randint(0, 16, (2, 16))
     act, att = activation_stats(model, seqs), attention_stats(model, seqs)
+    seen = {}  # block 1's output and its weights, read by plain forward hooks on the explicit path
+    hooks = [model.transformer.h[1].register_forward_hook(lambda m, args, out: seen.setdefault("h", out)),
+             model.transformer.h[1].attn.hook_pattern.register_forward_hook(lambda m, args, w: seen.setdefault("w", w))]
+    model.transformer.h[1].attn.flash = False
     with torch.no_grad():
-        h = model(seqs, return_hidden=True).hidden[1]
-        w = model(seqs, need_weights=True).attn[1]
+        model(seqs)
+    for hook in hooks:
+        hook.remove()
+    h, w = seen["h"], seen["w"]
     vals = [np.sort(np.abs(h[b].numpy()).ravel()) for b in range(2)]
     assert act[1]["top1"] == pytest.approx(np.mean([v[-1] for v in vals]), rel=1e-5)
     assert act[1]["top3"] == pytest.approx(np.mean([v[-3] for v in vals]), rel=1e-5)

@@ -20,7 +20,7 @@ from lib.text_numbers import sig
 
 
 def _model_parts(ctx):
-    """(network, decoder blocks, logits_fn): a gpt-2/ checkpoint's own GPT (masked through its blocked_keys), or
+    """(network, decoder blocks, logits_fn): a gpt-2/ checkpoint's own GPT (it gives every logit given targets), or
     the Hugging Face model."""
     net = getattr(ctx.model, "gpt", ctx.model)
     gpt2 = net is not ctx.model
