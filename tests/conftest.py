@@ -40,7 +40,8 @@ def checkout_state(busy=()) -> set:
 @pytest.fixture(scope="session", autouse=True)
 def checkout_unchanged():
     """Fails the session when the tests left a file or folder in the checkout, or changed one."""
-    busy = {str(p.relative_to(ROOT)) + "/" for p in (ROOT / "gpt-2").glob("out*") if p.is_dir()}
+    busy = {str(p.relative_to(ROOT)) + "/" for pattern in ("out*", "logs*") for p in (ROOT / "gpt-2").glob(pattern)
+            if p.is_dir()}  # training runs' folders and their console logs
     before = checkout_state(busy)
     yield
     changed = sorted({entry[1] for entry in checkout_state(busy) ^ before})
