@@ -38,6 +38,7 @@ from lib.evaluation import (CALIB_WINDOWS, CPU_SEQLEN, CPU_WINDOWS, INTERVENTION
                             hf_subject, measure, outlier_rule)
 from lib.evaluation_report import save
 from lib.files import check_writable
+from lib.layer_numbering import LAYERS_ARE
 from lib.models import DEFAULT_MODEL, add_placement_flags
 from lib.provenance import provenance
 
@@ -129,6 +130,7 @@ def run(args, subjects=None, command=None, log=print) -> dict:
     rule = outlier_rule(subjects, args.outlier_factor, args.outlier_min_abs)
     results = [measure(s, args.methods, args.interventions, log, rule, args.scale_test) for s in subjects]
     report = {"command": command or "python " + " ".join(shlex.quote(a) for a in sys.argv), "title": title,
+              "layers_are": LAYERS_ARE,
               "methods": list(args.methods), "interventions": list(args.interventions), "outlier_rule": str(rule),
               "scale_test": bool(args.scale_test),
               "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -6,8 +6,9 @@ sequences, attention-sink statistics, and the 3-D view of one layer on the Summe
 
 Prints the checkpoint it reads (path and iteration) and writes <out>/analysis.json (every number; `checkpoint`
 names the checkpoint) and, unless --plot=False, the figures of plot_gpt2.py beside it; <out> defaults to
-<checkpoint folder>/analysis. The 3-D view shows --layer (0: the layer with the largest top-1/median), the
-attention figure --attention_layer (0: the sink's layer, where one key takes the largest head-averaged share of
+<checkpoint folder>/analysis. Layers are 0-based. The 3-D view shows --layer (-1: the layer with the largest
+top-1/median), the attention figure --attention_layer (-1: the sink's layer, where one key takes the largest
+head-averaged share of
 the attention of queries 1..T-1 over the validation sequences). The Summer prompt is encoded with the GPT-2
 tokenizer, or one token per character for a character vocabulary (shakespeare_char); for the synthetic task,
 which has no text, both views use the first `prompt_tokens` tokens of validation sequence 0 instead, and the
@@ -24,10 +25,12 @@ from lib.gpt2_data import gpt2_encoding, load_meta
 from dataset import Batches
 from evaluate import at_least, check_output_dir, open_checkpoint
 from outlier_stats import VARIANTS, activation_stats, attention_stats, captured, checkpoint_provenance, summary
+from stats_log import LAYERS_ARE
 
 SUMMER = "Summer is warm. Winter is cold.\n"
-DEFAULTS = dict(ckpt="", out_dir="out", analysis_dir="", dataset="", n_seqs=3, seq_len=0, layer=0, attention_layer=0,
+DEFAULTS = dict(ckpt="", out_dir="out", analysis_dir="", dataset="", n_seqs=3, seq_len=0, layer=-1, attention_layer=-1,
                 prompt=SUMMER, prompt_tokens=16, device="cpu", plot=True)
+CHOSEN = -1  # --layer / --attention_layer: chosen from the statistics
 
 
 def prompt_ids(c, dataset, model):
@@ -65,20 +68,22 @@ def analysis(c, path, model, ckpt, dataset, record):
         raise UserError(f"--seq_len {seq_len} exceeds the model's block_size {model.config.block_size}")
     n_layer = model.config.n_layer
     for key in ("layer", "attention_layer"):
-        if c[key] > n_layer:
-            raise UserError(f"--{key} must be in 1..{n_layer} (0: chosen from the statistics), got {c[key]}")
+        if c[key] >= n_layer:
+            raise UserError(f"--{key} must be in 0..{n_layer - 1} (-1: chosen from the statistics), got {c[key]}")
     seqs = Batches(dataset, "val", 1, seq_len, 0, c["device"]).sequences(c["n_seqs"], seq_len).to(c["device"])
     act, att = activation_stats(model, seqs), attention_stats(model, seqs)
     summ = summary(act, att)
-    layer = c["layer"] or summ["max_ratio_layer"]  # 1-based
+    layer = summ["max_ratio_layer"] if c["layer"] == CHOSEN else c["layer"]
     # the sink's layer: where one key takes the largest head-averaged share of the queries' attention
-    attn_layer = c["attention_layer"] or 1 + max(range(n_layer), key=lambda i: att[i]["top_key_share"])
+    attn_layer = c["attention_layer"]
+    if attn_layer == CHOSEN:
+        attn_layer = max(range(n_layer), key=lambda i: att[i]["top_key_share"])
     ids, labels, source = prompt_ids(c, dataset, model)
     with torch.no_grad():
         got = captured(model, ids[None].to(c["device"]), ["resid_post", "attn.pattern"])[1]
-    view = got["resid_post"][layer - 1][0].abs()  # (T, C)
-    w = got["attn.pattern"][attn_layer - 1][0].mean(0)  # head-averaged (T, T[+1])
-    return dict(checkpoint=record, attention=model.config.attention,
+    view = got["resid_post"][layer][0].abs()  # (T, C)
+    w = got["attn.pattern"][attn_layer][0].mean(0)  # head-averaged (T, T[+1])
+    return dict(checkpoint=record, layers_are=LAYERS_ARE, attention=model.config.attention,
                 dataset=dataset, n_seqs=c["n_seqs"], seq_len=seq_len, layers=act, attention_layers=att,
                 summary=summ, variants=VARIANTS, view=dict(layer=layer, source=source, tokens=labels, abs_hidden=view.tolist(),
                                           attention_layer=attn_layer, attention=w.tolist(),
@@ -93,7 +98,7 @@ def write(result, out_dir, plot):
     json_path = os.path.join(out_dir, "analysis.json")
     write_json(json_path, result, indent=None)
     for i, (a, t) in enumerate(zip(result["layers"], result["attention_layers"])):
-        print(f"layer {i + 1:2d}: top1 {a['top1']:9.3f} top2 {a['top2']:9.3f} top3 {a['top3']:9.3f} median {a['median']:.4f} "
+        print(f"layer {i:2d}: top1 {a['top1']:9.3f} top2 {a['top2']:9.3f} top3 {a['top3']:9.3f} median {a['median']:.4f} "
               f"ratio {a['ratio']:8.1f} kurtosis {a['kurtosis']:8.1f} | first-token attn {t['first_token_share']:.3f} "
               f"top key {t['top_key']} ({t['top_key_share']:.3f})")
     summ = result["summary"]
@@ -106,7 +111,8 @@ def write(result, out_dir, plot):
 
 def check_settings(c):
     at_least(c, 1, "n_seqs", "prompt_tokens")
-    at_least(c, 0, "seq_len", "layer", "attention_layer")
+    at_least(c, 0, "seq_len")
+    at_least(c, CHOSEN, "layer", "attention_layer")
 
 
 def main(argv):

@@ -30,6 +30,7 @@ from dataset import Batches
 from evaluate import (announce, at_least, check_output_dir, evaluate, load_checkpoint, resolve_device,
                       use_threads)
 from outlier_stats import VARIANTS, criteria, layer_report, run_verdict
+from stats_log import LAYERS_ARE, as_zero_based
 
 DEFAULTS = dict(runs=[], results_dir="compare-out", n_seqs=3, verdict_seqs=64, eval_iters=50, batch_size=16,
                 device="cpu", plot=True)
@@ -81,7 +82,7 @@ def row_for(run, c):
     seqs = val.sequences(min(c["verdict_seqs"], val.available(T)), T).to(c["device"])
     judged = layer_report(model, seqs)["verdict"]
     log = os.path.join(os.path.dirname(path), "train_log.jsonl")
-    stats = read_jsonl(os.path.join(os.path.dirname(path), "stats.jsonl"))
+    stats = read_stats(os.path.join(os.path.dirname(path), "stats.jsonl"))
     over_run = run_verdict(stats, model.config.n_head, ckpt["config"].get("stats_seqs", 64)) if stats else None
     row = dict(variant=variant, run=os.path.relpath(os.path.dirname(path), resolve_path(".")), iter=ckpt["iter_num"],
                val_loss=losses["val"]["loss"], train_loss=losses["train"]["loss"],
@@ -122,6 +123,12 @@ def read_jsonl(path):
     return records
 
 
+def read_stats(path):
+    """The lines of a stats.jsonl ([] where there is none), blocks 0-based whatever code wrote them
+    (stats_log.as_zero_based)."""
+    return [as_zero_based(line) for line in read_jsonl(path)]
+
+
 def systematic(r):
     """The verdict cell: at the checkpoint, then over the logged checkpoints (or why not)."""
     now = "yes: " + ", ".join(f"L{x['layer']} t{x['position']} c{x['channel']}" for x in r["outlier_positions"]) \
@@ -155,7 +162,8 @@ def write_table(c, rows, markdown, criteria, script):
     write_text(os.path.join(results_dir, "table.md"), table)
     command = " ".join(["python", script] + sys.argv[1:])
     write_json(os.path.join(results_dir, "table.json"),
-               dict(criteria=criteria, command=command, rows=rows, provenance=provenance(command=command)))
+               dict(layers_are=LAYERS_ARE, criteria=criteria, command=command, rows=rows,
+                    provenance=provenance(command=command)))
     print(table)
     return results_dir
 

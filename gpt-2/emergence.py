@@ -28,10 +28,11 @@ import numpy as np
 from lib.configurator import UserError, configure, resolve_path, user_errors_exit
 from lib.gpt2_data import load_meta
 from lib import outliers
-from compare import check_runs, open_run, read_json, read_jsonl, write_table
+from compare import check_runs, open_run, read_json, read_jsonl, read_stats, write_table
 from dataset import Batches
 from evaluate import at_least, evaluate
 from outlier_stats import SINK_SHARE, SYSTEMATIC_RATIO, criteria, layer_report, peak_ablation, run_verdict
+from stats_log import shift_blocks
 
 DEFAULTS = dict(runs=[], results_dir="emergence-out", n_seqs=64, eval_iters=50, batch_size=16, device="cpu",
                 plot=True, from_logs=False, stats_seqs=64)
@@ -99,7 +100,7 @@ def row_for(run, c):
     seqs, calib = both[:n], both[n:]  # calibration means from sequences the ablation is not measured on
     report = layer_report(model, seqs)
     out_dir = os.path.dirname(path)
-    stats = read_jsonl(os.path.join(out_dir, "stats.jsonl"))
+    stats = read_stats(os.path.join(out_dir, "stats.jsonl"))
     log = read_jsonl(os.path.join(out_dir, "train_log.jsonl"))
     row = settings(ckpt)
     over = run_verdict(stats, row["heads"], ckpt["config"].get("stats_seqs", 64), DESIGN_FIXED.get(row["design"], (0,)))
@@ -111,14 +112,15 @@ def row_for(run, c):
 
 
 def previous_rows(results_dir):
-    """The rows of the table.json already in results_dir, by run name."""
+    """The rows of the table.json already in results_dir, by run name, blocks 0-based (a table written when blocks
+    counted from 1 says nothing in `layers_are`: its rows are converted)."""
     path = os.path.join(results_dir, "table.json")
     if not os.path.exists(path):
         return {}
     table = read_json(path)
     if not isinstance(table, dict) or not isinstance(table.get("rows"), list):
         raise UserError(f"{path} is not an emergence.py table")
-    return {r["run"]: r for r in table["rows"]}
+    return {r["run"]: r if "layers_are" in table else shift_blocks(r, -1) for r in table["rows"]}
 
 
 def logged_row(run, c):
@@ -126,7 +128,7 @@ def logged_row(run, c):
     results_dir = resolve_path(c["results_dir"])
     name = os.path.basename(os.path.normpath(run))
     folder = os.path.join(results_dir, "runs", name.removeprefix(PREFIX))
-    stats = read_jsonl(os.path.join(folder, "stats.jsonl"))
+    stats = read_stats(os.path.join(folder, "stats.jsonl"))
     if not stats:
         raise UserError(f"{name}: no stats.jsonl in {folder}")
     before = previous_rows(results_dir).get(name)
@@ -231,7 +233,8 @@ def markdown(rows):
                      f"| {r['optimizer']} | {r['lr']:g} | {r['weight_decay']:g} | {r['width']} | {steps_cell(r)} "
                      f"| {r['val_loss']:.4f} | {block_cells(r)} | {sink_cell(r)} | {slopes} | {verdict_cell(r)} "
                      f"| {peak_streaks_cell(r)} | {curve} | {ablation_cell(r)} |")
-    notes = ["", "Rows judged from a checkpoint: top-1/median is the ratio at a fixed position "
+    notes = ["", "Blocks and layers (L) are 0-based, as everywhere in the project.",
+             "Rows judged from a checkpoint: top-1/median is the ratio at a fixed position "
              f"({outliers.POSITION_RATIO}).",
              "Rows judged from the committed logs (the checkpoints are gone): the last logged checkpoint's "
              f"position-free ratio ({outliers.TOP1_RATIO_MEAN}) and the most frequent position of each sequence's "
@@ -256,7 +259,7 @@ def plot(rows, results_dir):
     for ax, r in zip(axes.flat, rows):
         t = r["trajectory"]
         for i, ratio in enumerate(t["top1_ratio_mean"]):
-            ax.plot(np.array(t["steps"]) / 1000, ratio, label=f"L{i + 1}", color=f"C{i}")
+            ax.plot(np.array(t["steps"]) / 1000, ratio, label=f"L{i}", color=f"C{i}")
         ax.axhline(SYSTEMATIC_RATIO, color="grey", lw=0.8, ls=":", label=f"ratio {SYSTEMATIC_RATIO:g}")
         ax.set_yscale("log")
         ax.set_title(r["run"].replace("out-emergence-", ""), fontsize=9)

@@ -27,6 +27,7 @@ from lib.gpt2_checkpoints import checkpoints, load_gpt
 from lib.files import write_json, write_text
 from dataset import Batches
 from outlier_stats import SYSTEMATIC_RATIO, criteria, final_report, persistence
+from stats_log import LAYERS_ARE, as_stored, as_zero_based
 
 DEFAULTS = dict(runs_dir="results/factorial/runs", sweep_dir="results/factorial/sweep", results_dir="factorial-out",
                 compression="results/factorial/compression/consequences.json", check=False, plot=True,
@@ -40,6 +41,14 @@ REMOVES = dict(attention=("ca_softmax", "softmax attention"), optimizer=("muon",
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_log(path):
+    """A stats.jsonl's lines or a final.json, blocks 0-based whatever code wrote them (stats_log.as_zero_based)."""
+    if path.endswith(".jsonl"):
+        return [as_zero_based(line) for line in read_jsonl(path)]
+    with open(path) as f:
+        return as_zero_based(json.load(f))
 
 
 def run_names(runs_dir):
@@ -71,7 +80,7 @@ def peak_of(report):
 def final_numbers(final):
     """The table's numbers at the final step, from final.json."""
     layer, row = peak_of(final["report"])
-    later = [s for shares in row["head_shares"][layer["layer"]:] for s in shares]  # heads of strictly later blocks
+    later = [s for shares in row["head_shares"][layer["layer"] + 1:] for s in shares]  # heads of strictly later blocks
     lp = final["largest_peak"]
     return dict(peak_ratio=layer["position_ratio"], peak_block=layer["layer"], peak_position=layer["position"],
                 peak_channel=layer["channel"], peak_writer=row["writer"], sink_share=max(later) if later else None,
@@ -109,8 +118,9 @@ def sweep(sweep_dir):
 def run_row(runs_dir, name):
     folder = os.path.join(runs_dir, name)
     # a run that has just started has logged nothing yet
-    stats, log = (read_jsonl(path) if os.path.exists(path) else []
-                  for path in (os.path.join(folder, "stats.jsonl"), os.path.join(folder, "train_log.jsonl")))
+    stats, log = (reader(path) if os.path.exists(path) else []
+                  for reader, path in ((read_log, os.path.join(folder, "stats.jsonl")),
+                                       (read_jsonl, os.path.join(folder, "train_log.jsonl"))))
     row = dict(run=name, **settings_of(name), steps=stats[-1]["iter"] if stats else 0, finished=False,
                trajectory=trajectory(stats), val_curve=[dict(iter=l["iter"], val=l["eval"]["val"]) for l in log])
     if stats:
@@ -119,7 +129,7 @@ def run_row(runs_dir, name):
                                streaks=held["streaks"])
     final_path = os.path.join(folder, "final.json")
     if os.path.exists(final_path):
-        row.update(finished=True, **final_numbers(json.load(open(final_path))))
+        row.update(finished=True, **final_numbers(read_log(final_path)))
     return row
 
 
@@ -254,7 +264,7 @@ def check(runs_dir, names):
         n = min(c["stats_seqs"], val.available(c["block_size"]) // 2)
         both = val.sequences(2 * n, c["block_size"])
         old = json.load(open(os.path.join(folder, "final.json")))
-        new = final_report(model, both[:n], both[n:])
+        new = as_stored(final_report(model, both[:n], both[n:]), old)  # compared in the stored file's numbering
         problems += [f"{name}: {d}" for d in differences({k: old[k] for k in new}, new)]
         print(f"checked {name} ({found[-1][1]}): {'same' if not problems else 'differs'}")
     print(f"{checked} finished run(s) checked; {len(names) - checked} without final weights yet (still training)")
@@ -269,7 +279,8 @@ def markdown(rows, cell_rows, effects, conv, swept, comp=None):
 
     def rng(s, fmt="{:.1f}"):
         return "-" if s is None else f"{f(s['median'], fmt)} ({f(s['low'], fmt)}-{f(s['high'], fmt)})"
-    lines = ["| sweep: optimizer | rate | validation loss at the last step |", "|---|---|---|"]
+    lines = ["Blocks are 0-based, as everywhere in the project.", "",
+             "| sweep: optimizer | rate | validation loss at the last step |", "|---|---|---|"]
     lines += [f"| {r['optimizer']} | {r['lr']:.2e} | {r['val_loss']:.4f} (step {r['step']})"
               + (" **chosen**" if swept["choice"][r["optimizer"]]["lr"] == r["lr"] else "") + " |"
               for r in swept["rows"]]
@@ -368,7 +379,7 @@ def main(argv):
     effects = [effect(rows, f, key) for key in MEASURES for f in FACTORS]
     from lib.provenance import provenance
     results_dir = resolve_path(c["results_dir"])
-    table = dict(sweep=swept, runs=rows, cells=cell_rows, effects=effects, convergence=conv, compression=comp,
+    table = dict(layers_are=LAYERS_ARE, sweep=swept, runs=rows, cells=cell_rows, effects=effects, convergence=conv, compression=comp,
                  criteria=criteria(), provenance=provenance(command="python factorial.py " + " ".join(argv)))
     write_json(os.path.join(results_dir, "table.json"), table)
     page = markdown(rows, cell_rows, effects, conv, swept, comp)

@@ -10,6 +10,8 @@ each reported number is.
   already sum to one; sigmoid rows do not; an extra key k' counts in the total but is not a token), then
   lib.outliers.key_shares_after_first_query (queries 1..T-1). First-token share, top-key share and the sink
   rate (lib.outliers.sink_rate, threshold 0.3) are read from those shares.
+Blocks are 0-based (block i is model.transformer.h[i]; its MLP writes as "mlp<i>"), and the records train.py logs
+say so (`layers_are`); stats_log.as_zero_based reads logs written when blocks counted from 1.
 """
 import math
 import os
@@ -19,6 +21,7 @@ import torch
 from lib import analysis, outliers
 from lib.gpt2_checkpoints import CheckpointLM
 from monkey_patch import Capture, ModelView
+from stats_log import LAYERS_ARE
 
 SINK_RATE_THRESHOLD = 0.3
 VARIANTS = dict(
@@ -108,7 +111,7 @@ def summary(act, att):
     """The one-row summary compare.py tabulates (max over layers, as stated)."""
     best = max(range(len(act)), key=lambda i: act[i]["ratio"])
     return dict(max_top1=max(l["top1"] for l in act), median_at_max_ratio=act[best]["median"],
-                max_ratio=act[best]["ratio"], max_ratio_layer=best + 1,
+                max_ratio=act[best]["ratio"], max_ratio_layer=best,
                 max_kurtosis=max(l["kurtosis"] for l in act),
                 max_first_token_share=max(l["first_token_share"] for l in att),
                 max_top_key_share=max(l["top_key_share"] for l in att),
@@ -177,15 +180,15 @@ def writer_of(model, parts, layer, p, c):
     largest |contribution| but the embedding's) and, for an MLP writer, its strongest hidden unit."""
     contrib = {"embed": float(parts["embed", 0][:, p, c].float().mean())}
     for j in range(layer + 1):
-        contrib[f"attn{j + 1}"] = float(parts["attn", j][:, p, c].float().mean())
-        contrib[f"mlp{j + 1}"] = float(parts["mlp", j][:, p, c].float().mean())
+        contrib[f"attn{j}"] = float(parts["attn", j][:, p, c].float().mean())
+        contrib[f"mlp{j}"] = float(parts["mlp", j][:, p, c].float().mean())
     value = sum(contrib.values())
     writer = max((k for k in contrib if k != "embed"), key=lambda k: abs(contrib[k]))
     row = dict(value=value, contributions=contrib, writer=writer,
                embed_share=abs(contrib["embed"]) / max(abs(value), 1e-30),
                writer_share=contrib[writer] / value if value else 0.0)
     if writer.startswith("mlp"):
-        j = int(writer[3:]) - 1
+        j = int(writer[3:])
         w_down = model.transformer.h[j].mlp.c_proj.weight  # (C, 4C): column k writes unit k into every channel
         per_unit = parts["unit", j][:, p, :].float().mean(0) * w_down[c].float()
         k = int(per_unit.abs().argmax())
@@ -206,10 +209,10 @@ def judge(row, n_layer):
         why.append(f"written by {row['writer']}, not an MLP")
     if row["embed_share"] >= EMBED_SHARE:
         why.append(f"the embedding holds {row['embed_share']:.0%} of it")
-    if row["layer"] == n_layer:
+    if row["layer"] == n_layer - 1:
         why.append("last block: no later block to read it")
     elif not row["sink_heads"]:
-        later = [s for heads in row["head_shares"][row["layer"]:] for s in heads]
+        later = [s for heads in row["head_shares"][row["layer"] + 1:] for s in heads]
         why.append(f"no head of a later block puts > {SINK_SHARE:g} on it (largest {max(later):.2f})")
     return why
 
@@ -235,15 +238,15 @@ def layer_report(model, seqs):
         for p in sorted(set(torch.nonzero(ratio >= SYSTEMATIC_RATIO).flatten().tolist()) | {best}):
             c = int(channel[p])
             massive = torch.nonzero(channel_ratio[p] >= SYSTEMATIC_RATIO).flatten().tolist()
-            row = dict(layer=l + 1, position=p, channel=c, position_ratio=float(ratio[p]), holds_max=float(holds[p]),
+            row = dict(layer=l, position=p, channel=c, position_ratio=float(ratio[p]), holds_max=float(holds[p]),
                        fixed=p in fixed, channels=massive, **writer_of(model, parts, l, p, c),
                        head_shares=[s[:, p].tolist() for s in heads])
-            row["sink_heads"] = [[j + 1, k, s] for j in range(l + 1, n_layer)
+            row["sink_heads"] = [[j, k, s] for j in range(l + 1, n_layer)
                                  for k, s in enumerate(row["head_shares"][j]) if s > SINK_SHARE]
             row["why_not"] = judge(row, n_layer)
             rows.append(row)
         shares = heads[l].mean(0)
-        layers.append(dict(layer=l + 1, top1_ratio_mean=outliers.top1_ratio_mean(h),
+        layers.append(dict(layer=l, top1_ratio_mean=outliers.top1_ratio_mean(h),
                            kurtosis=outliers.tensor_excess_kurtosis(h), position=best,
                            channel=int(channel[best]), position_ratio=float(ratio[best]), holds_max=float(holds[best]),
                            top_key=int(shares.argmax()), top_key_share=float(shares.max()),
@@ -327,16 +330,16 @@ def ratio_floor(n_seqs):
 
 
 def logged_status(line, n_head, n_seqs):
-    """Per block (1-based) of one stats.jsonl line: the positions that hold (a line with the per-position
+    """Per block of one stats.jsonl line (0-based: read through stats_log.as_zero_based): the positions that hold (a line with the per-position
     verdict); for a line logged before it, an empty set where its numbers rule every position out (why in
     the second dict), None where only the checkpoint can decide."""
     layers = line["layers"]
     if "judged" in line:
-        return {b: {p for bb, p in line["outlier_positions"] if bb == b} for b in range(1, len(layers) + 1)}, {}
+        return {b: {p for bb, p in line["outlier_positions"] if bb == b} for b in range(len(layers))}, {}
     status, why = {}, {}
-    for b, r in enumerate(layers, 1):
-        later = [x["top_key_share"] for x in layers[b:]]
-        if b == len(layers):
+    for b, r in enumerate(layers):
+        later = [x["top_key_share"] for x in layers[b + 1:]]
+        if b == len(layers) - 1:
             why[b] = "last block"
         elif r["ratio"] < ratio_floor(n_seqs):
             why[b] = f"logged ratio {r['ratio']:.1f} < {ratio_floor(n_seqs):.1f}"
@@ -347,14 +350,14 @@ def logged_status(line, n_head, n_seqs):
 
 
 def logged_peak_passes(line, design_fixed):
-    """Blocks (1-based) whose logged peak passes every check a line logged before the per-position verdict can
+    """Blocks (0-based, as stats_log.as_zero_based reads a line) whose logged peak passes every check a line logged before the per-position verdict can
     make, as the old report measured them: position-free ratio >= SYSTEMATIC_RATIO, on a position fixed by
     the design (`design_fixed`; how often another position holds the maximum was not logged), MLP writer,
     embedding share < EMBED_SHARE, and a strictly later layer whose most attended key is that position with
     a head-averaged share > SINK_SHARE. {block: position}."""
     layers, found = line["layers"], {}
-    for b, r in enumerate(layers, 1):
-        later = [x for x in layers[b:] if x["top_key"] == r["token"] and x["top_key_share"] > SINK_SHARE]
+    for b, r in enumerate(layers):
+        later = [x for x in layers[b + 1:] if x["top_key"] == r["token"] and x["top_key_share"] > SINK_SHARE]
         if (r["ratio"] >= SYSTEMATIC_RATIO and r["token"] in design_fixed and r["writer"].startswith("mlp")
                 and r["embed_share"] < EMBED_SHARE and later):
             found[b] = r["token"]
@@ -415,7 +418,7 @@ class Ablator:
         return per_seq, [head_key_shares(w, self.seqs.shape[1]) for w in got["attn.pattern"]]
 
     def ablate(self, layer, p, channels, means, draws):
-        """Block `layer` (0-based), position p: `channels` zeroed and set to `means`, against `draws` controls
+        """Block `layer`, position p: `channels` zeroed and set to `means`, against `draws` controls
         that zero as many random channels at a random other position with a target."""
         T, C = self.seqs.shape[1], self.model.config.n_embd
         zeroed, after = self.run(layer, p, channels, 0.0)
@@ -452,11 +455,11 @@ def peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=0):
     calib_hidden = captured(model, calib, ["resid_post"])[1]["resid_post"]
     rows = []
     for r in (row for layer in report["layers"][:-1] for row in layer["positions"]):
-        layer, p, channels = r["layer"] - 1, r["position"], r["channels"]
+        layer, p, channels = r["layer"], r["position"], r["channels"]
         if not channels:
             continue
         means = calib_hidden[layer][:, p, channels].float().mean(0)
-        rows.append(dict(layer=layer + 1, position=p, position_ratio=r["position_ratio"], systematic=not r["why_not"],
+        rows.append(dict(layer=layer, position=p, position_ratio=r["position_ratio"], systematic=not r["why_not"],
                          **ablator.ablate(layer, p, channels, means, draws)))
     return rows
 
@@ -470,10 +473,10 @@ def largest_peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=
     p = layer["position"]
     row = next(r for r in layer["positions"] if r["position"] == p)
     channels = row["channels"] or [row["channel"]]
-    means = captured(model, calib, ["resid_post"])[1]["resid_post"][layer["layer"] - 1][:, p, channels].float().mean(0)
+    means = captured(model, calib, ["resid_post"])[1]["resid_post"][layer["layer"]][:, p, channels].float().mean(0)
     return dict(layer=layer["layer"], position=p, position_ratio=layer["position_ratio"],
                 channels_rule="massive" if row["channels"] else "top channel (none reaches the ratio)",
-                **Ablator(model, seqs, seed).ablate(layer["layer"] - 1, p, channels, means, draws))
+                **Ablator(model, seqs, seed).ablate(layer["layer"], p, channels, means, draws))
 
 
 @torch.no_grad()
@@ -482,7 +485,7 @@ def final_report(model, seqs, calib):
     output's excess kurtosis: VARIANTS['kurtosis']), peak_ablation of the judged peaks and largest_peak_ablation
     (calibration means from calib, sequences the losses are not measured on)."""
     report = layer_report(model, seqs)
-    return dict(report=report, ablation=peak_ablation(model, seqs, report, calib),
+    return dict(layers_are=LAYERS_ARE, report=report, ablation=peak_ablation(model, seqs, report, calib),
                 largest_peak=largest_peak_ablation(model, seqs, report, calib))
 
 
@@ -498,6 +501,6 @@ def compact_report(report):
                    sink_heads=[[j, k, round(s, 4)] for j, k, s in row["sink_heads"]], why_not=row["why_not"])
               for r in report["layers"] for row in r["positions"]]
     v = report["verdict"]
-    return dict(layers=layers, judged=judged, outliers=v["outliers"],
+    return dict(layers_are=LAYERS_ARE, layers=layers, judged=judged, outliers=v["outliers"],
                 outlier_positions=[[x["layer"], x["position"]] for x in v["found"]],
                 max_over_layers=round(report["max_over_layers"], 4))

@@ -42,7 +42,7 @@ def title(ax, head, detail):
 def plot_analysis(r, out_dir):
     paths = []
     run = f"{r['attention']}, iter {iteration(r)}"
-    layers = np.arange(1, len(r["layers"]) + 1)
+    layers = np.arange(len(r["layers"]))
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for key, style, label in (("top1", "o-", "top-1"), ("top2", "s-", "top-2"), ("top3", "^-", "top-3"),
                               ("median", "x--", "median")):
@@ -78,10 +78,10 @@ def plot_analysis(r, out_dir):
     ax.set_yticklabels(labels[-len(v["tokens"]):], fontsize=5)
     ax.set(xlabel="key" + (" (k': the extra key)" if v["has_extra_key"] else ""), ylabel="query")
     shares = [l["top_key_share"] for l in r["attention_layers"]]
-    layer, sink = v["attention_layer"], int(np.argmax(shares)) + 1
-    here = r["attention_layers"][layer - 1]
+    layer, sink = v["attention_layer"], int(np.argmax(shares))
+    here = r["attention_layers"][layer]
     where = "the largest top-key share of any layer" if layer == sink else \
-        f"layer {sink} has the largest top-key share, {shares[sink - 1]:.2f}"
+        f"layer {sink} has the largest top-key share, {shares[sink]:.2f}"
     title(ax, f"{run}: attention of layer {layer}, mean over heads",
           f"on {v['source']}. Over {r['n_seqs']} validation sequences, key t{here['top_key']} takes "
           f"{here['top_key_share']:.2f} of the attention of queries 1..T-1 in this layer ({where}).")
@@ -93,7 +93,7 @@ def plot_analysis(r, out_dir):
 def plot_compare(results, path):
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for r in results:
-        ax.plot(np.arange(1, len(r["layers"]) + 1), [l["ratio"] for l in r["layers"]], "o-",
+        ax.plot(np.arange(len(r["layers"])), [l["ratio"] for l in r["layers"]], "o-",
                 label=f"{r['attention']} (iter {iteration(r)})")
     ax.axhline(100, color="gray", linestyle=":", label="ratio 100")
     ax.set(yscale="log", xlabel="layer", ylabel="top-1 / median |block output|")
@@ -124,6 +124,9 @@ def read_analysis(path):
         raise UserError(f"{path} is not readable JSON ({type(e).__name__}: {str(e)[:120]})") from None
     if not isinstance(r, dict) or any(k not in r for k in ANALYSIS_KEYS) or not ("checkpoint" in r or "iter" in r):
         raise UserError(f"{path} is not an analyze.py analysis.json")
+    if "layers_are" not in r:
+        raise UserError(f"{path} counts layers from 1 (written before layers were 0-based): run analyze.py on its "
+                        "checkpoint again")
     return r
 
 

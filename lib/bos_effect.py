@@ -9,11 +9,11 @@ windows (the numbers with their paired standard error over the windows) and on t
 the same targets with its paired standard error. The same question `lifecycle_relocation.py` asks by hiding the
 outlier tokens as keys, asked of the token the model was trained to use.
 """
-import json
 import math
 from collections import Counter
 from pathlib import Path
 
+from lib.layer_numbering import read_current
 from lib.text_numbers import sig
 
 NO_BOS = "no_bos"  # the subfolder of a figures folder (and of a model's consequences folder) made with --no-bos
@@ -45,13 +45,18 @@ def _tokens(texts: list[str], positions: list[int]) -> str:
             + f" of {n} windows (positions {min(positions)}-{max(positions)})")
 
 
+def _or_none(layer) -> str:
+    """A layer, or "none" where there is none (layer 0 is a layer)."""
+    return "none" if layer is None else str(layer)
+
+
 def _peak(where: dict) -> str:
     layer = max(where["per_layer"], key=lambda r: r["sink_share_median"])
     return f"{sig(layer['sink_share_median'], 3)} (layer {layer['layer']})"
 
 
 def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_current(path) if path.is_file() else {}
 
 
 def _prompt(result: dict) -> tuple[str, str] | None:
@@ -63,7 +68,8 @@ def _prompt(result: dict) -> tuple[str, str] | None:
                f"layer {before['massive_layer']}, |h| {sig(before['massive_value'], 3)}")
     sink = "-"
     if "sink_token" in before:
-        start = f"from layer {before['sink_first_layer']}" if before["sink_first_layer"] else "(no layer's rule flags it)"
+        first = before["sink_first_layer"]
+        start = f"from layer {first}" if first is not None else "(no layer's rule flags it)"
         sink = f"{before['sink_token_text']!r} ({before['sink_token']}) {start}, share {sig(before['sink_share'], 2)}"
     return massive, sink
 
@@ -97,8 +103,8 @@ def table(consequences: dict, figures: Path | None = None) -> dict | None:
         row("sink: token (at its first layer)", _tokens(texts["with"]["sink"], base["sink"]["tokens"]),
             _tokens(texts["without"]["sink"], without["sink"]["tokens"]),
             f"moved in {round(moved['sink_moved'] * n)} of {n} windows")
-        row("sink: first layer (the attention rule in half of the windows)", str(base["sink"]["first_layer"] or "none"),
-            str(without["sink"]["first_layer"] or "none"))
+        row("sink: first layer (the attention rule in half of the windows)", _or_none(base["sink"]["first_layer"]),
+            _or_none(without["sink"]["first_layer"]))
         mean, err = paired(per_window["sink_share"]["with"], per_window["sink_share"]["without"])
         row("sink: its largest share of the attention of queries 1..T-1 (median over windows, at the layer)",
             _peak(base), _peak(without), _change(mean, err))

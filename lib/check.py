@@ -7,7 +7,8 @@ absolute one near zero), and sentences word for word with the numbers in them co
 (lib/text_numbers.py: an integer exactly, a measured value within RTOL or one unit of its last printed digit);
 times, file lists and the provenance itself are not compared. A result made by other code or other weights, or with
 other special tokens prepended than the re-run prepends (the tokenizer's BOS, or none with --no-bos), is said so in
-one line, and still compared.
+one line, and still compared. A result written when layers counted from 1 (`layers_are`: "1-based") is said so in
+one line and not compared number by number: every layer in it differs by one (lib/layer_numbering.py).
 
 Why a tolerance: the re-run's floats come out of other reduction orders (another CPU, another thread count), which
 moves a value like 897.548 in its fifth digit; 1e-3 is far above that noise and far below any change a reader
@@ -21,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from lib.errors import UserError
+from lib.layer_numbering import LAYERS_ARE, written_one_based
 from lib.provenance import ROOT, git_state, model_source
 from lib.text_numbers import close, texts_match
 
@@ -49,6 +51,16 @@ def input_note(folder, old: dict, new: dict) -> str | None:
         return None
     return (f"note: {folder} was made with {before.get('text')}; the re-run of its command has {after.get('text')}: "
             "the numbers compare two different inputs")
+
+
+def numbering_note(folder, results: dict) -> str | None:
+    """One line where the folder's results count layers from 1, as results did before every layer was 0-based."""
+    old = sorted(name for name, result in results.items() if written_one_based(result))
+    if not old:
+        return None
+    return (f"{folder} was written with 1-based layers ({', '.join(old)}: layers_are \"1-based\"); layers are "
+            f"{LAYERS_ARE} now, so its layer numbers differ by one: regenerate it with its command "
+            "(provenance.command) instead of comparing")
 
 
 def differences(old, new, path="", rtol=RTOL, atol=ATOL) -> list[str]:
@@ -93,13 +105,19 @@ def _rerun_command(command: str, savedir: str) -> list[str]:
     return [sys.executable, *args[1:]]
 
 
-def check_folder(folder, log=print) -> list[str]:
-    """Re-run and compare every result JSON with a provenance block in `folder`; returns the differences."""
-    folder = Path(folder)
-    results = {p.name: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+def result_files(folder: Path) -> dict:
+    """{file name: result} of every JSON with a provenance block in `folder`; a UserError where there is none."""
+    results = {p.name: json.loads(p.read_text()) for p in sorted(Path(folder).glob("*.json"))}
     results = {name: r for name, r in results.items() if isinstance(r, dict) and "provenance" in r}
     if not results:
         raise UserError(f"no result files with a provenance block in {folder}: nothing to re-check")
+    return results
+
+
+def check_folder(folder, log=print) -> list[str]:
+    """Re-run and compare every result JSON with a provenance block in `folder`; returns the differences."""
+    folder = Path(folder)
+    results = result_files(folder)
     commands = {r["provenance"]["command"] for r in results.values()}
     if len(commands) > 1:
         raise UserError(f"{folder} holds results of {len(commands)} different commands; re-check them one folder each")
@@ -138,6 +156,10 @@ def check_folder(folder, log=print) -> list[str]:
 
 
 def main(folder, log=print) -> int:
+    note = numbering_note(folder, result_files(folder))
+    if note:  # every layer differs by one: a list of those differences would hide any other
+        log(note)
+        return 1
     found = check_folder(folder, log)
     for line in found:
         log(line)

@@ -5,7 +5,8 @@
 `run(names, args, model=..., tokenizer=..., spec=...)` also takes an already-built model, which is how tests
 run tiny models. The tokenizer then needs `encode(text) -> list[int]` and `convert_ids_to_tokens(ids)`
 (a Hugging Face tokenizer has both; `lib.data` also uses `encode` for non-HF tokenizers).
-Layers on the command line and in every output are 1-based; heads, tokens, channels and columns 0-based.
+Layers, heads, tokens, channels and columns are 0-based on the command line and in every output
+(lib/layer_numbering.py).
 """
 import argparse
 import gc
@@ -25,6 +26,7 @@ from lib.data import DEFAULT_SOURCE, add_no_bos, get_data, special_tokens
 from lib.errors import UserError, user_errors_exit
 from lib.files import check_writable, write_json, write_text
 from lib.gpt2_data import dataset_windows
+from lib.layer_numbering import LAYERS_ARE, STATEMENT, layer_range
 from lib.models import DEFAULT_MODEL, add_placement_flags, load_model, placement
 from lib.paper_figures import FIGURES
 from lib.paper_figures.figure import json_of
@@ -54,7 +56,7 @@ FLAG_GROUPS = {
         ("--seqlen", dict(type=int, default=None, help="calibration sequence length (default: paper's on GPU, 512/256 "
                           "on CPU)")),
         ("--seed", dict(type=int, default=1, help="seed for sampling calibration sequences"))],
-    "layer": [("--layer", dict(type=int, default=None, help="1-based layer to show instead of the detected one"))],
+    "layer": [("--layer", dict(type=int, default=None, help="layer to show instead of the detected one (0-based: 0 is the first)"))],
     "head": [("--head", dict(type=int, default=None, help="0-based head to show instead of the detected one"))],
     "rule": [
         ("--outlier-factor", dict(type=float, default=MASSIVE_FACTOR,
@@ -110,8 +112,8 @@ def check_args(args) -> None:
             raise UserError(f"--{name} must be at least 1, got {value}")
     if args.seqlen is not None and args.seqlen < 2:
         raise UserError("--seqlen must be at least 2")
-    if args.layer is not None and args.layer < 1:
-        raise UserError(f"--layer is 1-based: got {args.layer}")
+    if args.layer is not None and args.layer < 0:
+        raise UserError(f"--layer is 0-based (0 is the first layer): got {args.layer}")
     if args.outlier_factor <= 1:
         raise UserError(f"--outlier-factor must be above 1, got {args.outlier_factor:g}")
     if args.outlier_min_abs < 0:
@@ -164,12 +166,13 @@ class Context:
 
     # --- user choices, checked against the model ---------------------------------------------------------------
     def layer_choice(self) -> int | None:
-        """--layer as a 0-based index, or None."""
+        """--layer, checked against the model, or None."""
         if self.args.layer is None:
             return None
-        if not 1 <= self.args.layer <= self.view.num_layers:
-            raise UserError(f"--layer {self.args.layer} out of range: {self.title} has layers 1..{self.view.num_layers}")
-        return self.args.layer - 1
+        if not 0 <= self.args.layer < self.view.num_layers:
+            raise UserError(f"--layer {self.args.layer} out of range: {self.title} has layers "
+                            f"{layer_range(self.view.num_layers)}")
+        return self.args.layer
 
     def head_choice(self) -> int | None:
         if self.args.head is None:
@@ -311,7 +314,7 @@ def _run_figures(ctx, names, progress: bool) -> dict:
             ctx.figure.render(data, ctx.title, ctx.save, figure_inputs(ctx))
         except CaptureError as e:
             raise UserError(f"{name}: {e}") from None
-        result = {"script": name, "model": spec.name, "title": spec.title, "layers_are": "1-based",
+        result = {"script": name, "model": spec.name, "title": spec.title, "layers_are": LAYERS_ARE,
                   **json_of(data), "input": ctx.input.record(), "notes": list(ctx.notes),
                   "files": [Path(f).name for f in ctx.files], "seconds": round(time.time() - start, 2)}
         if headroom is not None:
@@ -384,8 +387,7 @@ def write_index(outdir: Path, title: str, seconds: float, notes) -> Path:
     results = {name: json.loads((outdir / f"{name}.json").read_text()) for name in FIGURES
                if (outdir / f"{name}.json").is_file()}
     lines = [f"# Systematic outliers in {title}", "",
-             f"{len(results)} figures; the last run took {seconds:.0f} s. "
-             "Layers are 1-based; tokens, channels, columns and heads 0-based.", ""]
+             f"{len(results)} figures; the last run took {seconds:.0f} s. " + STATEMENT, ""]
     lines += [f"- {note}" for note in notes] + [""]
     block = next((r["provenance"] for r in results.values() if "provenance" in r), None)
     if block is not None:

@@ -2,12 +2,14 @@
 where consequences.py ran): `reproduce.py --summary` draws SAVEDIR/summary.png beside summary.md and adds to both
 one sentence per model and the paper's pattern, property by property, with the numbers it rests on.
 
-Depth is a fraction of the model (layer / number of layers, 1-based layers), so models of different depth share
-an axis. Nothing here is set per model: every number is read from the model's own results.
+Depth is a fraction of the model (`depth`: (layer + 1) / number of layers, layers 0-based, so the last layer is at
+depth 1), so models of different depth share an axis. Nothing here is set per model: every number is read from the
+model's own results.
 """
-import json
 from collections import Counter
 from pathlib import Path
+
+from lib.layer_numbering import read_current
 
 # the token each model's outlier sits on, in the three groups the picture shows
 GROUPS = {"first token": ("initial_token",), "delimiter": ("strong_delimiter",), "other": ("weak_semantic", "other")}
@@ -16,13 +18,24 @@ TOKEN_NAMES = {"initial_token": "the first token", "strong_delimiter": "a delimi
                "other": "an ordinary token"}
 SIGNIFICANT = 2.0  # a perplexity change counts where it exceeds this many paired standard errors
 TOP_COLUMNS = 3  # the writer column counts as a weight outlier among its layer's top-3 column ratios (pos_weight_outliers)
-EARLY = 0.25  # written early: in the first quarter of the layers (LLaMA-2-7B: layer 2 of 32)
+EARLY = 0.25  # written early: in the first quarter of the layers (LLaMA-2-7B: the paper's layer 2 of 32, counted from 1)
 LATE = 0.75  # removed in the last layers: in the last quarter
+
+
+def depth(layer: int, num_layers: int) -> float:
+    """Where a 0-based layer sits in the model, as a fraction: (layer + 1) / num_layers (the first layer at
+    1 / num_layers, the last at 1)."""
+    return (layer + 1) / num_layers
+
+
+def _layer_of(layer: int, num_layers: int) -> str:
+    """A layer among the model's, in words: 'layer 5 of layers 0-17 (0.33 of the depth)'."""
+    return f"layer {layer} of layers 0-{num_layers - 1} ({depth(layer, num_layers):.2f} of the depth)"
 
 
 def _read(folder: Path, name: str) -> dict:
     path = folder / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_current(path) if path.is_file() else {}
 
 
 def model_data(folder: Path, row: dict, consequences_dir: Path | None = None) -> dict:
@@ -36,10 +49,10 @@ def model_data(folder: Path, row: dict, consequences_dir: Path | None = None) ->
     cons = None
     path = Path(consequences_dir) / row["model"] / "consequences.json" if consequences_dir else None
     if path is not None and path.is_file():
-        cons = json.loads(path.read_text())["results"][0]
+        cons = read_current(path)["results"][0]
     return {
         "model": row["model"], "title": row["title"], "num_layers": n,
-        "depth": [r["layer"] / n for r in layers],
+        "depth": [depth(r["layer"], n) for r in layers],
         "top1_over_median": [r["top"][0] / r["median"] if r["median"] else None for r in layers],
         "outlier_layers": layer_json.get("outlier_layers", []), "layer_rows": layers,
         "categories": layer_json.get("categories", {}),
@@ -71,7 +84,7 @@ def _channel_since(d: dict, channels: list[int]) -> tuple[int, float] | None:
         return None
     for r in d["layer_rows"]:
         if r.get("top_channels") and all(c == channels[0] for seq in r["top_channels"] for c in seq):
-            return r["layer"], d["top1_over_median"][r["layer"] - 1]
+            return r["layer"], d["top1_over_median"][r["layer"]]
     return None
 
 
@@ -85,7 +98,7 @@ def _layers(layers: list[int]) -> str:
 
 def _peak(values: list) -> tuple[float, int]:
     i = max(range(len(values)), key=lambda k: values[k] or 0)
-    return values[i], i + 1
+    return values[i], i
 
 
 def finding(d: dict) -> str:
@@ -101,7 +114,8 @@ def finding(d: dict) -> str:
              if category != "initial_token" or len(texts) == 1 else TOKEN_NAMES[category])
     text = (f"{title} ({n} layers): the largest outlier of each of its {len(d['windows'])} calibration windows sits on "
             f"{where} in channel{'s' if len(channels) > 1 else ''} {', '.join(map(str, channels))}; outlier layers "
-            f"{_layers(d['outlier_layers'])} (depth {d['outlier_layers'][0] / n:.2f}-{d['outlier_layers'][-1] / n:.2f}), "
+            f"{_layers(d['outlier_layers'])} (depth {depth(d['outlier_layers'][0], n):.2f}-"
+            f"{depth(d['outlier_layers'][-1], n):.2f}), "
             f"top-1 up to {ratio:,.0f} x the median at layer {at}")
     if row.get("writer_column") is not None:
         written = (d["weights"].get("writer") or {}).get("channel")
@@ -158,7 +172,7 @@ def properties(d: dict) -> list[tuple[str, str, str]]:
     # written by a down_proj column with an outlier ratio, early
     weights, emergence = d["weights"], row.get("emergence_layer")
     writer = weights.get("writer") or {}
-    if row.get("writer_column") is not None and emergence:
+    if row.get("writer_column") is not None and emergence is not None:
         share = writer.get("share_of_down_proj_output")
         written = writer.get("channel")
         it = "it" if written is None or written in channels else f"the prompt's first outlier (channel {written})"
@@ -168,8 +182,8 @@ def properties(d: dict) -> list[tuple[str, str, str]]:
                     + (f"{share:.0%} of {it}, " if share is not None else f"{it}, ")
                     + f"max/mean ratio {row['writer_column_ratio']:.1f}, rank {row['writer_column_rank']} (the layer's "
                     f"median column {weights.get('median_ratio', float('nan')):.2f})"))
-        early = emergence / n <= EARLY
-        text = f"layer {emergence} of {n} ({emergence / n:.2f} of the depth)"
+        early = depth(emergence, n) <= EARLY
+        text = _layer_of(emergence, n)
         since = _channel_since(d, channels)
         if since is not None and since[0] < emergence:
             text += (f"; channel {channels[0]} already holds every window's top-3 values at layer {since[0]} "
@@ -191,14 +205,14 @@ def properties(d: dict) -> list[tuple[str, str, str]]:
     if traced is not None and traced not in channels and largest is not None:
         # the lifecycle figures follow the prompt's first outlier; where the massive one is another, judge that one
         layer, channel, flagged = largest
-        out.append(("removed in the last layers", "holds" if layer / n >= LATE else "does not hold",
-                    f"the layer that shrinks the prompt's largest outlier (channel {channel}) most: {layer} of {n} "
-                    f"({layer / n:.2f} of the depth; the rule flags it up to layer {flagged}); its first outlier "
-                    f"(channel {traced}): {gone} of {n}"))
+        out.append(("removed in the last layers", "holds" if depth(layer, n) >= LATE else "does not hold",
+                    f"the layer that shrinks the prompt's largest outlier (channel {channel}) most: "
+                    f"{_layer_of(layer, n)}; the rule flags it up to layer {flagged}; its first outlier "
+                    f"(channel {traced}): layer {gone}"))
     else:
-        out.append(("removed in the last layers", "holds" if gone and gone / n >= LATE else "does not hold",
-                    f"the layer that shrinks it most: {gone} of {n} ({gone / n:.2f} of the depth)" if gone else
-                    "not found"))
+        found = gone is not None
+        out.append(("removed in the last layers", "holds" if found and depth(gone, n) >= LATE else "does not hold",
+                    f"the layer that shrinks it most: {_layer_of(gone, n)}" if found else "not found"))
     cons = d["consequences"]
     if cons is None:
         out += [("zeroing hurts and the mean does not", "not measured", "no consequences.json"),
@@ -234,7 +248,7 @@ def _largest_shrinks(d: dict) -> tuple[int, int, int | None] | None:
     peak = max(range(len(trace)), key=trace.__getitem__) if trace else None
     if peak is None or peak + 1 >= len(trace):
         return None
-    layer = max(range(peak + 1, len(trace)), key=lambda i: trace[i - 1] - trace[i]) + 1
+    layer = max(range(peak + 1, len(trace)), key=lambda i: trace[i - 1] - trace[i])
     flagged = dominant.get("flagged_layers") or [None]
     return layer, dominant["channel"], flagged[-1]
 
@@ -252,7 +266,7 @@ def comparison_table(data: list[dict]) -> list[str]:
 
 CRITERIA = (f"Criteria: fixed channels = every window's largest outlier in at most two channels, all among the "
             f"prompt's (the outlier channels of its first outlier layer and its largest outlier's); an outlier ratio = the writer column among its layer's {TOP_COLUMNS} largest max/mean ratios; "
-            f"early = the rule's emergence layer in the first {EARLY:.0%} of the layers (LLaMA-2-7B: layer 2 of 32); "
+            f"early = the rule's emergence layer in the first {EARLY:.0%} of the layers (LLaMA-2-7B: the paper's layer 2 of 32, counted from 1: layer 1 here); "
             f"removed in the last layers = the layer that shrinks it most in the last {1 - LATE:.0%} (the prompt's "
             f"largest outlier where the lifecycle figures follow a first, smaller one); a perplexity change "
             f"counts above {SIGNIFICANT:g} paired standard errors; compression is hurt where W8A8 counts and "
@@ -272,18 +286,18 @@ def draw(data: list[dict], path: Path) -> Path:
     for i, d in enumerate(data):
         c = colors[i % len(colors)]
         axes[0].plot(d["depth"], d["top1_over_median"], color=c, label=f"{d['title']} ({d['num_layers']} layers)")
-        marked = [l - 1 for l in d["outlier_layers"]]
+        marked = d["outlier_layers"]
         axes[0].scatter([d["depth"][k] for k in marked], [d["top1_over_median"][k] for k in marked], color=c, s=18,
                         zorder=3)
         if d["sink_rate_outlier"]:
             axes[1].plot(d["depth"], d["sink_rate_outlier"], color=c, label=d["title"])
             axes[1].plot(d["depth"], d["sink_rate_first"], color=c, linestyle="--", alpha=0.6)
     axes[0].set_yscale("log")
-    axes[0].set_xlabel("depth (layer / layers)")
+    axes[0].set_xlabel("depth ((layer + 1) / layers)")
     axes[0].set_ylabel("top-1 |h| / median |h| (calibration)")
     axes[0].set_title("massive activations (dots: outlier layers)", fontsize=9)
     axes[0].legend(fontsize=7)
-    axes[1].set_xlabel("depth (layer / layers)")
+    axes[1].set_xlabel("depth ((layer + 1) / layers)")
     axes[1].set_ylabel("share of heads attending > 0.3")
     axes[1].set_ylim(-0.03, 1.03)
     axes[1].set_title("sink rate on the dominant outlier token\n(dashed: on the first token)", fontsize=9)

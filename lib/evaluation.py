@@ -240,7 +240,7 @@ def intervene(s: Subject, wanted, log=print, baseline=None, rule=interventions.D
         return out
     scan = interventions.scan_outliers(s.blocks, s.run_fn, s.calib[:, :-1], rule)  # what the model sees of a window
     first = interventions.first_outlier_layer(scan)
-    out.update(outlier_layers=[i + 1 for i in interventions.outlier_layers(scan)],
+    out.update(outlier_layers=interventions.outlier_layers(scan),
                dominant_channel=interventions.dominant_channel(scan))
     if first is None:
         out["note"] = f"no block output has activation outliers in at least half of the {len(scan)} calibration windows"
@@ -252,11 +252,11 @@ def intervene(s: Subject, wanted, log=print, baseline=None, rule=interventions.D
         sites.append(("dominant", dominant))  # where the channel of the largest outliers appears
     for site, layer in sites:
         means = interventions.calibration_means(scan, layer)
-        entry = {"site": site, "layer": layer + 1, "calibration_means": {str(c): v for c, v in means.items()}}
+        entry = {"site": site, "layer": layer, "calibration_means": {str(c): v for c, v in means.items()}}
         for mode in wanted:
             entry[mode] = _intervention(s, mode, layer, means, baseline, rule)
             if "ppl" in entry[mode]:
-                log(f"{s.title}: outliers of layer {layer + 1} ({site}) -> {mode}: perplexity {entry[mode]['ppl']:.4g}")
+                log(f"{s.title}: outliers of layer {layer} ({site}) -> {mode}: perplexity {entry[mode]['ppl']:.4g}")
         out["sites"].append(entry)
     return out
 
@@ -294,11 +294,11 @@ def _intervention(s: Subject, mode: str, layer: int, means: dict, baseline=None,
         control = mode == "mask_random"
         with interventions.mask_sink_keys(s.model, layer, control=control, seed=layer, rule=rule) as state:
             measured, where = tracked(s, s.logits_fn, baseline, rule)
-        return {**summarize(measured, baseline), "masked_layers": list(range(layer + 2, len(s.blocks) + 1)),
+        return {**summarize(measured, baseline), "masked_layers": list(range(layer + 1, len(s.blocks))),
                 "masked_keys_per_window": state.masked / s.windows.shape[0], **where}
     with interventions.edit_outliers(s.blocks, layer, mode, means, rule, seed=layer) as edit:
         measured, where = tracked(s, s.logits_fn, baseline, rule)
     tokens = [len(t) for t in edit.tokens]
-    return {**summarize(measured, baseline), "edited_layer": layer + 1, "edited_entries": edit.edited,
+    return {**summarize(measured, baseline), "edited_layer": layer, "edited_entries": edit.edited,
             "entries_without_mean": edit.without_mean, "outlier_tokens_per_window": sum(tokens) / max(len(tokens), 1),
             **where}

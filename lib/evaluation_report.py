@@ -4,6 +4,7 @@ from pathlib import Path
 from lib import compression, interventions, scale_test
 from lib.evaluation import ATTENTION_INTERVENTIONS
 from lib.files import write_json, write_text
+from lib.layer_numbering import STATEMENT
 
 
 def _fmt(x) -> str:
@@ -16,7 +17,7 @@ def markdown(report: dict) -> str:
     rows = report["results"]
     methods = report["methods"]
     lines = [f"# Consequences of systematic outliers: {report['title']}", "",
-             f"Command: `{report['command']}`", ""]
+             f"Command: `{report['command']}`", "", STATEMENT, ""]
     if rows and rows[0]["data"].get("input"):
         lines += [f"Input: {rows[0]['data']['input']['text']}.", ""]
     if rows and "provenance" in rows[0]:
@@ -70,7 +71,7 @@ def markdown(report: dict) -> str:
     wanted = [m for m in report["interventions"] if m not in ATTENTION_INTERVENTIONS]
     if wanted:
         lines += ["## Interventions on the activation outliers", "",
-                  "| model | site | layer (1-based) | outlier channels (calibration) | fp32 | " + " | ".join(wanted)
+                  "| model | site | layer | outlier channels (calibration) | fp32 | " + " | ".join(wanted)
                   + " | outlier tokens / window |", "|---" * (len(wanted) + 6) + "|"]
         for r in rows:
             iv = r["interventions"]
@@ -95,7 +96,7 @@ def markdown(report: dict) -> str:
         for r in rows:
             iv = r["interventions"]
             if iv.get("outlier_layers"):
-                lines.append(f"- {r['name']}: outlier layers (1-based) {iv['outlier_layers']}; "
+                lines.append(f"- {r['name']}: outlier layers {iv['outlier_layers']}; "
                              f"largest outliers in channel {iv['dominant_channel']}")
             if iv.get("note"):
                 lines.append(f"- {r['name']}: {iv['note']}")
@@ -154,15 +155,16 @@ def where_section(rows) -> list[str]:
                 continue
             massive, sink, moved = where["massive"], where.get("sink"), entry.get("moved", {})
             layers = entry.get("masked_layers", entry.get("edited_layer"))
-            layers = layers if isinstance(layers, (list, str)) else [layers] if layers else []
-            sink_cell = "-" if not sink else f"{sink['first_layer'] or '-'} / {_fmt(sink['share_median'])}"
+            layers = layers if isinstance(layers, (list, str)) else [] if layers is None else [layers]
+            first = "-" if not sink or sink["first_layer"] is None else sink["first_layer"]
+            sink_cell = "-" if not sink else f"{first} / {_fmt(sink['share_median'])}"
             table.append(f"| {r['name']} | {label} | {_layers(layers)} | {massive['largest_layer']} / "
                          f"{massive['channel']} / {_fmt(massive['value_median'])} | {_fmt(moved.get('massive_moved'))} "
                          f"| {sink_cell} | {_fmt(moved.get('sink_moved'))} |")
     if not table:
         return []
     return ["## Where the outlier and the sink went", "",
-            "| model | intervention | masked / edited layers (1-based) | massive: layer / channel / median |h| "
+            "| model | intervention | masked / edited layers | massive: layer / channel / median |h| "
             "| massive moved | sink: first layer / share | sink moved |", "|---" * 7 + "|"] + table + [
             "", "Measured in the intervened forwards themselves (the same evaluation windows). Massive: the layer "
             "with the largest |h| (median over windows) among those where the rule flags the layer's largest entry in "

@@ -65,7 +65,7 @@ class Guard:
             return
         batch, token, channel = first_not_finite(h)
         value, dtype = float(h[batch, token, channel]), h.dtype
-        raise UserError(f"layer {layer + 1}'s output is {value} at token {self._token(batch, token)}, channel "
+        raise UserError(f"layer {layer}'s output is {value} at token {self._token(batch, token)}, channel "
                         f"{channel}: it overflowed {dtype_name(dtype)} (largest finite value "
                         f"{largest_finite(dtype):,.0f}); {_holds(dtype)}")
 
@@ -106,7 +106,7 @@ def guard(model, blocks=None, token_text=None):
 
 @torch.no_grad()
 def headroom(blocks, run, batches, dtype: torch.dtype) -> dict:
-    """The largest |h| over every block output of `run(ids)` for each ids in `batches` (layer 1-based, token and
+    """The largest |h| over every block output of `run(ids)` for each ids in `batches` (layer, token and
     channel 0-based), against the largest finite value of float16, bfloat16 and the run's `dtype`."""
     best = {}
 
@@ -117,7 +117,7 @@ def headroom(blocks, run, batches, dtype: torch.dtype) -> dict:
         value = float(flat[i])
         if not best or value > best["largest_abs"]:
             _, token, channel = torch.unravel_index(torch.tensor(i), h.shape)
-            best.update(largest_abs=value, layer=layer + 1, token=int(token), channel=int(channel))
+            best.update(largest_abs=value, layer=layer, token=int(token), channel=int(channel))
 
     with block_output_hooks(blocks, record):
         for ids in batches:

@@ -156,7 +156,7 @@ def calibration_means(scan, layer: int) -> dict[int, float]:
     return {c: total / count for c, (total, count) in sorted(totals.items())}
 
 
-LAYERS_ARE = "0-based, as in Capture; the figures' layer L is L - 1"
+LAYERS_ARE = "0-based"  # as Capture and every output count layers (lib/layer_numbering.py)
 SHOWN = 8  # sequences or forwards a summary names one by one
 
 
@@ -234,8 +234,8 @@ class OutlierEdit:
 
 @contextmanager
 def edit_outliers(model, layer: int, mode: str, means=None, rule: Rule = DEFAULT_RULE, seed: int = 0):
-    """Within the context, the activation outliers of decoder layer `layer`'s output (0-based, as in Capture; the
-    figures' layer L is L - 1) are edited in every forward: `mode` "zero" sets them to 0, "mean" to their channel's
+    """Within the context, the activation outliers of decoder layer `layer`'s output (0-based, as in Capture and
+    every output) are edited in every forward: `mode` "zero" sets them to 0, "mean" to their channel's
     calibration mean (`means`, {channel: value}, from `calibration_means`), "zero_random" zeroes as many other
     entries of the same output (the control). Outliers are detected per sequence on the unedited output with
     `rule`. `model` is a model (any supported family or a gpt-2/ GPT) or its list of decoder blocks. Yields the

@@ -157,7 +157,7 @@ def attention_heatmap(ax, probs, labels, highlight=(), title="", key_label="outl
 
 def layer_curves(ax, layers, series: dict, title="", ylabel="magnitude", log=True, marked_layers=(), band_label="",
                  legend_loc="best", legend_ncol=2):
-    """Layer-wise curves (top-1/2/3, median...), 1-based layers on x; `marked_layers` shaded, the band named in the
+    """Layer-wise curves (top-1/2/3, median...), layers on x (0-based); `marked_layers` shaded, the band named in the
     legend by `band_label`; `legend_loc` "below" puts the legend under the panel."""
     for (name, values), color in zip(series.items(), CURVES + CURVES):
         ax.plot(layers, values, marker="o", markersize=3, label=name, color=color)
@@ -188,13 +188,13 @@ def shade_layers(ax, layers, label=""):
 
 
 def layer_axis(ax, title=""):
-    """An x axis of 1-based layers (integer ticks from 1), a light grid, bold ticks and the panel title."""
+    """An x axis of layers (integer ticks from 0, the first layer), a light grid, bold ticks and the panel title."""
     ax.set_xlabel("layer", fontweight="bold")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     low, high = ax.get_xlim()
-    ax.set_xlim(max(low, 0.5), high)
+    ax.set_xlim(max(low, -0.5), high)
     bold_ticks(ax)
 
 
@@ -275,17 +275,17 @@ def signed_line(ax, values, mark=None, title="", xlabel="", color=NORMAL, mark_l
 
 
 def layer_token_map(ax, values, labels, highlight=(), title="", vmin=None, vmax=None, colorbar=""):
-    """Heatmap of a [layers, tokens] map: layers 1-based up the y axis, tokens along x; the outlier tokens' columns
+    """Heatmap of a [layers, tokens] map: layers up the y axis from 0, tokens along x; the outlier tokens' columns
     framed in magenta and their labels boxed; `colorbar` names the colour scale."""
     values = np.asarray(values, dtype=np.float64)
     image = ax.imshow(values, cmap="viridis", aspect="auto", origin="lower", vmin=vmin, vmax=vmax,
-                      extent=(-0.5, values.shape[1] - 0.5, 0.5, values.shape[0] + 0.5))
+                      extent=(-0.5, values.shape[1] - 0.5, -0.5, values.shape[0] - 0.5))
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04).set_label(colorbar, fontsize=8)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=90, fontsize=7)
     mark_labels(ax.get_xticklabels(), highlight)
     for k in highlight:
-        ax.add_patch(Rectangle((k - 0.5, 0.5), 1, values.shape[0], fill=False, edgecolor=OUTLIER, linewidth=2,
+        ax.add_patch(Rectangle((k - 0.5, -0.5), 1, values.shape[0], fill=False, edgecolor=OUTLIER, linewidth=2,
                                zorder=3))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("token", fontweight="bold")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from lib.errors import UserError
+from lib.layer_numbering import layer_range
 from lib.model_spec import check_device, parse_dtype
 
 POSITION_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len", "max_sequence_length")
@@ -69,12 +70,12 @@ def model_shape(model: str, model_path: str | None = None) -> ModelShape | None:
 
 def check(shape: ModelShape | None, layer: int | None = None, seqlen: int | None = None, device: str | None = None,
           dtype: str | None = None) -> None:
-    """--layer (1-based) against the model's layers, --seqlen against its positions and against the memory one
+    """--layer against the model's layers, --seqlen against its positions and against the memory one
     sequence's activations need at the least. Nothing to check where `shape` is None."""
     if shape is None:
         return
-    if layer is not None and shape.num_layers is not None and not 1 <= layer <= shape.num_layers:
-        raise UserError(f"--layer {layer} out of range: {shape.title} has layers 1..{shape.num_layers}")
+    if layer is not None and shape.num_layers is not None and not 0 <= layer < shape.num_layers:
+        raise UserError(f"--layer {layer} out of range: {shape.title} has layers {layer_range(shape.num_layers)}")
     if seqlen is None:
         return
     if shape.max_positions is not None and seqlen > shape.max_positions:

@@ -4,7 +4,7 @@
         model(ids)
     where.summary()                      # the massive activation and the sinks, per layer and overall
 
-Per forward and layer (layers 1-based in every summary, tokens and channels 0-based):
+Per forward and layer (layers, tokens and channels 0-based):
 - the massive activation: the largest |h| of the layer output (resid_post), its token and channel, and its ratio
   to the layer's median |h|; a layer holds one when the ratio passes the activation rule's factor and |h| its
   floor (lib.interventions.Rule, the figures' rule);
@@ -109,7 +109,7 @@ def summarize(windows: list[list[dict]], rule: Rule = DEFAULT_RULE) -> dict:
     for i in range(n_layers):
         entries = [w[i] for w in windows]
         ratios = [abs(e["value"]) / max(e["median"], 1e-12) for e in entries]
-        row = {"layer": i + 1, "ratio_median": median(ratios), "value_median": median(abs(e["value"]) for e in entries),
+        row = {"layer": i, "ratio_median": median(ratios), "value_median": median(abs(e["value"]) for e in entries),
                "channel": Counter(e["channel"] for e in entries).most_common(1)[0][0],
                "massive_windows": sum(_massive(e, rule) for e in entries) / len(entries)}
         sinks = [_sink(e) for e in entries]
@@ -123,13 +123,13 @@ def summarize(windows: list[list[dict]], rule: Rule = DEFAULT_RULE) -> dict:
     out = {"windows": len(windows), "rule": str(rule), "sink_rule": analysis.ATTENTION_RULE, "per_layer": layers,
            "massive": {"layers": massive_layers, "largest_layer": top["layer"], "channel": top["channel"],
                        "ratio_median": top["ratio_median"], "value_median": top["value_median"],
-                       "tokens": [w[top["layer"] - 1]["token"] for w in windows]}}
+                       "tokens": [w[top["layer"]]["token"] for w in windows]}}
     if "sink_windows" in layers[0]:
         sink_layers = [r["layer"] for r in layers if r["sink_windows"] >= 0.5]
         at = sink_layers[0] if sink_layers else max(layers, key=lambda r: r["sink_share_median"])["layer"]
         out["sink"] = {"layers": sink_layers, "first_layer": sink_layers[0] if sink_layers else None,
-                       "tokens": [_sink(w[at - 1])[0] for w in windows],
-                       "share_median": median(_sink(w[at - 1])[1] for w in windows)}
+                       "tokens": [_sink(w[at])[0] for w in windows],
+                       "share_median": median(_sink(w[at])[1] for w in windows)}
     return out
 
 
@@ -137,10 +137,10 @@ def window_values(windows: list[list[dict]], summary: dict) -> dict:
     """Per window: the massive activation's |h| at the layer `summary` (of the same windows) reads it at, and the
     sink's share of the attention of queries 1..T-1 at the layer where its median share is largest (for paired
     comparisons over the same windows)."""
-    top = summary["massive"]["largest_layer"] - 1
+    top = summary["massive"]["largest_layer"]
     out = {"massive_abs": [abs(w[top]["value"]) for w in windows]}
     if "sink" in summary:
-        at = max(summary["per_layer"], key=lambda r: r["sink_share_median"])["layer"] - 1
+        at = max(summary["per_layer"], key=lambda r: r["sink_share_median"])["layer"]
         out["sink_share"] = [_sink(w[at])[1] for w in windows]
     return out
 
@@ -184,18 +184,17 @@ CONDITION_TEXT = {"every_layer": "masked in every layer", "from_sink_layer": "ma
 
 
 def condition_layers(condition: str, first_sink_layer: int, n_layers: int) -> list[int]:
-    """0-based layers a condition masks; `first_sink_layer` is 1-based."""
-    start = first_sink_layer - 1
-    return {"every_layer": list(range(n_layers)), "from_sink_layer": list(range(start, n_layers)),
-            "before_sink_layer": list(range(start))}[condition]
+    """The layers a condition masks."""
+    return {"every_layer": list(range(n_layers)), "from_sink_layer": list(range(first_sink_layer, n_layers)),
+            "before_sink_layer": list(range(first_sink_layer))}[condition]
 
 
 def defined_conditions(first_sink_layer: int | None, n_layers: int) -> tuple[dict, list[str]]:
-    """({condition: its 0-based layers}, why the others are left out): every layer only where no layer has a sink;
+    """({condition: its layers}, why the others are left out): every layer only where no layer has a sink;
     a condition that masks no layer, or the same layers as an earlier one, is left out (a sink from the first layer
     on leaves nothing before it, and "from it on" is every layer)."""
     if first_sink_layer is None:
-        return {"every_layer": condition_layers("every_layer", 1, n_layers)}, []
+        return {"every_layer": condition_layers("every_layer", 0, n_layers)}, []
     kept, skipped = {}, []
     for condition in CONDITIONS:
         layers = condition_layers(condition, first_sink_layer, n_layers)
@@ -243,7 +242,7 @@ def measure(model, blocks, logits_fn, run_fn, windows, rule: Rule = DEFAULT_RULE
     """The relocation experiment on evaluation windows [n, L]: each window's outlier tokens (flagged by `rule` in
     any layer of its unmasked forward) blocked as keys for every other query in each condition's layers, and a
     control that blocks as many other tokens of the window, drawn with `seed`. Per condition and kind: perplexity
-    with its paired change against the unmasked model, the masked layers (1-based), and where the massive activation
+    with its paired change against the unmasked model, the masked layers, and where the massive activation
     and the sink went. The first sink layer is the unmasked model's (`summarize`). `prefix`: the special tokens each
     window starts with (lib.perplexity.perplexity: never scored)."""
     from lib.perplexity import perplexity, summarize as summarize_ppl
@@ -269,7 +268,7 @@ def measure(model, blocks, logits_fn, run_fn, windows, rule: Rule = DEFAULT_RULE
                 measured = perplexity(masked_logits(model, logits_fn, per_window, layers), windows, prefix=prefix)
             after = where.summary(rule)
             out["conditions"][condition][kind] = {**summarize_ppl(measured, baseline),
-                                                  "masked_layers": [layer + 1 for layer in layers],
+                                                  "masked_layers": list(layers),
                                                   "where": after, "moved": compare(before, after)}
     if skipped:
         out["note"] = (f"the first sink layer is {first_sink}: " + "; ".join(skipped)

@@ -136,7 +136,7 @@ def calibrate(state: ScaleTest) -> dict:
         predicted = 2 * torch.sigmoid(test_x @ weight.T + bias)
         ratios = torch.tensor(state.value_ratio.get(layer, [float("nan")]))
         a_s = 1 - kept
-        report[layer + 1] = {
+        report[layer] = {
             "queries": int(len(x)), "a_s_mean": float(a_s.mean()),
             "a_s_quantiles": [float(q) for q in torch.quantile(a_s.flatten(), torch.tensor([0.1, 0.5, 0.9]))],
             "const_scale": [round(float(c), 4) for c in state.const[layer]],

@@ -5,12 +5,12 @@ The columns are those the registered figures declare (lib/paper_figures), read f
 
     python reproduce.py --summary --savedir figures
 """
-import json
 from pathlib import Path
 
 from lib import bos_effect, cross_model
 from lib.errors import UserError
 from lib.files import write_json, write_text
+from lib.layer_numbering import LAYERS_ARE, STATEMENT, read_current
 from lib.outliers import CATEGORIES
 from lib.paper_figures import FIGURES
 from lib.paper_figures.figure import cell
@@ -19,7 +19,7 @@ from lib.provenance import provenance, short
 
 def _read(folder: Path, name: str) -> dict:
     path = folder / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_current(path) if path.is_file() else {}
 
 
 def model_row(folder: Path, consequences_dir: Path | None = None) -> dict:
@@ -37,7 +37,7 @@ def model_row(folder: Path, consequences_dir: Path | None = None) -> dict:
     row["headroom"] = max(rooms, key=lambda r: r["largest_abs"]) if rooms else None
     cons = consequences_dir / row["model"] / "consequences.json" if consequences_dir else None
     if cons is not None and cons.is_file():
-        result = json.loads(cons.read_text())["results"][0]
+        result = read_current(cons)["results"][0]
         row["consequences"] = {"fp32": result["baseline"]["ppl"],
                                **{m: v.get("ppl") for m, v in result["compression"].items()},
                                **{m: v.get("ppl") for m, v in result["interventions"].get("attention_sinks", {}).items()},
@@ -67,7 +67,7 @@ def write_summary(savedir, consequences_dir=None) -> tuple[Path, Path, list]:
     columns = [("prepended", _prepended)] + [column for figure in FIGURES.values() for column in figure.columns] + [
         ("largest \\|h\\| (x float16's largest finite value)", _headroom)]
     lines = [f"# Systematic outliers across {len(rows)} model(s)", "",
-             "Layers 1-based; tokens, channels and columns 0-based. Token categories: "
+             STATEMENT + " Token categories: "
              + " / ".join(CATEGORIES) + " (share of outlier tokens; of sink keys). Prepended: the special tokens "
              "every prompt and window starts with (the tokenizer's own). Each row comes from the model's figure JSONs "
              "in this folder (`python reproduce.py --summary`).", "",
@@ -95,5 +95,6 @@ def write_summary(savedir, consequences_dir=None) -> tuple[Path, Path, list]:
         r["finding"] = cross_model.finding(d)
         r["paper_pattern"] = [{"property": p, "verdict": v, "numbers": x} for p, v, x in cross_model.properties(d)]
     write_text(md, "\n".join(lines) + "\n")
-    write_json(js, {"models": rows, "paper_pattern_criteria": cross_model.CRITERIA, "provenance": provenance()})
+    write_json(js, {"layers_are": LAYERS_ARE, "models": rows, "paper_pattern_criteria": cross_model.CRITERIA,
+                    "provenance": provenance()})
     return md, js, rows

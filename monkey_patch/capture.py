@@ -186,8 +186,8 @@ class Capture:
         model: a Hugging Face causal LM of a supported family (`ModelView`), or a gpt-2/ checkpoint loaded with
             lib.models.load_model.
         points: a capture point or a list of them (`POINTS`; the module docstring says what each holds).
-        layers: 0-based layer indices (an int or a list; default: every layer). The figure scripts' --layer and
-            every JSON count layers from 1: layer L there is L - 1 here.
+        layers: 0-based layer indices (an int or a list; default: every layer), as the figure scripts' --layer and
+            every JSON count them.
         reduce: None, or `reduce(point, layer, tensor) -> list` with one small result per sequence of the batch
             (lib.reducers has top-k/median, attention column sums, the attention a key receives from later
             queries, each token's max |h|, and `by_point` to pick one per point).

@@ -68,3 +68,25 @@ def test_the_command_and_times_are_not_compared():
     new = {"command": "python consequences.py --savedir /tmp/re-run", "seconds": 30.0, "ppl": 3.5}
     assert differences(old, new) == []
     assert differences(old, {**new, "ppl": 3.6}) == ["/ppl: 3.5 -> 3.6"]
+
+
+def test_a_folder_written_with_1_based_layers_is_said_so_in_one_line(tmp_path):
+    """A figure JSON saying "1-based", or a consequences.json saying nothing (results written before layers were
+    0-based), is not re-run: one line says why, and the check fails."""
+    import json
+
+    from lib import check
+    provenance = {"command": "python no_such_script.py --savedir x", "project": {}}
+    for name, result in (("existence_weight_outliers.json", {"layers_are": "1-based", "layer": 3}),
+                         ("consequences.json", {"results": []})):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / name).write_text(json.dumps({**result, "provenance": provenance}))
+        lines = []
+        assert check.main(folder, log=lines.append) == 1
+        assert len(lines) == 1 and "was written with 1-based layers" in lines[0] and name in lines[0], lines
+        assert "regenerate it with its command" in lines[0]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "r.json").write_text(json.dumps({"layers_are": "0-based", "provenance": provenance}))
+    assert check.numbering_note(fresh, check.result_files(fresh)) is None

@@ -78,5 +78,5 @@ def test_sink_rate_on_a_planted_attention_map():
 
 def test_valley_is_the_layers_below_half_the_largest_entropy():
     found = valley([0.8, 0.5, 0.39, 0.1, 0.45, 0.7])
-    assert found == {"layers": [3, 4], "depth": pytest.approx(1 - 0.1 / 0.8), "lowest_layer": 4, "highest_layer": 1}
-    assert valley([None, 0.6, 0.2])["layers"] == [3] and valley([None, None])["layers"] == []
+    assert found == {"layers": [2, 3], "depth": pytest.approx(1 - 0.1 / 0.8), "lowest_layer": 3, "highest_layer": 0}
+    assert valley([None, 0.6, 0.2])["layers"] == [2] and valley([None, None])["layers"] == []

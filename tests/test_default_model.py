@@ -123,7 +123,7 @@ def test_its_tokenizer_prepends_bos_and_the_committed_figures_feed_it(default_mo
     assert committed["input"]["prepended"] == [{"token": "<bos>", "id": 2}]
     dominant = committed["dominant_outlier"]
     with torch.no_grad():
-        hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[dominant["layer"]][0]
+        hidden = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[dominant["layer"] + 1][0]
     assert (dominant["token"], dominant["channel"]) == (0, int(hidden[0].abs().argmax()))
     assert hidden[0, dominant["channel"]].abs().item() == pytest.approx(dominant["abs"], rel=1e-3)
     assert committed["headroom"]["largest_abs"] >= dominant["abs"] > 65504 and not committed["headroom"]["fits"]["float16"]

@@ -447,7 +447,7 @@ def test_run_on_a_planted_model_writes_every_number(tmp_path):
     result = saved["results"][0]
     assert set(result["compression"]) == set(compression.METHODS)
     sites = result["interventions"]["sites"]
-    assert len(sites) == 1 and sites[0]["layer"] == PLANTED + 1 and list(sites[0]["calibration_means"]) == [str(CHANNEL)]
+    assert len(sites) == 1 and sites[0]["layer"] == PLANTED and list(sites[0]["calibration_means"]) == [str(CHANNEL)]
     assert sites[0]["zero"]["edited_entries"] > 0 and sites[0]["mask_sink"]["masked_keys_per_window"] >= 1
     assert result["interventions"]["attention_sinks"]["mask_attn_sink"]["masked_keys_per_window"] >= 1
     numbers = json.dumps(saved)

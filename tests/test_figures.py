@@ -71,7 +71,7 @@ def random_run(tmp_path_factory):
 
 
 def _layer_io(model, layer, ids):
-    """HF's own tensors of a 1-based layer on ids, from forward hooks: the layer's input and output, and its
+    """HF's own tensors of a layer on ids, from forward hooks: the layer's input and output, and its
     down_proj's input."""
     seen = {}
 
@@ -80,7 +80,7 @@ def _layer_io(model, layer, ids):
             seen[name] = pick(*io)
         return hook
     first = lambda x: x[0] if isinstance(x, tuple) else x  # noqa: E731
-    block = model.model.layers[layer - 1]
+    block = model.model.layers[layer]
     hooks = [block.register_forward_pre_hook(keep("in", lambda args, kwargs: args[0] if args else
                                                   kwargs["hidden_states"]), with_kwargs=True),
              block.register_forward_hook(keep("out", lambda args, out: first(out))),
@@ -185,7 +185,9 @@ def test_the_outlier_token_is_boxed_wherever_its_label_appears_and_its_attention
     assert _rgb(frames[0].get_edgecolor()) == _rgb(cli.plotting.OUTLIER)
 
 
-def test_layer_axes_have_integer_ticks_from_1(planted_run):
+def test_layer_axes_have_integer_ticks_from_0(planted_run):
+    """Every axis labelled "layer" in the planted run's figures has integer ticks and starts at layer 0, the first."""
+    seen = 0
     for stem, fig in FIGS.items():
         for ax in fig.axes:
             for axis, label in ((ax.xaxis, ax.get_xlabel()), (ax.yaxis, ax.get_ylabel())):
@@ -193,7 +195,10 @@ def test_layer_axes_have_integer_ticks_from_1(planted_run):
                     continue
                 low, high = sorted(axis.get_view_interval())
                 ticks = [t for t in axis.get_ticklocs() if low <= t <= high]
-                assert ticks and all(float(t).is_integer() and t >= 1 for t in ticks), (stem, ax.get_title(), ticks)
+                assert ticks and all(float(t).is_integer() for t in ticks), (stem, ax.get_title(), ticks)
+                assert min(ticks) == 0, (stem, ax.get_title(), ticks)
+                seen += 1
+    assert seen >= 8  # the per-layer curves, scatters and bars, and the relocation maps
 
 
 def test_every_figure_title_says_what_is_plotted_and_on_what_input(planted_run):
@@ -249,14 +254,14 @@ def test_random_model_has_no_outliers(random_run):
 def test_planted_activation_outliers_on_the_prompt(planted_run):
     _, outdir = planted_run
     layer = _load(outdir, "existence_activation_outliers_layer")
-    assert layer["layer"] == planted.PLANTED + 1
+    assert layer["layer"] == planted.PLANTED
     assert layer["outlier_tokens"] == [SINK_POSITION]
     assert layer["outlier_channels"] == [planted.CHANNEL]
     assert layer["tokens"][SINK_POSITION] == planted.SINK
-    # after the planted layer and before the last one, which cancels it
-    assert layer["outlier_layers"] == list(range(planted.PLANTED + 1, planted.LAYERS))
+    # from the planted layer to the one before the last, which cancels it
+    assert layer["outlier_layers"] == list(range(planted.PLANTED, planted.LAYERS - 1))
     down = _load(outdir, "existence_activation_outliers_down")
-    assert down["layer"] == planted.PLANTED + 1
+    assert down["layer"] == planted.PLANTED
     assert down["outlier_tokens"] == [SINK_POSITION] and down["outlier_channels"] == [planted.NEURON]
     # gate = up = 4 * sqrt(hidden) on the normalised trigger: silu(22.6) * 22.6 ~ 512 (x 0.99, attention noise)
     assert 450 < down["max"] < 520
@@ -265,13 +270,13 @@ def test_planted_activation_outliers_on_the_prompt(planted_run):
 def test_planted_weight_outliers(planted_run):
     _, outdir = planted_run
     weights = _load(outdir, "existence_weight_outliers")
-    assert weights["layer"] == planted.PLANTED + 1
+    assert weights["layer"] == planted.PLANTED
     assert weights["top_column"] == planted.NEURON and weights["top_rows"][0] == planted.CHANNEL
     assert weights["writer"]["column"] == planted.NEURON and weights["writer"]["channel"] == planted.CHANNEL
     assert weights["writer"]["share_of_down_proj_output"] > 0.99
     rows = _load(outdir, "pos_weight_outliers")["layers"]
     planted_row = rows[planted.PLANTED]
-    assert planted_row["layer"] == planted.PLANTED + 1 and planted_row["top_columns"][0] == planted.NEURON
+    assert planted_row["layer"] == planted.PLANTED and planted_row["top_columns"][0] == planted.NEURON
     # one nonzero entry of 20 in a column of 32: max / mean = 20 / (20 / 32) = 32
     assert planted_row["max_ratio"] == pytest.approx(32.0, rel=1e-5)
 
@@ -279,13 +284,13 @@ def test_planted_weight_outliers(planted_run):
 def test_planted_attention_sink(planted_run):
     _, outdir = planted_run
     attention = _load(outdir, "existence_attention_outliers")
-    assert attention["layer"] == planted.PLANTED + 2
+    assert attention["layer"] == planted.PLANTED + 1
     assert attention["outlier_keys"] == [SINK_POSITION]
     # the queries from the sink on put nearly all their mass on it: one unit each
     queries = len(PROMPT) - SINK_POSITION
     assert attention["cumulative"][SINK_POSITION] == pytest.approx(queries, rel=0.1)
     pos = _load(outdir, "pos_attention_outliers")
-    assert pos["outlier_layers"] == list(range(planted.PLANTED + 2, planted.LAYERS + 1))
+    assert pos["outlier_layers"] == list(range(planted.PLANTED + 1, planted.LAYERS))
     assert pos["layers"][planted.PLANTED + 1]["head_ratio_min"] > 0.5
     assert pos["layers"][0]["head_ratio_max"] == 0.0
 
@@ -294,7 +299,7 @@ def test_planted_positions_over_calibration(planted_run, tmp_path):
     from lib.data import get_data
     _, outdir = planted_run
     layer = _load(outdir, "pos_activation_outliers_layer")
-    assert layer["outlier_layers"] == list(range(planted.PLANTED + 1, planted.LAYERS))
+    assert layer["outlier_layers"] == list(range(planted.PLANTED, planted.LAYERS - 1))
     text = tmp_path / "calibration.txt"
     text.write_text(CALIBRATION_TEXT)
     ids = get_data(planted.CharTokenizer(), 3, 64, source=str(text), seed=1)
@@ -306,7 +311,7 @@ def test_planted_positions_over_calibration(planted_run, tmp_path):
     assert categories["count"] == sinks  # every sink position, nothing else
     assert categories["strong_delimiter"] == 0.0 and categories["weak_semantic"] == 0.0
     down = _load(outdir, "pos_activation_outliers_down")
-    assert planted.PLANTED + 1 in down["outlier_layers"]
+    assert planted.PLANTED in down["outlier_layers"]
     assert down["layers"][planted.PLANTED]["frequent_channels"][0] == planted.NEURON
 
 
@@ -314,22 +319,22 @@ def test_planted_lifecycle(planted_run):
     _, outdir = planted_run
     emergence = _load(outdir, "lifecycle_emergence")
     assert (emergence["layer"], emergence["token"], emergence["channel"], emergence["neuron"]) == \
-        (planted.PLANTED + 1, SINK_POSITION, planted.CHANNEL, planted.NEURON)
+        (planted.PLANTED, SINK_POSITION, planted.CHANNEL, planted.NEURON)
     assert emergence["value_after"] > 1000 and abs(emergence["value_before"]) < 1
     spread = _load(outdir, "lifecycle_spread")
     assert spread["outlier_tokens"] == [SINK_POSITION]
-    assert planted.PLANTED + 2 <= spread["layer"] <= planted.LAYERS
+    assert planted.PLANTED + 1 <= spread["layer"] <= planted.LAYERS - 1
     # queries from the sink on (half the prompt) put about all their mass on it; the earlier ones cannot see it
     visible = (len(PROMPT) - SINK_POSITION) / len(PROMPT)
     assert spread["head_outlier_ratio"] == pytest.approx([visible] * 4, rel=0.1)
     gone = _load(outdir, "lifecycle_disappearance")
     assert (gone["layer"], gone["token"], gone["channel"], gone["neuron"]) == \
-        (planted.LAYERS, SINK_POSITION, planted.CHANNEL, planted.CANCEL)
+        (planted.LAYERS - 1, SINK_POSITION, planted.CHANNEL, planted.CANCEL)
     assert abs(gone["values_at_layer"]["layer out"]) < 1
 
 
 def test_planted_compression_valley(planted_run, tmp_path):
-    """The planted massive token collapses the entropy where it lives (layers PLANTED+1 .. LAYERS-1, 1-based) and
+    """The planted massive token collapses the entropy where it lives (layers PLANTED .. LAYERS - 2) and
     is the sink of the later layers' heads; the first token is neither."""
     from lib.data import get_data
     _, outdir = planted_run
@@ -338,30 +343,30 @@ def test_planted_compression_valley(planted_run, tmp_path):
     text.write_text(CALIBRATION_TEXT)
     ids = get_data(planted.CharTokenizer(), 3, 64, source=str(text), seed=1)
     assert [w["position"] for w in valley["windows"]] == [int((seq == ord(planted.SINK)).nonzero()[0]) for seq in ids]
-    held = list(range(planted.PLANTED + 1, planted.LAYERS))
+    held = list(range(planted.PLANTED, planted.LAYERS - 1))
     assert valley["outlier_layers"] == held and valley["valley"]["entropy"]["layers"] == held
     rows = {r["layer"]: r for r in valley["layers"]}
     for layer in held:  # collapsed by the massive token; without it (and the constant channel) restored
         assert rows[layer]["entropy"] < 0.01 and rows[layer]["norm_ratio_outlier"] > 1000
         assert rows[layer]["entropy_centred_without_outliers"] > 0.5
     for layer, row in rows.items():
-        assert row["sink_rate_outlier"] == (1.0 if layer >= planted.PLANTED + 2 else 0.0)
+        assert row["sink_rate_outlier"] == (1.0 if layer >= planted.PLANTED + 1 else 0.0)
         assert row["sink_rate_first"] == 0.0 and row["norm_ratio_first"] < 10
         assert len(row["attention_on_outlier"]) == 4 and len(row["attention_on_first"]) == 4
     assert valley["definitions"]["valley"].startswith("the layers whose entropy is below 0.5 x the largest")
 
 
 def test_overrides_are_used(tmp_path):
-    """--layer 4 --head 1: the numbers are layer 4's (its output's peak) and head 1's (its query norms, and those of
+    """--layer 3 --head 1: the numbers are layer 3's (its output's peak) and head 1's (its query norms, and those of
     key head 0, which head 1 reads in a model with two query heads per key head), by hand from HF's modules."""
-    args = _args(tmp_path, "--layer", "4", "--head", "1", "--format", "both")
+    args = _args(tmp_path, "--layer", "3", "--head", "1", "--format", "both")
     model = planted.planted_llama()
     results = cli.run(["existence_activation_outliers_layer", "lifecycle_spread"], args,
                       model=model, tokenizer=planted.CharTokenizer(), spec=planted.spec("p", "P"))
     layer, spread = results["existence_activation_outliers_layer"], results["lifecycle_spread"]
-    assert layer["layer"] == 4 and spread["head"] == 1 and spread["layer"] == 4 and spread["kv_head"] == 0
+    assert layer["layer"] == 3 and spread["head"] == 1 and spread["layer"] == 3 and spread["kv_head"] == 0
     assert sorted(spread["files"]) == ["lifecycle_spread.pdf", "lifecycle_spread.png"]
-    seen = _layer_io(model, 4, torch.tensor([planted.CharTokenizer().encode(PROMPT)]))
+    seen = _layer_io(model, 3, torch.tensor([planted.CharTokenizer().encode(PROMPT)]))
     assert layer["max"] == pytest.approx(seen["out"].abs().max().item(), rel=1e-5)
     attn, d = model.model.layers[3].self_attn, planted.HEAD_DIM
     with torch.no_grad():  # a rotation keeps a head's norm, so the projection's norm is the rotated one's
@@ -373,6 +378,7 @@ def test_overrides_are_used(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--layer", "9"], "out of range"),
+    (["--layer", "4"], r"--layer 4 out of range: P has layers 0\.\.3"),
     (["--head", "7"], "out of range"),
     (["--seqlen", "1000"], "allows at most"),
     (["--prompt", "   "], "empty"),
@@ -474,13 +480,13 @@ def test_summary_across_two_models(random_run, planted_run, tmp_path):
         shutil.copytree(outdir, tmp_path / "figs" / outdir.name)
     cons = tmp_path / "cons" / "planted"
     cons.mkdir(parents=True)
-    (cons / "consequences.json").write_text(json.dumps({"results": [{"baseline": {"ppl": 9.5}, "compression": {
+    (cons / "consequences.json").write_text(json.dumps({"layers_are": "0-based", "results": [{"baseline": {"ppl": 9.5}, "compression": {
         "w8a8": {"ppl": 10.25}}, "interventions": {"attention_sinks": {"mask_attn_sink": {"ppl": 30.0}}}}]}))
     md, js, rows = write_summary(tmp_path / "figs", tmp_path / "cons")
     by_model = {r["model"]: r for r in rows}
     planted_row, random_row = by_model["planted"], by_model["random"]
     assert planted_row["prompt_outlier_channels"] == [planted.CHANNEL] and planted_row["writer_column"] == planted.NEURON
-    assert planted_row["emergence_layer"] == planted.PLANTED + 1
+    assert planted_row["emergence_layer"] == planted.PLANTED
     assert planted_row["consequences"] == {"fp32": 9.5, "w8a8": 10.25, "mask_attn_sink": 30.0}
     assert random_row["first_outlier_layer"] is None and random_row["emergence_layer"] is None
     text = md.read_text()
@@ -492,7 +498,7 @@ def test_summary_across_two_models(random_run, planted_run, tmp_path):
     assert planted_row["input"] == [] and "| prepended |" in text and "x float16's largest finite value) |" in text
     assert "mean attention on it passes" in planted_row["finding"] and "float16's largest finite value (65,504)" in \
         planted_row["finding"]
-    assert planted_row["valley"]["layers"] == list(range(planted.PLANTED + 1, planted.LAYERS))
+    assert planted_row["valley"]["layers"] == list(range(planted.PLANTED, planted.LAYERS - 1))
     assert json.loads(js.read_text())["models"][0]["model"] in ("planted", "random")
     # the picture across models and the paper's pattern per model (lib/cross_model.py)
     assert (tmp_path / "figs" / "summary.png").is_file() and "![systematic outliers across models](summary.png)" in text
@@ -503,8 +509,13 @@ def test_summary_across_two_models(random_run, planted_run, tmp_path):
         pattern["fixed channels"]["numbers"]
     assert pattern["zeroing hurts and the mean does not"]["verdict"] == "not measured"
     assert "| the paper's property (LLaMA-2-7B) |" in text
+    assert json.loads(js.read_text())["layers_are"] == "0-based"
     with pytest.raises(UserError, match="no model folders"):
         write_summary(tmp_path / "cons")
+    old = json.loads((tmp_path / "figs" / "planted" / "pos_compression.json").read_text())
+    (tmp_path / "figs" / "planted" / "pos_compression.json").write_text(json.dumps({**old, "layers_are": "1-based"}))
+    with pytest.raises(UserError, match="pos_compression.json counts layers from 1"):
+        write_summary(tmp_path / "figs", tmp_path / "cons")  # no summary mixes the two numberings
 
 
 def test_planted_dominant_outlier_and_where_the_rule_stops(planted_run):
@@ -515,14 +526,14 @@ def test_planted_dominant_outlier_and_where_the_rule_stops(planted_run):
                  "lifecycle_relocation"):
         dominant = _load(outdir, name)["dominant_outlier"]
         assert (dominant["token"], dominant["channel"]) == (SINK_POSITION, planted.CHANNEL), name
-        assert dominant["flagged_layers"] == list(range(planted.PLANTED + 1, planted.LAYERS))
-        assert f"from layer {planted.LAYERS} on it fails" in dominant["text"] and "under the floor" in dominant["text"]
+        assert dominant["flagged_layers"] == list(range(planted.PLANTED, planted.LAYERS - 1))
+        assert f"from layer {planted.LAYERS - 1} on it fails" in dominant["text"] and "under the floor" in dominant["text"]
     model = planted.planted_llama()
     ids = torch.tensor([planted.CharTokenizer().encode(PROMPT)])
     with torch.no_grad():
         hidden = model(ids, output_hidden_states=True).hidden_states
     for row in dominant["per_layer"][:-1]:  # the last hidden state is after the final norm
-        h = hidden[row["layer"]][0]
+        h = hidden[row["layer"] + 1][0]  # hidden_states[i + 1] is layer i's output
         assert row["abs"] == pytest.approx(float(h[SINK_POSITION, planted.CHANNEL].abs()), rel=1e-4)
         assert row["over_median"] == pytest.approx(row["abs"] / float(h.abs().median()), rel=1e-3)
 
@@ -532,11 +543,11 @@ def test_planted_relocation_keeps_a_content_written_outlier_and_moves_the_sink(p
     it as a key leaves it where it is; the later layers' attention, which followed it, has to go elsewhere."""
     _, outdir = planted_run
     r = _load(outdir, "lifecycle_relocation")
-    assert r["outlier_tokens"] == [SINK_POSITION] and r["masked_layers"] == list(range(1, planted.LAYERS + 1))
+    assert r["outlier_tokens"] == [SINK_POSITION] and r["masked_layers"] == list(range(planted.LAYERS))
     assert r["prompt_before"]["massive_token"] == r["prompt_after"]["massive_token"] == SINK_POSITION
     assert r["prompt_before"]["sink_token"] == SINK_POSITION and r["prompt_after"]["sink_token"] != SINK_POSITION
     every = r["windows"]["conditions"]["every_layer"]
-    assert every["outliers"]["masked_layers"] == list(range(1, planted.LAYERS + 1))
+    assert every["outliers"]["masked_layers"] == list(range(planted.LAYERS))
     assert {"ppl", "nll_change", "nll_change_stderr"} <= set(every["control"])
 
 
@@ -560,3 +571,25 @@ def test_the_figure_suite_runs_on_a_tiny_model_of_every_family(family, tmp_path,
                       spec=planted.spec(family, family))
     assert set(results) == set(names)
     assert all((tmp_path / "out" / family / f"{n}.json").exists() for n in names)
+
+
+def test_layer_zero_is_the_first_layer(tmp_path):
+    """--layer 0 draws the first decoder layer: its output is Hugging Face's output_hidden_states[1] (entry 0 is the
+    embedding)."""
+    model, ids = planted.planted_llama(), torch.tensor([planted.CharTokenizer().encode(PROMPT)])
+    result = cli.run(["existence_activation_outliers_layer"], _args(tmp_path, "--layer", "0"), model=model,
+                     tokenizer=planted.CharTokenizer(), spec=planted.spec("p", "P"))["existence_activation_outliers_layer"]
+    with torch.no_grad():
+        first = model(ids, output_hidden_states=True).hidden_states[1][0]
+    assert result["layer"] == 0 and result["why"] == "--layer" and result["layers_are"] == "0-based"
+    assert result["max"] == pytest.approx(first.abs().max().item(), rel=1e-5)
+    assert result["summary"][0].startswith("P layer output, layer 0 (--layer)")
+
+
+def test_every_figure_json_and_the_index_page_state_the_numbering(planted_run):
+    _, outdir = planted_run
+    for name in FIGURES:
+        assert _load(outdir, name)["layers_are"] == "0-based", name
+    index = cli.write_index(outdir, "Planted", 1.0, []).read_text()
+    assert index.count("0-based") == 1 and "1-based" not in index
+

@@ -19,6 +19,7 @@ import train  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from outlier_stats import (captured, compact_report, key_shares, layer_report, peak_ablation,  # noqa: E402
                            persistence, ratio_floor, run_verdict)
+from stats_log import as_zero_based  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
@@ -93,11 +94,11 @@ def test_an_mlp_written_peak_that_a_later_head_sinks_on_is_a_systematic_outlier(
     r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].mlp.c_proj, 0, 5, 500.0),
                                                sink_on(m.transformer.h[2].attn, [0, 0])])
     first = next(x for x in r["layers"][0]["positions"] if x["position"] == 0)
-    assert first["channel"] == 5 and first["channels"] == [5] and first["writer"] == "mlp1"
+    assert first["channel"] == 5 and first["channels"] == [5] and first["writer"] == "mlp0"
     assert first["position_ratio"] > 1000 and first["holds_max"] == 1.0 and first["fixed"]
-    assert first["sink_heads"] == [[3, 0, pytest.approx(1.0)], [3, 1, pytest.approx(1.0)]]
-    assert found(r) == [(1, 0), (2, 0)]  # block 2 carries the same entry, still MLP 1's
-    assert "last block" in rejected(r, 3, 0)
+    assert first["sink_heads"] == [[2, 0, pytest.approx(1.0)], [2, 1, pytest.approx(1.0)]]
+    assert found(r) == [(0, 0), (1, 0)]  # block 1 carries the same entry, still MLP 0's
+    assert "last block" in rejected(r, 2, 0)
 
 
 def test_key_shares_divide_each_row_by_its_total_and_leave_the_extra_key_out():
@@ -146,16 +147,16 @@ def test_a_sink_in_an_earlier_block_or_the_writers_own_block_does_not_count():
             return handles + ([sink_on(h[2].attn, [0, 0])] if later else [])
         return register
     r = planted(tiny(), seqs_of(), hooks(later=False))
-    assert not r["verdict"]["outliers"] and "no head of a later block" in rejected(r, 2, 0)
-    assert found(planted(tiny(), seqs_of(), hooks(later=True))) == [(2, 0)]
+    assert not r["verdict"]["outliers"] and "no head of a later block" in rejected(r, 1, 0)
+    assert found(planted(tiny(), seqs_of(), hooks(later=True))) == [(1, 0)]
 
 
 def test_an_attention_written_peak_is_reported_not_counted():
     r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].attn.c_proj, 0, 5, 500.0),
                                                sink_on(m.transformer.h[2].attn, [0, 0])])
-    assert not r["verdict"]["outliers"] and "written by attn1" in rejected(r, 1, 0)
+    assert not r["verdict"]["outliers"] and "written by attn0" in rejected(r, 0, 0)
     assert [(x["layer"], x["position"], x["writer"]) for x in r["verdict"]["attention_written"]] == \
-        [(1, 0, "attn1"), (2, 0, "attn1"), (3, 0, "attn1")]
+        [(0, 0, "attn0"), (1, 0, "attn0"), (2, 0, "attn0")]
 
 
 def test_one_head_of_two_on_the_key_is_a_sink():
@@ -163,8 +164,8 @@ def test_one_head_of_two_on_the_key_is_a_sink():
     r = planted(tiny(), seqs_of(), lambda m: [add_at(m.transformer.h[0].mlp.c_proj, 0, 5, 500.0),
                                                sink_on(m.transformer.h[2].attn, [0, None])])
     assert r["layers"][2]["top_key_share"] == pytest.approx(0.5)
-    assert (1, 0) in found(r)
-    assert r["verdict"]["found"][0]["sink_heads"] == [[3, 0, pytest.approx(1.0)]]
+    assert (0, 0) in found(r)
+    assert r["verdict"]["found"][0]["sink_heads"] == [[2, 0, pytest.approx(1.0)]]
 
 
 def test_an_embedding_peak_is_not_counted():
@@ -214,7 +215,7 @@ def test_peak_ablation_zeroes_only_the_massive_channels_and_sets_them_to_their_c
                          add_at(mod.transformer.h[0].mlp.c_proj, 0, 9, 150 * m), sink_on(mod.transformer.h[2].attn, [0, 0])]
     report = planted(model, seqs, hooks)
     rows = planted(model, seqs, hooks, peak_ablation, report, calib)
-    first = next(a for a in rows if a["layer"] == 1)
+    first = next(a for a in rows if a["layer"] == 0)
     assert first["position"] == 0 and first["channels"] == [5, 9] and first["systematic"]
 
     def loss_with(values):
@@ -259,7 +260,7 @@ def test_a_single_checkpoint_blip_does_not_hold_and_three_in_a_row_do():
         return dict(on[0] if holds else off, iter=step)
     blip = persistence([at(0, False), at(1, True), at(2, False), at(3, False)])
     assert not blip["held"] and [(s["layer"], s["position"], s["checkpoints"]) for s in blip["streaks"]] == \
-        [(1, 0, 1), (2, 0, 1)]
+        [(0, 0, 1), (1, 0, 1)]
     assert not persistence([at(0, True), at(1, True), at(2, False), at(3, True), at(4, True)])["held"]
     lasting = persistence([at(0, False), at(1, True), at(2, True), at(3, True)])
     assert lasting["held"] and lasting["first_held"] == 1
@@ -268,12 +269,13 @@ def test_a_single_checkpoint_blip_does_not_hold_and_three_in_a_row_do():
 
 
 def old_line(step, ratios, tokens, shares, top_keys=None, writers=None):
-    """A stats.jsonl line as logged before the per-position verdict (3 blocks)."""
+    """A stats.jsonl line as logged before the per-position verdict (3 blocks, counted from 1 as then), read as the
+    readers read it (stats_log.as_zero_based)."""
     top_keys = top_keys or [0, 0, 0]
     writers = writers or ["mlp1", "mlp2", "mlp3"]
-    return dict(iter=step, outliers=False, outlier_layers=[], layers=[
+    return as_zero_based(dict(iter=step, outliers=False, outlier_layers=[], layers=[
         dict(ratio=r, token=t, channel=1, embed_share=0.0, writer=w, top_key=k, top_key_share=s)
-        for r, t, w, k, s in zip(ratios, tokens, writers, top_keys, shares)])
+        for r, t, w, k, s in zip(ratios, tokens, writers, top_keys, shares)]))
 
 
 def test_logs_written_before_the_per_position_verdict_decide_what_they_can():
@@ -282,13 +284,13 @@ def test_logs_written_before_the_per_position_verdict_decide_what_they_can():
     small = [old_line(s, [51.5, 51.0, 300.0], [0, 0, 0], [0.9, 0.9, 0.9]) for s in range(4)]
     assert run_verdict(small, 2, 64)["verdict"] == "no"  # the blocks before the last are under the floor
     no_sink = [old_line(s, [300.0, 300.0, 20.0], [0, 0, 0], [0.9, 0.25, 0.25]) for s in range(4)]
-    assert run_verdict(no_sink, 2, 64)["verdict"] == "no"  # two heads x 0.25: no head of block 2 or 3 > 0.5
+    assert run_verdict(no_sink, 2, 64)["verdict"] == "no"  # two heads x 0.25: no head of block 1 or 2 > 0.5
     assert run_verdict(no_sink, 4, 64)["verdict"] == "not re-judged"  # four heads: one of them may hold 1.0
     open_lines = [old_line(s, [300.0, 30.0, 20.0], [0, 7, 7], [0.2, 0.3, 0.6]) for s in (0, 2000, 4000)]
     judged = run_verdict(open_lines, 2, 64)
     assert judged["verdict"] == "not re-judged" and judged["possible"] == [
-        dict(layer=1, position=None, first=0, last=4000, checkpoints=3)]
-    assert judged["logged_peak_streaks"] == [dict(layer=1, position=0, first=0, last=4000, checkpoints=3)]
+        dict(layer=0, position=None, first=0, last=4000, checkpoints=3)]
+    assert judged["logged_peak_streaks"] == [dict(layer=0, position=0, first=0, last=4000, checkpoints=3)]
     attention_written = [old_line(s, [300.0, 30.0, 20.0], [0, 7, 7], [0.2, 0.3, 0.6], writers=["attn1", "mlp2", "mlp3"])
                          for s in (0, 2000, 4000)]
     assert run_verdict(attention_written, 2, 64)["logged_peak_streaks"] == []
@@ -383,6 +385,7 @@ def test_fresh_data_training_resumes_exactly_and_logs_stats(optimizer, tmp_path)
     stats = [json.loads(line) for line in open(tmp_path / "b" / "stats.jsonl")]
     assert [s["iter"] for s in stats] == [0, 10, 20, 30]  # the resumed run rewrote step 20 and went on
     assert len(stats[0]["layers"]) == 2 and "outliers" in stats[0]
+    assert all(s["layers_are"] == "0-based" for s in stats)
 
 
 def test_fresh_data_batches_do_not_repeat(tmp_path):

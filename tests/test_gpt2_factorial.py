@@ -56,7 +56,8 @@ def test_final_json_holds_the_peak_a_direct_computation_finds(runs, data):  # no
     ratios = [outliers.channel_position_ratios(h).max() for h in hidden[:-1]]  # every block but the last
     numbers = factorial.final_numbers(final)
     assert numbers["peak_ratio"] == pytest.approx(float(max(ratios)), rel=1e-5)
-    assert numbers["peak_block"] == 1 + int(torch.stack(ratios).argmax())
+    assert numbers["peak_block"] == int(torch.stack(ratios).argmax())  # 0-based, as final.json says
+    assert final["layers_are"] == "0-based"
     assert final["iter"] == 12 and final["provenance"]["versions"]["torch"] == torch.__version__
     zc = numbers["cost_zero_over_control"]
     assert zc["mean"] == pytest.approx(final["largest_peak"]["loss_zeroed"] - final["largest_peak"]["loss_control"],
@@ -91,6 +92,23 @@ def test_the_check_passes_on_committed_runs_and_fails_on_a_changed_number(runs, 
     with pytest.raises(SystemExit) as e:
         factorial.main([f"--runs_dir={tmp_path / 'runs'}", "--check=True"])
     assert e.value.code == 1
+
+
+def test_logs_of_the_older_1_based_format_are_read_and_checked_in_their_own_numbering(runs, tmp_path):
+    """A run whose stats.jsonl and final.json were written when blocks counted from 1 (no layers_are): the table
+    reads the same numbers, and the check compares the recomputed report in the stored file's numbering."""
+    from stats_log import shift_blocks
+    shutil.copytree(runs / "runs", tmp_path / "runs")
+    before = factorial.main([f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'a'}", "--plot=False"])
+    folder = tmp_path / "runs" / RUNS[0]
+    old = lambda record: {k: v for k, v in shift_blocks(record, +1).items() if k != "layers_are"}  # noqa: E731
+    lines = [old(json.loads(line)) for line in open(folder / "stats.jsonl")]
+    (folder / "stats.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    json.dump(old(json.load(open(folder / "final.json"))), open(folder / "final.json", "w"))
+    assert "layers_are" not in json.load(open(folder / "final.json"))
+    after = factorial.main([f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'b'}", "--plot=False"])
+    assert after["runs"] == before["runs"] and after["layers_are"] == "0-based"
+    assert factorial.main([f"--runs_dir={tmp_path / 'runs'}", "--check=True"]) is None
 
 
 def test_a_folder_that_is_not_a_factorial_run_is_a_clear_error(tmp_path):

@@ -203,27 +203,27 @@ def test_figures_say_what_they_show(runs, tmp_path, monkeypatch):
             assert all(not label.startswith("_") for label in ax["lines"]), (name, ax)  # every line is named
             assert ax["legend"] == ax["lines"], (name, ax)  # and in the legend
     (compare_ax,) = seen["res/compare_layerwise.png"]
-    assert compare_ax["xticks"] == [1, 2, 3] and compare_ax["legend"][:2] == ["default (iter 10)", "sigmoid (iter 10)"]
+    assert compare_ax["xticks"] == [0, 1, 2] and compare_ax["legend"][:2] == ["default (iter 10)", "sigmoid (iter 10)"]
     assert compare_ax["title"].startswith("top-1 / median |block output| per layer")
     for variant in ("default", "sigmoid"):
         a = json.loads((res / variant / "analysis.json").read_text())
         shares = [layer["top_key_share"] for layer in a["attention_layers"]]
-        sink = int(np.argmax(shares)) + 1  # the sink's layer: one key takes its largest share there
+        sink = int(np.argmax(shares))  # the sink's layer: one key takes its largest share there
         assert a["view"]["attention_layer"] == sink
         heatmap, colorbar = seen[f"{variant}/attention.png"]
         assert heatmap["title"].startswith(f"{variant}, iter 10: attention of layer {sink}, mean over heads")
-        assert f"takes {shares[sink - 1]:.2f} of the attention" in heatmap["title"].replace("\n", " ")
+        assert f"takes {shares[sink]:.2f} of the attention" in heatmap["title"].replace("\n", " ")
         assert (heatmap["xlabel"], heatmap["ylabel"], colorbar["ylabel"]) == ("key", "query", "attention weight")
         assert f"|output of block {a['view']['layer']}|" in seen[f"{variant}/view3d.png"][0]["title"]
         (layerwise,) = seen[f"{variant}/layerwise.png"]
-        assert layerwise["xticks"] == [1, 2, 3] and layerwise["legend"] == ["top-1", "top-2", "top-3", "median"]
+        assert layerwise["xticks"] == [0, 1, 2] and layerwise["legend"] == ["top-1", "top-2", "top-3", "median"]
 
 
 def test_analyze_draws_the_attention_layer_it_is_given(runs, tmp_path):
     import analyze
     a = analyze.main([f"--out_dir={runs / 'default'}", "--n_seqs=2", f"--analysis_dir={tmp_path}",
-                      "--attention_layer=3", "--layer=2"])
-    assert (a["view"]["attention_layer"], a["view"]["layer"]) == (3, 2)
+                      "--attention_layer=0", "--layer=2"])
+    assert (a["view"]["attention_layer"], a["view"]["layer"]) == (0, 2) and a["layers_are"] == "0-based"
     assert sorted(os.listdir(tmp_path)) == ["analysis.json", "attention.png", "layerwise.png", "view3d.png"]
 
 
@@ -247,8 +247,8 @@ def wide_vocabulary(tmp_path_factory):
     ("analyze", ["--n_seqs=0"], "--n_seqs must be at least 1"),
     ("analyze", ["--seq_len=-2"], "--seq_len must be at least 0"),
     ("analyze", ["--prompt_tokens=0"], "--prompt_tokens must be at least 1"),
-    ("analyze", ["--attention_layer=4"], r"--attention_layer must be in 1\.\.3"),
-    ("analyze", ["--layer=-1"], "--layer must be at least 0"),
+    ("analyze", ["--attention_layer=3"], r"--attention_layer must be in 0\.\.2 \(-1: chosen from the statistics\)"),
+    ("analyze", ["--layer=-2"], "--layer must be at least -1"),
     ("analyze", ["--analysis_dir={file}"], "is a file, not a folder"),
     ("analyze", ["--analysis_dir={file}/below"], "is a file, not a folder"),
     ("analyze", ["--device=auto", "--dataset={wide}"], "more than the checkpoint's"),

@@ -227,7 +227,7 @@ def test_headroom_is_the_largest_activation_against_each_dtype(tmp_path, text_fi
     assert room["largest_finite"] == {"float16": 65504.0, "bfloat16": pytest.approx(3.3895e38, rel=1e-4),
                                       "float32": pytest.approx(3.4028e38, rel=1e-4)}
     assert room["fits"]["float16"] == (largest <= 65504) and room["run_dtype"] == "float32"
-    assert (room["layer"], room["token"], room["channel"]) == (planted.PLANTED + 1, cli.SUMMER.index(planted.SINK),
+    assert (room["layer"], room["token"], room["channel"]) == (planted.PLANTED, cli.SUMMER.index(planted.SINK),
                                                               planted.CHANNEL)
     calibration = results["pos_activation_outliers_layer"]["headroom"]
     assert calibration["inputs"] == ["calibration 2 x 24"] and "headroom" not in results["pos_weight_outliers"]
@@ -249,14 +249,14 @@ def test_a_float16_overflow_stops_the_figures_with_one_line_and_writes_nothing(t
     model = planted.planted_llama(write=200.0)
     ids = torch.tensor([planted.CharTokenizer().encode(cli.SUMMER)])
     with torch.no_grad():
-        exact = model(ids, output_hidden_states=True).hidden_states[planted.PLANTED + 1]
+        exact = model(ids, output_hidden_states=True).hidden_states[planted.PLANTED + 1]  # layer PLANTED's output
     assert exact.abs().max() > 65504 and torch.isfinite(exact).all()
     with pytest.raises(UserError) as raised:
         _figures(tmp_path, planted.CharTokenizer(), "--dtype", "float16", model=model.half())
     message = str(raised.value)
     token = cli.SUMMER.index(planted.SINK)
     assert "\n" not in message
-    assert message.startswith(f"layer {planted.PLANTED + 1}'s output is inf at token {token} ('{planted.SINK}'), "
+    assert message.startswith(f"layer {planted.PLANTED}'s output is inf at token {token} ('{planted.SINK}'), "
                               f"channel {planted.CHANNEL}: it overflowed float16 (largest finite value 65,504)")
     assert "bfloat16 and float32 hold values" in message and "--dtype bfloat16" in message
     assert not list((tmp_path / "out").rglob("*.json")) and not list((tmp_path / "out").rglob("*.png"))
@@ -270,7 +270,7 @@ def test_a_float16_overflow_stops_consequences_too(tmp_path):
                                    {"source": "test", "split": "eval", "seqlen": 48, "windows": 1,
                                     "calib_windows": 1, "calib_split": "calib"})
     args = consequences.parser().parse_args(["--savedir", str(tmp_path / "res"), "--methods", "--interventions"])
-    with pytest.raises(UserError, match=f"layer {planted.PLANTED + 1}'s output is inf at token 16, channel "
+    with pytest.raises(UserError, match=f"layer {planted.PLANTED}'s output is inf at token 16, channel "
                                         f"{planted.CHANNEL}: it overflowed float16"):
         consequences.run(args, [subject], command="python consequences.py (test)")
     assert not (tmp_path / "res").exists()
@@ -285,7 +285,7 @@ def test_the_dtypes_that_would_hold_an_overflow():
 
 
 def test_fixed_channels_counts_the_prompts_largest_outlier_where_a_smaller_one_comes_first():
-    """Gemma 3 with its <bos>: channel 400 is the prompt's first outlier (layer 1), channel 163 its largest, and
+    """Gemma 3 with its <bos>: channel 400 is the prompt's first outlier (layer 0), channel 163 its largest, and
     every calibration window's largest outlier sits in 163: the channels are fixed."""
     from lib import cross_model
     windows = [{"category": "initial_token", "token": "<bos>", "channel": 163}] * 4
@@ -299,21 +299,21 @@ def test_fixed_channels_counts_the_prompts_largest_outlier_where_a_smaller_one_c
 
 
 def test_removal_is_judged_on_the_prompts_largest_outlier_where_the_lifecycle_follows_a_smaller_first_one():
-    """The lifecycle figures follow the first outlier (channel 400, shrunk most at layer 9 of 18); the massive one
-    (channel 163) peaks at layer 15 and shrinks most at layer 17: that is the one the paper's property is about."""
+    """The lifecycle figures follow the first outlier (channel 400, shrunk most at layer 8 of layers 0-17); the massive
+    one (channel 163) peaks at layer 14 and shrinks most at layer 16: that is the one the paper's property is about."""
     from lib import cross_model
     trace = [9, 113, 91, 10428, 24708, 41944, 54685, 68398, 82828, 88093, 90790, 98538, 99535, 102014, 103795, 101000,
              82725, 66095]
-    dominant = {"channel": 163, "flagged_layers": list(range(4, 16)),
-                "per_layer": [{"layer": i + 1, "abs": float(v)} for i, v in enumerate(trace)]}
+    dominant = {"channel": 163, "flagged_layers": list(range(3, 15)),
+                "per_layer": [{"layer": i, "abs": float(v)} for i, v in enumerate(trace)]}
     windows = [{"category": "initial_token", "token": "<bos>", "channel": 163}] * 4
     d = {"num_layers": 18, "windows": windows, "categories": {"initial_token": 1.0, "count": 4}, "weights": {},
          "attention": {"tokens": ["<bos>"], "dominant_outlier": dominant}, "consequences": None, "layer_rows": [],
          "top1_over_median": [], "disappearance": {"channel": 400},
-         "row": {"prompt_outlier_channels": [400], "dominant_outlier": dominant, "disappearance_layer": 9}}
+         "row": {"prompt_outlier_channels": [400], "dominant_outlier": dominant, "disappearance_layer": 8}}
     verdict, numbers = next((v, x) for p, v, x in cross_model.properties(d) if p == "removed in the last layers")
     assert verdict == "holds" and numbers == ("the layer that shrinks the prompt's largest outlier (channel 163) most: "
-                                              "17 of 18 (0.94 of the depth; the rule flags it up to layer 15); its "
-                                              "first outlier (channel 400): 9 of 18")
+                                              "layer 16 of layers 0-17 (0.94 of the depth); the rule flags it up to "
+                                              "layer 14; its first outlier (channel 400): layer 8")
     d["disappearance"] = {"channel": 163}  # the figures follow the massive one itself: their layer decides
     assert next(v for p, v, _ in cross_model.properties(d) if p == "removed in the last layers") == "does not hold"

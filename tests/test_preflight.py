@@ -39,7 +39,8 @@ def test_the_shape_is_read_from_the_config_alone(model_folder):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--layer", "99"], "--layer 99 out of range: tiny-llama has layers 1..3"),
+    (["--layer", "99"], "--layer 99 out of range: tiny-llama has layers 0..2"),
+    (["--layer", "3"], "--layer 3 out of range: tiny-llama has layers 0..2"),
     (["--seqlen", "100000000"], "--seqlen has 100000000 tokens but tiny-llama allows at most 2048"),
 ])
 def test_a_figure_script_refuses_before_the_weights_load_and_leaves_no_folder(model_folder, tmp_path, monkeypatch,
@@ -80,9 +81,10 @@ def test_one_sequence_larger_than_the_memory_is_refused_and_what_fits_is_not():
         preflight.check(shape, seqlen=seqlen, device="cpu")
     preflight.check(shape, seqlen=seqlen, device="cpu", dtype="bfloat16")
     preflight.check(shape, seqlen=seqlen // 6, device="cpu")
-    preflight.check(shape, layer=2, seqlen=None)
-    with pytest.raises(UserError, match="has layers 1..2"):
-        preflight.check(shape, layer=3)
+    preflight.check(shape, layer=0, seqlen=None)
+    preflight.check(shape, layer=1, seqlen=None)
+    with pytest.raises(UserError, match=r"has layers 0\.\.1"):
+        preflight.check(shape, layer=2)
 
 
 def test_check_writable_makes_nothing_and_names_what_it_cannot_write(tmp_path):

@@ -920,6 +920,11 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
     (EVERY, r"Gemma 3 270M|Gemma 3\b|Gemma 2/3|gemma3-270m|LLaMA-2-7B|llama2-7b-2layers|llama-30x576|"
      r"SmolLM2-135M-Instruct", "model names"),
     (EVERY, r"3-D|top-1/2/3|\b[01]-based|2-core|2 cores", "names: plot kinds, statistics, indexing, the machine"),
+    (EVERY, r"1st-token", "a column name"),
+    (EVERY, r"written before 2026-12-07|count(?:s|ing)? (?:layers|blocks)(?: \(blocks\)| and layers)? from [01]|"
+     r"counted from 1|counting from 1|counts from 0|\(layer \+ 1\)|0\.\.n_layer-1|\(-1, the default|layer 5 \(the sixth\)|"
+     r"the paper's layer 2 of 32, counted from 1: layer 1 here",
+     "the layer numbering (lib/layer_numbering.py), the date it changed, and the paper's 1-based layer"),
     (EVERY, r"\b[48]-bit|8- and 4-bit|8 bits|50% (?:smallest|magnitude pruning|pruning|pruned)",
      "the compression methods (lib/compression.py)"),
     (EVERY, r"BOS in about 97% of the windows",

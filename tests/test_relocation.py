@@ -64,9 +64,9 @@ def test_summary_finds_the_planted_outlier_and_compare_sees_a_mask_move_the_sink
         handle.remove()
     b, a = before.summary(), after.summary()
     assert b["massive"]["tokens"] == [PLANTED_TOKEN, PLANTED_TOKEN] and b["massive"]["channel"] == CHANNEL
-    assert PLANTED_LAYER + 1 in b["massive"]["layers"]
+    assert PLANTED_LAYER in b["massive"]["layers"]
     for row in a["per_layer"]:  # no later query attends to the masked token in any layer
-        assert row["layer"] and all(w[row["layer"] - 1]["received"][PLANTED_TOKEN] == 0 for w in after.windows())
+        assert all(w[row["layer"]]["received"][PLANTED_TOKEN] == 0 for w in after.windows())
     assert all(t != PLANTED_TOKEN for t in a["sink"]["tokens"])
     moved = relocation.compare(b, a)
     assert moved["massive_moved"] == 0.0  # the planted value stays where it was planted
@@ -94,13 +94,13 @@ def test_relocation_measures_every_condition_and_its_control_on_a_planted_model(
     assert out["outlier_tokens"] == [[PLANTED_TOKEN], [PLANTED_TOKEN]]
     assert all(len(c) == 1 and c[0] != PLANTED_TOKEN for c in out["control_tokens"])
     first = out["first_sink_layer"]
-    if first is None or first == 1:
+    if first is None or first == 0:
         assert list(out["conditions"]) == ["every_layer"]
     else:
         assert set(out["conditions"]) == set(relocation.CONDITIONS)
-        assert out["conditions"]["before_sink_layer"]["outliers"]["masked_layers"] == list(range(1, first))
+        assert out["conditions"]["before_sink_layer"]["outliers"]["masked_layers"] == list(range(first))
     every = out["conditions"]["every_layer"]
-    assert every["outliers"]["masked_layers"] == [1, 2, 3]
+    assert every["outliers"]["masked_layers"] == [0, 1, 2]
     for kind in ("outliers", "control"):
         entry = every[kind]
         assert entry["ppl"] > 0 and "nll_change_stderr" in entry and "moved" in entry
@@ -109,10 +109,10 @@ def test_relocation_measures_every_condition_and_its_control_on_a_planted_model(
 def test_conditions_that_mask_nothing_new_are_left_out():
     """A sink from the first layer on (a BOS): nothing lies before it and "from it on" is every layer, so only the
     every-layer condition is measured, and the note says why."""
-    kept, skipped = relocation.defined_conditions(1, 4)
+    kept, skipped = relocation.defined_conditions(0, 4)
     assert kept == {"every_layer": [0, 1, 2, 3]}
     assert skipped == ["masked from the first sink layer on masks the same layers as masked in every layer",
                        "masked only in the layers before the first sink layer masks no layer"]
-    kept, skipped = relocation.defined_conditions(3, 4)
+    kept, skipped = relocation.defined_conditions(2, 4)
     assert kept == {"every_layer": [0, 1, 2, 3], "from_sink_layer": [2, 3], "before_sink_layer": [0, 1]} and not skipped
     assert relocation.defined_conditions(None, 4) == ({"every_layer": [0, 1, 2, 3]}, [])

@@ -150,7 +150,7 @@ def test_measure_calibrates_and_reports_every_mode():
             before = keys[None, :] & torch.ones(ids.shape[1], ids.shape[1], dtype=torch.bool).tril(-1)  # [query, key]
             queries = before.any(dim=1)
             a_s = (weights[0] * before).sum(dim=-1)[:, queries]  # [heads, queries with a sink key]
-            kept.setdefault(layer + 1, []).append(1 - a_s.T)
+            kept.setdefault(layer, []).append(1 - a_s.T)
     assert set(report["layers"]) == {layer for layer, rows in kept.items() if sum(len(r) for r in rows)}
     for layer, entry in report["layers"].items():
         by_hand = torch.cat(kept[layer])  # [queries, heads]

@@ -44,12 +44,12 @@ def test_the_committed_outlier_is_in_hfs_own_hidden_states(smollm2):
     found = committed("existence_activation_outliers_layer")
     ids = tokenizer(PROMPT, add_special_tokens=False, return_tensors="pt").input_ids
     assert ids[0].tolist() == found["provenance"]["data"]["prompt_ids"]
-    layer = found["layer"]  # 1-based: hidden_states[layer] is that layer's output
+    layer = found["layer"]  # hidden_states[layer + 1] is that layer's output
     with torch.no_grad():
-        hidden = model(ids, output_hidden_states=True).hidden_states[layer][0]
-        with Capture(model, "resid_post", layers=[layer - 1]) as cap:
+        hidden = model(ids, output_hidden_states=True).hidden_states[layer + 1][0]
+        with Capture(model, "resid_post", layers=[layer]) as cap:
             model(ids)
-    torch.testing.assert_close(cap["resid_post", layer - 1][0], hidden, rtol=1e-4, atol=1e-2)
+    torch.testing.assert_close(cap["resid_post", layer][0], hidden, rtol=1e-4, atol=1e-2)
     (token, channel, value), = found["outlier_entries"]
     top = hidden.abs().flatten().argmax().item()
     assert divmod(top, hidden.shape[1]) == (token, channel)
@@ -65,9 +65,9 @@ def test_the_writer_column_is_the_gguf_tensor_dequantized_by_gguf(smollm2):
     from lib.gguf_models import smollm2_gguf
     model, _, _ = smollm2
     weights = committed("existence_weight_outliers")
-    layer, column = weights["layer"], weights["writer"]["column"]  # layer 1-based
-    down = ModelView(model).weight(layer - 1, "down")
-    stored = next(t for t in gguf.GGUFReader(smollm2_gguf()).tensors if t.name == f"blk.{layer - 1}.ffn_down.weight")
+    layer, column = weights["layer"], weights["writer"]["column"]  # the GGUF's block numbers are 0-based too
+    down = ModelView(model).weight(layer, "down")
+    stored = next(t for t in gguf.GGUFReader(smollm2_gguf()).tensors if t.name == f"blk.{layer}.ffn_down.weight")
     by_gguf = torch.from_numpy(gguf.quants.dequantize(stored.data, stored.tensor_type).copy()).reshape(down.shape)
     torch.testing.assert_close(down, by_gguf.float())
     ratios = by_gguf.abs().amax(dim=0) / by_gguf.abs().mean(dim=0)

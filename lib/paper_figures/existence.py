@@ -60,18 +60,18 @@ def _activation(ctx, point, found_key, layers_key, what):
     found = analysis.massive_entries(h, **ctx.rule)
     tokens = scan["tokens"]
     paper = analysis.paper_rule_tokens(h)
-    outlier_layers = [i + 1 for i in scan[layers_key]]
+    outlier_layers = list(scan[layers_key])
     return ActivationExample(
-        layer=layer + 1, why=why, rule=ctx.rule_text, tokens=tokens,
+        layer=layer, why=why, rule=ctx.rule_text, tokens=tokens,
         outlier_tokens=found["tokens"], outlier_channels=found["channels"],
         outlier_entries=found["entries"], outliers_found=bool(found["tokens"]),
         max=found["max"], median=found["median"], threshold=found["threshold"],
         paper_rule_tokens=paper, outlier_layers=outlier_layers,
         summary=[
-            f"{ctx.title} {what}, layer {layer + 1} ({why}): max {sig(found['max'])}, median {sig(found['median'])}",
+            f"{ctx.title} {what}, layer {layer} ({why}): max {sig(found['max'])}, median {sig(found['median'])}",
             f"outlier tokens {found['tokens']} {[tokens[t] for t in found['tokens']]}, channels {found['channels']}"
             f"; paper's 1000x-mean rule: tokens {paper}",
-            f"layers with outliers (1-based): {outlier_layers}",
+            f"layers with outliers: {outlier_layers}",
         ],
         what=what, values=h.numpy())
 
@@ -126,7 +126,7 @@ def attention(ctx):
         layer, why = chosen, "--layer"
     elif scan["resid_layers"]:
         layer = min(scan["resid_layers"][0] + 1, last)
-        why = f"the layer after the activation outliers appear (layer {scan['resid_layers'][0] + 1})"
+        why = f"the layer after the activation outliers appear (layer {scan['resid_layers'][0]})"
     else:
         excess = [s.mean(0) / outliers.uniform_causal_attention(s.shape[1]) for s in scan["attn_sums"]]
         layer = max(range(last + 1), key=lambda i: float(excess[i].max()))
@@ -137,7 +137,7 @@ def attention(ctx):
     paper_keys = analysis.paper_attention_keys(cumulative)
     ratio = outliers.head_outlier_ratio(probs, keys).tolist() if keys else [0.0] * probs.shape[0]
     summary = [
-        f"{ctx.title} attention, layer {layer + 1} ({why}): outlier keys {keys} {[tokens[k] for k in keys]}",
+        f"{ctx.title} attention, layer {layer} ({why}): outlier keys {keys} {[tokens[k] for k in keys]}",
         "cumulative attention per key: " + ", ".join(f"{c:.2f}" for c in cumulative.tolist()),
         f"paper's >= 0.1 x seqlen rule alone: keys {paper_keys}",
     ]
@@ -145,7 +145,7 @@ def attention(ctx):
     if differ:
         summary.append(differ)
     return AttentionExample(
-        layer=layer + 1, why=why, rule=analysis.ATTENTION_RULE, tokens=tokens, outlier_keys=keys,
+        layer=layer, why=why, rule=analysis.ATTENTION_RULE, tokens=tokens, outlier_keys=keys,
         outliers_found=bool(keys), cumulative=cumulative.tolist(),
         uniform_baseline=outliers.uniform_causal_attention(len(tokens)).tolist(), paper_rule_keys=paper_keys,
         head_outlier_ratio=ratio, first_token_share=outliers.first_token_share_all_queries(probs),
@@ -219,7 +219,7 @@ def weights(ctx):
     top_rows = torch.topk(W[:, top].abs(), min(3, W.shape[0])).indices.tolist()
     down_in_channels = list(down_in["channels"]) if down_in else []
     summary = [
-        f"{ctx.title} down_proj layer {layer + 1} ({why}): top column {top} ratio {sig(stats['top_ratios'][0])} "
+        f"{ctx.title} down_proj layer {layer} ({why}): top column {top} ratio {sig(stats['top_ratios'][0])} "
         f"(median {sig(stats['median_ratio'])}), largest in rows {top_rows}",
         f"down_proj-input outlier channels {down_in_channels}; layer-output outlier channels {activation_channels}",
     ]
@@ -229,7 +229,7 @@ def weights(ctx):
             f"(share {writer['share_of_down_proj_output']:.2f}); its ratio {sig(writer['ratio'])} ranks "
             f"{writer['ratio_rank']} of {len(ratios)}")
     return WeightExample(
-        layer=layer + 1, why=why, columns=columns, column_ratios=[ratios[c].item() for c in columns],
+        layer=layer, why=why, columns=columns, column_ratios=[ratios[c].item() for c in columns],
         top_column=top, top_columns=stats["top_columns"], top_ratios=stats["top_ratios"],
         median_ratio=stats["median_ratio"], top_rows=top_rows, outlier_columns=outlier_columns, writer=writer,
         down_in_outlier_channels=down_in_channels, layer_output_outlier_channels=activation_channels,

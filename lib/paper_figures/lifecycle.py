@@ -125,16 +125,16 @@ def emergence(ctx):
                        largest))
     before = values[layer - 1].item() if layer > 0 else 0.0
     return Emergence(
-        layer=layer + 1, why=why, outliers_found=detected, token=token, token_text=scan["tokens"][token],
+        layer=layer, why=why, outliers_found=detected, token=token, token_text=scan["tokens"][token],
         channel=channel, neuron=neuron, value_before=before, value_after=values[layer].item(),
         channel_value_per_layer=values.tolist(),
         neuron_share_of_mlp_write=(contribution[neuron] / contribution.sum()).item()
         if contribution.sum() != 0 else 0.0,
         chain=chain,
         evidence={key: scan["resid"][layer][key] for key in ("max", "median", "threshold", "entries")},
-        outlier_layers=[i + 1 for i in scan["resid_layers"]],
+        outlier_layers=list(scan["resid_layers"]),
         summary=[
-            f"{ctx.title} emergence at layer {layer + 1} ({why}): token {token} {scan['tokens'][token]!r} channel "
+            f"{ctx.title} emergence at layer {layer} ({why}): token {token} {scan['tokens'][token]!r} channel "
             f"{channel} goes {sig(before)} -> {sig(values[layer].item())}",
             f"MLP unit {neuron} writes most of it: down_in {sig(chain['down in']['value'])}, "
             f"W_down[{channel}, {neuron}] = {sig(W_down[channel, neuron].item())}",
@@ -176,7 +176,7 @@ def spread(ctx):
         layer, why = chosen, "--layer"
     elif after:
         layer = after[len(after) // 2]
-        why = f"middle of the layers that read the outliers (inputs flagged at layers {[i + 1 for i in after]})"
+        why = f"middle of the layers that read the outliers (inputs flagged at layers {after})"
     else:
         layer = n_layers // 2
         why = "no outliers: the middle layer"
@@ -207,12 +207,12 @@ def spread(ctx):
     probs = got["attn.pattern"][head]
     v_norm = norms[f"v head {kv} (L2)"]
     return Spread(
-        layer=layer + 1, why=why, head=head, head_why=head_why, kv_head=kv, tokens=tokens,
+        layer=layer, why=why, head=head, head_why=head_why, kv_head=kv, tokens=tokens,
         outlier_tokens=sink_tokens, head_outlier_ratio=ratio.tolist(),
         per_token={name: vector.tolist() for name, vector in norms.items()},
         attention_on_outlier_tokens=probs[:, sink_tokens].sum(-1).tolist() if sink_tokens else [],
         summary=[
-            f"{ctx.title} spread at layer {layer + 1} ({why}), head {head} ({head_why}): outlier tokens {sink_tokens}",
+            f"{ctx.title} spread at layer {layer} ({why}), head {head} ({head_why}): outlier tokens {sink_tokens}",
             "head outlier ratios: " + ", ".join(f"{r:.2f}" for r in ratio.tolist()),
             "v norm per token: " + ", ".join(sig(v, 3) for v in v_norm.tolist()),
         ],
@@ -284,12 +284,12 @@ def disappearance(ctx):
              "MLP adds": mlp_adds, "layer out": got["resid_post"][token, channel].item(),
              "down_proj out": got["mlp.down_out"][token, channel].item(), "change": change}
     return Disappearance(
-        layer=layer + 1, why=why, outliers_found=detected, token=token, token_text=scan["tokens"][token],
+        layer=layer, why=why, outliers_found=detected, token=token, token_text=scan["tokens"][token],
         channel=channel, neuron=neuron, drop=drop[layer].item(), drop_per_layer=drop.tolist(),
         channel_value_per_layer=values.tolist(), values_at_layer=parts,
-        outlier_layers=[i + 1 for i in scan["resid_layers"]],
+        outlier_layers=list(scan["resid_layers"]),
         summary=[
-            f"{ctx.title} disappearance at layer {layer + 1} ({why}): |h[{token}, {channel}]| "
+            f"{ctx.title} disappearance at layer {layer} ({why}): |h[{token}, {channel}]| "
             f"{sig(before[layer].item())} -> {sig(magnitude[layer].item())}",
             f"the layer changes it by {sig(change)}: attention adds {sig(parts['attention adds'])}, the MLP adds "
             f"{sig(mlp_adds)}; in down_proj, unit {neuron} pushes hardest against it ({sig(contribution[neuron].item())})",
@@ -301,7 +301,7 @@ def disappearance(ctx):
 def draw_disappearance(axes, data):
     token, channel, neuron, layer = data.token, data.channel, data.neuron, data.layer
     magnitude = [abs(v) for v in data.channel_value_per_layer]
-    plotting.layer_curves(axes[0], list(range(1, len(magnitude) + 1)), {f"token {token}, channel {channel}": magnitude},
+    plotting.layer_curves(axes[0], list(range(len(magnitude))), {f"token {token}, channel {channel}": magnitude},
                           title="the outlier's |h| after each layer", ylabel="|h|", marked_layers=[layer],
                           band_label=f"layer {layer}: {data.why}", legend_loc="below", legend_ncol=1)
     at_token = f"token {token}"

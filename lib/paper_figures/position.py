@@ -30,8 +30,8 @@ def _category_shares(ctx, ids, positions_per_sequence):
 
 
 def majority_layers(counts, n) -> list[int]:
-    """The 1-based layers flagged in at least half of the n sequences (and in at least one)."""
-    return [i + 1 for i, count in enumerate(counts) if count > 0 and count * 2 >= n]
+    """The layers flagged in at least half of the n sequences (and in at least one)."""
+    return [i for i, count in enumerate(counts) if count > 0 and count * 2 >= n]
 
 
 ACTIVATION_POINTS = ("resid_post", "mlp.down_in")
@@ -88,7 +88,7 @@ def _activation(ctx, point, what):
             positions[s].update(stats[s]["outlier_tokens"])
         channels = [c for st in stats for c in st["channels"]]
         rows.append({
-            "layer": layer + 1,
+            "layer": layer,
             "top": [sum(st["top"][k] for st in stats) / n for k in range(3)],
             "median": sum(st["median"] for st in stats) / n,
             "kurtosis": sum(st["kurtosis"] for st in stats) / n,
@@ -102,7 +102,7 @@ def _activation(ctx, point, what):
     categories = _category_shares(ctx, ids, positions)
     # the 3-D view shows the layer with the largest mean top-1 (among the outlier layers when there are any)
     candidates = [r for r in rows if r["layer"] in outlier_layers] or rows
-    shown = max(candidates, key=lambda r: r["top"][0])["layer"] - 1
+    shown = max(candidates, key=lambda r: r["top"][0])["layer"]
     if ctx.layer_choice() is not None:
         shown = ctx.layer_choice()
     view_3d, values, labels, highlight = _three_d_view(ctx, point, ids[0:1], shown)
@@ -111,7 +111,7 @@ def _activation(ctx, point, what):
         view_3d=view_3d, kurtosis_variant=outliers.KURTOSIS_PER_TOKEN,
         summary=[
             f"{ctx.title} {what} over {info['nsamples']} x {info['seqlen']} tokens of {info['data']}: "
-            f"outlier layers (1-based) {outlier_layers}",
+            f"outlier layers {outlier_layers}",
             "top-1 per layer: " + ", ".join(sig(r['top'][0]) for r in rows),
             "median per layer: " + ", ".join(sig(r['median'], 3) for r in rows),
             "kurtosis per layer: " + ", ".join(sig(r['kurtosis'], 3) for r in rows),
@@ -130,7 +130,7 @@ def _three_d_view(ctx, point, ids, layer):
     rows = sorted(set(range(min(8, h.shape[0]))) | set(list(dict.fromkeys(t for t, _, _ in found["entries"]))[:6]))
     tokens = ctx.tokens_of(ids[0, rows].tolist())
     labels = [f"{p}:{plotting.short_label(t, 6)}" for p, t in zip(rows, tokens)]
-    info = {"layer": layer + 1, "positions": rows, "outlier_tokens": found["tokens"],
+    info = {"layer": layer, "positions": rows, "outlier_tokens": found["tokens"],
             "outlier_channels": found["channels"], "max": found["max"], "median": found["median"]}
     return info, h[rows].numpy(), labels, [i for i, p in enumerate(rows) if p in found["tokens"]]
 
@@ -221,7 +221,7 @@ def attention(ctx):
             cap.results.clear()
     # per-head ratio: averaged over the sequences in which the layer has outlier keys
     head_ratio = [ratio / max(count, 1) for ratio, count in zip(head_ratio, flagged)]
-    rows = [{"layer": i + 1, "top": [top1[i], top2[i]], "median": median[i],
+    rows = [{"layer": i, "top": [top1[i], top2[i]], "median": median[i],
              "sequences_with_outlier_keys": flagged[i], "sequences_with_paper_rule_keys": paper_flagged[i],
              "head_ratio": head_ratio[i].tolist(),
              "head_ratio_mean": head_ratio[i].mean().item(), "head_ratio_min": head_ratio[i].min().item(),
@@ -285,20 +285,20 @@ def weights(ctx):
     for layer in range(view.num_layers):
         if "down" in roles:
             stats = outliers.weight_column_stats(view.weight(layer, "down"), k=3)
-            rows.append({"layer": layer + 1, **stats})
+            rows.append({"layer": layer, **stats})
         for role in roles:
             scores[role].append(outliers.module_score(view.weight(layer, role)))
-    late = max(rows, key=lambda r: (r["layer"] > view.num_layers // 2, r["max_ratio"])) if rows else None
+    late = max(rows, key=lambda r: (r["layer"] >= view.num_layers // 2, r["max_ratio"])) if rows else None
     values = columns = highlight = None
     if late:
-        W = view.weight(late["layer"] - 1, "down").detach().float().cpu()
+        W = view.weight(late["layer"], "down").detach().float().cpu()
         ordinary = torch.argsort(outliers.column_ratios(W))[W.shape[1] // 2: W.shape[1] // 2 + 2].tolist()
         columns = sorted(set(late["top_columns"] + ordinary))
         values = W[:, columns].T.numpy()
         highlight = [i for i, c in enumerate(columns) if c in late["top_columns"]]
     strongest = max(rows, key=lambda r: r["max_ratio"]) if rows else None
     return WeightPositions(
-        layers=rows, modules={role: [{"layer": i + 1, "score": v} for i, v in enumerate(values_)]
+        layers=rows, modules={role: [{"layer": i, "score": v} for i, v in enumerate(values_)]
                               for role, values_ in scores.items()},
         late_layer_shown=late["layer"] if late else None,
         summary=[

@@ -89,7 +89,7 @@ def compute(ctx):
     measured["conditions"] = {c: {k: _trim(e) for k, e in kinds.items()} for c, kinds in measured["conditions"].items()}
     measured["data"] = info
     data = Relocation(outlier_tokens=keys, outlier_token_text=[tokens[k] for k in keys],
-                      masked_layers=[layer + 1 for layer in layers], prompt_before=summaries["before"],
+                      masked_layers=list(layers), prompt_before=summaries["before"],
                       prompt_after=summaries["after"], windows=measured, summary=[], tokens=tokens, maps=maps)
     data.summary = _summary(data)
     return data
@@ -109,7 +109,7 @@ def _summary(d: Relocation) -> list[str]:
              f"channel {after['massive_channel']}, |h| {sig(after['massive_value'])}"]
     if "sink_token" in before and "sink_token" in after:
         def sink(w):
-            where = f"from layer {w['sink_first_layer']}" if w["sink_first_layer"] else "(no layer's rule flags it)"
+            where = f"from layer {w['sink_first_layer']}" if w["sink_first_layer"] is not None else "(no layer's rule flags it)"
             return f"{_token(w['sink_token_text'], w['sink_token'])} {where}, {w['sink_share']:.2f} of the attention " \
                    "of queries 1..T-1"
         lines.append(f"sink: {sink(before)} -> {sink(after)}")

@@ -81,7 +81,7 @@ def writer_unit(ctx, layer: int, token: int, channel: int) -> tuple[int, float]:
 
 
 def _spans(layers: list[int]) -> str:
-    """1-based layers as runs: [2, 3, 4, 7] -> '2-4, 7'."""
+    """Layers as runs: [2, 3, 4, 7] -> '2-4, 7'."""
     runs, start = [], None
     for i, layer in enumerate(layers):
         if start is None:
@@ -113,19 +113,19 @@ def dominant_outlier(ctx) -> dict:
         channel_median = max(float(values[i].median()), 1e-12)
         tests = {"above_floor": value > floor, "above_factor_x_median": value > factor * median,
                  "above_channel_median": value > analysis.TOKEN_FACTOR * channel_median}
-        trace.append({"layer": i + 1, "abs": value, "over_median": value / median,
+        trace.append({"layer": i, "abs": value, "over_median": value / median,
                       "over_channel_median": value / channel_median, **tests, "flagged": all(tests.values())})
     flagged = [t["layer"] for t in trace if t["flagged"]]
     peak = trace[layer]
     text = (f"dominant outlier of the prompt: token {token} ({tokens[token]!r}), channel {channel}, |h| "
-            f"{sig(peak['abs'])} at layer {layer + 1} ({sig(peak['over_median'])} x the median |h|); the rule flags it at "
+            f"{sig(peak['abs'])} at layer {layer} ({sig(peak['over_median'])} x the median |h|); the rule flags it at "
             f"layers {_spans(flagged)}")
     after = [t for t in trace if flagged and t["layer"] > flagged[-1]]
     if after:
         first, why = after[0], []
         if not first["above_factor_x_median"]:
             why.append(f"it is only {sig(first['over_median'])} x the layer's median |h| (< {factor:g}: the median "
-                       f"grows from {sig(resid[flagged[-1] - 1]['median'], 3)} to {sig(resid[first['layer'] - 1]['median'], 3)})")
+                       f"grows from {sig(resid[flagged[-1]]['median'], 3)} to {sig(resid[first['layer']]['median'], 3)})")
         if not first["above_floor"]:
             why.append(f"|h| {sig(first['abs'])} is under the floor {floor:g}")
         if not first["above_channel_median"]:
@@ -134,7 +134,7 @@ def dominant_outlier(ctx) -> dict:
         text += f"; from layer {first['layer']} on it fails: " + "; ".join(why)
     elif not flagged:
         text += f" (factor {factor:g} x the median |h| and the floor {floor:g})"
-    ctx.cache["dominant"] = {"layer": layer + 1, "token": token, "token_text": tokens[token], "channel": channel,
+    ctx.cache["dominant"] = {"layer": layer, "token": token, "token_text": tokens[token], "channel": channel,
                              "abs": peak["abs"], "over_median": peak["over_median"], "flagged_layers": flagged,
                              "per_layer": trace, "text": text}
     return ctx.cache["dominant"]

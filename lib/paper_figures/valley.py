@@ -50,9 +50,9 @@ def _mean(values):
 
 
 def valley(per_layer: list) -> dict:
-    """The valley of a per-layer entropy curve (DEFINITIONS["valley"]), layers 1-based; layers without a value
+    """The valley of a per-layer entropy curve (DEFINITIONS["valley"]); layers without a value
     (no window kept two tokens) are left out."""
-    known = {i + 1: e for i, e in enumerate(per_layer) if e is not None}
+    known = {i: e for i, e in enumerate(per_layer) if e is not None}
     if not known:
         return {"layers": [], "depth": None, "lowest_layer": None, "highest_layer": None}
     highest, lowest = max(known, key=known.get), min(known, key=known.get)
@@ -133,13 +133,13 @@ def _outlier_token(ctx, ids, layers, s) -> dict:
     _, layer, (position, channel, value) = max(entries)
     token = ctx.tokens_of([ids[position]])[0]
     return {"window": s, "position": position, "token": token,
-            "category": outliers.token_category(token, position), "layer": layer + 1, "channel": channel,
+            "category": outliers.token_category(token, position), "layer": layer, "channel": channel,
             "value": value}
 
 
 def _layer_row(layer, reductions, windows) -> dict:
     """One layer's averages over the windows (outlier-token ones over the windows that have that token)."""
-    row = {"layer": layer + 1, **{name: _mean([r[name] for r in reductions]) for name in ENTROPIES},
+    row = {"layer": layer, **{name: _mean([r[name] for r in reductions]) for name in ENTROPIES},
            "windows_with_outliers": sum(bool(r["outlier_tokens"]) for r in reductions)}
     on_token = {"first": [(r, 0) for r in reductions],
                 "outlier": [(r, w["position"]) for r, w in zip(reductions, windows) if w["position"] is not None]}
