@@ -512,7 +512,7 @@ def _attention_sinks(model, run, ids):
     else:
         with Capture(model, "attn.pattern", reduce=reducers.attention_column_sums) as cap:
             run(ids)
-        sums = [cap["attn.pattern", i][0] for i in range(len(decoder_blocks(model)))]
+        sums = [cap.reduced("attn.pattern", i)[0] for i in range(len(decoder_blocks(model)))]
     return {i: [analysis.excess_attention_keys(c.mean(dim=0)) for c in per_layer] for i, per_layer in enumerate(sums)}
 
 

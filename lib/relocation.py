@@ -55,9 +55,9 @@ class Tracker:
     def windows(self) -> list[list[dict]]:
         """Per sequence seen (over every forward, in order), per 0-based layer: token, channel, value, median,
         token_max [tokens] and, where attention was tracked, received [keys] (head-averaged)."""
-        per_layer = [[s for call in self.capture["resid_post", i] for s in call] for i in range(self.n_layers)]
+        per_layer = [[s for call in self.capture.reduced("resid_post", i) for s in call] for i in range(self.n_layers)]
         if self.attention:
-            attention = [[s for call in self.capture["attn.pattern", i] for s in call] for i in range(self.n_layers)]
+            attention = [[s for call in self.capture.reduced("attn.pattern", i) for s in call] for i in range(self.n_layers)]
             for i in range(self.n_layers):
                 for entry, seen in zip(per_layer[i], attention[i]):
                     entry["received"], entry["cumulative"] = seen["received"].mean(dim=0), seen["cumulative"]
