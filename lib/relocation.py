@@ -248,7 +248,7 @@ def measure(model, blocks, logits_fn, run_fn, windows, rule: Rule = DEFAULT_RULE
     window starts with (lib.perplexity.perplexity: never scored)."""
     from lib.perplexity import perplexity, summarize as summarize_ppl
     inputs = windows[:, :-1]  # what the model sees of a window
-    keys = outlier_tokens(interventions.scan_outliers(blocks, run_fn, inputs, rule))
+    keys = outlier_tokens(interventions.scan_outliers(model, run_fn, inputs, rule))
     generator = torch.Generator().manual_seed(seed)
     controls = [random_tokens(k, inputs.shape[1], generator) for k in keys]
     with track(model) as where:

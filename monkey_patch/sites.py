@@ -6,6 +6,7 @@ that read or write through sites, so that a read and an edit of the same point a
 moment of the forward. Points made by capture itself beside attention (attn.q_rot, attn.k_rot, attn.scores,
 attn.pattern, attn.extra) have no site: attention is edited through monkey_patch.routing's AttentionEdit.
 """
+import weakref
 from typing import Callable, NamedTuple
 
 import torch
@@ -15,6 +16,7 @@ from monkey_patch.adapters import get_submodule, split_qkv
 from monkey_patch.routing import CaptureError
 
 LAYERLESS = ("input_ids", "embed", "ln_final", "logits")  # points of the whole model, not of a layer
+_READERS: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()  # module -> its read hooks
 UNFLATTENED = ("ln2",)  # with every mlp point: may arrive as [batch * tokens, F] (OPT on transformers 5.x)
 
 
@@ -146,14 +148,15 @@ class Hooks:
         self.handles: list = []
         self._block_shapes: dict = {}  # layer -> (batch, tokens) of its input in the current forward
 
-    def add(self, module: nn.Module, fn, pre: bool = False, prepend: bool = False, **options) -> None:
+    def add(self, module: nn.Module, fn, pre: bool = False, prepend: bool = False):
         if module is None:
             raise CaptureError(f"{self.view.model_type}: the adapter names a module this model does not have")
         if pre:
             handle = module.register_forward_pre_hook(fn, with_kwargs=True, prepend=prepend)
         else:
-            handle = module.register_forward_hook(fn, prepend=prepend, **options)
+            handle = module.register_forward_hook(fn, prepend=prepend)
         self.handles.append(handle)
+        return handle
 
     def remove(self) -> None:
         for handle in self.handles:
@@ -164,14 +167,16 @@ class Hooks:
         """fn(the point's tensor) in every forward."""
         shaped = self._shaping(point, layer)
         if site.pre:
-            self.add(site.module, lambda m, args, kwargs: fn(site.view(shaped(_hidden_states_arg(args, kwargs)))),
-                     pre=True)
+            handle = self.add(site.module, lambda m, args, kwargs: fn(site.view(shaped(_hidden_states_arg(args, kwargs)))),
+                              pre=True)
         else:
-            self.add(site.module, lambda m, args, output: fn(site.view(shaped(_first(output)))))
+            handle = self.add(site.module, lambda m, args, output: fn(site.view(shaped(_first(output)))))
+        _READERS.setdefault(site.module, []).append(handle)
 
     def write(self, site: Site, point: str, layer, fn) -> None:
-        """fn(the point's tensor) -> its replacement, or None to leave it; ahead of every read of the same module,
-        so that a capture sees the edited tensor whichever was entered first."""
+        """fn(the point's tensor) -> its replacement, or None to leave it; after the hooks already on the module
+        (earlier edits, other code's hooks) but ahead of every read there, so that a capture sees the edited tensor
+        whichever was entered first."""
         shaped = self._shaping(point, layer)
 
         def replaced(x):
@@ -194,7 +199,8 @@ class Hooks:
         def hook(module, args, output):
             new = replaced(_first(output))
             return None if new is None else _with_first(output, new)
-        self.add(site.module, pre_hook if site.pre else hook, pre=site.pre, prepend=True)
+        self.add(site.module, pre_hook if site.pre else hook, pre=site.pre)
+        _reads_last(site.module)
 
     def _shaping(self, point: str, layer):
         """x -> x, or for a point that may arrive flattened a [batch * tokens, F] tensor as [batch, tokens, F] (some
@@ -215,3 +221,15 @@ class Hooks:
                 return x.view(*shape, x.shape[-1])
             return x
         return unflattened
+
+
+def _reads_last(module: nn.Module) -> None:
+    """Move the module's read hooks (a capture's) behind every other hook on it: torch runs a module's hooks in the
+    order of their dict, so an edit entered after a capture still runs before the capture reads."""
+    alive = []
+    for handle in _READERS.get(module, []):
+        hooks = handle.hooks_dict_ref()
+        if hooks is not None and handle.id in hooks:
+            hooks.move_to_end(handle.id)
+            alive.append(handle)
+    _READERS[module] = alive
