@@ -150,8 +150,8 @@ def statistics_pass(model, ids, mode: str) -> list:
         return []
     with Capture(model, STAT_POINTS) as cap:
         model.base_model(ids)
-    kept = [t.double() for t in cap.results.values()]
-    cap.results.clear()
+    kept = [cap[key].double() for key in cap.keys()]
+    cap.clear()
     return kept
 
 

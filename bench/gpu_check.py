@@ -153,7 +153,7 @@ def bf16_maps(family, ids) -> list:
         model(ids)
     layers = range(len(ref))
     got_maps = torch.stack([maps["attn.pattern", layer].cpu() for layer in layers])
-    got_sums = torch.stack([torch.stack(sums["attn.pattern", layer][0]) for layer in layers])
+    got_sums = torch.stack([torch.stack(sums.reduced("attn.pattern", layer)[0]) for layer in layers])
     want = torch.stack([probs.float().cpu() for probs in ref])
     return [compare(f"{family}: bf16 attention maps vs eager", got_maps, want, **BF16_MAPS),
             compare(f"{family}: bf16 column sums vs eager", got_sums, want.sum(-2), **BF16_SUMS)]

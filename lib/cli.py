@@ -259,7 +259,7 @@ class Context:
         for name, batches in inputs:
             key = ("headroom", name)
             if key not in self.cache:
-                self.cache[key] = finite.headroom(self.view.layers, self.forward, batches, dtype)
+                self.cache[key] = finite.headroom(self.model, self.forward, batches, dtype)
             found.append(self.cache[key])
         best = max(found, key=lambda r: r["largest_abs"])
         return {"inputs": [name for name, _ in inputs], **best}
@@ -295,7 +295,7 @@ def run(names, args, model=None, tokenizer=None, spec=None, progress: bool = Fal
         ctx = Context(model, tokenizer, spec, args, check_writable(Path(args.savedir) / spec.name))
     except CaptureError as e:
         raise UserError(str(e)) from None
-    with finite.guard(model, ctx.view.layers, token_text=lambda i: ctx.tokens_of([i])[0]):
+    with finite.guard(model, token_text=lambda i: ctx.tokens_of([i])[0]):
         return _run_figures(ctx, names, progress)
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from lib.errors import UserError
+from monkey_patch import CaptureError, Edit, ModelView
 from monkey_patch.weights import UNPACK_HINT, is_offloaded, offloaded_weight_as, packed
 
 METHODS = {
@@ -95,10 +96,44 @@ def compress_weight(w: torch.Tensor, method: str) -> torch.Tensor:
     return quantize_absmax(w, int(bits), per_channel=granularity == "channel")
 
 
-def _quantize_input_hook(bits):
-    def hook(module, args):
-        return (quantize_absmax(args[0], bits, per_channel=False),) + tuple(args[1:])
-    return hook
+# the named points that are the inputs of a layer's projections (monkey_patch.Edit), by the projections they feed
+INPUT_POINTS = {"attn_in": ("q", "k", "v", "qkv"), "attn.z": ("o",), "mlp_in": ("gate", "up", "gate_up"),
+                "mlp.down_in": ("down",)}
+
+
+def _round_input(x, layer=None):
+    return quantize_absmax(x, 8, per_channel=False)
+
+
+def round_linear_inputs(model: nn.Module, linears, stack: ExitStack) -> None:
+    """W8A8's activations: the input of every linear layer in `linears` rounded to 8 bits (absmax per tensor), in
+    every forward until `stack` closes. On transformers' attention-registry families the attention and MLP modules
+    read their input only through their projections, so rounding it once at the named point (monkey_patch.Edit)
+    rounds each projection's input exactly as rounding it per projection would."""
+    covered = set()
+    view = _registry_view(model)
+    for point, roles in INPUT_POINTS.items() if view is not None else ():
+        if point not in view.supported_points():
+            continue
+        stack.enter_context(Edit(model, point, _round_input))
+        covered |= {id(view.module(layer, role)) for layer in range(view.num_layers) for role in roles}
+    for _, module in linears:
+        if id(module) not in covered:
+            # no named point is this linear's input: a projection the adapter table does not name (a mixture of
+            # experts), or a gpt-2/ attention, which also reads its input outside its projections (the scale and
+            # gate variants), so its input can be rounded only where each linear receives it
+            hook = module.register_forward_pre_hook(lambda m, args: (_round_input(args[0]),) + tuple(args[1:]))
+            stack.callback(hook.remove)
+
+
+def _registry_view(model) -> ModelView | None:
+    if getattr(model, "config", None) is None:  # a bare list of blocks
+        return None
+    try:
+        view = ModelView(model)
+    except CaptureError:  # a gpt-2/ GPT
+        return None
+    return view if view.family.registry else None
 
 
 def _compress_loaded(module: nn.Module, method: str):
@@ -121,12 +156,12 @@ def compressed(model: nn.Module, blocks, method: str):
         why = packed(module)
         if why is not None:
             raise UserError(f"cannot simulate {method} on block {name}: {why}; {UNPACK_HINT}")
-    saved, handles = [], []
+    saved = []
     try:
         with ExitStack() as offloaded:
+            if method == "w8a8":
+                round_linear_inputs(model, layers, offloaded)
             for _, module in layers:
-                if method == "w8a8":
-                    handles.append(module.register_forward_pre_hook(_quantize_input_hook(8)))
                 if is_offloaded(module):
                     offloaded.enter_context(offloaded_weight_as(module, _compress_loaded(module, method)))
                     continue
@@ -135,7 +170,5 @@ def compressed(model: nn.Module, blocks, method: str):
                 w.copy_(compress_weight(w, method))
             yield layers
     finally:
-        for handle in handles:
-            handle.remove()
         for w, original in saved:
             w.copy_(original)

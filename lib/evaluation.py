@@ -6,6 +6,7 @@ lib.evaluation_report renders what it measures.
 import math
 import os
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from lib.gpt2_data import BPE_VOCAB, dataset_windows, gpt2_encoding, load_meta
 from lib.models import DEFAULT_MODEL, ModelSpec, load_model, placement
 from lib.perplexity import eval_windows, gpt2_logits, hf_logits, perplexity, summarize
 from lib.provenance import provenance
-from monkey_patch import ModelView
+from monkey_patch import Edit, ModelView
 from monkey_patch.weights import execution_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,14 +127,14 @@ def measure(subject: Subject, methods, wanted_interventions, log=print, rule=int
             scale=False) -> dict:
     """Every number of one subject: baseline, compression and intervention perplexities, outlier metrics."""
     token_text = (lambda i: subject.token_text([i])[0]) if subject.token_text else None
-    with finite.guard(subject.model, subject.blocks, token_text):  # a block output or logit that is not finite stops
+    with finite.guard(subject.model, token_text):  # a block output or logit that is not finite stops
         return _measure(subject, methods, wanted_interventions, log, rule, scale)
 
 
 def _measure(s: Subject, methods, wanted_interventions, log, rule, scale) -> dict:
     start = time.time()
     metrics = interventions.OutlierMetrics(len(s.blocks))
-    with interventions.block_output_hooks(s.blocks, metrics), relocation.track(s.model) as where:
+    with Edit(gpt2_checkpoints.as_lm(s.model), "resid_post", metrics), relocation.track(s.model) as where:
         baseline = perplexity(s.logits_fn, s.windows, prefix=s.prefix)
     baseline["where"] = where.summary(rule)
     with_prefix = relocation.window_values(where.windows(), baseline["where"]) if s.prefix else None
@@ -205,16 +206,14 @@ def jittered(s: Subject, method: str, baseline: dict) -> dict:
     for run in range(JITTER_RUNS):
         generator = torch.Generator().manual_seed(run)
 
-        def jitter(module, args, output):
-            signs = torch.randint(0, 2, output.shape, generator=generator).to(output) * 2 - 1
-            return output * (1 + JITTER * signs)
-        handle = _input_embeddings(s).register_forward_hook(jitter) if run else None
-        try:
-            with compression.compressed(s.model, s.blocks, method):
-                runs.append(perplexity(s.logits_fn, s.windows, prefix=s.prefix))
-        finally:
-            if handle is not None:
-                handle.remove()
+        def jitter(embedded, layer):
+            signs = torch.randint(0, 2, embedded.shape, generator=generator).to(embedded) * 2 - 1
+            return embedded * (1 + JITTER * signs)
+        with ExitStack() as stack:
+            if run:
+                stack.enter_context(Edit(gpt2_checkpoints.as_lm(s.model), "embed", jitter))
+            stack.enter_context(compression.compressed(s.model, s.blocks, method))
+            runs.append(perplexity(s.logits_fn, s.windows, prefix=s.prefix))
     median = sorted(runs, key=lambda r: r["nll"])[len(runs) // 2]
     nlls = [r["nll"] for r in runs]
     spread = max(nlls) - min(nlls)
@@ -238,7 +237,7 @@ def intervene(s: Subject, wanted, log=print, baseline=None, rule=interventions.D
     wanted = [m for m in wanted if m not in ATTENTION_INTERVENTIONS]
     if not wanted:
         return out
-    scan = interventions.scan_outliers(s.blocks, s.run_fn, s.calib[:, :-1], rule)  # what the model sees of a window
+    scan = interventions.scan_outliers(s.model, s.run_fn, s.calib[:, :-1], rule)  # what the model sees of a window
     first = interventions.first_outlier_layer(scan)
     out.update(outlier_layers=interventions.outlier_layers(scan),
                dominant_channel=interventions.dominant_channel(scan))
@@ -296,7 +295,7 @@ def _intervention(s: Subject, mode: str, layer: int, means: dict, baseline=None,
             measured, where = tracked(s, s.logits_fn, baseline, rule)
         return {**summarize(measured, baseline), "masked_layers": list(range(layer + 1, len(s.blocks))),
                 "masked_keys_per_window": state.masked / s.windows.shape[0], **where}
-    with interventions.edit_outliers(s.blocks, layer, mode, means, rule, seed=layer) as edit:
+    with interventions.edit_outliers(s.model, layer, mode, means, rule, seed=layer) as edit:
         measured, where = tracked(s, s.logits_fn, baseline, rule)
     tokens = [len(t) for t in edit.tokens]
     return {**summarize(measured, baseline), "edited_layer": layer, "edited_entries": edit.edited,

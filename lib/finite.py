@@ -3,20 +3,20 @@ to the largest finite value of float16, of bfloat16 and of the run's own dtype.
 
     with guard(model):                     # around any forwards: a non-finite block output or logit raises
         model(ids)
-    headroom(blocks, run, batches, dtype)  # the largest |h| of the block outputs against each dtype's range
+    headroom(model, run, batches, dtype)   # the largest |h| of the block outputs against each dtype's range
 
 A block output (or the logits) that is not finite raises a UserError, one line naming the first layer, token and
 channel that overflowed, the run's dtype and the dtypes whose range would hold the value, so that no figure, table
 or JSON is written from inf or nan. Gemma 3's massive activations reach about 1e5, above float16's 65,504.
 """
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
 from lib.errors import UserError
-from lib.interventions import _hidden, block_output_hooks
+from lib.gpt2_checkpoints import as_lm
 from lib.text_numbers import sig
-from monkey_patch import ModelView
+from monkey_patch import Edit, ModelView
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -45,22 +45,22 @@ def _holds(dtype: torch.dtype) -> str:
 
 
 class Guard:
-    """Forward hooks that raise on the first non-finite block output or logit (see the module docstring)."""
+    """Edit functions that only look (monkey_patch.Edit) and raise on the first non-finite block output or logit
+    (see the module docstring)."""
 
     def __init__(self, token_text=None):
         self.token_text = token_text  # id -> token string, for the message
-        self.ids = None               # the input ids of the forward under way (from the input embedding's hook)
+        self.ids = None               # the input ids of the forward under way (the input_ids point)
 
-    def input(self, module, args):
-        self.ids = args[0] if args and torch.is_tensor(args[0]) and not args[0].is_floating_point() else None
+    def input(self, ids, layer=None):
+        self.ids = ids if torch.is_tensor(ids) and not ids.is_floating_point() else None
 
     def _token(self, batch: int, token: int) -> str:
         if self.ids is None or self.token_text is None or self.ids.dim() != 2:
             return str(token)
         return f"{token} ({self.token_text(int(self.ids[batch, token]))!r})"
 
-    def block(self, layer: int, output) -> None:
-        h = _hidden(output)
+    def block(self, h, layer: int) -> None:
         if not torch.is_tensor(h) or bool(torch.isfinite(h).all()):
             return
         batch, token, channel = first_not_finite(h)
@@ -69,7 +69,7 @@ class Guard:
                         f"{channel}: it overflowed {dtype_name(dtype)} (largest finite value "
                         f"{largest_finite(dtype):,.0f}); {_holds(dtype)}")
 
-    def logits(self, module, args, output) -> None:
+    def logits(self, output, layer=None) -> None:
         if bool(torch.isfinite(output).all()):
             return
         batch, token, entry = first_not_finite(output)
@@ -84,34 +84,29 @@ def first_not_finite(x: torch.Tensor) -> tuple[int, ...]:
 
 
 @contextmanager
-def guard(model, blocks=None, token_text=None):
-    """Within the context every forward of `model` raises a UserError at its first block output (over `blocks`, by
-    default the decoder layers) or logit that is not finite. `token_text(id) -> str` names the token."""
-    blocks = ModelView(model).layers if blocks is None else blocks
+def guard(model, token_text=None):
+    """Within the context every forward of `model` (a supported family or a gpt-2/ GPT) raises a UserError at its
+    first decoder layer output or logit that is not finite. `token_text(id) -> str` names the token."""
+    model = as_lm(model)
     checker = Guard(token_text)
-    handles = []
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else getattr(model, "lm_head", None)
-    if embeddings is not None:
-        handles.append(embeddings.register_forward_pre_hook(checker.input))
-    if head is not None:
-        handles.append(head.register_forward_hook(checker.logits))
-    try:
-        with block_output_hooks(blocks, checker.block):
-            yield checker
-    finally:
-        for handle in handles:
-            handle.remove()
+    supported = ModelView(model).supported_points()
+    with ExitStack() as stack:
+        if "input_ids" in supported:
+            stack.enter_context(Edit(model, "input_ids", checker.input))
+        if "logits" in supported:
+            stack.enter_context(Edit(model, "logits", checker.logits))
+        stack.enter_context(Edit(model, "resid_post", checker.block))
+        yield checker
 
 
 @torch.no_grad()
-def headroom(blocks, run, batches, dtype: torch.dtype) -> dict:
-    """The largest |h| over every block output of `run(ids)` for each ids in `batches` (layer, token and
+def headroom(model, run, batches, dtype: torch.dtype) -> dict:
+    """The largest |h| over every decoder layer output of `run(ids)` for each ids in `batches` (layer, token and
     channel 0-based), against the largest finite value of float16, bfloat16 and the run's `dtype`."""
     best = {}
 
-    def record(layer, output):
-        h = _hidden(output).detach()
+    def record(h, layer):
+        h = h.detach()
         flat = h.abs().reshape(-1)
         i = int(flat.argmax())
         value = float(flat[i])
@@ -119,7 +114,7 @@ def headroom(blocks, run, batches, dtype: torch.dtype) -> dict:
             _, token, channel = torch.unravel_index(torch.tensor(i), h.shape)
             best.update(largest_abs=value, layer=layer, token=int(token), channel=int(channel))
 
-    with block_output_hooks(blocks, record):
+    with Edit(as_lm(model), "resid_post", record):
         for ids in batches:
             run(ids)
     return headroom_record(best, dtype)

@@ -1,5 +1,5 @@
 """Interventions on systematic outliers (Sun et al.'s massive-activation experiment, made generic) and the
-outlier metrics of Bondarenko et al. 2023, through forward hooks on the decoder blocks.
+outlier metrics of Bondarenko et al. 2023, through monkey_patch's named points (Edit, Capture, AttentionEdit).
 
 Detection is lib.analysis' rule (`ACTIVATION_RULE`, lib.outliers.activation_outliers(rule="token")): an
 entry h[t, c] of a block output is an outlier when |h| > 100, > 1000 x the median |h| of the tensor and > 2 x
@@ -11,7 +11,7 @@ entry (those functions list at most 64).
   when smaller outliers in another channel come first).
 - `calibration_means`: per channel, the mean signed value of the outlier entries of that block over the
   calibration sequences.
-- `edit_outliers(blocks, layer, mode)`: at that block's output the outliers detected in each evaluated window
+- `edit_outliers(model, layer, mode)`: at that block's output the outliers detected in each evaluated window
   (on the window's own, unedited activations) are set to zero or to their channel's calibration mean;
   nothing else is touched. An outlier in a channel never flagged during calibration has no mean: it is
   left as it is and counted. Mode `zero_random` is their control: as many entries of the same block output,
@@ -37,8 +37,7 @@ import torch
 
 from lib import analysis, outliers, reducers
 from lib.gpt2_checkpoints import as_lm
-from monkey_patch import AttentionEdit, Capture, CaptureError, ModelView, route
-from monkey_patch.capture import paused
+from monkey_patch import AttentionEdit, Capture, CaptureError, Edit, ModelView, edit_attention, paused
 from monkey_patch.hook_points import scores_edit
 from monkey_patch.routing import hide
 
@@ -63,48 +62,22 @@ def outlier_mask(h: torch.Tensor, rule: Rule = DEFAULT_RULE) -> torch.Tensor:
     return outliers.activation_outlier_mask(h, "token", rule.factor, rule.min_abs, rule.token_factor)
 
 
-def _hidden(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _replace_hidden(output, h):
-    if isinstance(output, tuple):
-        return (h,) + output[1:]
-    if isinstance(output, list):
-        return [h] + output[1:]
-    return h
-
-
-@contextmanager
-def block_output_hooks(blocks, fn, layers=None):
-    """fn(layer, output) on the output of each block in `layers` (all by default); a non-None result
-    replaces the output. Hooks are removed on exit."""
-    handles = []
-    try:
-        for i in (range(len(blocks)) if layers is None else layers):
-            handles.append(blocks[i].register_forward_hook(lambda m, args, out, i=i: fn(i, out)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
 
 @torch.no_grad()
-def scan_outliers(blocks, run, windows, rule: Rule = DEFAULT_RULE):
-    """Per window and block: the outlier mask of the block output, as {"masks": [[bool [T, C]] per layer]
-    per window, "values": the block outputs at the outliers}. `run(ids)` runs the model on [1, T] ids."""
-    per_window = []
+def scan_outliers(model, run, windows, rule: Rule = DEFAULT_RULE):
+    """Per window and block: (the outlier mask of the block output, bool [T, C]; the block output's values there),
+    as [[(mask, values)] per layer] per window. `run(ids)` runs `model` on [1, T] ids."""
+    model = as_lm(model)
 
-    def record(layer, output):
-        h = _hidden(output)[0]
-        mask = outlier_mask(h, rule)
-        per_window[-1].append((mask, h.detach().float()[mask]))
+    def record(point, layer, h):
+        mask = outlier_mask(h[0], rule)
+        return mask, h[0].float()[mask]
 
-    with block_output_hooks(blocks, record):
+    with Capture(model, "resid_post", reduce=record) as cap:
         for ids in windows:
-            per_window.append([])
             run(ids.unsqueeze(0))
-    return per_window
+    layers = range(ModelView(model).num_layers)
+    return [[cap.reduced("resid_post", layer)[w] for layer in layers] for w in range(len(windows))]
 
 
 def outlier_layers(scan) -> list[int]:
@@ -168,8 +141,9 @@ def _span(layers) -> str:
 
 
 class OutlierEdit:
-    """Forward hook state for `edit_outliers`: what it changed, per sequence seen (`entries`: [token, channel] of
-    each entry set; `tokens`: the outlier tokens) and in total (`edited`, `without_mean`); `report()` says it."""
+    """The edit function of `edit_outliers` (`fn(h, layer)`, monkey_patch.Edit's form) and what it changed, per
+    sequence seen (`entries`: [token, channel] of each entry set; `tokens`: the outlier tokens) and in total
+    (`edited`, `without_mean`); `report()` says it."""
 
     def __init__(self, mode: str, means: dict[int, float] | None = None, rule: Rule = DEFAULT_RULE, seed: int = 0):
         if mode not in ("zero", "mean", "zero_random"):
@@ -184,9 +158,9 @@ class OutlierEdit:
         self.entries: list[list[list[int]]] = []  # per sequence seen: [token, channel] of every entry changed
         self.gen = torch.Generator().manual_seed(seed)  # zero_random: which entries
 
-    def __call__(self, layer, output):
+    def __call__(self, h, layer):
         self.layer = layer
-        h = _hidden(output).clone()
+        h = h.clone()
         for b in range(h.shape[0]):
             mask = outlier_mask(h[b], self.rule)
             self.tokens.append(torch.nonzero(mask.any(dim=1)).flatten().tolist())
@@ -209,7 +183,7 @@ class OutlierEdit:
                 self.edited += 1
                 changed.append([t, c])
             self.entries.append(changed)
-        return _replace_hidden(output, h)
+        return h
 
     def report(self) -> dict:
         """What the edit did, JSON-ready: the layer, the mode and rule, per sequence seen the outlier tokens and the
@@ -238,14 +212,15 @@ def edit_outliers(model, layer: int, mode: str, means=None, rule: Rule = DEFAULT
     every output) are edited in every forward: `mode` "zero" sets them to 0, "mean" to their channel's
     calibration mean (`means`, {channel: value}, from `calibration_means`), "zero_random" zeroes as many other
     entries of the same output (the control). Outliers are detected per sequence on the unedited output with
-    `rule`. `model` is a model (any supported family or a gpt-2/ GPT) or its list of decoder blocks. Yields the
-    OutlierEdit: `edited` (entries changed), `tokens` (the outlier tokens of each sequence seen),
-    `without_mean` (outliers in a channel that has no calibration mean, left as they were)."""
-    blocks = model if isinstance(model, torch.nn.ModuleList) else decoder_blocks(model)
-    if not isinstance(layer, int) or not 0 <= layer < len(blocks):
-        raise ValueError(f"layer {layer} out of range: the model has layers 0..{len(blocks) - 1}")
+    `rule`. `model` is any supported family or a gpt-2/ GPT. Yields the OutlierEdit: `edited` (entries changed),
+    `tokens` (the outlier tokens of each sequence seen), `without_mean` (outliers in a channel that has no
+    calibration mean, left as they were)."""
+    model = as_lm(model)
+    n_layers = ModelView(model).num_layers
+    if not isinstance(layer, int) or not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer} out of range: the model has layers 0..{n_layers - 1}")
     edit = OutlierEdit(mode, means, rule, seed)
-    with block_output_hooks(blocks, edit, layers=[layer]):
+    with Edit(model, "resid_post", edit, layers=[layer]):
         yield edit
 
 
@@ -366,7 +341,8 @@ class SinkMask(KeyRecord):
 class KeyMaskEdit(AttentionEdit):
     """SinkMask's keys as an attention edit (monkey_patch.routing): in each layer, every query but the key's own
     token loses the keys `state` names for that layer. Raises when a forward ends with a layer that had keys to mask
-    never reached through the router (the mask would otherwise not have applied)."""
+    never reached through the router (the mask would otherwise not have applied): `start_forward` and
+    `check_applied` are Edit functions that only look, at the first layer's input and the last layer's output."""
 
     def __init__(self, state: SinkMask):
         self.state = state
@@ -385,11 +361,11 @@ class KeyMaskEdit(AttentionEdit):
         own = positions[n_keys - query.shape[-2]:, None] == positions[None, :]  # each query's own key
         return hide(mask, query, key, blocked[:, None, None, :] & ~own)
 
-    def start_forward(self, *_):
+    def start_forward(self, h, layer):
         self.reached.clear()
         self.state.forwards += 1
 
-    def check_applied(self, *_):
+    def check_applied(self, h, layer):
         missed = [layer for layer, rows in self.state.keys.items() if any(rows) and layer not in self.reached]
         if missed:
             raise CaptureError(f"key mask not applied: layers {missed} did not call attention through the router")
@@ -419,15 +395,12 @@ def masking(model, state: SinkMask):
         raise ValueError(f"{model.config.model_type}: sink masking needs a family on transformers' attention registry")
     view = ModelView(as_lm(model))
     edit = KeyMaskEdit(state)
-    with route(view.model, view.layers, view.family.attn, edit=edit) if view.family.registry else \
-            scores_edit(view, edit):
-        handles = [view.layers[0].register_forward_pre_hook(edit.start_forward),
-                   view.layers[-1].register_forward_hook(edit.check_applied)]
-        try:
-            yield state
-        finally:
-            for handle in handles:
-                handle.remove()
+    # Hugging Face families mask through the attention router; gpt-2/ GPTs on the scores of their explicit path
+    keys_masked = edit_attention(model, edit) if view.family.registry else scores_edit(view, edit)
+    last = view.num_layers - 1
+    with keys_masked, Edit(view.model, "resid_pre", edit.start_forward, layers=[0]), \
+            Edit(view.model, "resid_post", edit.check_applied, layers=[last]):
+        yield state
 
 
 @contextmanager
@@ -461,12 +434,11 @@ def mask_sink_keys(model, layer: int, control: bool = False, seed: int = 0, rule
     state = SinkMask(control, seed, kind=f"mask_sink_keys (found at layer {layer})")
     blocks = decoder_blocks(model)
 
-    def detect(i, output):
-        h = _hidden(output)
+    def detect(h, i):
         rows = [torch.nonzero(outlier_mask(h[b], rule).any(dim=1)).flatten().tolist() for b in range(h.shape[0])]
         state.set({j: [list(r) for r in rows] for j in range(layer + 1, len(blocks))}, h.shape[1])
 
-    with masking(model, state), block_output_hooks(blocks, detect, layers=[layer]):
+    with masking(model, state), Edit(as_lm(model), "resid_post", detect, layers=[layer]):
         yield state
 
 
@@ -495,7 +467,7 @@ def _attention_sinks(model, run, ids):
     else:
         with Capture(model, "attn.pattern", reduce=reducers.attention_column_sums) as cap:
             run(ids)
-        sums = [cap["attn.pattern", i][0] for i in range(len(decoder_blocks(model)))]
+        sums = [cap.reduced("attn.pattern", i)[0] for i in range(len(decoder_blocks(model)))]
     return {i: [analysis.excess_attention_keys(c.mean(dim=0)) for c in per_layer] for i, per_layer in enumerate(sums)}
 
 
@@ -516,15 +488,16 @@ def mask_attention_sinks(model, run, logits_fn, control: bool = False, seed: int
 
 class OutlierMetrics:
     """Per block output, over every window it sees: max infinity norm, and kurtosis over channels averaged
-    over tokens (lib.outliers.kurtosis, non-excess: a Gaussian gives 3)."""
+    over tokens (lib.outliers.kurtosis, non-excess: a Gaussian gives 3). An Edit function that only looks:
+    `with Edit(model, "resid_post", metrics)`."""
 
     def __init__(self, n_layers: int):
         self.inf_norm = [0.0] * n_layers
         self.kurtosis_sum = [0.0] * n_layers
         self.tokens = [0] * n_layers
 
-    def __call__(self, layer, output):
-        h = _hidden(output).detach()
+    def __call__(self, h, layer):
+        h = h.detach()
         flat = h.reshape(-1, h.shape[-1])
         self.inf_norm[layer] = max(self.inf_norm[layer], outliers.max_inf_norm(flat))
         self.kurtosis_sum[layer] += outliers.kurtosis(flat, dim=-1).sum().item()

@@ -55,9 +55,9 @@ class Tracker:
     def windows(self) -> list[list[dict]]:
         """Per sequence seen (over every forward, in order), per 0-based layer: token, channel, value, median,
         token_max [tokens] and, where attention was tracked, received [keys] (head-averaged)."""
-        per_layer = [[s for call in self.capture["resid_post", i] for s in call] for i in range(self.n_layers)]
+        per_layer = [[s for call in self.capture.reduced("resid_post", i) for s in call] for i in range(self.n_layers)]
         if self.attention:
-            attention = [[s for call in self.capture["attn.pattern", i] for s in call] for i in range(self.n_layers)]
+            attention = [[s for call in self.capture.reduced("attn.pattern", i) for s in call] for i in range(self.n_layers)]
             for i in range(self.n_layers):
                 for entry, seen in zip(per_layer[i], attention[i]):
                     entry["received"], entry["cumulative"] = seen["received"].mean(dim=0), seen["cumulative"]
@@ -247,7 +247,7 @@ def measure(model, blocks, logits_fn, run_fn, windows, rule: Rule = DEFAULT_RULE
     window starts with (lib.perplexity.perplexity: never scored)."""
     from lib.perplexity import perplexity, summarize as summarize_ppl
     inputs = windows[:, :-1]  # what the model sees of a window
-    keys = outlier_tokens(interventions.scan_outliers(blocks, run_fn, inputs, rule))
+    keys = outlier_tokens(interventions.scan_outliers(model, run_fn, inputs, rule))
     generator = torch.Generator().manual_seed(seed)
     controls = [random_tokens(k, inputs.shape[1], generator) for k in keys]
     with track(model) as where:

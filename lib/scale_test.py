@@ -24,7 +24,7 @@ from lib.gpt2_checkpoints import as_lm
 from lib.interventions import DEFAULT_RULE, KeyRecord, _gpt2_blocks, attention_sinks, key_mask, supports_sink_mask
 from lib.perplexity import perplexity, summarize
 from lib.text_numbers import sig
-from monkey_patch import AttentionEdit, ModelView, route
+from monkey_patch import AttentionEdit, Edit, ModelView, edit_attention
 from monkey_patch.hook_points import explicit_attention
 from monkey_patch.routing import additive_mask, eager_attention
 
@@ -222,14 +222,12 @@ def scale_test(model, state: ScaleTest):
                 attn.explicit = _gpt2_wrap(state, i, attn)  # an instance attribute, removed below
                 stack.callback(delattr, attn, "explicit")
         else:
-            view = ModelView(model)
-            stack.enter_context(route(model, view.layers, view.family.attn, edit=ScaleEdit(state)))
-            attns = [view.attn(i) for i in range(view.num_layers)]
-        for i, attn in enumerate(attns):
-            def keep_input(module, args, kwargs, i=i):
-                state.inputs[i] = args[0] if args else kwargs["hidden_states"]
-                state.forwards += i == 0
-            stack.callback(attn.register_forward_pre_hook(keep_input, with_kwargs=True).remove)
+            stack.enter_context(edit_attention(model, ScaleEdit(state)))
+
+        def keep_input(x, layer):
+            state.inputs[layer] = x
+            state.forwards += layer == 0
+        stack.enter_context(Edit(as_lm(model), "attn_in", keep_input))
         stack.callback(state.inputs.clear)
         yield state
 

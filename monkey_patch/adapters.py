@@ -85,7 +85,7 @@ FAMILIES: dict[str, Family] = {
     "falcon": Family(layers="transformer.h", final_norm="transformer.ln_f", ln1=("input_layernorm", "ln_attn"),
                      ln2=("post_attention_layernorm", "ln_mlp"), attn="self_attention", qkv="query_key_value",
                      qkv_layout="falcon", o="dense", mlp="mlp", up="dense_h_to_4h", down="dense_4h_to_h", act="act",
-                     registry=False, weights_flag="output_attentions", copies=("mlp.down_out",)),  # out += attn
+                     registry=False, weights_flag="output_attentions", copies=("mlp.down_out", "mlp_out")),  # out += attn
     "nanogpt": Family(layers="gpt.transformer.h", final_norm="gpt.transformer.ln_f", ln1="ln_1", ln2="ln_2",
                       attn="attn", qkv="c_attn", o="c_proj", mlp="mlp", up="c_fc", down="c_proj", act="gelu",
                       registry=False, fused_flag="flash", scores="hook_scores", pattern="hook_pattern",

@@ -5,23 +5,36 @@
     cap["resid_post", 1]          # tensor [batch, tokens, hidden], float32 on CPU
 
 Layers are 0-based. Capture points (TransformerLens-like names; per-head tensors are [batch, pos, head, d_head],
-attention scores/pattern are [batch, head, query, key]):
+attention scores/pattern are [batch, head, query, key]). Of the whole model (no layer: `cap["embed"]`):
+
+    input_ids                   the token ids the input embedding receives [batch, tokens] (kept as integers)
+    embed                       the input embedding's output (before any scaling or position embedding the model
+                                adds outside that module)
+    ln_final                    the final norm's output
+    logits                      the output head's output (before any final soft-capping)
+
+Per layer:
 
     resid_pre, resid_post       decoder layer input and output (the residual stream)
     ln1, ln2                    attention-norm and MLP-norm outputs (ln2 is ln1 in parallel blocks)
+    attn_in                     the attention module's input (what its q/k/v projections read)
     attn.q, attn.k, attn.v      per-head projections before rotary embedding (after q/k norms where present)
     attn.q_rot, attn.k_rot      after rotary embedding, as attention sees them
     attn.scores, attn.pattern   scaled q.k logits (masked entries -inf) and softmax probabilities
     attn.z, attn_out            per-head attention output (input of the output projection) and its output
+    mlp_in                      the MLP's input (what its first projections read)
     mlp.gate_out, mlp.up_out, mlp.act_out, mlp.down_in, mlp.down_out
                                 gated MLP internals; non-gated MLPs have no gate, up = fc1, down = fc2
+    mlp_out                     what the MLP writes to the residual: mlp.down_out, or after the norm that follows
+                                it in sandwich-norm families (Gemma 2/3)
     attn.scale                  a per-token, per-head output scale [batch, pos, head] (gpt-2's ca_softmax S(x))
     attn.extra                  attention on an always-visible extra key k' [batch, head, query] (gpt-2's
                                 attn_bias, softmax1); attn.pattern then holds the attention on the tokens only
 
-`reduce(point, layer, tensor)` turns each captured tensor into something small on the fly (top-k, medians,
-attention column sums: see lib.reducers); its results are what `cap[point, layer]` returns, one per
-forward call in a list. Without `reduce`, each point holds the tensor of the latest forward call.
+`cap[point, layer]` is the tensor of the latest forward call. `reduce(point, layer, tensor)` turns each captured
+tensor into something small on the fly instead (top-k, medians, attention column sums: see lib.reducers);
+`cap.reduced(point, layer)` lists its results, one per forward call. `cap.clear()` forgets what was captured.
+The same point names are edited with monkey_patch.edit.Edit (a function that returns the replacement).
 Every layer's attention output comes from the model's own kernel, called exactly as in a plain forward, so a
 capture changes no number downstream. On the requested layers attn.scores and attn.pattern are made beside it
 the way the family's eager attention makes them (scaled q.k in the model's dtype, soft-capped where the family
@@ -38,11 +51,12 @@ from torch import nn
 from monkey_patch.adapters import FAMILIES, Family, get_submodule, head_counts, split_qkv
 from monkey_patch.hook_points import explicit_attention
 from monkey_patch.routing import CaptureError, additive_mask, model_configs, route
+from monkey_patch.sites import LAYERLESS, Hooks, input_embeddings, layer_site, model_site, output_head
 from monkey_patch.weights import matrix
 
-POINTS = ("resid_pre", "resid_post", "ln1", "ln2", "attn.q", "attn.k", "attn.v", "attn.q_rot", "attn.k_rot",
-          "attn.scores", "attn.pattern", "attn.z", "attn_out",
-          "mlp.gate_out", "mlp.up_out", "mlp.act_out", "mlp.down_in", "mlp.down_out", "attn.scale", "attn.extra")
+POINTS = ("resid_pre", "resid_post", "ln1", "ln2", "attn_in", "attn.q", "attn.k", "attn.v", "attn.q_rot",
+          "attn.k_rot", "attn.scores", "attn.pattern", "attn.z", "attn_out", "mlp_in", "mlp.gate_out", "mlp.up_out",
+          "mlp.act_out", "mlp.down_in", "mlp.down_out", "mlp_out", "attn.scale", "attn.extra") + LAYERLESS
 REGISTRY_POINTS = ("attn.q_rot", "attn.k_rot", "attn.scores", "attn.pattern")
 CHUNK_ELEMENTS = 2**20  # attention-map entries made at once on a CPU (float32: 4 MiB, so each step stays in cache)
 CHUNK_ELEMENTS_GPU = 2**25  # on a GPU, where fewer, larger kernels are faster (see _chunk_plan)
@@ -144,7 +158,7 @@ class ModelView:
         """Every capture point this family serves."""
         f, points = self.family, list(POINTS)
         if f.down is None:
-            points = [p for p in points if not p.startswith("mlp.")]
+            points = [p for p in points if not p.startswith("mlp")]
         elif f.gate is None and f.gate_up is None:
             points.remove("mlp.gate_out")
         if not f.registry:
@@ -153,6 +167,12 @@ class ModelView:
             points.remove("attn.scale")
         if not self.has_extra_key():
             points.remove("attn.extra")
+        if input_embeddings(self.model) is None:
+            points = [p for p in points if p not in ("input_ids", "embed")]
+        if self.final_norm() is None:
+            points.remove("ln_final")
+        if output_head(self.model) is None:
+            points.remove("logits")
         return points
 
     def has_scale(self) -> bool:
@@ -171,12 +191,38 @@ class ModelView:
         return roles
 
 
-def _first(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
+def check_points(view: ModelView, points) -> None:
+    """Raise CaptureError for an unknown point or one this model's family cannot serve."""
+    unknown = [p for p in points if p not in POINTS]
+    if unknown:
+        raise CaptureError(f"unknown capture point(s) {unknown}: choose from {', '.join(POINTS)}")
+    f = view.family
+    for point in points:
+        if point.startswith("mlp") and f.down is None:
+            raise CaptureError(f"{point}: MLP internals of {view.model_type} (mixture of experts) are not supported")
+        if point == "mlp.gate_out" and f.gate is None and f.gate_up is None:
+            raise CaptureError(f"{point}: {view.model_type} has a non-gated MLP (use mlp.up_out for fc1)")
+        if point == "attn.scale" and not view.has_scale():
+            raise CaptureError(f"{point}: this {view.model_type} model's attention has no output scale "
+                               "(only gpt-2's ca_softmax has one)")
+        if point == "attn.extra" and not view.has_extra_key():
+            raise CaptureError(f"{point}: this {view.model_type} model's attention has no extra key "
+                               "(only gpt-2's attn_bias and softmax1 have one)")
+        if point in REGISTRY_POINTS and not f.registry and point != "attn.pattern":
+            raise CaptureError(f"{point}: {view.model_type} does not use transformers' attention registry; "
+                               "only attn.pattern among the attention internals can be captured")
+        if point in LAYERLESS and point not in view.supported_points():
+            raise CaptureError(f"{point}: this {view.model_type} model has no module for it")
 
 
-def _hidden_states_arg(args, kwargs):
-    return args[0] if args else kwargs["hidden_states"]
+def layer_keys(view: ModelView, points, layers) -> list[tuple[str, int | None]]:
+    """(point, layer) for every point at every one of `layers` (0-based; None: all), the layer-less points once with
+    layer None."""
+    if layers is None:
+        layers = range(view.num_layers)
+    layers = [view.check_layer(layer) for layer in ([layers] if isinstance(layers, int) else layers)]
+    return ([(p, None) for p in points if p in LAYERLESS]
+            + [(p, layer) for layer in layers for p in points if p not in LAYERLESS])
 
 
 class Capture:
@@ -192,8 +238,10 @@ class Capture:
             (lib.reducers has top-k/median, attention column sums, the attention a key receives from later
             queries, each token's max |h|, and `by_point` to pick one per point).
 
-    `cap[point, layer]`: without `reduce`, the tensor of the latest forward (float32, CPU, detached); with it, a
-    list with one entry per forward call, each a list with one entry per sequence (what `reduce` returned).
+    `cap[point, layer]` (`cap[point]` for a point of the whole model, such as `embed`): the tensor of the latest
+    forward (float32, CPU, detached). With `reduce`, `cap.reduced(point, layer)`: a list with one entry per forward
+    call, each what `reduce` returned (by convention a list with one entry per sequence). `cap.keys()`: the
+    (point, layer) pairs captured so far; `cap.clear()` forgets them.
     Captured tensors are detached: a forward inside a capture backpropagates as it would outside it. Attention
     edits (lib.interventions' key masks, the scale test) compose with a capture in either nesting order: the
     captured maps are those of the edited model. Raises CaptureError for an unknown point, a layer out of range, a
@@ -216,48 +264,62 @@ class Capture:
     >>> with Capture(model, "resid_post", reduce=lambda point, layer, h: [x.abs().max() for x in h]) as cap:
     ...     _ = model(ids)
     ...     _ = model(ids)
-    >>> len(cap["resid_post", 0]), len(cap["resid_post", 0][0])   # forward calls, then sequences
+    >>> len(cap.reduced("resid_post", 0)), len(cap.reduced("resid_post", 0)[0])   # forward calls, then sequences
     (2, 1)
     """
 
     def __init__(self, model: nn.Module, points, layers=None, reduce=None):
         self.view = ModelView(model)
         self.points = [points] if isinstance(points, str) else list(points)
-        unknown = [p for p in self.points if p not in POINTS]
-        if unknown:
-            raise CaptureError(f"unknown capture point(s) {unknown}: choose from {', '.join(POINTS)}")
-        if layers is None:
-            layers = range(self.view.num_layers)
-        self.layers = [self.view.check_layer(layer) for layer in ([layers] if isinstance(layers, int) else layers)]
+        check_points(self.view, self.points)
+        self._keys = layer_keys(self.view, self.points, layers)
+        self.layers = sorted({layer for _, layer in self._keys if layer is not None})
         self.reduce = reduce
-        self.results: dict = {}
+        self._tensors: dict = {}  # (point, layer) -> the tensor of the latest forward
+        self._reduced: dict = {}  # (point, layer) -> per forward, what `reduce` returned
         self._watched: dict = {}  # (point, layer) -> (tensor kept without a copy, its version when captured)
-        self._handles = []
+        self._hooks = Hooks(self.view)
         self._saved_impl: list = []
         self._routes = ExitStack()  # the attention router's entry, where attention points are asked for
         self._paused = False
-        self._block_shapes: dict = {}  # layer -> (batch, tokens) of its input in the current forward
-        self._check_supported()
 
     # --- public -----------------------------------------------------------------------------------------------
     def __getitem__(self, key):
-        point, layer = key
-        if (point, layer) not in self.results:
+        point, layer = (key, None) if isinstance(key, str) else key
+        if (point, layer) not in self._tensors:
+            if (point, layer) in self._reduced:
+                raise KeyError(f"{point} at layer {layer} was reduced: read cap.reduced({point!r}, {layer})")
             raise KeyError(f"{point} at layer {layer} was not captured (asked for {self.points} on {self.layers})")
-        return self.results[(point, layer)]
+        return self._tensors[(point, layer)]
+
+    def reduced(self, point: str, layer: int | None = None) -> list:
+        """What `reduce` returned for `point` at `layer`, one entry per forward call."""
+        if (point, layer) not in self._reduced:
+            raise KeyError(f"{point} at layer {layer} has no reduced result (asked for {self.points} on "
+                           f"{self.layers}{'' if self.reduce else ', without reduce'})")
+        return self._reduced[(point, layer)]
+
+    def keys(self) -> list[tuple[str, int | None]]:
+        """The (point, layer) pairs captured so far."""
+        return list(self._reduced if self.reduce is not None else self._tensors)
+
+    def clear(self) -> None:
+        """Forget every captured tensor and reduced result (the capture goes on recording)."""
+        self._tensors.clear()
+        self._reduced.clear()
+        self._watched.clear()
 
     def __enter__(self):
         _OPEN.append(self)
         try:
-            for layer in self.layers:
-                for point in self.points:
-                    self._install(point, layer)
+            for point, layer in self._keys:
+                self._install(point, layer)
             if any(p in REGISTRY_POINTS for p in self.points):
                 self._enter_attention()
             if self.reduce is None:  # the end of a forward of the model or of its decoder (the bench's)
                 for module in {id(m): m for m in (self.view.model, getattr(self.view.model, "base_model", None))
                                if m is not None}.values():
-                    self._hook(module, self._check_unchanged)
+                    self._hooks.add(module, self._check_unchanged)
         except BaseException:
             self._restore()
             raise
@@ -272,9 +334,7 @@ class Capture:
         return False
 
     def _restore(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.remove()
         for config, impl in self._saved_impl:
             config._attn_implementation = impl
         self._saved_impl.clear()
@@ -292,15 +352,15 @@ class Capture:
             return
         tensor = tensor.detach()
         if self.reduce is not None:
-            self.results.setdefault((point, layer), []).append(self.reduce(point, layer, tensor))
+            self._reduced.setdefault((point, layer), []).append(self.reduce(point, layer, tensor))
             return
-        kept = tensor.to("cpu", torch.float32)
+        kept = tensor.to("cpu", torch.float32 if tensor.is_floating_point() else tensor.dtype)
         if kept.data_ptr() == tensor.data_ptr() and not ours:
             if point in self.view.family.copies or kept.is_inference():
                 kept = kept.clone()
             else:
                 self._watched[(point, layer)] = (kept, kept._version)
-        self.results[(point, layer)] = kept
+        self._tensors[(point, layer)] = kept
 
     def _check_unchanged(self, *_) -> None:
         """After a forward: every tensor kept without a copy is as it was captured (then no longer watched)."""
@@ -312,100 +372,15 @@ class Capture:
                                    "monkey_patch/adapters.py")
 
     # --- hooks ------------------------------------------------------------------------------------------------
-    def _check_supported(self) -> None:
-        view, f = self.view, self.view.family
-        for point in self.points:
-            if point.startswith("mlp.") and f.down is None:
-                raise CaptureError(f"{point}: MLP internals of {view.model_type} (mixture of experts) are not supported")
-            if point == "mlp.gate_out" and f.gate is None and f.gate_up is None:
-                raise CaptureError(f"{point}: {view.model_type} has a non-gated MLP (use mlp.up_out for fc1)")
-            if point == "attn.scale" and not view.has_scale():
-                raise CaptureError(f"{point}: this {view.model_type} model's attention has no output scale "
-                                   "(only gpt-2's ca_softmax has one)")
-            if point == "attn.extra" and not view.has_extra_key():
-                raise CaptureError(f"{point}: this {view.model_type} model's attention has no extra key "
-                                   "(only gpt-2's attn_bias and softmax1 have one)")
-            if point in REGISTRY_POINTS and not f.registry and point != "attn.pattern":
-                raise CaptureError(f"{point}: {view.model_type} does not use transformers' attention registry; "
-                                   "only attn.pattern among the attention internals can be captured")
-
-    def _hook(self, module: nn.Module, fn, pre: bool = False):
-        if module is None:
-            raise CaptureError(f"{self.view.model_type}: the adapter names a module this model does not have")
-        if pre:
-            self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
-        else:
-            self._handles.append(module.register_forward_hook(fn))
-
-    def _install(self, point: str, layer: int) -> None:
-        view, f = self.view, self.view.family
+    def _install(self, point: str, layer) -> None:
         emit = lambda t: self._emit(point, layer, t)  # noqa: E731
-        block = view.layers[layer]
-        if point == "ln2" or point.startswith("mlp."):
-            emit = self._watch_block_shape(layer, emit)
-        if point == "resid_pre":
-            self._hook(block, lambda m, args, kwargs: emit(_hidden_states_arg(args, kwargs)), pre=True)
-        elif point == "resid_post":
-            self._hook(block, lambda m, i, o: emit(_first(o)))
-        elif point in ("ln1", "ln2"):
-            self._hook(view.module(layer, point), lambda m, i, o: emit(_first(o)))
-        elif point in ("attn.q", "attn.k", "attn.v"):
-            role = point[-1]
-            if f.qkv is not None:
-                index = "qkv".index(role)
-                self._hook(view.module(layer, "qkv"),
-                           lambda m, i, o: emit(split_qkv(o, f.qkv_layout, view.config)[index]))
-            else:  # after the per-head q/k norm where the family has one
-                normed = view.module(layer, role + "_norm") if role in "qk" else None
-                source = view.module(layer, role) if normed is None else normed
-                self._hook(source, lambda m, i, o: emit(self._per_head(o)))
-        elif point == "attn.z":
-            self._hook(view.module(layer, "o"), lambda m, args, kwargs: emit(self._per_head(args[0])), pre=True)
-        elif point == "attn_out":
-            self._hook(view.module(layer, "o"), lambda m, i, o: emit(o))
-        elif point == "attn.scale":
-            self._hook(get_submodule(view.attn(layer), f.scale), lambda m, i, o: emit(o))
-        elif point == "attn.pattern" and not f.registry:
-            self._hook_legacy_pattern(layer)
-        elif point == "attn.extra":
-            if "attn.pattern" not in self.points:  # else the pattern hook emits both
+        if point in LAYERLESS:
+            self._hooks.read(model_site(self.view, point), point, layer, emit)
+        elif point in ("attn.pattern", "attn.extra") and not self.view.family.registry:
+            if point == "attn.pattern" or "attn.pattern" not in self.points:  # the pattern hook emits both
                 self._hook_legacy_pattern(layer)
-        elif point in REGISTRY_POINTS:
-            pass  # served by the registered attention function
-        elif point in ("mlp.gate_out", "mlp.up_out") and f.gate_up is not None:
-            index = 0 if point == "mlp.gate_out" else 1
-            self._hook(view.module(layer, "gate_up"), lambda m, i, o: emit(o.chunk(2, dim=-1)[index]))
-        elif point in ("mlp.gate_out", "mlp.up_out", "mlp.act_out"):
-            role = {"mlp.gate_out": "gate", "mlp.up_out": "up", "mlp.act_out": "act"}[point]
-            self._hook(view.module(layer, role), lambda m, i, o: emit(o))
-        elif point == "mlp.down_in":
-            self._hook(view.module(layer, "down"), lambda m, args, kwargs: emit(args[0]), pre=True)
-        elif point == "mlp.down_out":
-            self._hook(view.module(layer, "down"), lambda m, i, o: emit(o))
-
-    def _watch_block_shape(self, layer: int, emit):
-        """emit, with a tensor of [batch * tokens, F] given back as [batch, tokens, F]: some families' forwards
-        (OPT on transformers 5.x) flatten the hidden states before the MLP norm and the MLP. The layer's input
-        shape is read by a pre-hook on its block, installed once per layer."""
-        if layer not in self._block_shapes:
-            self._block_shapes[layer] = None
-
-            def keep_shape(module, args, kwargs):
-                self._block_shapes[layer] = tuple(_hidden_states_arg(args, kwargs).shape[:2])
-            self._hook(self.view.layers[layer], keep_shape, pre=True)
-
-        def unflattened(t):
-            shape = self._block_shapes[layer]
-            if shape is not None and t.dim() == 2 and t.shape[0] == shape[0] * shape[1]:
-                t = t.view(*shape, t.shape[-1])
-            emit(t)
-        return unflattened
-
-    def _per_head(self, x: torch.Tensor) -> torch.Tensor:
-        """[batch, pos, heads*d] or [batch, heads, pos, d] (after a per-head norm) -> [batch, pos, heads, d]."""
-        if x.dim() == 4:
-            return x.transpose(1, 2)
-        return x.view(*x.shape[:2], -1, self.view.head_dim)
+        elif point not in REGISTRY_POINTS:  # those are served by the registered attention function
+            self._hooks.read(layer_site(self.view, point, layer), point, layer, emit)
 
     def _hook_legacy_pattern(self, layer: int) -> None:
         """Families outside the registry return probabilities from their attention module (falcon, mpt) or pass
@@ -435,10 +410,10 @@ class Capture:
 
         if self.view.family.pattern is not None:
             self._routes.enter_context(explicit_attention(self.view))
-            self._hook(get_submodule(attn, self.view.family.pattern), lambda m, i, o: take(o))
+            self._hooks.add(get_submodule(attn, self.view.family.pattern), lambda m, i, o: take(o))
             return
-        self._handles.append(attn.register_forward_pre_hook(force_weights, with_kwargs=True))
-        self._hook(attn, take_weights)
+        self._hooks.add(attn, force_weights, pre=True)
+        self._hooks.add(attn, take_weights)
         self._switch_implementation("eager")  # so the model builds the additive mask these modules expect
 
     # --- attention registry -----------------------------------------------------------------------------------
@@ -502,7 +477,7 @@ class Capture:
         for chunk in _chunks(module, query, key, attention_mask, **kwargs):
             parts = self.reduce("attn.pattern", layer, chunk.probs())
             total[chunk.sequences, chunk.heads, :chunk.seen] += torch.stack(parts)
-        self.results.setdefault(("attn.pattern", layer), []).append(list(total))
+        self._reduced.setdefault(("attn.pattern", layer), []).append(list(total))
 
 
 class _Chunk(NamedTuple):

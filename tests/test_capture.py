@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from lib.tiny_models import FAMILY_CONFIGS, tiny_model
 from monkey_patch import POINTS, Capture, CaptureError, ModelView
 from monkey_patch.adapters import FAMILIES as ADAPTERS
+from monkey_patch.sites import LAYERLESS
 
 FAMILIES = list(FAMILY_CONFIGS)
 # attn.q_rot, attn.k_rot and attn.scores come from transformers' attention registry, so only its families have them
@@ -80,7 +81,7 @@ def test_bf16_maps_match_eager(family):
     for layer, probs in enumerate(ref):
         torch.testing.assert_close(cap["attn.pattern", layer], probs.float(), atol=1e-2, rtol=1e-2)
         for seq in range(ids.shape[0]):
-            torch.testing.assert_close(summed["attn.pattern", layer][0][seq], probs[seq].float().sum(1),
+            torch.testing.assert_close(summed.reduced("attn.pattern", layer)[0][seq], probs[seq].float().sum(1),
                                        atol=5e-2, rtol=1e-2)
 
 
@@ -95,6 +96,52 @@ def test_residual_stream_matches_hidden_states(family_run):
     with torch.no_grad():  # HF's last hidden state has the final norm applied
         last = view.final_norm()(cap["resid_post", n - 1])
     torch.testing.assert_close(last, hidden[n], atol=ATOL, rtol=1e-4)
+
+
+def test_model_points_match_the_models_outputs(family_run):
+    """input_ids, embed, ln_final and logits: the ids given, the embedding looked up by hand, HF's last hidden state
+    (after the final norm) and the logits the forward returned."""
+    r = family_run
+    cap, view = r["cap"], r["view"]
+    assert torch.equal(cap["input_ids"], r["ids"]) and cap["input_ids"].dtype == r["ids"].dtype
+    table = r["model"].get_input_embeddings().weight
+    torch.testing.assert_close(cap["embed"], table[r["ids"]] * _embedding_scale(r["model"]), atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(cap["ln_final"], r["ref"].hidden_states[view.num_layers], atol=ATOL, rtol=1e-4)
+    cap_at = getattr(r["model"].config, "final_logit_softcapping", None)  # Gemma 2 soft-caps after the head
+    logits = cap["logits"] if cap_at is None else torch.tanh(cap["logits"] / cap_at) * cap_at
+    torch.testing.assert_close(logits, r["logits_inside"], atol=0 if cap_at is None else ATOL, rtol=0)
+
+
+def _embedding_scale(model) -> float:
+    """Gemma 3's embedding module multiplies by sqrt(hidden) itself; the other families scale outside it, or not."""
+    return float(getattr(model.get_input_embeddings(), "embed_scale", 1.0))
+
+
+def test_module_input_and_output_points_match_plain_hooks(family_run):
+    """attn_in, mlp_in and mlp_out against plain hooks on the modules the forward calls: the attention module's
+    input, the first MLP projection's input, and the MLP's write to the residual (after a sandwich norm)."""
+    r = family_run
+    view, cap = r["view"], r["cap"]
+    if view.family.down is None:
+        pytest.skip("no MLP internals")
+    seen, handles = {}, []
+    for layer in range(view.num_layers):
+        first = view.module(layer, "gate_up") or view.module(layer, "gate") or view.module(layer, "up")
+        post = getattr(view.layers[layer], view.family.mlp_out_norm or "", None)
+        handles += [view.attn(layer).register_forward_pre_hook(
+                        lambda m, a, k, i=layer: seen.__setitem__(("attn_in", i), a[0] if a else k["hidden_states"]),
+                        with_kwargs=True),
+                    first.register_forward_pre_hook(lambda m, a, i=layer: seen.__setitem__(("mlp_in", i), a[0])),
+                    (post or view.module(layer, "down")).register_forward_hook(
+                        lambda m, a, o, i=layer: seen.__setitem__(("mlp_out", i), o.clone()))]  # falcon adds to it
+    try:
+        with torch.no_grad():
+            r["model"](r["ids"])
+    finally:
+        for handle in handles:
+            handle.remove()
+    for (point, layer), tensor in seen.items():
+        torch.testing.assert_close(cap[point, layer].flatten(), tensor.float().flatten(), atol=ATOL, rtol=1e-4)
 
 
 def test_attention_pattern_matches_eager_output_attentions(family_run):
@@ -236,7 +283,7 @@ def test_every_point_has_the_documented_shape_and_the_modules_values(family_run)
     r = family_run
     view, cap, (batch, tokens) = r["view"], r["cap"], r["ids"].shape
     for layer in range(view.num_layers):
-        for point in cap.points:
+        for point in [p for p in cap.points if p not in LAYERLESS]:
             shape = cap[point, layer].shape
             if point in MAPS:
                 assert shape[0] == batch and shape[-2:] == (tokens, tokens), (point, shape)
@@ -274,15 +321,15 @@ def test_reduce_runs_on_the_fly_and_keeps_only_results():
         model(_ids(length=7))
         model(_ids(seed=2, length=5))
     assert [s[0] for s in seen] == ["attn.pattern", "resid_post", "attn.pattern", "resid_post"]
-    assert len(cap["resid_post", 1]) == 2 and all(isinstance(v, float) for v in cap["resid_post", 1])
-    assert cap["attn.pattern", 1][0] <= 1.0
+    assert len(cap.reduced("resid_post", 1)) == 2 and all(isinstance(v, float) for v in cap.reduced("resid_post", 1))
+    assert cap.reduced("attn.pattern", 1)[0] <= 1.0
 
 
 def test_only_requested_layers_and_points_are_kept():
     model = tiny_model("gemma3_text")
     with torch.no_grad(), Capture(model, ["resid_post"], layers=[2]) as cap:
         model(_ids())
-    assert list(cap.results) == [("resid_post", 2)]
+    assert cap.keys() == [("resid_post", 2)]
     with pytest.raises(KeyError):
         cap["resid_post", 1]
 
@@ -371,9 +418,9 @@ def test_column_sums_made_chunk_by_chunk_equal_those_of_eager_attentions(family,
     torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
     for call, probs in enumerate(ref):
         for layer in range(layers):
-            assert torch.isfinite(cap["attn.pattern", layer][call][0]).all()
+            assert torch.isfinite(cap.reduced("attn.pattern", layer)[call][0]).all()
             for seq in range(probs[layer].shape[0]) if call < 2 else [1]:
-                torch.testing.assert_close(cap["attn.pattern", layer][call][seq], probs[layer][seq].sum(1).float(),
+                torch.testing.assert_close(cap.reduced("attn.pattern", layer)[call][seq], probs[layer][seq].sum(1).float(),
                                            atol=1e-5, rtol=1e-5)
 
 

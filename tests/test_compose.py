@@ -8,6 +8,7 @@ import torch
 from lib import interventions, scale_test
 from monkey_patch import Capture, CaptureError, ModelView
 from monkey_patch.routing import _ROUTERS
+from monkey_patch.sites import LAYERLESS
 from lib.tiny_models import FAMILY_CONFIGS, tiny_model
 
 REGISTRY_FAMILIES = [f for f in FAMILY_CONFIGS if ModelView(tiny_model(f)).family.registry]
@@ -71,8 +72,8 @@ def test_edits_and_captures_compose_in_either_order(family, edit, capture_outsid
             continue
         logits, cap = _run(model, ids, edit, point, capture_outside)
         assert torch.equal(logits, edited), point  # the edited model, bit for bit, inside the capture
-        for layer in range(view.num_layers):
-            assert (point, layer) in cap.results, point  # and the capture saw every layer
+        for layer in [None] if point in LAYERLESS else range(view.num_layers):
+            assert (point, layer) in cap.keys(), point  # and the capture saw every layer
         if point == "attn.pattern":
             for layer in range(view.num_layers):
                 pattern = cap["attn.pattern", layer]
@@ -106,8 +107,8 @@ def test_a_sink_search_inside_a_users_capture_stays_out_of_it():
     masked_fn, state = interventions.mask_attention_sinks(model, run, lambda x: model(x).logits)
     with torch.no_grad(), Capture(model, ["resid_post", "attn.pattern"], reduce=lambda p, i, t: t.shape) as cap:
         masked_fn(ids)
-    assert all(len(cap["resid_post", i]) == 1 for i in range(3))
-    assert all(len(cap["attn.pattern", i]) == 1 for i in range(3))
+    assert all(len(cap.reduced("resid_post", i)) == 1 for i in range(3))
+    assert all(len(cap.reduced("attn.pattern", i)) == 1 for i in range(3))
 
 
 @pytest.mark.parametrize("family", OTHER_FAMILIES)

@@ -79,10 +79,10 @@ def test_on_the_fly_reductions_equal_the_full_tensors(default_model):
     for seq in range(2):
         down_in = full["mlp.down_in", 3][seq]
         expected = down_in.abs().flatten().topk(3).values
-        assert small["mlp.down_in", 3][0][seq]["top"] == pytest.approx(expected.tolist(), rel=1e-5)
-        assert small["mlp.down_in", 3][0][seq]["median"] == pytest.approx(down_in.abs().median().item(), rel=1e-5)
-        torch.testing.assert_close(small["attn.pattern", 3][0][seq], full["attn.pattern", 3][seq].sum(1), rtol=1e-5, atol=1e-5)
-    assert len(small.results) == 2 * ModelView(model).num_layers
+        assert small.reduced("mlp.down_in", 3)[0][seq]["top"] == pytest.approx(expected.tolist(), rel=1e-5)
+        assert small.reduced("mlp.down_in", 3)[0][seq]["median"] == pytest.approx(down_in.abs().median().item(), rel=1e-5)
+        torch.testing.assert_close(small.reduced("attn.pattern", 3)[0][seq], full["attn.pattern", 3][seq].sum(1), rtol=1e-5, atol=1e-5)
+    assert len(small.keys()) == 2 * ModelView(model).num_layers
 
 
 def test_weight_statistics_read_real_weights(default_model):

@@ -10,10 +10,11 @@ import lib.interventions
 import lib.reducers
 import lib.relocation
 import monkey_patch.capture
+import monkey_patch.edit
 import monkey_patch.routing
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCTEST_MODULES = [monkey_patch.capture, monkey_patch.routing, lib.interventions, lib.reducers, lib.relocation]
+DOCTEST_MODULES = [monkey_patch.capture, monkey_patch.edit, monkey_patch.routing, lib.interventions, lib.reducers, lib.relocation]
 
 
 def python_blocks(path: Path) -> list[str]:
@@ -26,8 +27,9 @@ def test_docstring_examples_run(module):
     assert result.failed == 0
 
 
-def test_the_capture_class_has_a_doctest():
+def test_the_capture_and_edit_classes_have_a_doctest():
     assert "Capture(" in (monkey_patch.capture.Capture.__doc__ or "") and ">>>" in monkey_patch.capture.Capture.__doc__
+    assert "Edit(" in (monkey_patch.edit.Edit.__doc__ or "") and ">>>" in monkey_patch.edit.Edit.__doc__
 
 
 @pytest.mark.slow

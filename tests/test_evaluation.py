@@ -209,16 +209,16 @@ def test_edit_changes_only_the_outlier_entries(mode):
     h[0, 0, 2], h[0, 4, 2], h[1, 3, 5], h[1, 6, 7] = 5000.0, 4000.0, -6000.0, 3000.0
     original = h.clone()
     edit = interventions.OutlierEdit(mode, {2: 111.0, 5: -222.0})
-    out = edit(0, (h, "rest"))
-    assert out[1] == "rest" and torch.equal(h, original)  # returns a new output, input untouched
-    changed = torch.nonzero(out[0] != original).tolist()
+    out = edit(h, 0)
+    assert torch.equal(h, original)  # returns a new tensor, input untouched
+    changed = torch.nonzero(out != original).tolist()
     if mode == "zero":
         assert sorted(changed) == [[0, 0, 2], [0, 4, 2], [1, 3, 5], [1, 6, 7]]
-        assert (out[0][out[0] != original] == 0).all()
+        assert (out[out != original] == 0).all()
         assert edit.edited == 4
     else:  # channel 7 has no calibration mean: left alone and counted
         assert sorted(changed) == [[0, 0, 2], [0, 4, 2], [1, 3, 5]]
-        assert out[0][0, 0, 2] == 111.0 and out[0][1, 3, 5] == -222.0
+        assert out[0, 0, 2] == 111.0 and out[1, 3, 5] == -222.0
         assert edit.edited == 3 and edit.without_mean == 1
     assert edit.tokens == [[0, 4], [3, 6]]
 
@@ -228,7 +228,7 @@ def test_outlier_layer_and_means_on_a_planted_model():
     text = "Summer is warm. W Winter is cold. W and more text here"
     ids = torch.tensor([CharTokenizer().encode(text)] * 2)
     view = ModelView(model)
-    scan = interventions.scan_outliers(view.layers, lambda x: model.model(input_ids=x), ids)
+    scan = interventions.scan_outliers(model, lambda x: model.model(input_ids=x), ids)
     assert interventions.first_outlier_layer(scan) == interventions.dominant_outlier_layer(scan) == PLANTED
     assert interventions.dominant_channel(scan) == CHANNEL
     means = interventions.calibration_means(scan, PLANTED)
@@ -245,7 +245,7 @@ def test_edit_hook_in_a_model_is_removed_afterwards():
     view = ModelView(model)
     with torch.no_grad():
         clean = model(ids).logits
-        with interventions.edit_outliers(view.layers, PLANTED, "zero") as edit:
+        with interventions.edit_outliers(model, PLANTED, "zero") as edit:
             edited = model(ids).logits
         again = model(ids).logits
     assert edit.edited >= 1 and not torch.allclose(clean, edited)
@@ -417,8 +417,8 @@ def test_attention_sinks_found_and_masked_in_gpt2(variant):
 def test_outlier_metrics_by_hand():
     metrics = interventions.OutlierMetrics(2)
     x = torch.tensor([[[1.0, -1.0, 1.0, -1.0], [0.0, 0.0, 0.0, 8.0]]])  # kurtosis by hand below
-    metrics(0, (x,))
-    metrics(1, x * 0.5)
+    metrics(x, 0)
+    metrics(x * 0.5, 1)
     # row 2: mean 2, deviations -2,-2,-2,6: var 12, 4th moment (3*16 + 1296)/4 = 336 -> 336/144
     k_rows = (1.0 + 336 / 144) / 2
     summary = metrics.summary()

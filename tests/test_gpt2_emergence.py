@@ -421,7 +421,7 @@ def test_zero_random_zeroes_as_many_unflagged_entries():
     h[0, 0, 3] = 5000.0
     h[0, 7, 3] = 4000.0
     edit = interventions.OutlierEdit("zero_random", rule=interventions.Rule(factor=100))
-    out = edit(0, h)
+    out = edit(h, 0)
     assert edit.edited == 2
     assert out[0, 0, 3] == 5000.0 and out[0, 7, 3] == 4000.0  # the outliers themselves are kept
     assert int((out == 0).sum()) == 2

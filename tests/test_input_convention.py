@@ -281,7 +281,7 @@ def test_the_dtypes_that_would_hold_an_overflow():
     logits = torch.zeros(1, 3, 5)
     logits[0, 2, 4] = float("nan")
     with pytest.raises(UserError, match="the logits are nan at token 2, vocabulary entry 4, in float32"):
-        finite.Guard().logits(None, (), logits)
+        finite.Guard().logits(logits)
 
 
 def test_fixed_channels_counts_the_prompts_largest_outlier_where_a_smaller_one_comes_first():

@@ -11,7 +11,6 @@ from lib.paper_figures.figure import PROMPT_FLAGS, Figure, View, cell, drawn
 from lib.paper_figures.scan import main_outlier, persistent_channel_values, prompt_scan, strongest_layer
 from lib.text_numbers import sig
 from monkey_patch import Capture
-from monkey_patch.adapters import get_submodule
 
 
 def _capture(ctx, points, layer):
@@ -35,16 +34,9 @@ def _outlier(ctx, scan):
 def _mlp_write(ctx, layer, token, channel, down_out):
     """What the MLP adds to the residual at (token, channel): down_proj's output, or for sandwich-norm
     families (Gemma 2/3) that output after the post-feedforward norm."""
-    post = get_submodule(ctx.view.layers[layer], ctx.view.family.mlp_out_norm)
-    if post is None:
+    if ctx.view.family.mlp_out_norm is None:
         return down_out
-    seen = {}
-    handle = post.register_forward_hook(lambda m, i, o: seen.setdefault("out", o.detach()))
-    try:
-        ctx.forward(ctx.prompt()[0])
-    finally:
-        handle.remove()
-    return seen["out"][0, token, channel].float().item()
+    return _capture(ctx, ["mlp_out"], layer)["mlp_out"][token, channel].item()
 
 
 def _need_mlp(ctx):

@@ -51,8 +51,8 @@ def _activation_stats(ctx):
             ctx.forward(ids[s: s + 1])
             for point in points:
                 for layer in range(n_layers):
-                    stats[point][layer].append(cap[point, layer][0][0])
-            cap.results.clear()
+                    stats[point][layer].append(cap.reduced(point, layer)[0][0])
+            cap.clear()
     ctx.cache[key] = (ids, info, stats)
     return ctx.cache[key]
 
@@ -202,7 +202,7 @@ def attention(ctx):
         for s in sequences(ids, "attention"):
             ctx.forward(ids[s: s + 1])
             for layer in range(n_layers):
-                sums = cap["attn.pattern", layer][0][0]  # [heads, keys]
+                sums = cap.reduced("attn.pattern", layer)[0][0]  # [heads, keys]
                 cumulative = sums.mean(0)
                 ranked = torch.sort(cumulative, descending=True).values
                 top1[layer] += ranked[0].item() / n
@@ -218,7 +218,7 @@ def attention(ctx):
                 if keys:
                     head_ratio[layer] += outliers.head_outlier_ratio_from_sums(sums, keys)
                 first_key[layer] += sums[:, 0] / sums.shape[1] / n
-            cap.results.clear()
+            cap.clear()
     # per-head ratio: averaged over the sequences in which the layer has outlier keys
     head_ratio = [ratio / max(count, 1) for ratio, count in zip(head_ratio, flagged)]
     rows = [{"layer": i, "top": [top1[i], top2[i]], "median": median[i],

@@ -65,7 +65,7 @@ def compute(ctx):
     net, blocks, logits_fn = _model_parts(ctx)
     rule = interventions.Rule(factor=ctx.args.outlier_factor, min_abs=ctx.args.outlier_min_abs)
     ids, tokens = ctx.prompt()
-    scan = interventions.scan_outliers(blocks, ctx.forward, ids.to(ctx.input_device), rule)
+    scan = interventions.scan_outliers(net, ctx.forward, ids.to(ctx.input_device), rule)
     keys = relocation.outlier_tokens(scan)[0]
     if not keys:  # no outlier by the rule: the prompt's largest entry stands in, and the JSON says so
         with relocation.track(net, attention=False) as where:

@@ -32,9 +32,9 @@ def prompt_scan(ctx) -> dict:
     with Capture(ctx.model, points, reduce=reduce) as cap:
         ctx.forward(ids)
     layers = range(ctx.view.num_layers)
-    resid = [cap["resid_post", i][0] for i in layers]
-    down = [cap["mlp.down_in", i][0] for i in layers] if "mlp.down_in" in points else None
-    sums = [cap["attn.pattern", i][0] for i in layers] if "attn.pattern" in points else None
+    resid = [cap.reduced("resid_post", i)[0] for i in layers]
+    down = [cap.reduced("mlp.down_in", i)[0] for i in layers] if "mlp.down_in" in points else None
+    sums = [cap.reduced("attn.pattern", i)[0] for i in layers] if "attn.pattern" in points else None
     scan = {
         "ids": ids, "tokens": tokens, "resid": resid, "down": down, "attn_sums": sums,
         "resid_layers": [i for i in layers if resid[i]["tokens"]],
@@ -64,7 +64,7 @@ def persistent_channel_values(ctx, channel: int) -> torch.Tensor:
     pick = lambda point, layer, tensor: tensor[0, :, channel].float().cpu()  # noqa: E731
     with Capture(ctx.model, ["resid_post"], reduce=pick) as cap:
         ctx.forward(ids)
-    return torch.stack([cap["resid_post", i][0] for i in range(ctx.view.num_layers)])
+    return torch.stack([cap.reduced("resid_post", i)[0] for i in range(ctx.view.num_layers)])
 
 
 def writer_unit(ctx, layer: int, token: int, channel: int) -> tuple[int, float]:

@@ -108,10 +108,10 @@ def compute(ctx):
     with Capture(ctx.model, ["resid_post", "attn.pattern"], reduce=reduce) as cap:
         for s in sequences(ids, "compression"):
             ctx.forward(ids[s: s + 1])
-            per_window.append([{**cap["resid_post", layer][0][0],
-                                "attention": outliers.mean_attention_from_sums(cap["attn.pattern", layer][0][0])}
+            per_window.append([{**cap.reduced("resid_post", layer)[0][0],
+                                "attention": outliers.mean_attention_from_sums(cap.reduced("attn.pattern", layer)[0][0])}
                                for layer in range(n_layers)])
-            cap.results.clear()
+            cap.clear()
     windows = [_outlier_token(ctx, ids[s], layers, s) for s, layers in enumerate(per_window)]
     rows = [_layer_row(layer, [w[layer] for w in per_window], windows) for layer in range(n_layers)]
     outlier_layers = majority_layers([r["windows_with_outliers"] for r in rows], n)
