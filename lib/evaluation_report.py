@@ -14,8 +14,12 @@ def _fmt(x) -> str:
 
 
 def markdown(report: dict) -> str:
+    """consequences.md: what was run, every table with its definitions, and where the outlier and the sink went."""
+    return "\n".join(header(report) + tables(report) + where_section(report["results"])) + "\n"
+
+
+def header(report: dict) -> list[str]:
     rows = report["results"]
-    methods = report["methods"]
     lines = [f"# Consequences of systematic outliers: {report['title']}", "",
              f"Command: `{report['command']}`", "", STATEMENT, ""]
     if rows and rows[0]["data"].get("input"):
@@ -24,15 +28,30 @@ def markdown(report: dict) -> str:
         from lib.provenance import short
         lines += [f"Made by {short(rows[0]['provenance'])}.", ""]
     for r in rows[:1]:
-        d = r["data"]
-        lines.append(f"Data: {d['source']} ({d['split']}), {d['windows']} windows x {d['seqlen']} tokens; "
-                     f"calibration {d['calib_windows']} windows ({d['calib_split']}).")
-        if "note" in d:
-            lines.append(f"Note: {d['note']}.")
+        lines.append(data_line(r["data"]))
+        if "note" in r["data"]:
+            lines.append(f"Note: {r['data']['note']}.")
+    return lines
+
+
+def data_line(d: dict) -> str:
+    return (f"Data: {d['source']} ({d['split']}), {d['windows']} windows x {d['seqlen']} tokens; "
+            f"calibration {d['calib_windows']} windows ({d['calib_split']}).")
+
+
+def tables(report: dict, brief: bool = False) -> list[str]:
+    """Every table of consequences.md; brief: without the definitions under each and the scale test's per-layer
+    table (a page that states the definitions once)."""
+    return (_compression(report, brief) + _attention(report, brief) + _sites(report, brief) + _bos(report, brief)
+            + (scale_test.markdown(report["results"], brief) if report.get("scale_test") else []))
+
+
+def _compression(report: dict, brief: bool) -> list[str]:
+    rows, methods = report["results"], report["methods"]
     title = "Perplexity under compression" if methods else "Perplexity and outlier metrics"
-    lines += ["", f"## {title}", "",
-              "| model | fp32 | " + "".join(f"{m} | " for m in methods) + "max inf-norm | avg kurtosis |",
-              "|---" * (len(methods) + 4) + "|"]
+    lines = ["", f"## {title}", "",
+             "| model | fp32 | " + "".join(f"{m} | " for m in methods) + "max inf-norm | avg kurtosis |",
+             "|---" * (len(methods) + 4) + "|"]
     for r in rows:
         cells = [_fmt(r["baseline"]["ppl"])] + [_fmt(r["compression"][m]["ppl"]) for m in methods]
         cells += [_fmt(r["outlier_metrics"]["max_inf_norm"]), _fmt(r["outlier_metrics"]["avg_kurtosis"])]
@@ -43,81 +62,99 @@ def markdown(report: dict) -> str:
                 runs = r["compression"][m]["runs"]
                 lines.append(f"\n{r['name']}, {m}: {r['compression'][m]['jitter']} (runs {_fmt(min(runs))} to "
                              f"{_fmt(max(runs))}: it rounds activations, so it is unstable by nature).")
-    lines += [""] + (["Methods: " + "; ".join(f"{m}: {compression.METHODS[m]}" for m in methods) + "."] if methods else []) + [
-              "Outlier metrics (Bondarenko et al. 2023) on the evaluation windows: max |h| over all block outputs; "
-              "kurtosis of each token's block output over channels, averaged over tokens and blocks (Gaussian: 3).", ""]
+    if brief:
+        return lines + [""]
+    return lines + [""] + (["Methods: " + "; ".join(f"{m}: {compression.METHODS[m]}" for m in methods) + "."]
+                           if methods else []) + [METRICS, ""]
+
+
+METRICS = ("Outlier metrics (Bondarenko et al. 2023) on the evaluation windows: max |h| over all block outputs; "
+           "kurtosis of each token's block output over channels, averaged over tokens and blocks (Gaussian: 3).")
+SINKS = ("Sinks are found in each window from an unmasked forward: in every layer, the keys with "
+         + interventions.analysis.ATTENTION_RULE + " (cumulative attention: the head average summed over queries)"
+         ". mask_attn_sink: each layer's sink keys are masked in that layer (every query but the key's own "
+         "token loses them); mask_attn_random: each sink key swapped for another token drawn at random, the "
+         "same swap in every layer (a control). No activation outlier is needed.")
+SITES = ("An outlier layer has outliers in at least half of the calibration windows. zero / mean: the outlier "
+         "entries of that block's output, detected in each evaluation window, set to 0 / to their channel's mean over "
+         "the calibration windows; zero_random: as many other entries of that output, drawn at random, set to 0 (the "
+         "control). mask_sink: every later block may not attend to that window's outlier tokens (each token still sees "
+         "itself); mask_random: the same number of other tokens, drawn at random, masked the same way (a control).")
+WITHOUT_BOS = ("The same evaluation windows without the special tokens the tokenizer prepends (the original code's "
+               "input), scoring the same targets: every text token of a window but the first.")
+
+
+def _attention(report: dict, brief: bool) -> list[str]:
+    rows = report["results"]
     attention = [m for m in report["interventions"] if m in ATTENTION_INTERVENTIONS]
-    if attention:
-        lines += ["## Attention sinks masked", "",
-                  "| model | fp32 | " + " | ".join(attention) + " | sink keys / window | (layer, key) pairs / window |",
-                  "|---" * (len(attention) + 4) + "|"]
-        for r in rows:
-            found = r["interventions"].get("attention_sinks", {})
-            counts = found.get("mask_attn_sink", next(iter(found.values()), {}))
-            lines.append(f"| {r['name']} | {_fmt(r['baseline']['ppl'])} | "
-                         + " | ".join(_fmt(found.get(m, {}).get("ppl")) for m in attention)
-                         + f" | {_fmt(counts.get('masked_keys_per_window'))}"
-                         + f" | {_fmt(counts.get('masked_layer_keys_per_window'))} |")
-        lines += ["", "Sinks are found in each window from an unmasked forward: in every layer, the keys with "
-                  + interventions.analysis.ATTENTION_RULE
-                  + " (cumulative attention: the head average summed over queries)"
-                  + ". mask_attn_sink: each layer's sink keys are masked in that layer (every query but the key's own "
-                  "token loses them); mask_attn_random: each sink key swapped for another token drawn at random, the "
-                  "same swap in every layer (a control). No activation outlier is needed.", ""]
-        for r in rows:
-            for m, entry in r["interventions"].get("attention_sinks", {}).items():
-                if entry.get("note"):
-                    lines.append(f"- {r['name']}, {m}: {entry['note']}")
+    if not attention:
+        return []
+    lines = ["## Attention sinks masked", "",
+             "| model | fp32 | " + " | ".join(attention) + " | sink keys / window | (layer, key) pairs / window |",
+             "|---" * (len(attention) + 4) + "|"]
+    for r in rows:
+        found = r["interventions"].get("attention_sinks", {})
+        counts = found.get("mask_attn_sink", next(iter(found.values()), {}))
+        lines.append(f"| {r['name']} | {_fmt(r['baseline']['ppl'])} | "
+                     + " | ".join(_fmt(found.get(m, {}).get("ppl")) for m in attention)
+                     + f" | {_fmt(counts.get('masked_keys_per_window'))}"
+                     + f" | {_fmt(counts.get('masked_layer_keys_per_window'))} |")
+    lines += [""] + ([] if brief else [SINKS, ""])
+    for r in rows:
+        for m, entry in r["interventions"].get("attention_sinks", {}).items():
+            if entry.get("note"):
+                lines.append(f"- {r['name']}, {m}: {entry['note']}")
+    return lines
+
+
+def _sites(report: dict, brief: bool) -> list[str]:
+    rows = report["results"]
     wanted = [m for m in report["interventions"] if m not in ATTENTION_INTERVENTIONS]
-    if wanted:
-        lines += ["## Interventions on the activation outliers", "",
-                  "| model | site | layer | outlier channels (calibration) | fp32 | " + " | ".join(wanted)
-                  + " | outlier tokens / window |", "|---" * (len(wanted) + 6) + "|"]
-        for r in rows:
-            iv = r["interventions"]
-            if not iv.get("sites"):
-                lines.append(f"| {r['name']} | none found | - | - | {_fmt(r['baseline']['ppl'])} | "
-                             + " | ".join("n/a" for _ in wanted) + " | 0 |")
-            for site in iv.get("sites", []):
-                per_window = next((site[m]["outlier_tokens_per_window"] for m in ("zero", "mean") if m in site), None)
-                channels = ", ".join(site["calibration_means"])
-                where = "first outlier layer" if site["site"] == "first" else \
-                    f"where channel {iv['dominant_channel']} (largest outliers) appears"
-                lines.append(f"| {r['name']} | {where} | {site['layer']} | {channels} | "
-                             f"{_fmt(r['baseline']['ppl'])} | "
-                             + " | ".join(_fmt(site.get(m, {}).get("ppl")) for m in wanted) + f" | {_fmt(per_window)} |")
-        lines += ["", "Detection rule: " + report["outlier_rule"] + ". An outlier layer has outliers "
-                  "in at least half of the calibration windows. zero / mean: the outlier entries of that block's "
-                  "output, detected in each evaluation window, set to 0 / to their channel's mean over the "
-                  "calibration windows; zero_random: as many other entries of that output, drawn at random, set to 0 (the control). "
-                  "mask_sink: every later block may not attend to that window's outlier tokens "
-                  "(each token still sees itself); mask_random: the same number of other tokens, drawn at random, masked "
-                  "the same way (a control).", ""]
-        for r in rows:
-            iv = r["interventions"]
-            if iv.get("outlier_layers"):
-                lines.append(f"- {r['name']}: outlier layers {iv['outlier_layers']}; "
-                             f"largest outliers in channel {iv['dominant_channel']}")
-            if iv.get("note"):
-                lines.append(f"- {r['name']}: {iv['note']}")
-            for site in iv.get("sites", []):
-                for m in wanted:
-                    if site.get(m, {}).get("note"):
-                        lines.append(f"- {r['name']}, {m}: {site[m]['note']}")
-    removed = [r for r in rows if r.get("bos_removed")]
-    if removed:
-        lines += ["## Without the BOS", "", "| model | removed | fp32 | without | NLL change (nats) | massive moved | "
-                  "sink moved |", "|---" * 7 + "|"]
-        for r in removed:
-            e = r["bos_removed"]
-            lines.append(f"| {r['name']} | {', '.join(t['token'] for t in e['removed'])} | {_fmt(r['baseline']['ppl'])} | "
-                         f"{_fmt(e['ppl'])} | {e['nll_change']:+.3f} ± {e['nll_change_stderr'] or 0:.3f} | "
-                         f"{_fmt(e['moved'].get('massive_moved'))} | {_fmt(e['moved'].get('sink_moved'))} |")
-        lines += ["", "The same evaluation windows without the special tokens the tokenizer prepends (the original "
-                  "code's input), scoring the same targets: every text token of a window but the first.", ""]
-    if report.get("scale_test"):
-        lines += scale_test.markdown(rows)
-    return "\n".join(lines + where_section(rows)) + "\n"
+    if not wanted:
+        return []
+    lines = ["## Interventions on the activation outliers", "",
+             "| model | site | layer | outlier channels (calibration) | fp32 | " + " | ".join(wanted)
+             + " | outlier tokens / window |", "|---" * (len(wanted) + 6) + "|"]
+    for r in rows:
+        iv = r["interventions"]
+        if not iv.get("sites"):
+            lines.append(f"| {r['name']} | none found | - | - | {_fmt(r['baseline']['ppl'])} | "
+                         + " | ".join("n/a" for _ in wanted) + " | 0 |")
+        for site in iv.get("sites", []):
+            per_window = next((site[m]["outlier_tokens_per_window"] for m in ("zero", "mean") if m in site), None)
+            channels = ", ".join(site["calibration_means"])
+            where = "first outlier layer" if site["site"] == "first" else \
+                f"where channel {iv['dominant_channel']} (largest outliers) appears"
+            lines.append(f"| {r['name']} | {where} | {site['layer']} | {channels} | "
+                         f"{_fmt(r['baseline']['ppl'])} | "
+                         + " | ".join(_fmt(site.get(m, {}).get("ppl")) for m in wanted) + f" | {_fmt(per_window)} |")
+    lines += [""] + ([] if brief else ["Detection rule: " + report["outlier_rule"] + ". " + SITES, ""])
+    for r in rows:
+        iv = r["interventions"]
+        if iv.get("outlier_layers"):
+            lines.append(f"- {r['name']}: outlier layers {iv['outlier_layers']}; "
+                         f"largest outliers in channel {iv['dominant_channel']}")
+        if iv.get("note"):
+            lines.append(f"- {r['name']}: {iv['note']}")
+        for site in iv.get("sites", []):
+            for m in wanted:
+                if site.get(m, {}).get("note"):
+                    lines.append(f"- {r['name']}, {m}: {site[m]['note']}")
+    return lines
+
+
+def _bos(report: dict, brief: bool) -> list[str]:
+    removed = [r for r in report["results"] if r.get("bos_removed")]
+    if not removed:
+        return []
+    lines = ["## Without the BOS", "", "| model | removed | fp32 | without | NLL change (nats) | massive moved | "
+             "sink moved |", "|---" * 7 + "|"]
+    for r in removed:
+        e = r["bos_removed"]
+        lines.append(f"| {r['name']} | {', '.join(t['token'] for t in e['removed'])} | {_fmt(r['baseline']['ppl'])} | "
+                     f"{_fmt(e['ppl'])} | {e['nll_change']:+.3f} ± {e['nll_change_stderr'] or 0:.3f} | "
+                     f"{_fmt(e['moved'].get('massive_moved'))} | {_fmt(e['moved'].get('sink_moved'))} |")
+    return lines + [""] + ([] if brief else [WITHOUT_BOS, ""])
 
 
 def _entries(r: dict):

@@ -35,3 +35,30 @@ def read_current(path: Path) -> dict:
         raise UserError(f"{path} counts layers from 1 (written before layers were {LAYERS_ARE}): regenerate it with "
                         "its command (provenance.command) first")
     return result
+
+
+# the keys whose values are layer numbers (an int, a list of ints, or a dict keyed by layer) in the result JSONs
+LAYER_KEYS = frozenset({"layer", "layers", "outlier_layers", "flagged_layers", "paper_rule_layers", "masked_layers",
+                        "largest_layer", "first_layer", "first_sink_layer", "sink_first_layer", "highest_layer",
+                        "lowest_layer", "late_layer_shown", "massive_layer", "edited_layer"})
+
+
+def as_zero_based(result: dict) -> dict:
+    """A result JSON with 0-based layers: as it is where it says so, else a copy with every layer one less (the
+    provenance left as it was) that says `layers_are` "0-based"."""
+    if not written_one_based(result):
+        return result
+    return {**_shift(result, -1), "layers_are": LAYERS_ARE}
+
+
+def _shift(value, by: int, layers: bool = False):
+    """A copy of value with every layer number moved by `by`; `layers`: value is held by one of LAYER_KEYS."""
+    if isinstance(value, dict):
+        keyed = layers and all(k.isdigit() for k in value)  # {layer: ...}, as the scale test writes its layers
+        return {(str(int(k) + by) if keyed else k): v if k == "provenance" else _shift(v, by, k in LAYER_KEYS)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shift(v, by, layers) for v in value]
+    if layers and isinstance(value, int) and not isinstance(value, bool):
+        return value + by
+    return value

@@ -274,9 +274,18 @@ def measure(model, run, logits_fn, windows, calib, baseline, log=print, rule=Non
     return out
 
 
-def markdown(rows) -> list[str]:
+DEFINITIONS = ("Perplexity (change of the mean token NLL against fp32 ± its paired standard error over windows). "
+               "In every layer, that layer's sink keys (found per window as for mask_attn_sink): mask = masked and "
+               "renormalised; oracle_scale = masked, times 1 - a_s of the unmasked forward; drop_sink_value = the "
+               "sinks' term w v removed; sink_value_only = their values set to 0 (the last three agree in exact "
+               "arithmetic); const_scale = masked, times the head's calibration mean of 1 - a_s; fitted_scale = "
+               "masked, times 2 sigmoid(w.x + b) fitted per head on calibration windows (lib/scale_test.py); a layer "
+               "whose sinks never showed in calibration stays masked in those two (counted in the JSON).")
+
+
+def markdown(rows, brief: bool = False) -> list[str]:
     """The scale test's section of consequences.md: perplexity per mode, then per layer the sink shares, the
-    scales and fits, and the sinks' value norms."""
+    scales and fits, and the sinks' value norms (brief: the perplexity table alone)."""
     def cell(entry):
         if entry.get("ppl") is None:
             return "n/a"
@@ -290,13 +299,9 @@ def markdown(rows) -> list[str]:
         if "modes" in test:
             lines.append(f"| {r['name']} | {sig(r['baseline']['ppl'])} | "
                          + " | ".join(cell(test["modes"][m]) for m in MODES) + " |")
-    lines += ["", "Perplexity (change of the mean token NLL against fp32 ± its paired standard error over windows). "
-              "In every layer, that layer's sink keys (found per window as for mask_attn_sink): mask = masked and "
-              "renormalised; oracle_scale = masked, times 1 - a_s of the unmasked forward; drop_sink_value = the "
-              "sinks' term w v removed; sink_value_only = their values set to 0 (the last three agree in exact "
-              "arithmetic); const_scale = masked, times the head's calibration mean of 1 - a_s; fitted_scale = "
-              "masked, times 2 sigmoid(w.x + b) fitted per head on calibration windows (lib/scale_test.py); a layer "
-              "whose sinks never showed in calibration stays masked in those two (counted in the JSON).", "",
+    if brief:
+        return lines + [""]
+    lines += ["", DEFINITIONS, "",
               "| model | layer | queries (calibration) | a_s mean (10/50/90%) | fit R^2 (held out) | const R^2 "
               "| sink |v| / median |v| (10/50/90%) |", "|---" * 7 + "|"]
     for r in rows:

@@ -22,10 +22,11 @@ def _read(folder: Path, name: str) -> dict:
     return read_current(path) if path.is_file() else {}
 
 
-def model_row(folder: Path, consequences_dir: Path | None = None) -> dict:
+def model_row(folder: Path, consequences_dir: Path | None = None, read=_read) -> dict:
     """The summary of one model's figure folder: what each registered figure gives the table from its JSON (its
-    defaults where the JSON is missing), and the consequences if consequences_dir/<model>/ has them."""
-    results = {name: _read(folder, name) for name in FIGURES}
+    defaults where the JSON is missing; read(folder, name) reads it), and the consequences if
+    consequences_dir/<model>/ has them."""
+    results = {name: read(folder, name) for name in FIGURES}
     first = next((r for r in results.values() if r), {})
     row = {"model": first.get("model", folder.name), "title": first.get("title", folder.name)}
     for name, figure in FIGURES.items():

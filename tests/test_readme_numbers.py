@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-READMES = ("README.md", "gpt-2/README.md", "results/consequences/README.md", "gpt-2/results/README.md",
-           "gpt-2/results/emergence/README.md", "bench/README.md")
+READMES = ("README.md", "gpt-2/README.md", "gpt-2/results/README.md", "gpt-2/results/emergence/README.md",
+           "bench/README.md")  # the pages lib/pages.py renders are checked whole by tests/test_pages.py
 # a number: digits with optional thousands commas, decimals and exponent (3e-2), not part of a name (fp32, gpt-2,
 # llama2_7b, R^2)
 NUMBER = re.compile(r"(?<![\w^.])(?<![A-Za-z]-)\d+(?:,\d{3})*(?:\.\d+)?(?:e[+-]?\d+)?")
@@ -95,10 +95,6 @@ def g4(x):
     return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.3e}"
 
 
-def power_of_ten(x):
-    return f"1e{round(math.log10(x))}"
-
-
 def percent_change(after, before):
     return 100 * (after / before - 1)
 
@@ -132,29 +128,6 @@ def emergence_facts():
 
 def steps(streak) -> str:
     return f"{streak['first'] // 1000}k-{streak['last'] // 1000}k"
-
-def consequences_tables(folder, tables):
-    """The rows of consequences.md's tables (compression, sinks, sites) for every model of a results folder."""
-    report, rows = consequences(folder), []
-    for r in report["results"]:
-        base, c, iv = r["baseline"]["ppl"], r["compression"], r["interventions"]
-        if "compression" in tables:
-            m = r["outlier_metrics"]
-            rows.append(f"| {r['name']} | {g4(base)} | " + " | ".join(g4(c[k]["ppl"]) for k in report["methods"])
-                        + f" | {g4(m['max_inf_norm'])} | {g4(m['avg_kurtosis'])} |")
-        if "sinks" in tables:
-            a = iv["attention_sinks"]
-            rows.append(f"| {r['name']} | {g4(base)} | {g4(a['mask_attn_sink']['ppl'])} | "
-                        f"{g4(a['mask_attn_random']['ppl'])} | {g4(a['mask_attn_sink']['masked_keys_per_window'])} | "
-                        f"{g4(a['mask_attn_sink']['masked_layer_keys_per_window'])} |")
-        for site in iv.get("sites", []) if "sites" in tables else []:
-            where = "first outlier layer" if site["site"] == "first" else \
-                f"where channel {iv['dominant_channel']} (largest outliers) appears"
-            modes = [m for m in report["interventions"] if m in site]
-            rows.append(f"| {r['name']} | {where} | {site['layer']} | {', '.join(site['calibration_means'])} | "
-                        f"{g4(base)} | " + " | ".join(g4(site[m]["ppl"]) for m in modes)
-                        + f" | {g4(site['zero']['outlier_tokens_per_window'])} |")
-    return rows
 
 
 def variant_table(folder):
@@ -664,168 +637,6 @@ def emergence_readme():
             f"with the figure rule at {criteria['ratio']:g} x the median"]
 
 
-# --- results/consequences/README.md -----------------------------------------------------------------------------------
-
-def consequences_gemma():
-    """results/consequences/README.md on Gemma 3 270M: its tables, then what the numbers say."""
-    r, no_bos = (consequences(f)["results"][0] for f in ("gemma3_270m", "gemma3_270m/no_bos"))
-    data, base, c, iv, m = r["data"], r["baseline"], r["compression"], r["interventions"], r["outlier_metrics"]
-    removed = r["bos_removed"]
-    moved = lambda kind: f"{round(removed['moved'][kind + '_moved'] * data['windows'])} of {data['windows']}"  # noqa: E731
-    first, dominant = iv["sites"]
-    a = iv["attention_sinks"]
-    pct = lambda entry: percent_change(entry["ppl"], base["ppl"])  # noqa: E731
-    nats = lambda entry: f"{entry['nll_change']:+.3f} ± {entry['nll_change_stderr']:.3f}"  # noqa: E731
-    peak_block = max(range(len(m["per_layer_inf_norm"])), key=m["per_layer_inf_norm"].__getitem__) + 1
-    layers = iv["outlier_layers"]
-    return consequences_tables("gemma3_270m", ("compression", "sinks", "sites")) + [
-        f"**{data['windows']} windows x {data['seqlen']} tokens**", f"({base['tokens']:,} predicted tokens",
-        f"calibration {data['calib_windows']} windows x {data['seqlen']}",
-        f"found at block outputs {layers[0]}-{layers[-1]}",
-        f"Block {first['layer']} already has outliers in channel {', '.join(first['calibration_means'])},\non about "
-        f"{first['zero']['outlier_tokens_per_window']:.0f} tokens per {data['seqlen']}-token window",
-        f"(up to {power_of_ten(m['max_inf_norm'])} by block\n{peak_block}) sit in channel {iv['dominant_channel']} from "
-        f"block {dominant['layer']} on, on about {dominant['zero']['outlier_tokens_per_window']:.0f} tokens per window",
-        f"|h| = {power_of_ten(m['max_inf_norm'])} with an average kurtosis of {m['avg_kurtosis']:.0f}",
-        f"Zeroing the ~{dominant['zero']['outlier_tokens_per_window']:.0f} channel-{iv['dominant_channel']} entries per "
-        f"window\nat block {dominant['layer']} raises perplexity from {ppl(base['ppl'])} to "
-        f"{ppl(dominant['zero']['ppl'])} (+{pct(dominant['zero']):.0f}%); setting them to their calibration mean "
-        f"instead\nleaves it at {ppl(dominant['mean']['ppl'])}",
-        f"Masking those ~{dominant['mask_sink']['masked_keys_per_window']:.0f} tokens as keys in every later block costs "
-        f"{ppl(dominant['mask_sink']['ppl'])} (+{pct(dominant['mask_sink']):.0f}%), while masking as many\nrandom "
-        f"tokens costs {ppl(dominant['mask_random']['ppl'])} (+{pct(dominant['mask_random']):.1f}%)",
-        f"At block {first['layer']} (channel {', '.join(first['calibration_means'])}, "
-        f"~{first['zero']['outlier_tokens_per_window']:.0f} tokens per\nwindow) the same pattern holds (zero "
-        f"{ppl(first['zero']['ppl'])}, mean {ppl(first['mean']['ppl'])}), but masking "
-        f"{first['mask_sink']['masked_keys_per_window']:.0f} keys hurts both for the outlier\ntokens "
-        f"({ppl(first['mask_sink']['ppl'])}) and for random ones ({ppl(first['mask_random']['ppl'])})",
-        f"({a['mask_attn_sink']['masked_keys_per_window']:.1f} keys per window on average, in "
-        f"{a['mask_attn_sink']['masked_layer_keys_per_window']:.1f} (layer, key) pairs) costs "
-        f"+{pct(a['mask_attn_sink']):.0f}% ({ppl(a['mask_attn_sink']['ppl'])},\n"
-        f"{nats(a['mask_attn_sink'])} nats) against +{pct(a['mask_attn_random']):.1f}% for random keys "
-        f"({ppl(a['mask_attn_random']['ppl'])})",
-        f"costs nothing ({ppl(first['zero_random']['ppl'])} and {ppl(dominant['zero_random']['ppl'])})",
-        f"costs +{pct(c['w8_tensor']):.0f}% ({ppl(c['w8_tensor']['ppl'])}), 8-bit per output channel nothing "
-        f"({ppl(c['w8_channel']['ppl'])})",
-        f"triples perplexity ({c['w4_channel']['ppl']:.0f})",
-        f"costs +{pct(c['w8a8']):.0f}% ({ppl(c['w8a8']['ppl'])};\nthe median of {len(c['w8a8']['runs'])} runs, which "
-        f"span {ppl(min(c['w8a8']['runs']))} to {ppl(max(c['w8a8']['runs']))}",
-        f"with absmax scales of {power_of_ten(m['max_inf_norm'])}",
-        f"destroys this small model ({ppl(c['prune50']['ppl'])})",
-        f"(channel-{iv['dominant_channel']} zero {nats(dominant['zero'])} nats, its key mask {nats(dominant['mask_sink'])} vs "
-        f"random keys {nats(dominant['mask_random'])},\nmean {nats(dominant['mean'])}; w8_tensor {nats(c['w8_tensor'])}, "
-        f"w8a8 {nats(c['w8a8'])})",
-        f"The same {data['windows']} windows without their `<bos>` (the original code's input, `bos_removed`), scoring the "
-        f"same {removed['tokens']:,}\ntargets: {ppl(removed['ppl'])} ({nats(removed)} nats); the massive activation moves "
-        f"to another token in {moved('massive')} windows and the\nsink in {moved('sink')}",
-        f"(`--no-bos`: windows of {no_bos['data']['seqlen']} text\ntokens, as the earlier runs had; perplexity "
-        f"{ppl(no_bos['baseline']['ppl'])})",
-        f"Small samples: {data['windows']} windows on Gemma", f"on the same {data['windows']} windows",
-        f"but {data['windows']} windows of one held-out text",
-        f"where Gemma's channel {iv['dominant_channel']} costs {pct(dominant['zero']):.0f}%"]
-
-
-def consequences_backcopy():
-    """The gpt-2 variants on the backcopy task: tables, the sink masking and the compression reading."""
-    report = consequences("gpt2_backcopy")
-    r = {x["name"]: x for x in report["results"]}
-    data, info, train = r["default"]["data"], r["default"]["info"], config("train_backcopy.py")
-    change = backcopy_sink_changes()
-    paper = ("default", "vbias", "cabias", "attn_bias")
-    sink = [change[v]["mask_attn_sink"] for v in paper]
-    rand = [change[v]["mask_attn_random"] for v in paper]
-    a = lambda v: r[v]["interventions"]["attention_sinks"]["mask_attn_sink"]  # noqa: E731
-    arrow = lambda v: f"{g4(r[v]['baseline']['ppl'])} -> {g4(a(v)['ppl'])}"  # noqa: E731
-    metrics = [x["outlier_metrics"] for x in r.values()]
-    peaks, kurtosis = [x["max_inf_norm"] for x in metrics], [x["avg_kurtosis"] for x in metrics]
-    cost = lambda v, m: percent_change(r[v]["compression"][m]["ppl"], r[v]["baseline"]["ppl"])  # noqa: E731
-    eight = max(cost(v, m) for v in r for m in ("w8_tensor", "w8_channel", "w8a8"))
-    stderr = sorted(x["compression"][m]["nll_change_stderr"] for x in r.values() for m in ("w4_tensor", "prune50"))
-    median = (stderr[len(stderr) // 2 - 1] + stderr[len(stderr) // 2]) / 2
-    floor = re.search(r"[|]h[|] > (\d+)", report["outlier_rule"]).group(1)
-
-    def nats(v, method):
-        c = r[v]["compression"][method]
-        return f"+{c['nll_change']:.3f} ± {c['nll_change_stderr']:.3f}"
-
-    def apart(a, b, method):
-        """The difference of two variants' NLL changes in their combined standard errors (independent windows' errors
-        treated as independent: the JSON keeps no paired error between variants)."""
-        x, y = r[a]["compression"][method], r[b]["compression"][method]
-        return abs(x["nll_change"] - y["nll_change"]) / math.hypot(x["nll_change_stderr"], y["nll_change_stderr"])
-
-    def least(method):
-        return sorted(r, key=lambda v: r[v]["compression"][method]["nll_change"])
-    top3 = least("prune50")[:3]
-    spread = max(apart(a, b, "prune50") for a in top3 for b in top3 if a != b)
-    return consequences_tables("gpt2_backcopy", ("compression", "sinks")) + [
-        f"All {data['windows']} validation sequences ({data['seqlen']} tokens each, from BOS: "
-        f"{r['default']['baseline']['tokens']:,} predicted tokens); {info['n_layer']}-layer, {train['n_head']}-head,\n"
-        f"{info['n_embd']}-wide models trained {info['iter']:,} steps",
-        f"none of the {WORDS[len(r)]} variants has one under the rule (|h| > {floor} is never\nreached",
-        f"the largest block output is {min(peaks):.0f}-{max(peaks):.0f}, kurtosis about {min(kurtosis):.1f}-"
-        f"{max(kurtosis):.1f}",
-        f"+{min(sink):.0f}% to +{max(sink):.0f}% perplexity (e.g. default {arrow('default')}, NLL\nchange "
-        f"+{a('default')['nll_change']:.3f} ± {a('default')['nll_change_stderr']:.3f} nats), against "
-        f"+{min(rand):.0f}% to +{max(rand):.0f}% for as many random keys",
-        f"costs ca_softmax +{change['ca_softmax']['mask_attn_sink']:.1f}%\n({arrow('ca_softmax')}) and sigmoid nothing "
-        f"({arrow('sigmoid')}; +{a('sigmoid')['nll_change']:.4f} ± {a('sigmoid')['nll_change_stderr']:.4f} nats), less "
-        f"than their random controls (+{change['ca_softmax']['mask_attn_random']:.1f}%, "
-        f"+{change['sigmoid']['mask_attn_random']:.1f}%)",
-        f"(+{change['gated']['mask_attn_sink']:.1f}%, random +{change['gated']['mask_attn_random']:.1f}%),\nclipped "
-        f"softmax needs it partly (+{change['clipped']['mask_attn_sink']:.1f}%, random "
-        f"+{change['clipped']['mask_attn_random']:.1f}%) and softmax1 most of all "
-        f"(+{change['softmax1']['mask_attn_sink']:.0f}%)",
-        f"Here the models are {info['n_layer']}-layer, {info['n_embd']}-wide",
-        f"cost every variant under {0.2 if eight < 0.2 else round(eight, 1)}%",
-        f"At 4-bit per tensor `{least('w4_tensor')[0]}` degrades least ({g4(r['ca_softmax']['compression']['w4_tensor']['ppl'])} vs\n"
-        f"{g4(r['default']['compression']['w4_tensor']['ppl'])} for `default`; {nats('ca_softmax', 'w4_tensor')} against "
-        f"{nats('default', 'w4_tensor')} nats)",
-        f"loses nearly as much as `default` ({nats('vbias', 'w4_tensor')}) and more than `attn_bias` "
-        f"({nats('attn_bias', 'w4_tensor')})" if apart("vbias", "attn_bias", "w4_tensor") > 2 else "vbias as attn_bias",
-        f"Under\n50% pruning `{top3[0]}`, `{top3[1]}` and `{top3[2]}` degrade least ({nats(top3[0], 'prune50')}, "
-        f"{nats(top3[1], 'prune50')} and {nats(top3[2], 'prune50')} nats; `ca_softmax` "
-        f"{g4(r['ca_softmax']['compression']['prune50']['ppl'])} vs {g4(r['default']['compression']['prune50']['ppl'])} "
-        f"for `default`), differences among the three of at most {spread:.1f} of their\ncombined standard errors, so "
-        "their order is not resolved",
-        f"`vbias` prunes worse than `default` ({nats('vbias', 'prune50')}\nagainst {nats('default', 'prune50')}) and "
-        f"`cabias` within the error of it ({nats('cabias', 'prune50')})"
-        if apart("vbias", "default", "prune50") > 2 and apart("cabias", "default", "prune50") <= 1 else "cabias apart",
-        f"over the {data['windows']} sequences: about {median:.3f} nats, {100 * math.expm1(median):.1f}% perplexity"]
-
-
-def consequences_peak():
-    """The activation-outlier search configuration: its tables and what masking and zeroing did."""
-    report = consequences("gpt2_backcopy_peak")
-    r = {x["name"]: x for x in report["results"]}
-    peak, table = config("train_backcopy_peak.py"), variant_rows("backcopy_peak")
-    criteria = load("gpt-2/results/emergence/table.json")["criteria"]
-    factor = re.search(r"> (\d+) x median", report["outlier_rule"]).group(1)
-    sinks = lambda v: r[v]["interventions"]["attention_sinks"]  # noqa: E731
-    site = lambda v: r[v]["interventions"]["sites"][0]  # noqa: E731
-    zero = [percent_change(site(v)["zero"]["ppl"], r[v]["baseline"]["ppl"]) for v in ("default", "attn_bias")]
-    from lib import analysis
-    return consequences_tables("gpt2_backcopy_peak", ("compression", "sinks")) + [
-        f"{peak['n_layer']} layers x {peak['n_embd']} wide, no weight decay, constant lr {peak['learning_rate']:.0e}, "
-        f"{peak['max_iters']:,} steps".replace("e-0", "e-"),
-        f"passes top-1/median {criteria['ratio']:g}", f"Same {r['default']['data']['windows']} sequences",
-        f"lowered to {factor} x the median (`--outlier-factor {factor}`",
-        f"no entry here reaches {analysis.MASSIVE_FACTOR:g} x",
-        f"(block {site('default')['layer']}, BOS, in about {100 * site('default')['zero']['outlier_tokens_per_window']:.0f}"
-        f"% of the windows for default): zeroing them gives default {g4(site('default')['zero']['ppl'])}\nand attn_bias "
-        f"{g4(site('attn_bias')['zero']['ppl'])}, their calibration mean {g4(site('default')['mean']['ppl'])} and "
-        f"{g4(site('attn_bias')['mean']['ppl'])}, masking them as keys in block {site('default')['layer'] + 1}",
-        f"sends default from {r['default']['baseline']['ppl']:.1f} to {g4(sinks('default')['mask_attn_sink']['ppl'])} "
-        f"(random keys: {g4(sinks('default')['mask_attn_random']['ppl'])}); attn_bias, whose extra key k' takes "
-        f"{table['attn_bias']['extra_key_share']:.2f} of\nthe mass, loses nothing "
-        f"({g4(r['attn_bias']['baseline']['ppl'])} -> {g4(sinks('attn_bias')['mask_attn_sink']['ppl'])}), and neither "
-        f"do ca_softmax ({g4(sinks('ca_softmax')['mask_attn_sink']['ppl'])})",
-        f"costs default and attn_bias {min(zero):.1f}-{max(zero):.1f}%",
-        f"({ppl(r['attn_bias']['outlier_metrics']['max_inf_norm'])} vs "
-        f"{ppl(r['default']['outlier_metrics']['max_inf_norm'])})", f"on these {r['default']['data']['seqlen']}-token windows",
-        f"(no weight decay, lr {peak['learning_rate']:.0e})".replace("e-0", "e-")]
-
-
 # --- gpt-2/results/README.md ------------------------------------------------------------------------------------------
 
 def search_lrs():
@@ -917,8 +728,6 @@ CLAIMS = [  # (README, function returning its claims rendered from committed res
     ("README.md", check_tolerances), ("README.md", cross_model), ("README.md", calibration_picture),
     ("README.md", bos_headroom), ("README.md", bos_table), ("README.md", bos_reading),
     ("gpt-2/README.md", gpt2_summary),
-    ("results/consequences/README.md", consequences_gemma), ("results/consequences/README.md", consequences_backcopy),
-    ("results/consequences/README.md", consequences_peak),
     ("gpt-2/results/README.md", gpt2_results_page), ("gpt-2/results/emergence/README.md", emergence_readme),
 ]
 
@@ -933,8 +742,6 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
      "the layer numbering (lib/layer_numbering.py), the date it changed, and the paper's 1-based layer"),
     (EVERY, r"\b[48]-bit|8- and 4-bit|8 bits|50% (?:smallest|magnitude pruning|pruning|pruned)",
      "the compression methods (lib/compression.py)"),
-    (EVERY, r"BOS in about 97% of the windows",
-     "history: counted when the run was made; the JSON keeps how many sink keys a window has, not which"),
     ("README.md", r"ICLR 2025|arXiv 2502\.06415", "the paper's venue and arXiv id"),
     ("README.md", r"float16 \(65,504\)|\(exit status 2\)|at position 0",
      "float16's largest finite value (torch.finfo), the exit status of a user error (lib/errors.py), the first position"),
@@ -967,13 +774,6 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
      "the variants' formulas (gpt-2/model.py)"),
     ("gpt-2/README.md", r"position 0 has nothing|peak on position 0|position 0 always predicts|exit code 3",
      "the first position's index; train.py's exit code for a NaN loss"),
-    ("results/consequences/README.md", r"Gaussian: 3|a Gaussian's 3", "a Gaussian's kurtosis"),
-    ("results/consequences/README.md", r"the 262k-word LM head", "the default model's vocabulary (262,144 tokens)"),
-    ("results/consequences/README.md", r"the seventh digit", "the jitter's size"),
-    ("results/consequences/README.md", r"\(cumulative attention >= 0\.1 x seqlen and >= 2 x the uniform baseline\)|"
-     r"about 1\.5 CPU-hours|145\.5 in the first run", "history: the earlier rule, an estimate, a replaced run"),
-    ("results/consequences/README.md", r"GPT-2 124M trained on OpenWebText: 8-bit absmax 93 \(default\) vs 29 "
-     r"\(context-aware scaling\) perplexity, 50% sparsity 7,235 vs 39", "the paper's numbers, as quoted"),
     ("gpt-2/results/README.md", r"Guo et al\. 2024|\(Gu et al\.\)", "citations"),
     ("gpt-2/results/README.md", r"queries 1\.\.T-1|position 0|In layer 1, every default head|\"\+1\" is a zero key",
      "definitions: the queries with a choice, the first position, the layer the shares above are of, softmax1"),
