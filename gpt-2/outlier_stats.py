@@ -15,12 +15,13 @@ say so (`layers_are`); stats_log.as_zero_based reads logs written when blocks co
 """
 import math
 import os
+from contextlib import nullcontext
 
 import torch
 
 from lib import analysis, outliers
 from lib.gpt2_checkpoints import CheckpointLM
-from monkey_patch import Capture, ModelView
+from monkey_patch import Capture, Edit, ModelView
 from stats_log import LAYERS_ARE
 
 SINK_RATE_THRESHOLD = 0.3
@@ -403,15 +404,13 @@ class Ablator:
 
     def run(self, layer=None, pos=None, channels=None, values=None):
         """(per-sequence loss (B,), per-layer head shares) with h[:, pos, channels] of block `layer` = values."""
-        def edit(module, args, out):
-            out[:, pos, channels] = values
-        # the edit goes into a block's output inside the forward: no capture point of the model serves it
-        hook = self.model.transformer.h[layer].register_forward_hook(edit) if layer is not None else None
-        try:
+        def edit(h, _):
+            h = h.clone()
+            h[:, pos, channels] = values
+            return h
+        lm = CheckpointLM(self.model)
+        with Edit(lm, "resid_post", edit, layers=[layer]) if layer is not None else nullcontext():
             (logits, _), got = captured(self.model, self.seqs, ["attn.pattern"], self.y)
-        finally:
-            if hook is not None:
-                hook.remove()
         nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), self.y.flatten(), ignore_index=-1,
                                                 reduction="none").view(self.y.shape)
         per_seq = nll.sum(1) / (self.y >= 0).sum(1)

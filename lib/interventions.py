@@ -38,7 +38,6 @@ import torch
 from lib import analysis, outliers, reducers
 from lib.gpt2_checkpoints import as_lm
 from monkey_patch import AttentionEdit, Capture, CaptureError, Edit, ModelView, edit_attention, paused
-from monkey_patch.hook_points import scores_edit
 from monkey_patch.routing import hide
 
 
@@ -395,10 +394,9 @@ def masking(model, state: SinkMask):
         raise ValueError(f"{model.config.model_type}: sink masking needs a family on transformers' attention registry")
     view = ModelView(as_lm(model))
     edit = KeyMaskEdit(state)
-    # Hugging Face families mask through the attention router; gpt-2/ GPTs on the scores of their explicit path
-    keys_masked = edit_attention(model, edit) if view.family.registry else scores_edit(view, edit)
     last = view.num_layers - 1
-    with keys_masked, Edit(view.model, "resid_pre", edit.start_forward, layers=[0]), \
+    # Hugging Face families mask through the attention router, gpt-2/ GPTs on the scores of their explicit path
+    with edit_attention(view.model, edit), Edit(view.model, "resid_pre", edit.start_forward, layers=[0]), \
             Edit(view.model, "resid_post", edit.check_applied, layers=[last]):
         yield state
 

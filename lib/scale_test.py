@@ -15,18 +15,17 @@ layer's sink keys (lib.interventions.attention_sinks: the keys mask_attn_sink ma
 A query's own token is never one of its sink keys (masking keeps every token's own key, as mask_attn_sink
 does), so the sink tokens' own rows, and the first token's, stay as they are.
 """
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 
 import torch
 
 from lib import relocation
 from lib.gpt2_checkpoints import as_lm
-from lib.interventions import DEFAULT_RULE, KeyRecord, _gpt2_blocks, attention_sinks, key_mask, supports_sink_mask
+from lib.interventions import DEFAULT_RULE, KeyRecord, attention_sinks, key_mask, supports_sink_mask
 from lib.perplexity import perplexity, summarize
 from lib.text_numbers import sig
 from monkey_patch import AttentionEdit, Edit, ModelView, edit_attention
-from monkey_patch.hook_points import explicit_attention
-from monkey_patch.routing import additive_mask, eager_attention
+from monkey_patch.routing import additive_mask, eager_attention, hide
 
 MODES = ("mask", "oracle_scale", "drop_sink_value", "sink_value_only", "const_scale", "fitted_scale")
 RIDGE = 1e-2  # fitted_scale: ridge penalty relative to the mean squared input (keeps the fit stable)
@@ -168,44 +167,44 @@ def _r2(predicted, actual) -> float:
 # --- wiring: Hugging Face families on the attention registry, and gpt-2/ checkpoints ------------------------------
 
 class ScaleEdit(AttentionEdit):
-    """The scale test as an attention edit (monkey_patch.routing): it replaces each layer's attention output with
-    the mode's (`apply`), computed with the family's eager attention on the mask the router hands it."""
+    """The scale test as an attention edit (monkey_patch.edit_attention): it replaces each layer's attention output
+    with the mode's (`apply`), computed with attention weights of the layer: for Hugging Face families (`eager`)
+    the family's eager attention on the mask the router hands it (the model's own kernel, sdpa or flash, may give
+    none); for gpt-2/ GPTs `run`, the layer's own explicit path (monkey_patch.hook_points), which gives them."""
     replaces_kernel = True
 
-    def __init__(self, state: ScaleTest):
-        self.state = state
+    def __init__(self, state: ScaleTest, eager: bool = True):
+        self.state, self.eager = state, eager
 
     def kernel(self, layer, run, module, query, key, value, mask, **kwargs):
-        eager = eager_attention(module)
-        additive = additive_mask(mask, query, key)
         groups = query.shape[1] // value.shape[1]
-
-        def run_eager(new_value, hidden):
-            masked = additive if hidden is None else torch.where(hidden, torch.finfo(additive.dtype).min, additive)
-            vals = value if new_value is None else new_value[:, ::groups]
-            out, w = eager(module, query, key, vals, masked, **kwargs)
-            return out.transpose(1, 2), w
-
+        attend = (_eager_attention(module, query, key, value, mask, groups, kwargs) if self.eager
+                  else _own_attention(run, query, key, value, mask))
         v = value.repeat_interleave(groups, dim=1) if groups > 1 else value
-        out = apply(self.state, layer, run_eager, query, v, self.state.inputs.get(layer))
+        out = apply(self.state, layer, attend, query, v, self.state.inputs.get(layer))
         return out.transpose(1, 2).contiguous(), None
 
 
-def _gpt2_wrap(state, layer, attn):
-    original = attn.explicit
+def _eager_attention(module, query, key, value, mask, groups, kwargs):
+    """apply()'s run(value, hidden) through the family's eager attention."""
+    eager = eager_attention(module)
+    additive = additive_mask(mask, query, key)
 
-    def explicit(q, k, v):
-        def run(new_value, hidden):
-            hide = None if hidden is None else attn.hook_scores.register_forward_hook(
-                lambda module, args, scores: scores.masked_fill(hidden, float("-inf")))
-            try:
-                y, w = original(q, k, v if new_value is None else new_value)
-            finally:
-                if hide is not None:
-                    hide.remove()
-            return y, w[..., -q.shape[2]:]  # the tokens' columns (an extra key k' comes first)
-        return apply(state, layer, run, q, v, state.inputs.get(layer)), None
-    return explicit
+    def run_eager(new_value, hidden):
+        masked = additive if hidden is None else torch.where(hidden, torch.finfo(additive.dtype).min, additive)
+        vals = value if new_value is None else new_value[:, ::groups]
+        out, w = eager(module, query, key, vals, masked, **kwargs)
+        return out.transpose(1, 2), w
+    return run_eager
+
+
+def _own_attention(run, query, key, value, mask):
+    """apply()'s run(value, hidden) through the model's own attention `run`, which returns its weights."""
+    def run_own(new_value, hidden):
+        masked = mask if hidden is None else hide(mask, query, key, hidden)
+        out, w = run(query, key, value if new_value is None else new_value, masked)
+        return out.transpose(1, 2), w
+    return run_own
 
 
 @contextmanager
@@ -213,23 +212,16 @@ def scale_test(model, state: ScaleTest):
     """Within the context every forward runs `state.mode` on the sink keys `state.keys` names."""
     if not supports_sink_mask(model):
         raise ValueError("the scale test needs a gpt-2/ model or a Hugging Face family on the attention registry")
-    blocks = _gpt2_blocks(model)
-    with ExitStack() as stack:
-        if blocks is not None:
-            attns = [b.attn for b in blocks]
-            stack.enter_context(explicit_attention(ModelView(as_lm(model))))
-            for i, attn in enumerate(attns):
-                attn.explicit = _gpt2_wrap(state, i, attn)  # an instance attribute, removed below
-                stack.callback(delattr, attn, "explicit")
-        else:
-            stack.enter_context(edit_attention(model, ScaleEdit(state)))
+    lm = as_lm(model)
 
-        def keep_input(x, layer):
-            state.inputs[layer] = x
-            state.forwards += layer == 0
-        stack.enter_context(Edit(as_lm(model), "attn_in", keep_input))
-        stack.callback(state.inputs.clear)
-        yield state
+    def keep_input(x, layer):
+        state.inputs[layer] = x
+        state.forwards += layer == 0
+    with edit_attention(lm, ScaleEdit(state, eager=ModelView(lm).family.registry)), Edit(lm, "attn_in", keep_input):
+        try:
+            yield state
+        finally:
+            state.inputs.clear()
 
 
 def logits_under(model, run, logits_fn, state: ScaleTest, sinks: dict | None = None):

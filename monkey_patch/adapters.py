@@ -11,7 +11,9 @@ itself when `mlp` is None, as in OPT). Mixtral's experts are not described, so i
 it return probabilities from their attention module (always, or when `weights_flag` is passed as True).
 `nanogpt` is gpt-2/model.py's GPT as lib/gpt2_checkpoints.py wraps it (the GPT under `gpt`). Its attention computes
 scores and weights in the open only on its explicit path, which the attention attribute `fused_flag` turns on when
-False; there they pass through the identity modules `scores` and `pattern` inside `attn` (monkey_patch.hook_points).
+False; there they pass through the identity modules `scores` and `pattern` inside `attn` (monkey_patch.hook_points),
+and `explicit` names the attention method that computes that path ((q, k, v) -> (per-head output, weights)), which
+an attention edit's kernel replaces.
 Two of its attention variants have more to capture: `scale` names the module inside `attn` that a per-token,
 per-head output scale passes through (ca_softmax's S(x)), and `extra_key` the attention attribute that is True when
 the weights hold an always-visible extra key k' in column 0 (attn_bias, softmax1).
@@ -47,6 +49,7 @@ class Family:
     fused_flag: str | None = None        # attn attribute: False runs the explicit path through `scores` and `pattern`
     scores: str | None = None            # module inside attn the scores pass through (explicit path)
     pattern: str | None = None           # module inside attn the probabilities pass through (explicit path)
+    explicit: str | None = None          # attn method that computes the explicit path (an edit's kernel replaces it)
     scale: str | None = None             # module inside attn whose output is a [batch, pos, head] output scale
     extra_key: str | None = None         # attn attribute: True when probabilities carry an extra key in column 0
     mlp_out_norm: str | None = None      # sandwich norms: the norm between the MLP's output and the residual
@@ -88,7 +91,7 @@ FAMILIES: dict[str, Family] = {
                      registry=False, weights_flag="output_attentions", copies=("mlp.down_out", "mlp_out")),  # out += attn
     "nanogpt": Family(layers="gpt.transformer.h", final_norm="gpt.transformer.ln_f", ln1="ln_1", ln2="ln_2",
                       attn="attn", qkv="c_attn", o="c_proj", mlp="mlp", up="c_fc", down="c_proj", act="gelu",
-                      registry=False, fused_flag="flash", scores="hook_scores", pattern="hook_pattern",
+                      registry=False, fused_flag="flash", scores="hook_scores", pattern="hook_pattern", explicit="explicit",
                       scale="hook_scale", extra_key="extra_key_first"),
     "mpt": Family(layers="transformer.blocks", final_norm="transformer.norm_f", ln1="norm_1", ln2="norm_2",
                   attn="attn", qkv="Wqkv", o="out_proj", mlp="ffn", up="up_proj", down="down_proj", act="act",

@@ -31,6 +31,10 @@ Per layer:
     attn.extra                  attention on an always-visible extra key k' [batch, head, query] (gpt-2's
                                 attn_bias, softmax1); attn.pattern then holds the attention on the tokens only
 
+Of the attention points, families outside transformers' registry serve attn.pattern (and attn.extra) only; gpt-2's
+GPT, whose explicit path has hook points, attn.scores too: the tokens' scores as its explicit path makes them
+(q.k / sqrt(d), -inf after the query; an extra key k' left out; sigmoid's before its - log T).
+
 `cap[point, layer]` is the tensor of the latest forward call. `reduce(point, layer, tensor)` turns each captured
 tensor into something small on the fly instead (top-k, medians, attention column sums: see lib.reducers);
 `cap.reduced(point, layer)` lists its results, one per forward call. `cap.clear()` forgets what was captured.
@@ -49,9 +53,9 @@ import torch
 from torch import nn
 
 from monkey_patch.adapters import FAMILIES, Family, get_submodule, head_counts, split_qkv
-from monkey_patch.hook_points import explicit_attention
+from monkey_patch.hook_points import explicit_attention, replaced
 from monkey_patch.routing import CaptureError, additive_mask, model_configs, route
-from monkey_patch.sites import LAYERLESS, Hooks, input_embeddings, layer_site, model_site, output_head
+from monkey_patch.sites import LAYERLESS, Hooks, Site, input_embeddings, layer_site, model_site, output_head
 from monkey_patch.weights import matrix
 
 POINTS = ("resid_pre", "resid_post", "ln1", "ln2", "attn_in", "attn.q", "attn.k", "attn.v", "attn.q_rot",
@@ -162,7 +166,8 @@ class ModelView:
         elif f.gate is None and f.gate_up is None:
             points.remove("mlp.gate_out")
         if not f.registry:
-            points = [p for p in points if p not in ("attn.q_rot", "attn.k_rot", "attn.scores")]
+            points = [p for p in points if p not in ("attn.q_rot", "attn.k_rot", "attn.scores")
+                      or p in hook_point_attention(f)]
         if not self.has_scale():
             points.remove("attn.scale")
         if not self.has_extra_key():
@@ -208,11 +213,17 @@ def check_points(view: ModelView, points) -> None:
         if point == "attn.extra" and not view.has_extra_key():
             raise CaptureError(f"{point}: this {view.model_type} model's attention has no extra key "
                                "(only gpt-2's attn_bias and softmax1 have one)")
-        if point in REGISTRY_POINTS and not f.registry and point != "attn.pattern":
+        served = ("attn.pattern",) + hook_point_attention(f)
+        if point in REGISTRY_POINTS and not f.registry and point not in served:
             raise CaptureError(f"{point}: {view.model_type} does not use transformers' attention registry; "
-                               "only attn.pattern among the attention internals can be captured")
+                               f"only {' and '.join(served)} among the attention internals can be captured")
         if point in LAYERLESS and point not in view.supported_points():
             raise CaptureError(f"{point}: this {view.model_type} model has no module for it")
+
+
+def hook_point_attention(family: Family) -> tuple:
+    """The attention points outside the registry that only hook points serve (attn.scores, on the explicit path)."""
+    return ("attn.scores",) if family.scores is not None else ()
 
 
 def layer_keys(view: ModelView, points, layers) -> list[tuple[str, int | None]]:
@@ -379,6 +390,8 @@ class Capture:
         elif point in ("attn.pattern", "attn.extra") and not self.view.family.registry:
             if point == "attn.pattern" or "attn.pattern" not in self.points:  # the pattern hook emits both
                 self._hook_legacy_pattern(layer)
+        elif point == "attn.scores" and not self.view.family.registry:
+            self._hook_scores(layer)
         elif point not in REGISTRY_POINTS:  # those are served by the registered attention function
             self._hooks.read(layer_site(self.view, point, layer), point, layer, emit)
 
@@ -410,11 +423,26 @@ class Capture:
 
         if self.view.family.pattern is not None:
             self._routes.enter_context(explicit_attention(self.view))
-            self._hooks.add(get_submodule(attn, self.view.family.pattern), lambda m, i, o: take(o))
+            self._hooks.add(get_submodule(attn, self.view.family.pattern), lambda m, i, o: take(self._map(attn, o)))
             return
         self._hooks.add(attn, force_weights, pre=True)
         self._hooks.add(attn, take_weights)
         self._switch_implementation("eager")  # so the model builds the additive mask these modules expect
+
+    def _hook_scores(self, layer: int) -> None:
+        """The scores on the explicit path (nanogpt: monkey_patch.hook_points), read after any edit's mask there."""
+        attn = self.view.attn(layer)
+        self._routes.enter_context(explicit_attention(self.view))
+        self._hooks.read(Site(get_submodule(attn, self.view.family.scores)), "attn.scores", layer,
+                         lambda scores: self._emit("attn.scores", layer, self._map(attn, scores)))
+
+    def _map(self, attn, tensor):
+        """A map passing through a hook point, unless an edit's kernel replaces the layer's attention output: the
+        maps of its inner runs are not the layer's (the registry's families raise the same)."""
+        if replaced(attn) and not self._paused:
+            raise CaptureError(f"{type(attn).__name__}: an attention edit replaces this layer's attention output, so "
+                               "its attention maps are not defined; capture other points under it")
+        return tensor
 
     # --- attention registry -----------------------------------------------------------------------------------
     def _enter_attention(self) -> None:

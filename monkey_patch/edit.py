@@ -17,6 +17,7 @@ from torch import nn
 
 from monkey_patch.adapters import get_submodule
 from monkey_patch.capture import REGISTRY_POINTS, ModelView, check_points, layer_keys
+from monkey_patch.hook_points import attention_edit
 from monkey_patch.routing import AttentionEdit, CaptureError, route
 from monkey_patch.sites import LAYERLESS, Hooks, layer_site, model_site
 
@@ -139,11 +140,17 @@ class Edit:
 @contextmanager
 def edit_attention(model: nn.Module, edit: AttentionEdit):
     """Within the context, `edit` (an AttentionEdit: which keys each query may see, or a replacement of the attention
-    output) acts on every attention call of `model`; attention captures see the edited attention. Raises
-    CaptureError for a family outside transformers' attention registry."""
+    output) acts on every attention call of `model`; attention captures see the edited attention. Families on
+    transformers' attention registry are edited through its router (monkey_patch.routing), families with hook
+    points on an explicit path (gpt-2/'s GPT) there (monkey_patch.hook_points: how their kernels are called);
+    raises CaptureError for any other family."""
     view = ModelView(model)
-    if not view.family.registry:
+    if view.family.registry:
+        with route(model, view.layers, view.family.attn, edit=edit) as router:
+            yield router
+    elif view.family.scores is not None:
+        with attention_edit(view, edit):
+            yield None
+    else:
         raise CaptureError(f"{view.model_type} does not use transformers' attention registry: its attention cannot "
                            "be edited")
-    with route(model, view.layers, view.family.attn, edit=edit) as router:
-        yield router

@@ -200,7 +200,7 @@ class Hooks:
             new = replaced(_first(output))
             return None if new is None else _with_first(output, new)
         self.add(site.module, pre_hook if site.pre else hook, pre=site.pre)
-        _reads_last(site.module)
+        reads_last(site.module)
 
     def _shaping(self, point: str, layer):
         """x -> x, or for a point that may arrive flattened a [batch * tokens, F] tensor as [batch, tokens, F] (some
@@ -223,7 +223,7 @@ class Hooks:
         return unflattened
 
 
-def _reads_last(module: nn.Module) -> None:
+def reads_last(module: nn.Module) -> None:
     """Move the module's read hooks (a capture's) behind every other hook on it: torch runs a module's hooks in the
     order of their dict, so an edit entered after a capture still runs before the capture reads."""
     alive = []

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from lib.tiny_models import tiny_model
-from monkey_patch import Capture, CaptureError, Edit, ModelView
+from monkey_patch import AttentionEdit, Capture, CaptureError, Edit, ModelView, edit_attention
+from monkey_patch.hook_points import explicit_attention
+from monkey_patch.routing import hide
 
 # point -> (module of the layer whose output or input a plain hook changes, True where it is the input)
 PLAIN_HOOKS = {
@@ -138,3 +140,86 @@ def test_edits_that_cannot_apply_raise():
             finally:
                 model.model.layers = layers
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()) == 0
+
+
+# --- attention edits of gpt-2/'s GPT (monkey_patch.hook_points) ---------------------------------------------------
+
+def _gpt2_lm(variant="default"):
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2"))
+    from model import GPT, GPTConfig
+    from lib.gpt2_checkpoints import CheckpointLM
+    torch.manual_seed(0)
+    return CheckpointLM(GPT(GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=16,
+                                      attention=variant)).eval())
+
+
+def _gpt2_logits(lm, ids):
+    return lm.gpt(ids, targets=torch.full_like(ids, -1))[0]
+
+
+def _first_key_hidden(ids):
+    """Bool [batch, 1, queries, keys]: every query after the first loses key 0."""
+    hidden = torch.zeros(ids.shape[0], 1, ids.shape[1], ids.shape[1], dtype=torch.bool)
+    hidden[:, :, 1:, 0] = True
+    return hidden
+
+
+class _Doubled(AttentionEdit):
+    """The layer's own attention output, doubled; with `hidden`, the pairs it names hidden through run's mask."""
+    replaces_kernel = True
+    layers = [1]
+
+    def __init__(self, hidden=None):
+        self.hidden = hidden
+
+    def kernel(self, layer, run, module, query, key, value, mask, **kwargs):
+        if self.hidden is not None:
+            mask = hide(mask, query, key, self.hidden)
+        out, weights = run(query, key, value, mask)
+        assert weights.shape[-2:] == (query.shape[2], key.shape[2])  # the tokens' weights
+        return out * (1 if self.hidden is not None else 2), None
+
+
+class _HideFirstKey(AttentionEdit):
+    layers = [1]
+
+    def mask(self, layer, query, key, mask):
+        return hide(mask, query, key, _first_key_hidden(torch.zeros(query.shape[0], query.shape[2])))
+
+
+@pytest.mark.parametrize("variant", ["default", "attn_bias"])
+def test_a_kernel_edit_of_a_gpt2_model_replaces_its_explicit_paths_output(variant):
+    lm = _gpt2_lm(variant)
+    ids = torch.randint(0, 37, (2, 9), generator=torch.Generator().manual_seed(4))
+    view = ModelView(lm)
+    with torch.no_grad():
+        with edit_attention(lm, _Doubled()):
+            doubled = _gpt2_logits(lm, ids)
+        with explicit_attention(view), Edit(lm, "attn.z", lambda z, layer: z * 2, layers=[1]):  # layer 0 too
+            torch.testing.assert_close(doubled, _gpt2_logits(lm, ids), rtol=1e-5, atol=1e-6)
+        with edit_attention(lm, _Doubled(_first_key_hidden(ids))):  # run's mask hides as a mask edit does
+            hidden_by_kernel = _gpt2_logits(lm, ids)
+        with edit_attention(lm, _HideFirstKey()):
+            assert torch.equal(hidden_by_kernel, _gpt2_logits(lm, ids))
+        with explicit_attention(view):
+            plain = _gpt2_logits(lm, ids)
+        assert not torch.allclose(hidden_by_kernel, plain)
+        assert torch.equal(_gpt2_logits(lm, ids), lm.gpt(ids, targets=torch.full_like(ids, -1))[0])
+    assert all("explicit" not in vars(view.attn(i)) and view.attn(i).flash for i in range(2))
+
+
+def test_gpt2_attention_scores_under_edits():
+    lm = _gpt2_lm()
+    ids = torch.randint(0, 37, (1, 7), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for capture_first in (True, False):  # the captured scores are the masked ones, in either nesting order
+            capture, edit = Capture(lm, "attn.scores", layers=[1]), edit_attention(lm, _HideFirstKey())
+            with (capture if capture_first else edit), (edit if capture_first else capture):
+                lm(ids)
+            assert capture["attn.scores", 1][:, :, 1:, 0].eq(float("-inf")).all()
+            assert capture["attn.scores", 1][:, :, 0, 0].isfinite().all()
+        with edit_attention(lm, _Doubled()), pytest.raises(CaptureError, match="not defined"):
+            with Capture(lm, "attn.pattern", layers=[1]):
+                lm(ids)

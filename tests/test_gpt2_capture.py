@@ -21,7 +21,7 @@ GPT2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2")
 sys.path.insert(0, GPT2)
 from model import GPT, GPTConfig  # noqa: E402
 
-POINTS = ["resid_pre", "resid_post", "ln1", "ln2", "attn.v", "attn.pattern", "attn.z", "attn_out", "mlp.up_out",
+POINTS = ["resid_pre", "resid_post", "ln1", "ln2", "attn.v", "attn.scores", "attn.pattern", "attn.z", "attn_out", "mlp.up_out",
           "mlp.act_out", "mlp.down_in", "mlp.down_out"]
 
 
@@ -73,6 +73,7 @@ def hand_forward(sd, cfg, ids):
         if pos_emb == "rope":
             q, k = rotary_by_hand(q), rotary_by_hand(k)
         scores = (q @ k.transpose(-1, -2) / math.sqrt(hd)).masked_fill(~causal, float("-inf"))
+        got["attn.scores"] = scores  # the tokens' scores: an extra key k' has its own column in the weights only
         if cfg["attention"] == "attn_bias":
             extra = q @ sd[p + "attn.k_extra"].transpose(-1, -2) / math.sqrt(hd)  # (1, nh, T, 1)
             weights = torch.softmax(torch.cat([extra, scores], dim=-1), dim=-1)
@@ -131,7 +132,8 @@ def test_weights_and_variant_only_points(tmp_path):
     torch.testing.assert_close(view.weight(1, "down"), gpt.transformer.h[1].mlp.c_proj.weight)
     torch.testing.assert_close(view.weight(0, "k"), gpt.transformer.h[0].attn.c_attn.weight[16:32])
     assert "attn.scale" not in view.supported_points() and "attn.extra" not in view.supported_points()
-    for point in ("attn.scale", "attn.extra", "attn.scores"):
+    assert "attn.scores" in view.supported_points()  # on the explicit path's hook point
+    for point in ("attn.scale", "attn.extra", "attn.q_rot", "attn.k_rot"):
         with pytest.raises(CaptureError):
             Capture(model, [point])
     model, _, _ = load_model(str(save_checkpoint(tmp_path / "c", "ca_softmax") / "ckpt_7.pt"))

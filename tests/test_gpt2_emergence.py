@@ -17,8 +17,8 @@ GPT2 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "gpt-2")
 sys.path.insert(0, GPT2)
 import train  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from outlier_stats import (captured, compact_report, key_shares, layer_report, peak_ablation,  # noqa: E402
-                           persistence, ratio_floor, run_verdict)
+from outlier_stats import (Ablator, captured, compact_report, key_shares, layer_report,  # noqa: E402
+                           peak_ablation, persistence, ratio_floor, run_verdict)
 from stats_log import as_zero_based  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -559,3 +559,28 @@ def test_the_emergence_readme_quotes_its_table_and_logs():
         flat = " ".join(f.read().split())
     for claim in emergence_claims():
         assert " ".join(claim.split()) in flat, f"results/emergence/README.md should say {claim!r}"
+
+
+def test_the_ablators_edit_equals_a_hand_edited_forward():
+    """Ablator.run's edit of a block's output (monkey_patch.Edit of resid_post) against the blocks run by hand, the
+    same entries set between them, every layer on its explicit path as under the Ablator's capture."""
+    from lib.gpt2_checkpoints import CheckpointLM
+    from monkey_patch import ModelView
+    from monkey_patch.hook_points import explicit_attention
+    model = tiny()
+    seqs = torch.randint(0, 17, (3, 10), generator=torch.Generator().manual_seed(4))
+    ablator = Ablator(model, seqs)
+    channels = [1, 5, 7]
+    for values in (0.0, torch.tensor([0.5, -2.0, 3.0])):
+        loss, _ = ablator.run(1, 2, channels, values)
+        with torch.no_grad(), explicit_attention(ModelView(CheckpointLM(model))):
+            x = model.transformer.wte(seqs) + model.transformer.wpe(torch.arange(seqs.shape[1]))
+            for i, block in enumerate(model.transformer.h):
+                x = block(x)
+                if i == 1:
+                    x[:, 2, channels] = values
+            logits = model.lm_head(model.transformer.ln_f(x))
+        nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ablator.y.flatten(), ignore_index=-1,
+                                                reduction="none").view(ablator.y.shape)
+        assert torch.equal(loss, nll.sum(1) / (ablator.y >= 0).sum(1))
+        assert not torch.equal(loss, ablator.base)

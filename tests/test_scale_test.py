@@ -101,6 +101,32 @@ def test_mode_identities_on_tiny_models(kind):
         torch.testing.assert_close(out["mask"], fn(), atol=1e-4, rtol=1e-4)
 
 
+def _attributes(model):
+    """Each module's public attributes and how many hooks it holds."""
+    return {name: ({k: v for k, v in vars(m).items() if not k.startswith("_")}, len(m._forward_hooks),
+                   len(m._forward_pre_hooks)) for name, m in model.named_modules()}
+
+
+@pytest.mark.parametrize("variant", ["default", "attn_bias", "ca_softmax"])
+def test_a_gpt2_scale_test_sets_nothing_on_the_model(variant):
+    """lib/ sets no attribute on the GPT's modules: between forwards the modules are as before (monkey_patch wraps
+    an attention module's explicit path only while that module runs), and after the test as well."""
+    model = gpt2_tiny(variant)
+    ids = torch.randint(0, 37, (2, 12), generator=torch.Generator().manual_seed(1))
+    before = _attributes(model)
+    seen = []
+    with torch.no_grad(), scale_test.scale_test(model, state_for("oracle_scale", {0: [[0]], 1: [[0, 2]]})):
+        attn = model.transformer.h[1].attn
+        handle = attn.c_proj.register_forward_hook(lambda m, args, out: seen.append(
+            {k for k in vars(attn) if not k.startswith("_")} - set(before["transformer.h.1.attn"][0])))
+        model(ids)
+        handle.remove()
+        assert _attributes(model) != before  # the test's hooks are on
+        assert {n: a[0] for n, a in _attributes(model).items()} == {n: a[0] for n, a in before.items()}
+    assert seen == [{"explicit"}]  # within the layer's call, monkey_patch's wrapper of its explicit path
+    assert _attributes(model) == before
+
+
 def test_a_planted_zero_value_sink_is_only_a_scale():
     """Token 0's value zeroed in every layer of a tiny Llama: masking it and scaling by 1 - a_s changes nothing."""
     model = tiny_model("llama")
