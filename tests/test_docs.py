@@ -1,5 +1,5 @@
-"""Every example in the docs runs: the README's Python blocks (in order, in one namespace, as a reader would paste
-them) and the doctests of the public modules."""
+"""Every example in the docs runs: the Python blocks of the README and docs/api.md (each page's in order, in one
+namespace, as a reader would paste them) and the doctests of the public modules."""
 import doctest
 import re
 from pathlib import Path
@@ -33,17 +33,18 @@ def test_the_capture_and_edit_classes_have_a_doctest():
 
 
 @pytest.mark.slow
-def test_readme_python_blocks_run_as_written(tmp_path, monkeypatch):
-    blocks = python_blocks(ROOT / "README.md")
-    assert len(blocks) >= 3  # capture, reduce, interventions
+@pytest.mark.parametrize("page, least", [("README.md", 3), ("docs/api.md", 5)])  # capture, edit, interventions (+ reduce, perplexity)
+def test_python_blocks_run_as_written(page, least, tmp_path, monkeypatch):
+    blocks = python_blocks(ROOT / page)
+    assert len(blocks) >= least
     monkeypatch.chdir(tmp_path)  # anything an example writes lands here
     monkeypatch.syspath_prepend(str(ROOT))
     namespace: dict = {}
     for i, block in enumerate(blocks):
         try:
-            exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
+            exec(compile(block, f"{page} python block {i + 1}", "exec"), namespace)
         except Exception as e:  # name the block, not just the line
-            pytest.fail(f"README python block {i + 1} fails: {type(e).__name__}: {e}\n{block}")
+            pytest.fail(f"{page} python block {i + 1} fails: {type(e).__name__}: {e}\n{block}")
 
 
 def test_the_product_cites_nothing_its_user_does_not_have():

@@ -1,4 +1,5 @@
-"""Every number in the READMEs comes from a committed result or is listed as static, with its reason.
+"""Every number in the READMEs and the docs/ pages comes from a committed result or is listed as static, with its
+reason.
 
 A claim is a piece of README text rendered here from a committed result file (a function in CLAIMS returns them);
 it must appear in its README word for word, so a regenerated result names the sentence to update. Every other
@@ -18,7 +19,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-READMES = ("README.md", "gpt-2/README.md", "gpt-2/results/README.md", "gpt-2/results/emergence/README.md",
+READMES = ("README.md", "docs/api.md", "docs/figures.md", "docs/findings.md", "docs/consequences.md", "docs/models.md",
+           "gpt-2/README.md", "gpt-2/results/README.md", "gpt-2/results/emergence/README.md",
            "bench/README.md")  # the pages lib/pages.py renders are checked whole by tests/test_pages.py
 # a number: digits with optional thousands commas, decimals and exponent (3e-2), not part of a name (fp32, gpt-2,
 # llama2_7b, R^2)
@@ -159,8 +161,14 @@ def gemma_figures():
     return [f"the `{layer['tokens'][token]}` gets {value:,.0f} in channel {channel} at layer {layer['layer']} "
             f"({layer['max'] / layer['median']:,.0f} x the median) and, from layer {d['flagged_layers'][0]} on, a massive "
             f"activation in channel {d['channel']} that reaches {d['abs']:,.0f} at layer {d['layer']} "
-            f"({d['over_median']:,.0f} x the median); it is the attention sink of layer {attention['layer']}",
-            f"the `{attention['tokens'][token]}` (magenta) is\nthe attention sink: it holds {attention['first_token_share']:.2f} of the attention, head-averaged over all\nqueries"]
+            f"({d['over_median']:,.0f} x the median); it is the attention sink of layer {attention['layer']}"]
+
+
+def attention_picture():
+    """The sentence above the default model's attention figure: the sink of the layer after the outliers."""
+    attention = load("results/figures/gemma3_270m/existence_attention_outliers.json")
+    token, = attention["outlier_keys"]
+    return [f"the `{attention['tokens'][token]}` (magenta) is\nthe attention sink: it holds {attention['first_token_share']:.2f} of the attention, head-averaged over all\nqueries"]
 
 
 def calibration_picture():
@@ -300,6 +308,8 @@ def emergence_figures():
 
 
 def compression_valley():
+    from lib import cli
+    act_n, act_len = cli.CPU_DEFAULTS["activations"]  # the valley's windows: the CPU's calibration default
     v, no_bos = (load(f"results/figures/{f}/pos_compression.json") for f in ("gemma3_270m", "no_bos/gemma3_270m"))
     rows, found = v["layers"], v["windows"]
     tokens = {(w["token"], w["channel"], w["layer"]) for w in found}
@@ -316,7 +326,8 @@ def compression_valley():
     lowest = v["valley"]["entropy_centred"]["lowest_layer"]
     mid = rows[lowest - 3:lowest + 1]  # the centred entropy's lowest layer and the three before it
     same = " in every window" if len({w["value"] for w in found}) == 1 else ""
-    return [f"the outlier token of every window is its `{token}` (channel {channel}, {values[0]:,.0f}{same} at layer {at}",
+    return [f"{act_n} windows x {act_len} tokens) the outlier",
+            f"the outlier token of every window is its `{token}` (channel {channel}, {values[0]:,.0f}{same} at layer {at}",
             f"Its norm is {first[0]:.1f} x the median at layer 1 and {min(middle):.1f}-{max(middle):.1f} x in layers "
             f"2-{outlier_layers[-1]} (largest at layer {peak['layer']})",
             f"reaches {top_rate:.2f} at layers " + ", ".join(str(r["layer"]) for r in rows if r["sink_rate_first"] == top_rate),
@@ -358,9 +369,9 @@ def relocation():
             f"hidden, and the sink moves to {after['sink_token_text']!r} ({after['sink_token']})"]
 
 
-def cross_model():
-    """The README's sentence per model and its comparison with the paper's pattern, rendered by lib.cross_model from
-    the committed figure and consequences JSONs as `reproduce.py --summary` renders them into summary.md/.json."""
+def cross_model_data():
+    """Each offline model's data for lib.cross_model, from the committed figure and consequences JSONs, and its
+    sentence, as `reproduce.py --summary` renders them into summary.md/.json."""
     from lib import cross_model as cm
     summary = load("results/figures/summary.json")
     data = [cm.model_data(ROOT / "results/figures" / r["model"], r, ROOT / "results/consequences")
@@ -369,7 +380,18 @@ def cross_model():
     assert findings == [r["finding"] for r in summary["models"]], \
         "results/figures/summary.json is stale: python reproduce.py --summary-only --savedir results/figures"
     assert {r["model"] for r in summary["models"]} == {"gemma3_270m", "smollm2_135m"}
-    return findings + cm.comparison_table(data) + [cm.CRITERIA]
+    return data, findings
+
+
+def cross_model():
+    """The README's sentence per model under the cross-model picture."""
+    return cross_model_data()[1]
+
+
+def pattern_table():
+    """docs/findings.md: each model's comparison with the paper's pattern and its criteria, by lib.cross_model."""
+    from lib import cross_model as cm
+    return cm.comparison_table(cross_model_data()[0]) + [cm.CRITERIA]
 
 
 def bos_table():
@@ -494,12 +516,16 @@ def code_constants():
             f"> {a.TOKEN_FACTOR:g} x its channel's median",
             f"the paper's\n{g} x length rule", f"it holds\nat least {g} more of their attention",
             f"{act_n} sequences x {act_len} tokens for activations, {att_n} x {att_len} for attention",
-            f"{act_n} windows x {act_len} tokens) the outlier",
             f"{paper['activations']} sequences for activations, {paper['attention']}\nfor attention",
-            f"(default {a.MASSIVE_FACTOR:g} x the median)", f"(default |h| > {a.MASSIVE_ABS:g})",
-            f"(the paper's max > {outliers.DEFAULT_OUTLIER_FACTOR:g} x mean rule, Massive\nActivations' "
+            f"(default {a.MASSIVE_FACTOR:g} x the median)", f"(default |h| > {a.MASSIVE_ABS:g})"]
+
+
+def statistics_constants():
+    """The rules docs/api.md's statistics paragraph names, from the code that applies them."""
+    from lib import analysis as a, outliers
+    return [f"(the paper's max > {outliers.DEFAULT_OUTLIER_FACTOR:g} x mean rule, Massive\nActivations' "
             f"> {a.MASSIVE_ABS:g} and > {a.MASSIVE_FACTOR:g} x median rule",
-            f"the paper's >= {g} x\nlength"]
+            f"the paper's >= {a.ATTENTION_FACTOR:g} x\nlength"]
 
 
 def check_tolerances():
@@ -718,15 +744,19 @@ def gpt2_results_page():
 
 
 CLAIMS = [  # (README, function returning its claims rendered from committed results)
-    ("README.md", gemma_consequences), ("bench/README.md", capture_bench), ("bench/README.md", variants_bench),
-    ("README.md", figures_time), ("README.md", backcopy_sinks), ("README.md", scale_tests),
-    ("bench/README.md", scale_bench), ("bench/README.md", bench_constants),
-    ("README.md", emergence), ("README.md", emergence_figures), ("README.md", gemma_figures),
-    ("README.md", gemma_windows), ("README.md", scale_test_reading), ("bench/README.md", capture_bench_setup),
-    ("bench/README.md", capture_bench_load),
-    ("bench/README.md", scale_bench_setup), ("README.md", compression_valley), ("README.md", relocation), ("README.md", code_constants),
-    ("README.md", check_tolerances), ("README.md", cross_model), ("README.md", calibration_picture),
-    ("README.md", bos_headroom), ("README.md", bos_table), ("README.md", bos_reading),
+    ("README.md", cross_model), ("README.md", emergence),
+    ("docs/api.md", statistics_constants),
+    ("docs/figures.md", figures_time), ("docs/figures.md", emergence_figures), ("docs/figures.md", gemma_figures),
+    ("docs/figures.md", code_constants), ("docs/figures.md", check_tolerances), ("docs/figures.md", bos_headroom),
+    ("docs/findings.md", attention_picture), ("docs/findings.md", calibration_picture),
+    ("docs/findings.md", pattern_table), ("docs/findings.md", compression_valley), ("docs/findings.md", relocation),
+    ("docs/findings.md", bos_table), ("docs/findings.md", bos_reading),
+    ("docs/consequences.md", gemma_consequences), ("docs/consequences.md", backcopy_sinks),
+    ("docs/consequences.md", scale_tests), ("docs/consequences.md", gemma_windows),
+    ("docs/consequences.md", scale_test_reading),
+    ("bench/README.md", capture_bench), ("bench/README.md", variants_bench),
+    ("bench/README.md", scale_bench), ("bench/README.md", bench_constants), ("bench/README.md", capture_bench_setup),
+    ("bench/README.md", capture_bench_load), ("bench/README.md", scale_bench_setup),
     ("gpt-2/README.md", gpt2_summary),
     ("gpt-2/results/README.md", gpt2_results_page), ("gpt-2/results/emergence/README.md", emergence_readme),
 ]
@@ -743,21 +773,19 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
     (EVERY, r"\b[48]-bit|8- and 4-bit|8 bits|50% (?:smallest|magnitude pruning|pruning|pruned)",
      "the compression methods (lib/compression.py)"),
     ("README.md", r"ICLR 2025|arXiv 2502\.06415", "the paper's venue and arXiv id"),
-    ("README.md", r"float16 \(65,504\)|\(exit status 2\)|at position 0",
-     "float16's largest finite value (torch.finfo), the exit status of a user error (lib/errors.py), the first position"),
-    (EVERY, r"## Corrections .*?(?=## |$)", "history: what earlier versions of the page said, each beside what the "
-     "committed result it names says (the sentences they correct are rendered from those results above)"),
-    ("README.md", r"the paper's 4096-token setting", "the paper's calibration length"),
-    ("README.md", r"such as 897\.548 in its fifth digit, which can carry a printed 897\.5 across to 897\.6",
+    ("docs/figures.md", r"float16 \(65,504\)|\(exit status 2\)",
+     "float16's largest finite value (torch.finfo), the exit status of a user error (lib/errors.py)"),
+    ("docs/findings.md", r"at position 0", "the first position"),
+    ("docs/figures.md", r"such as 897\.548 in its fifth digit, which can carry a printed 897\.5 across to 897\.6",
      "an illustration of rounding across a boundary (a value of the default model's figures, as the re-check saw it)"),
     ("gpt-2/README.md", r"0\.05% of the documents become val \(seed 2357\)|\(position 0, or|queries 1\.\.T-1",
      "nanoGPT's OpenWebText split (data/openwebtext/prepare.py); the first position; the queries with a choice"),
-    ("README.md", r"Queipo-de-Llano et al\. 2025|1 for orthogonal tokens of one\s?norm, 0 for rank one|exceeds 0\.3\. The valley|"
+    ("docs/findings.md", r"Queipo-de-Llano et al\. 2025|1 for orthogonal tokens of one\s?norm, 0 for rank one|exceeds 0\.3\. The valley|"
      r"below 0\.5 x the largest, its depth 1 - lowest|by the 0\.5\s?x rule|passes 0\.3",
      "a citation; the entropy's range and the valley's definition (lib/outliers.py, lib/paper_figures/valley.py)"),
-    ("README.md", r"Python 3\.10\+|torch pinned to 2\.13\.0|transformers 4\.57\.x and 5\.x",
-     "supported versions (pyproject.toml, setup.sh)"),
-    ("README.md", r"models at 4096 tokens|from 4 tokens|query 0 can only attend to key 0",
+    ("README.md", r"Python 3\.10\+|torch pinned to 2\.13\.0", "supported versions (pyproject.toml, setup.sh)"),
+    ("docs/api.md", r"transformers 4\.57\.x and 5\.x", "supported versions (pyproject.toml, .ci/run)"),
+    ("docs/figures.md", r"models at 4096 tokens|from 4 tokens|query 0 can only attend to key 0",
      "the paper's calibration length; properties of the rule and of causal attention"),
     ("bench/README.md", r"\| <= 1\.1 \| <= 1\.0 \||\(<= 1\.1x\)|\(<= 1\.0x\)|<= 1\.1x, memory <= 1\.0x|>= 0\.95x plain|"
      r">= 0\.5x default|about 8 minutes|1e-5", "the benchmarks' goals and tolerances"),
