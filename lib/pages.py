@@ -35,8 +35,7 @@ def _older(folders: list[str], what: str) -> list[str]:
     if not folders:
         return []
     return [f"Written when layers counted from 1 ({what}): {', '.join(f'`{f}/`' for f in folders)}; their layers "
-            "are given here 0-based, one less than the folder's own files state, until they are regenerated with "
-            "their recorded command.", ""]
+            "are given here 0-based, one less than the folder's own files state.", ""]
 
 
 def _demoted(lines: list[str]) -> list[str]:
