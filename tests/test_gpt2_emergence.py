@@ -535,11 +535,11 @@ def emergence_claims():
     assert sorted(n for n, s in streaks.items() if s) == ["rf-default-none", "rf-default-none-l6", "rf-default-none-s2",
                                                           "rf-default-rope"]
     (none,), (rope,) = streaks["rf-default-none"], streaks["rf-default-rope"]
-    seed = [x for x in streaks["rf-default-none-s2"] if x["layer"] == 2]
+    seed = [x for x in streaks["rf-default-none-s2"] if x["layer"] == 1]
     six = streaks["rf-default-none-l6"]
     assert rope["position"] == 1  # F, the fixed token
     claims.append(f"block {none['layer']} on position {none['position']} at {k(none['first'])}-{k(none['last'])} steps; "
-                  f"its second seed, block 2 on position {seed[0]['position']} at "
+                  f"its second seed, block {seed[0]['layer']} on position {seed[0]['position']} at "
                   + " and ".join(f"{k(x['first'])}-{k(x['last'])}" for x in seed)
                   + f"; its 6-layer model, block {six[0]['layer']} on position {six[0]['position']} at "
                   + " and ".join(f"{k(x['first'])}-{k(x['last'])}" for x in six)

@@ -351,7 +351,7 @@ def relocation():
     n = w["windows"]
     others = [len(k) - 1 for k in w["outlier_tokens"]]
     assert all(k[0] == 0 for k in w["outlier_tokens"]) and list(w["conditions"]) == ["every_layer"]
-    assert w["first_sink_layer"] == 1 and prompt["massive_token"] == after["massive_token"] == 0
+    assert w["first_sink_layer"] == 0 and prompt["massive_token"] == after["massive_token"] == 0
 
     def nats(e):
         return f"{e['nll_change']:+.3f} ± {e['nll_change_stderr']:.3f}"
@@ -649,6 +649,7 @@ def emergence_readme():
             f"sigmoid's gives " + ", ".join(f"{masks(bos[v])['mask_attn_sink']['ppl']:.3f}" for v in ("ca_softmax",))
             + f", {masks(bos['attn_bias'])['mask_attn_sink']['ppl']:.3f} and "
             f"{masks(bos['sigmoid'])['mask_attn_sink']['ppl']:.3f}",
+            f"BOS's own block-{at['layer']} entry at default's final\ncheckpoint is "
             f"|h| = {abs(at['value']):.1f} against a mean median of {at['median']:.2f}, about "
             f"{abs(at['value']) / at['median']:.0f} x",
             f"masking it costs +{modes['mask']['nll_change']:.1f} nats; masking it and scaling each head's output by the "
