@@ -9,6 +9,9 @@
 # finished run (final.json) is skipped, and a run another process is training is left to it (a lock per run).
 set -u
 cd "$(dirname "$0")/../.."  # gpt-2/
+# lib/ from this checkout, not from wherever the project is installed: a run started from another checkout (a
+# worktree of one commit, below) must load all of its code, and record its commit, from that checkout
+export PYTHONPATH="$(cd .. && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 ADAMW_LR=5e-4  # the registered sweep's choices (results/factorial/README.md)
 MUON_LR=5e-4
