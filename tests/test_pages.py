@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lib import pages
+from lib import gpt2_pages, pages
 from lib.layer_numbering import as_zero_based, written_one_based
 from lib.provenance import ROOT
 
@@ -46,3 +46,15 @@ def test_the_consequences_page_gives_older_files_0_based_layers():
         for r in stored["results"]:
             for site in r["interventions"].get("sites", []):
                 assert f"| {r['name']} | " in text and f" | {site['layer'] - shift} | " in text
+
+
+def test_the_gpt2_page_gives_older_tables_0_based_layers(tmp_path):
+    """A compare.py table.json without `layers_are` counts from 1: the gpt-2 results page gives its layers one
+    lower; one that says 0-based is given as it is."""
+    folder = tmp_path / gpt2_pages.RESULTS / "run"
+    folder.mkdir(parents=True)
+    row = {"variant": "default", "ratio_layer": 2}
+    (folder / "table.json").write_text(json.dumps({"rows": [row]}))
+    assert gpt2_pages.variant_rows(tmp_path, "run")["default"]["ratio_layer"] == 1
+    (folder / "table.json").write_text(json.dumps({"rows": [row], "layers_are": "0-based"}))
+    assert gpt2_pages.variant_rows(tmp_path, "run")["default"]["ratio_layer"] == 2

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "docs/api.md", "docs/figures.md", "docs/findings.md", "docs/consequences.md", "docs/models.md",
-           "gpt-2/README.md", "gpt-2/results/README.md", "gpt-2/results/emergence/README.md",
+           "gpt-2/README.md", "gpt-2/results/emergence/README.md",
            "bench/README.md")  # the pages lib/pages.py renders are checked whole by tests/test_pages.py
 # a number: digits with optional thousands commas, decimals and exponent (3e-2), not part of a name (fp32, gpt-2,
 # llama2_7b, R^2)
@@ -54,11 +54,6 @@ def variant_rows(folder):
     return {r["variant"]: {**r, "ratio_layer": r["ratio_layer"] - older_numbering(table)} for r in table["rows"]}
 
 
-def analysis(folder, variant):
-    """analyze.py's per-layer statistics of one run (layers and attention_layers are 0-based lists)."""
-    return load(f"gpt-2/results/{folder}/{variant}/analysis.json")
-
-
 def emergence_rows():
     return {r["run"]: r for r in load("gpt-2/results/emergence/table.json")["rows"]}
 
@@ -90,11 +85,6 @@ def ppl(x):
         return f"{x:.1f}"
     mantissa, exponent = f"{x:.1e}".split("e")
     return f"{mantissa}e{int(exponent)}"
-
-
-def g4(x):
-    """A number as consequences.md writes it: 4 significant digits, in exponent form from 1e5."""
-    return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.3e}"
 
 
 def percent_change(after, before):
@@ -664,86 +654,6 @@ def emergence_readme():
             f"with the figure rule at {criteria['ratio']:g} x the median"]
 
 
-# --- gpt-2/results/README.md ------------------------------------------------------------------------------------------
-
-def search_lrs():
-    """The constant learning rates of the two search configurations, as the page writes them: the config file's and
-    the flag run_backcopy_peak_lr1e2.sh adds."""
-    script = (ROOT / "gpt-2/results/run_backcopy_peak_lr1e2.sh").read_text()
-    lr1e2 = float(re.search(r"--learning_rate=(\S+)", script).group(1))
-    return {folder: f"{lr:.0e}".replace("e-0", "e-") for folder, lr in
-            (("backcopy_peak", config("train_backcopy_peak.py")["learning_rate"]), ("backcopy_peak_lr1e2", lr1e2))}
-
-
-def gpt2_results_page():
-    """gpt-2/results/README.md: the task, the main configuration's table, the search's table and reading, natural
-    text."""
-    e = emergence_facts()
-    criteria = e["criteria"]
-    task = gpt2_module("data/backcopy/prepare.py", "backcopy_prepare").DEFAULTS
-    train, peak_cfg, text = config("train_backcopy.py"), config("train_backcopy_peak.py"), \
-        config("train_shakespeare_char.py")
-    table, default = variant_rows("backcopy"), analysis("backcopy", "default")
-    cons = {r["name"]: r for r in consequences("gpt2_backcopy")["results"]}
-    sinks = lambda v: cons[v]["interventions"]["attention_sinks"]  # noqa: E731
-    main_rows = [f"| {v} | {r['val_loss']:.4f} | {r['ratio']:.1f} ({r['ratio_layer']}) | {r['first_token_share']:.3f} | "
-                 f"{r['extra_key_share']:.3f} | {g4(cons[v]['baseline']['ppl'])} → "
-                 f"{g4(sinks(v)['mask_attn_sink']['ppl'])} | {g4(sinks(v)['mask_attn_random']['ppl'])} |"
-                 for v, r in table.items()]
-    lrs = search_lrs()
-    search_rows = [f"| {lrs[folder]} | {v} | {r['val_loss']:.4f} | {r['ratio']:.1f} ({r['ratio_layer']}) | "
-                   f"{r['first_token_share']:.3f} | {r['extra_key_share']:.3f} |"
-                   for folder in lrs for v, r in variant_rows(folder).items()]
-    peaks = [analysis(folder, v) for folder in lrs for v in variant_rows(folder)]
-    assert all(a["layers"][a["summary"]["max_ratio_layer"] - older_numbering(a)]["top1_token"] == 0
-               for a in peaks)  # "on BOS"
-    largest = {v: max(variant_rows(f)[v]["ratio"] for f in lrs) for v in variant_rows("backcopy_peak")}
-    passing = [v for v, r in largest.items() if r >= criteria["ratio"]]
-    assert passing == ["default", "attn_bias", "ca_softmax"], passing  # the sentences name them
-    change = backcopy_sink_changes()  # who needs the sink: far above its random control, partly, not at all
-    needs = {v: ("yes" if c["mask_attn_sink"] > 5 * c["mask_attn_random"] else
-                 "partly" if c["mask_attn_sink"] > 2 * c["mask_attn_random"] else "no") for v, c in change.items()}
-    assert needs == dict(default="yes", vbias="yes", cabias="yes", attn_bias="yes", ca_softmax="no", sigmoid="no",
-                         gated="no", clipped="partly", softmax1="yes"), needs
-    worse = {f: [v for v, r in variant_rows(f).items() if r["val_loss"] > variant_rows(f)["default"]["val_loss"] + 0.05]
-             for f in lrs}
-    assert worse == dict(backcopy_peak=["ca_softmax", "sigmoid"], backcopy_peak_lr1e2=["ca_softmax"]), worse
-    extra = [layer["extra_key_share"] for layer in analysis("backcopy_peak_lr1e2", "attn_bias")["attention_layers"]]
-    peak_cons = {r["name"]: r for r in consequences("gpt2_backcopy_peak")["results"]}
-    zeroed = [percent_change(peak_cons[v]["interventions"]["sites"][0]["zero"]["ppl"], peak_cons[v]["baseline"]["ppl"])
-              for v in ("default", "attn_bias")]
-    masked = peak_cons["default"]["interventions"]["attention_sinks"]["mask_attn_sink"]["ppl"]
-    char = variant_rows("shakespeare_char")
-    shares = [r["first_token_share"] for r in char.values()]
-    ratios = [r["ratio"] for r in char.values()]
-    return main_rows + search_rows + [
-        f"top-1/median\npasses {criteria['ratio']:g} only with no weight decay",
-        f"the logs of the long runs on fresh data rule out {e['no']} of {e['total']}\nruns and cannot decide the other "
-        f"{e['open']}",
-        f"Each sequence is BOS followed by {task['seq_len'] - 1} tokens over a {task['vocab']}-token vocabulary. "
-        f"{WORDS[task['triggers'] * len(task['offsets'])].capitalize()} trigger tokens in {WORDS[task['triggers']]} "
-        f"groups mean \"the next token copies the token {', '.join(map(str, task['offsets'][:-1]))} or "
-        f"{task['offsets'][-1]} places before me\"", f"(Dirichlet α = {task['alpha']:g} rows)",
-        f"writes {task['train_seqs']:,} training sequences and {task['val_seqs']} validation sequences (seed "
-        f"{task['seed']})",
-        f"{train['n_layer']} layers, {train['n_head']} heads, width {train['n_embd']}, block {train['block_size']}, no "
-        f"biases, {table['default']['params'] / 1e6:.2f}M parameters, AdamW with lr {train['learning_rate']:.0e} "
-        f"decaying to {train['min_lr']:.0e} (cosine, {train['warmup_iters']} warmup steps), weight decay "
-        f"{train['weight_decay']:g}, {train['max_iters']} steps".replace("e-0", "e-"),
-        f"over {default['n_seqs']} validation sequences",
-        f"No variant's top-1/median passes {max(r['ratio'] for r in table.values()):.1f}",
-        f"{peak_cfg['n_layer']} layers x {peak_cfg['n_embd']} wide, no weight decay, constant lr "
-        f"{lrs['backcopy_peak']}, {peak_cfg['max_iters']:,} steps",
-        f"Default, attn_bias and ca_softmax pass {criteria['ratio']:g}, sigmoid does not",
-        f"({min(extra):.2f}-{max(extra):.2f} of each layer's mass at lr {lrs['backcopy_peak_lr1e2']})",
-        f"Zeroing the peaks costs default and attn_bias\n{min(zeroed):.1f}-{max(zeroed):.1f}% perplexity, while "
-        f"masking default's sinks takes it from {peak_cons['default']['baseline']['ppl']:.1f} to {masked:.0f}",
-        f"{text['n_layer']}\nlayers x {text['n_embd']}, block {text['block_size']}, {text['max_iters']:,} steps",
-        f"gets {100 * min(shares):.0f}-{100 * max(shares):.0f}% of the attention, no key more than "
-        f"{100 * max(r['top_key_share'] for r in char.values()):.0f}%, and top-1/median is "
-        f"{min(ratios):.0f}-{max(ratios):.0f}"]
-
-
 CLAIMS = [  # (README, function returning its claims rendered from committed results)
     ("README.md", cross_model), ("README.md", emergence),
     ("docs/api.md", statistics_constants),
@@ -759,7 +669,7 @@ CLAIMS = [  # (README, function returning its claims rendered from committed res
     ("bench/README.md", scale_bench), ("bench/README.md", bench_constants), ("bench/README.md", capture_bench_setup),
     ("bench/README.md", capture_bench_load), ("bench/README.md", scale_bench_setup),
     ("gpt-2/README.md", gpt2_summary),
-    ("gpt-2/results/README.md", gpt2_results_page), ("gpt-2/results/emergence/README.md", emergence_readme),
+    ("gpt-2/results/emergence/README.md", emergence_readme),
 ]
 
 EVERY = "*"  # a STATIC entry for every README
@@ -803,12 +713,7 @@ STATIC = [  # (README, regex over the text with its whitespace collapsed, why it
      "the variants' formulas (gpt-2/model.py)"),
     ("gpt-2/README.md", r"position 0 has nothing|peak on position 0|position 0 always predicts|exit code 3",
      "the first position's index; train.py's exit code for a NaN loss"),
-    ("gpt-2/results/README.md", r"Guo et al\. 2024|\(Gu et al\.\)", "citations"),
-    ("gpt-2/results/README.md", r"queries 1\.\.T-1|position 0|In layer 1, every default head|\"\+1\" is a zero key",
-     "definitions: the queries with a choice, the first position, the layer the shares above are of, softmax1"),
     ("gpt-2/results/emergence/README.md", r"queries 1\.\.T-1", "definition: the queries with a choice of key"),
-    ("gpt-2/results/README.md", r"at lr 1e-2|at lr 3e-2|lr 1e-2 \(`backcopy_peak_lr1e2/`\)|constant lr 1e-2:|"
-     r"with weight decay 0\.1", "the learning rates and weight decay that name the configurations"),
 ]
 
 
