@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from lib import gpt2_pages
+
 ROOT = Path(__file__).resolve().parents[1]
 READMES = ("README.md", "docs/api.md", "docs/figures.md", "docs/findings.md", "docs/consequences.md", "docs/models.md",
            "gpt-2/README.md", "gpt-2/results/emergence/README.md",
@@ -43,15 +45,9 @@ def scale_test_of(folder, name):
     return next(r for r in consequences(f"{folder}/scale_test")["results"] if r["name"] == name)
 
 
-def older_numbering(record) -> int:
-    """1 for a file written before layers were 0-based (no `layers_are`: it counts them from 1), else 0."""
-    return 0 if record.get("layers_are") == "0-based" else 1
-
-
 def variant_rows(folder):
-    """compare.py's table.json rows of a gpt-2/results folder, by variant, with the layer of the ratio 0-based."""
-    table = load(f"gpt-2/results/{folder}/table.json")
-    return {r["variant"]: {**r, "ratio_layer": r["ratio_layer"] - older_numbering(table)} for r in table["rows"]}
+    """compare.py's table.json rows of a gpt-2/results folder, by variant, their layers 0-based (lib/gpt2_pages.py)."""
+    return gpt2_pages.variant_rows(ROOT, folder)
 
 
 def emergence_rows():
