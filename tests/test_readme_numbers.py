@@ -50,10 +50,6 @@ def variant_rows(folder):
     return gpt2_pages.variant_rows(ROOT, folder)
 
 
-def emergence_rows():
-    return {r["run"]: r for r in load("gpt-2/results/emergence/table.json")["rows"]}
-
-
 def config(name):
     """The settings of a gpt-2/config file (plain assignments)."""
     values = {}
@@ -117,25 +113,6 @@ def emergence_facts():
 def steps(streak) -> str:
     return f"{streak['first'] // 1000}k-{streak['last'] // 1000}k"
 
-
-def variant_table(folder):
-    """compare.py's table rows for a gpt-2/results folder, from its table.json; tables made before the per-layer
-    verdict have one outliers column (max over layers >= 100)."""
-    lines = []
-    for r in variant_rows(folder).values():
-        if "max_over_layers_outliers" in r:  # systematic outliers (where), then the old column
-            found = ", ".join(f"L{x['layer']} t{x['token']} c{x['channel']}" for x in r["outlier_layers"])
-            outliers = f" {'yes: ' + found if r['outliers'] else 'no'} | {'yes' if r['max_over_layers_outliers'] else 'no'} |"
-        else:
-            outliers = f" {'yes' if r['outliers'] else 'no'} |"
-        lines.append(f"| {r['variant']} | {r['val_loss']:.4f} | {r['top1']:.2f} | {r['median']:.3f} | {r['ratio']:.1f} "
-                     f"({r['ratio_layer']}) | {r['kurtosis']:.1f} | {r['first_token_share']:.3f} | "
-                     f"{r['top_key_share']:.3f} | {r['extra_key_share']:.3f} | {r['sink_rate']:.2f} |{outliers} "
-                     f"{'yes' if r['sink'] else 'no'} | {r['params']:,} | {r['tokens_per_sec']:,.0f} |")
-    return lines
-
-
-# --- README.md --------------------------------------------------------------------------------------------------------
 
 def gemma_figures():
     """The default model on the Summer prompt: the first outlier, the dominant one, the sink of the layer after."""
