@@ -166,7 +166,8 @@ def _measure(s: Subject, methods, wanted_interventions, log, rule, scale) -> dic
             result["scale_test"] = {"note": MASK_UNSUPPORTED}
     result["seconds"] = round(time.time() - start, 1)
     weight = next(s.model.parameters())
-    result["provenance"] = provenance(s.spec, data=s.data, device=execution_device(_input_embeddings(s)),
+    embeddings = gpt2_checkpoints.as_lm(s.model).get_input_embeddings()
+    result["provenance"] = provenance(s.spec, data=s.data, device=execution_device(embeddings),
                                       dtype=weight.dtype, placement=placement(s.model, s.blocks))
     return result
 
@@ -193,10 +194,6 @@ def without_prefix(s: Subject, baseline: dict, with_prefix: dict, rule=intervent
             "per_window": {key: {"with": with_prefix[key], "without": without[key]} for key in without},
             "targets": "the baseline's: every text token of a window but the first (the prepended tokens and the first "
                        "text token are never targets)"}
-
-
-def _input_embeddings(s: Subject) -> torch.nn.Module:
-    return s.model.get_input_embeddings() if s.hf else s.model.transformer.wte
 
 
 def jittered(s: Subject, method: str, baseline: dict) -> dict:
