@@ -19,6 +19,7 @@ The statistics' variants are outlier_stats.VARIANTS, written into table.json.
 """
 import json
 import os
+import shlex
 import sys
 
 import analyze
@@ -154,15 +155,16 @@ def markdown(rows):
     return "\n".join(lines) + "\n"
 
 
-def write_table(c, rows, markdown, criteria, script):
-    """table.md and table.json (with the criteria and the command) into c['results_dir']; returns the folder."""
+def write_table(c, rows, markdown, criteria, script, **recorded):
+    """table.md and table.json (with the criteria, the command and any other `recorded` entries) into
+    c['results_dir']; returns the folder."""
     results_dir = resolve_path(c["results_dir"])
     os.makedirs(results_dir, exist_ok=True)
     table = markdown(rows)
     write_text(os.path.join(results_dir, "table.md"), table)
-    command = " ".join(["python", script] + sys.argv[1:])
+    command = shlex.join(["python", script] + sys.argv[1:])  # pastes into a shell as it stands
     write_json(os.path.join(results_dir, "table.json"),
-               dict(layers_are=LAYERS_ARE, criteria=criteria, command=command, rows=rows,
+               dict(layers_are=LAYERS_ARE, criteria=criteria, **recorded, command=command, rows=rows,
                     provenance=provenance(command=command)))
     print(table)
     return results_dir

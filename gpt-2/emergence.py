@@ -31,7 +31,7 @@ from lib import outliers
 from compare import check_runs, open_run, read_json, read_jsonl, read_stats, write_table
 from dataset import Batches
 from evaluate import at_least, evaluate
-from outlier_stats import SINK_SHARE, SYSTEMATIC_RATIO, criteria, layer_report, peak_ablation, run_verdict
+from outlier_stats import SINK_SHARE, SYSTEMATIC_RATIO, criteria, layer_report, peak_ablation, ratio_floor, run_verdict
 from stats_log import shift_blocks
 
 DEFAULTS = dict(runs=[], results_dir="emergence-out", n_seqs=64, eval_iters=50, batch_size=16, device="cpu",
@@ -303,6 +303,14 @@ def plot(rows, results_dir):
     return paths
 
 
+def log_bounds(stats_seqs):
+    """The bounds a log written before the per-position verdict gives (outlier_stats.logged_status)."""
+    return dict(stats_seqs=stats_seqs, ratio_floor=ratio_floor(stats_seqs), sink_share=SINK_SHARE,
+                text=f"a block whose logged position-free ratio is under {ratio_floor(stats_seqs):.1f} (over "
+                     f"{stats_seqs} sequences) cannot pass the ratio; a layer whose heads x top-key share is <= "
+                     f"{SINK_SHARE:g} has no head above {SINK_SHARE:g}")
+
+
 def loads(run, c):
     """A run to judge from its checkpoint: its newest checkpoint loads."""
     open_run(run, "cpu")
@@ -313,7 +321,7 @@ def main(argv):
     at_least(c, 1, "n_seqs", "eval_iters", "batch_size", "stats_seqs")
     check_runs(c, None if c["from_logs"] else loads)
     rows = [row_for(run, c) for run in c["runs"]]
-    results_dir = write_table(c, rows, markdown, criteria(), "emergence.py")
+    results_dir = write_table(c, rows, markdown, criteria(), "emergence.py", log_bounds=log_bounds(c["stats_seqs"]))
     if c["plot"]:
         plot(rows, results_dir)
     return rows
