@@ -124,6 +124,12 @@ def read_jsonl(path):
     return records
 
 
+def one_per_iter(records):
+    """The last record of each iteration, in order: a run resumed by code that appended its log logged the
+    evaluation at its resume step twice (identical lines; train.py now rewrites the log from there)."""
+    return list({r["iter"]: r for r in records}.values())
+
+
 def read_stats(path):
     """The lines of a stats.jsonl ([] where there is none), blocks 0-based whatever code wrote them
     (stats_log.as_zero_based)."""

@@ -28,7 +28,7 @@ import numpy as np
 from lib.configurator import UserError, configure, resolve_path, user_errors_exit
 from lib.gpt2_data import load_meta
 from lib import outliers
-from compare import check_runs, open_run, read_json, read_jsonl, read_stats, write_table
+from compare import check_runs, one_per_iter, open_run, read_json, read_jsonl, read_stats, write_table
 from dataset import Batches
 from evaluate import at_least, evaluate
 from outlier_stats import SINK_SHARE, SYSTEMATIC_RATIO, criteria, layer_report, peak_ablation, ratio_floor, run_verdict
@@ -75,6 +75,7 @@ def logged_ratio(layer):
 
 def from_the_logs(stats, log, n_layer):
     """What the table plots and tabulates from stats.jsonl and train_log.jsonl."""
+    log = one_per_iter(log)
     steps = [s["iter"] for s in stats]
     per_layer = [[logged_ratio(s["layers"][i]) for s in stats] for i in range(n_layer)]
     return dict(slope_per_1k=[slope_per_1k(steps, v) for v in per_layer],

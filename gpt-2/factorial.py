@@ -25,6 +25,7 @@ import numpy as np
 from lib.configurator import UserError, configure, resolve_path, user_errors_exit
 from lib.gpt2_checkpoints import checkpoints, load_gpt
 from lib.files import write_json, write_text
+from compare import one_per_iter, read_jsonl
 from dataset import Batches
 from outlier_stats import SYSTEMATIC_RATIO, criteria, final_report, persistence
 from stats_log import LAYERS_ARE, as_stored, as_zero_based
@@ -36,11 +37,6 @@ FACTORS = dict(attention=("default", "ca_softmax"), optimizer=("adamw", "muon"),
 # the level each explanation says removes the outliers, and its name
 REMOVES = dict(attention=("ca_softmax", "softmax attention"), optimizer=("muon", "the optimizer (Adam)"),
                norm=("rmsnorm_single", "the per-channel norm gain"))
-
-
-def read_jsonl(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def read_log(path):
@@ -122,7 +118,8 @@ def run_row(runs_dir, name):
                   for reader, path in ((read_log, os.path.join(folder, "stats.jsonl")),
                                        (read_jsonl, os.path.join(folder, "train_log.jsonl"))))
     row = dict(run=name, **settings_of(name), steps=stats[-1]["iter"] if stats else 0, finished=False,
-               trajectory=trajectory(stats), val_curve=[dict(iter=l["iter"], val=l["eval"]["val"]) for l in log])
+               trajectory=trajectory(stats),
+               val_curve=[dict(iter=line["iter"], val=line["eval"]["val"]) for line in one_per_iter(log)])
     if stats:
         held = persistence(stats)  # every line carries the per-position verdict (outlier_positions)
         row["over_run"] = dict(verdict="yes" if held["held"] else "no", first_held=held["first_held"],

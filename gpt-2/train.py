@@ -347,7 +347,7 @@ class StatsLog:
         val = Batches(c.dataset, "val", 1, c.block_size, 0)
         self.seqs = val.sequences(min(c.stats_seqs, val.available(c.block_size)), c.block_size).to(proc.device)
         self.path, self.ctx = os.path.join(out_dir, "stats.jsonl"), proc.ctx
-        keep_stats_before(self.path, iter_num)  # a resumed run rewrites what came after its checkpoint
+        keep_log_before(self.path, iter_num)  # a resumed run rewrites what came after its checkpoint
 
     def write(self, model, raw_model, iter_num):
         model.eval()
@@ -376,8 +376,9 @@ def write_final(model, c, proc, out_dir, iter_num, losses):
     print(f"wrote {os.path.join(out_dir, 'final.json')}")
 
 
-def keep_stats_before(path, iter_num):
-    """Drop the stats.jsonl lines of iterations >= iter_num (written after the checkpoint a run resumes from)."""
+def keep_log_before(path, iter_num):
+    """Drop the lines of a JSON-lines log (stats.jsonl, train_log.jsonl) of iterations >= iter_num: written at or
+    after the checkpoint a run resumes from, they are written again."""
     if not os.path.exists(path):
         return
     with open(path) as f:
@@ -438,6 +439,8 @@ def main(argv):
     if c.wandb_log and proc.master:
         import wandb
         wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=vars(c))
+    if proc.master:
+        keep_log_before(os.path.join(out_dir, "train_log.jsonl"), state.iter_num)
     stats = StatsLog(c, proc, out_dir, state.iter_num) if c.stats_interval and proc.master else None
     speed, history, started, last_iter = Throughput(tokens_per_iter), {}, time.time(), c.max_iters
     model.train()

@@ -386,6 +386,14 @@ def test_fresh_data_training_resumes_exactly_and_logs_stats(optimizer, tmp_path)
     assert [s["iter"] for s in stats] == [0, 10, 20, 30]  # the resumed run rewrote step 20 and went on
     assert len(stats[0]["layers"]) == 2 and "outliers" in stats[0]
     assert all(s["layers_are"] == "0-based" for s in stats)
+    log = [json.loads(line)["iter"] for line in open(tmp_path / "b" / "train_log.jsonl")]
+    assert log == [10, 20, 30]  # the resume step's evaluation logged once
+
+
+def test_a_log_with_a_resume_step_twice_is_read_once():
+    from compare import one_per_iter
+    lines = [dict(iter=0, v=1), dict(iter=10, v=2), dict(iter=10, v=3), dict(iter=20, v=4)]
+    assert one_per_iter(lines) == [dict(iter=0, v=1), dict(iter=10, v=3), dict(iter=20, v=4)]
 
 
 def test_fresh_data_batches_do_not_repeat(tmp_path):
