@@ -50,9 +50,9 @@ def config(root: Path, name: str) -> dict:
     return values
 
 
-def task_defaults(root: Path) -> dict:
-    """The literal entries of data/backcopy/prepare.py's DEFAULTS = dict(...), read from its source."""
-    tree = ast.parse((root / GPT2 / "data/backcopy/prepare.py").read_text())
+def literal_defaults(root: Path, path) -> dict:
+    """The literal entries of a gpt-2/ file's `DEFAULTS = dict(...)`, read from its source (nothing is imported)."""
+    tree = ast.parse((root / path).read_text())
     call = next(node.value for node in tree.body if isinstance(node, ast.Assign)
                 and any(getattr(t, "id", None) == "DEFAULTS" for t in node.targets))
     found = {}
@@ -62,6 +62,11 @@ def task_defaults(root: Path) -> dict:
         except ValueError:
             continue
     return found
+
+
+def task_defaults(root: Path) -> dict:
+    """data/backcopy/prepare.py's DEFAULTS."""
+    return literal_defaults(root, GPT2 / "data/backcopy/prepare.py")
 
 
 def search_lrs(root: Path) -> dict:

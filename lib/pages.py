@@ -4,6 +4,7 @@ read from its result file, so it cannot drift from it, and a regenerated result 
     results/consequences/README.md   every consequences.json under results/consequences/ (consequences.py)
     results/figures/README.md        the figure JSONs of every model folder under results/figures/ (reproduce.py)
     gpt-2/results/README.md          the gpt-2 runs' table.json and analysis.json files (lib/gpt2_pages.py)
+    gpt-2/results/emergence/README.md  the emergence study's table.json (lib/emergence_page.py)
 
 The prose states method and definitions. A file written when layers counted from 1 is read 0-based
 (lib.layer_numbering.as_zero_based), and the page names such folders once.
@@ -14,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from lib import compression, evaluation_report, gpt2_pages, scale_test, summary
+from lib import compression, emergence_page, evaluation_report, gpt2_pages, scale_test, summary
 from lib.cross_model import SIGNIFICANT
 from lib.files import write_text
 from lib.layer_numbering import STATEMENT, as_zero_based, written_one_based
@@ -203,8 +204,12 @@ def gpt2_results_page(root: Path = ROOT) -> str:
     return gpt2_pages.page(root, RENDERED)
 
 
+def gpt2_emergence_page(root: Path = ROOT) -> str:
+    return emergence_page.page(root, RENDERED)
+
+
 PAGES = {CONSEQUENCES / "README.md": consequences_page, FIGURES_DIR / "README.md": figures_page,
-         gpt2_pages.PAGE: gpt2_results_page}
+         gpt2_pages.PAGE: gpt2_results_page, emergence_page.PAGE: gpt2_emergence_page}
 
 
 def write_all(root: Path = ROOT) -> list[Path]:
