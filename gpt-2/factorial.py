@@ -19,12 +19,14 @@ import itertools
 import json
 import math
 import os
+import shlex
 import sys
 
 import numpy as np
 from lib.configurator import UserError, configure, resolve_path, user_errors_exit
 from lib.gpt2_checkpoints import checkpoints, load_gpt
 from lib.files import write_json, write_text
+from lib.gpt2_pages import factorial_summary
 from compare import one_per_iter, read_jsonl
 from dataset import Batches
 from outlier_stats import SYSTEMATIC_RATIO, criteria, final_report, persistence
@@ -34,6 +36,7 @@ DEFAULTS = dict(runs_dir="results/factorial/runs", sweep_dir="results/factorial/
                 compression="results/factorial/compression/consequences.json", check=False, plot=True,
                 sweep_only=False)
 FACTORS = dict(attention=("default", "ca_softmax"), optimizer=("adamw", "muon"), norm=("layernorm", "rmsnorm_single"))
+SEEDS = (1337, 1338)  # the registered design: every cell of FACTORS with each seed
 # the level each explanation says removes the outliers, and its name
 REMOVES = dict(attention=("ca_softmax", "softmax attention"), optimizer=("muon", "the optimizer (Adam)"),
                norm=("rmsnorm_single", "the per-channel norm gain"))
@@ -227,7 +230,7 @@ def compression(path, rows):
                 methods[m] = dict(mean=float(np.mean([g["change"] for g in got])),
                                   se=math.sqrt(sum(g["se"] ** 2 for g in got)) / len(got), n=len(got))
         per_cell.append(dict(attention=a, optimizer=o, norm=n, methods=methods))
-    return dict(file=os.path.relpath(path), command=report.get("command"), cells=per_cell)
+    return dict(file=os.path.relpath(path, resolve_path(".")), command=report.get("command"), cells=per_cell)
 
 
 def convergence(rows):
@@ -268,9 +271,11 @@ def check(runs_dir, names):
     return problems
 
 
-def markdown(rows, cell_rows, effects, conv, swept, comp=None):
+def markdown(table):
     """table.md: the sweep, the runs, the cells over seeds, each factor's effect and reading, the steps to L* and
     the compression costs per cell."""
+    rows, cell_rows, effects = table["runs"], table["cells"], table["effects"]
+    conv, swept, comp = table["convergence"], table["sweep"], table["compression"]
     def f(x, fmt="{:.1f}"):
         return "-" if x is None else fmt.format(x)
 
@@ -364,27 +369,48 @@ def main(argv):
     for name in names:
         settings_of(name)
     if c["check"]:
-        problems = check(runs_dir, names)
+        problems = check(runs_dir, names) + check_table(c, names)
         for p in problems:
             print(p)
         if problems:
             sys.exit(1)
         return None
-    rows = [run_row(runs_dir, n) for n in names]
-    comp = compression(resolve_path(c["compression"]), rows)
-    cell_rows, conv = cells(rows), convergence(rows)
-    effects = [effect(rows, f, key) for key in MEASURES for f in FACTORS]
-    from lib.provenance import provenance
+    table = make_table(c, swept, [run_row(runs_dir, n) for n in names], argv)
     results_dir = resolve_path(c["results_dir"])
-    table = dict(layers_are=LAYERS_ARE, sweep=swept, runs=rows, cells=cell_rows, effects=effects, convergence=conv, compression=comp,
-                 criteria=criteria(), provenance=provenance(command="python factorial.py " + " ".join(argv)))
     write_json(os.path.join(results_dir, "table.json"), table)
-    page = markdown(rows, cell_rows, effects, conv, swept, comp)
+    page = "\n".join(factorial_summary(table)) + "\n\n" + markdown(table)
     write_text(os.path.join(results_dir, "table.md"), page)
     if c["plot"]:
-        plot(rows, results_dir)
+        plot(table["runs"], results_dir)
     print(page)
     return table
+
+
+def make_table(c, swept, rows, argv):
+    """table.json: the runs, the cells over seeds, each factor's effects, the convergence and compression."""
+    from lib.provenance import provenance
+    comp = compression(resolve_path(c["compression"]), rows)
+    effects = [effect(rows, f, key) for key in MEASURES for f in FACTORS]
+    registered = len(SEEDS) * math.prod(len(levels) for levels in FACTORS.values())
+    return dict(layers_are=LAYERS_ARE, registered_runs=registered, sweep=swept, runs=rows, cells=cells(rows),
+                effects=effects, convergence=convergence(rows), compression=comp, criteria=criteria(),
+                provenance=provenance(command=shlex.join(["python", "factorial.py", *argv])))
+
+
+def check_table(c, names):
+    """The committed table.json in results_dir (when there is one) against the table the committed runs make now:
+    the differences, one line each."""
+    from lib.check import differences
+    path = os.path.join(resolve_path(c["results_dir"]), "table.json")
+    if not os.path.exists(path):
+        return []
+    runs_dir = resolve_path(c["runs_dir"])
+    fresh = make_table(c, sweep(resolve_path(c["sweep_dir"])), [run_row(runs_dir, n) for n in names], [])
+    stored = json.load(open(path))
+    found = differences(stored, fresh) + differences(stored["runs"], fresh["runs"], "/runs")  # "runs" is skipped
+    # at the top level (lib.check.SKIP: a consequences.json's list of results), so it is compared on its own
+    print(f"checked {path} against the committed runs: {'same' if not found else 'differs'}")
+    return [f"table.json: {d}" for d in found]
 
 
 if __name__ == "__main__":

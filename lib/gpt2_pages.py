@@ -307,3 +307,42 @@ def page(root: Path, rendered: str) -> str:
     for part in (in_short, task, main_table, main_reading, search_intro, search_table, search_reading, natural_text):
         lines += part(root)
     return "\n".join(lines + [REGENERATE]) + "\n"
+
+
+# --- the factorial study (gpt-2/results/factorial/table.json, written by gpt-2/factorial.py) -------------------------
+
+FACTORIAL = RESULTS / "factorial"
+
+
+def factorial_summary(table: dict) -> list[str]:
+    """The factorial study's answer in a few sentences, from its table.json: how many registered runs finished,
+    whether any holds a systematic outlier and the largest fixed-position ratio reached, what the registered rule
+    reads of each explanation, and the steps to the common validation loss. factorial.py opens table.md with them;
+    the READMEs quote them."""
+    runs, criteria = table["runs"], table["criteria"]
+    done = [r for r in runs if r["finished"]]
+    lines = [f"{len(done)} of the {table['registered_runs']} registered runs have finished"
+             + (f" ({len(runs) - len(done)} in progress)." if len(runs) > len(done) else ".")]
+    if not done:
+        return lines
+    held = [r["run"] for r in done if r.get("over_run", {}).get("verdict") == "yes"]
+    top = max(done, key=lambda r: r["peak_ratio"])
+    logged = [(p["peak_ratio"], p["iter"], r["run"]) for r in runs for p in r["trajectory"]]
+    ratio, step, where = max(logged)
+    lines.append(
+        (f"{listed(held)} hold a systematic outlier." if held else
+         f"No finished run holds a systematic outlier (a fixed-position ratio >= {criteria['ratio']:g} with a sink "
+         f"share > {criteria['sink_share']:g}, at {criteria['persistence']} consecutive logged checkpoints).")
+        + f" The largest final fixed-position ratio is {top['peak_ratio']:.1f} ({top['run']}, block "
+        f"{top['peak_block']}, position {top['peak_position']}); the largest at any logged step {ratio:.1f} ({where}, "
+        f"step {step:,}); the largest final sink share on a run's peak position "
+        f"{max(r['sink_share'] for r in done):.2f}.")
+    readings = [e for e in table["effects"] if e["measure"] == "peak_ratio"]
+    lines.append("The registered rule on the final peak ratio reads: " + "; ".join(
+        f"{e['explanation']} ({e['removing_level']} against {e['other_level']}): {e['reading']}" for e in readings) + ".")
+    conv = table.get("convergence")
+    if conv:
+        reached = [s for s in conv["steps_to_target"].values() if s is not None]
+        lines.append(f"The finished runs reach a validation loss of {conv['target_loss']:.2f} (the largest final one) "
+                     f"after {min(reached):,}-{max(reached):,} steps.")
+    return lines

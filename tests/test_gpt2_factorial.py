@@ -165,3 +165,40 @@ def test_a_run_that_has_logged_nothing_yet_is_listed_as_running(runs, tmp_path):
     started = next(r for r in table["runs"] if r["run"] == "ca_softmax-muon-layernorm-s1")
     assert not started["finished"] and started["steps"] == 0
     assert "| ca_softmax-muon-layernorm-s1 | 0 | running |" in (tmp_path / "out" / "table.md").read_text()
+
+
+def test_the_check_compares_the_committed_table_with_the_runs(runs, tmp_path):
+    shutil.copytree(runs / "runs", tmp_path / "runs")
+    args = [f"--runs_dir={tmp_path / 'runs'}", f"--results_dir={tmp_path / 'table'}"]
+    factorial.main(args + ["--plot=False"])
+    assert factorial.main(args + ["--check=True"]) is None
+    path = tmp_path / "table" / "table.json"
+    table = json.load(open(path))
+    table["runs"][0]["peak_ratio"] *= 1.5
+    json.dump(table, open(path, "w"))
+    with pytest.raises(SystemExit) as e:
+        factorial.main(args + ["--check=True"])
+    assert e.value.code == 1
+
+
+def test_the_summary_states_the_largest_ratio_and_the_readings():
+    from lib.gpt2_pages import factorial_summary
+    run = lambda name, ratio, done=True, **kw: dict(  # noqa: E731
+        run=name, finished=done, peak_ratio=ratio, peak_block=1, peak_position=0, sink_share=0.05,
+        trajectory=[dict(iter=2000, peak_ratio=ratio / 2), dict(iter=4000, peak_ratio=ratio)],
+        over_run=dict(verdict="no"), **kw)
+    table = dict(registered_runs=16, criteria=dict(ratio=100, sink_share=0.5, persistence=3),
+                 runs=[run("a", 12.5), run("b", 40.25), run("c", 60.0, done=False)],
+                 effects=[dict(measure="peak_ratio", explanation="softmax attention", removing_level="ca_softmax",
+                               other_level="default", reading="refuted"),
+                          dict(measure="kurtosis", explanation="x", removing_level="y", other_level="z", reading="w")],
+                 convergence=dict(target_loss=1.53, steps_to_target=dict(a=16000, b=24000)))
+    text = " ".join(factorial_summary(table))
+    assert text.startswith("2 of the 16 registered runs have finished (1 in progress).")
+    assert "No finished run holds a systematic outlier" in text
+    assert "largest final fixed-position ratio is 40.2 (b, block 1, position 0)" in text  # 40.25 -> 40.2 (even)
+    assert "the largest at any logged step 60.0 (c, step 4,000)" in text
+    assert "softmax attention (ca_softmax against default): refuted." in text and "x (y against z)" not in text
+    assert "after 16,000-24,000 steps" in text
+    assert factorial_summary(dict(table, runs=[run("c", 60.0, done=False)])) == \
+        ["0 of the 16 registered runs have finished (1 in progress)."]
