@@ -5,22 +5,28 @@ read from its result file, so it cannot drift from it, and a regenerated result 
     results/figures/README.md        the figure JSONs of every model folder under results/figures/ (reproduce.py)
     gpt-2/results/README.md          the gpt-2 runs' table.json and analysis.json files (lib/gpt2_pages.py)
     gpt-2/results/emergence/README.md  the emergence study's table.json (lib/emergence_page.py)
+    README.md, docs/*.md, gpt-2/README.md
+                                     their templates under docs/templates/ (lib/templates.py), with the numbers
+                                     lib/page_values.py reads from the committed results
 
-The prose states method and definitions. A file written when layers counted from 1 is read 0-based
-(lib.layer_numbering.as_zero_based), and the page names such folders once.
+The prose of the results pages states method and definitions. A file written when layers counted from 1 is read
+0-based (lib.layer_numbering.as_zero_based), and the page names such folders once. bench/README.md has its own
+command, `python bench/pages.py`, since lib/ imports nothing of bench/.
 
     python -m lib.pages            # writes the pages; tests/test_pages.py checks the committed ones
 """
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
-from lib import compression, emergence_page, evaluation_report, gpt2_pages, scale_test, summary
+from lib import compression, emergence_page, evaluation_report, gpt2_pages, page_values, scale_test, summary
 from lib.cross_model import SIGNIFICANT
 from lib.files import write_text
 from lib.layer_numbering import STATEMENT, as_zero_based, written_one_based
 from lib.paper_figures import FIGURES
 from lib.provenance import ROOT
+from lib.templates import render_page
 
 CONSEQUENCES = Path("results/consequences")
 FIGURES_DIR = Path("results/figures")
@@ -209,7 +215,9 @@ def gpt2_emergence_page(root: Path = ROOT) -> str:
 
 
 PAGES = {CONSEQUENCES / "README.md": consequences_page, FIGURES_DIR / "README.md": figures_page,
-         gpt2_pages.PAGE: gpt2_results_page, emergence_page.PAGE: gpt2_emergence_page}
+         gpt2_pages.PAGE: gpt2_results_page, emergence_page.PAGE: gpt2_emergence_page,
+         **{Path(page): partial(render_page, page=page, value_functions=functions)
+            for page, functions in page_values.VALUES.items()}}
 
 
 def write_all(root: Path = ROOT) -> list[Path]:
