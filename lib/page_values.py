@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lib import analysis, bos_effect, check, cli, evaluation, gpt2_pages, outliers
 from lib import cross_model as cm
+from lib.layer_numbering import as_zero_based
 
 WIDTH = 115  # the pages' line width, where a value is a whole wrapped paragraph or list item
 WORDS = gpt2_pages.WORDS
@@ -157,9 +158,9 @@ def bos_headroom(root: Path) -> dict:
 
 def emergence_peak_figures(root: Path) -> dict:
     """The figure suite on the emergence run with the systematic outlier. Its files count layers from 1
-    (`layers_are` "1-based"); the sentence gives their layers as stored."""
+    (`layers_are` "1-based"); the sentence gives them 0-based, as the page counts."""
     folder = "gpt-2/results/emergence/figures/out-emergence-rf-default-none"
-    born, spread, gone = (load(root, f"{folder}/{name}.json") for name in
+    born, spread, gone = (as_zero_based(load(root, f"{folder}/{name}.json")) for name in
                           ("lifecycle_emergence", "lifecycle_spread", "lifecycle_disappearance"))
     ratios = spread["head_outlier_ratio"]
     values = spread["per_token"][f"v head {spread['head']} (L2)"]
@@ -213,7 +214,7 @@ def compression_valley(root: Path) -> dict:
     (token, channel, at), = tokens
     values = sorted(w["value"] for w in found)
     peak = max(rows[1:], key=lambda r: r["norm_ratio_first"])
-    middle = [r for r in rows if 1 < r["layer"] <= v["outlier_layers"][-1]]
+    middle = [r for r in rows[1:] if r["layer"] <= v["outlier_layers"][-1]]  # after the first layer, to the last flagged
     top_rate = max(r["sink_rate_first"] for r in rows)
     raw = [r["entropy"] for r in rows]
     valley = v["valley"]["entropy"]
@@ -226,7 +227,7 @@ def compression_valley(root: Path) -> dict:
     return {"valley_windows": str(act_n), "valley_tokens": str(act_len), "valley_token": token,
             "valley_channel": str(channel),
             "valley_value": f"{values[0]:,.0f}" + (" in every window" if len({w["value"] for w in found}) == 1 else ""),
-            "valley_layer": str(at), "first_norm": f"{rows[0]['norm_ratio_first']:.1f} x the median at layer 1",
+            "valley_layer": str(at), "first_norm": f"{rows[0]['norm_ratio_first']:.1f} x the median at layer {rows[0]['layer']}",
             "middle_norms": span([r["norm_ratio_first"] for r in middle], ".1f"),
             "middle_layers": f"{middle[0]['layer']}-{middle[-1]['layer']}", "norm_peak_layer": str(peak["layer"]),
             "top_sink_rate": f"{top_rate:.2f}",
@@ -365,12 +366,13 @@ def scale_tests(root: Path) -> dict:
 
 def scale_test_reading(root: Path) -> dict:
     """The bullets under the scale-test table: the small GPT's BOS sink, then Gemma 3 270M's. The GPT's file counts
-    layers from 1 (no `layers_are`); the sentence gives its layers as stored."""
-    gpt = scale_test_of(root, "gpt2_emergence_bos", "out-emergence-default")["scale_test"]
+    layers from 1 (no `layers_are`); the sentence gives its layers 0-based."""
+    gpt = next(r for r in as_zero_based(consequences(root, "gpt2_emergence_bos/scale_test"))["results"]
+               if r["name"] == "out-emergence-default")["scale_test"]
     gemma_run = scale_test_of(root, "gemma3_270m", "gemma3_270m")
     gemma, windows = gemma_run["scale_test"], gemma_run["data"]["windows"]
     main = max(gpt["layers"].values(), key=lambda layer: layer["a_s_mean"])  # where the sink holds most attention
-    value_layers = ("1", "2")
+    value_layers = sorted(gpt["layers"], key=int)
     modes = gemma["modes"]
     dropped, masked = modes["drop_sink_value"], modes["mask"]
     # a difference no larger than the larger of the two paired standard errors is not read as an effect
@@ -384,8 +386,9 @@ def scale_test_reading(root: Path) -> dict:
     return {"gpt_fitted_left": f"+{gpt['modes']['fitted_scale']['nll_change']:.2f}",
             "gpt_main_fit_r2": f"{main['fit_r2']:.2f}",
             "gpt_const_left": f"+{gpt['modes']['const_scale']['nll_change']:.2f}",
-            "gpt_sink_values": span([gpt["layers"][layer]["sink_value_ratio_median"] for layer in value_layers], ".2f"),
-            "gpt_value_layers": "-".join(value_layers),
+            "gpt_sink_values": gpt2_pages.listed([f"{gpt['layers'][layer]['sink_value_ratio_median']:.2f}"
+                                                  for layer in value_layers]),
+            "gpt_value_layers": gpt2_pages.listed(value_layers),
             "gemma_sink_shares": span([100 * layer["a_s_mean"] for layer in gemma_layers], ".0f"),
             "drop_against_mask": "as much as" if within else "more than" if more else "less than",
             "dropped_cost": nats(dropped), "masked_cost": nats(masked), "gemma_windows": str(windows),
