@@ -253,7 +253,10 @@ def relocation(root: Path) -> dict:
     require(all(k[0] == 0 for k in w["outlier_tokens"]) and list(w["conditions"]) == ["every_layer"]
             and w["first_sink_layer"] == 0 and prompt["massive_token"] == after["massive_token"] == 0,
             "the first token carries the outliers, the sink starts at layer 0 and every layer is masked")
+    no_bos = load(root, "results/figures/no_bos/gemma3_270m/lifecycle_relocation.json")["windows"]
     return {"relocation_windows": str(n), "relocation_tokens": str(w["seqlen"]), "later_tokens": span(others, "d"),
+            "relocation_channel": str(base["channel"]),
+            "no_bos_relocation_channel": str(no_bos["baseline"]["where"]["massive"]["channel"]),
             "first_sink_layer": str(w["first_sink_layer"]),
             "massive_stays": f"{n - round(hidden['moved']['massive_moved'] * n)} of {n}",
             "massive_before": f"{base['value_median']:,.0f}",
