@@ -423,8 +423,25 @@ def emergence_criteria(root: Path) -> dict:
             "persistence": str(criteria["persistence"]), "control_draws": str(criteria["control_draws"])}
 
 
+def factorial_sentences(root: Path) -> list[str]:
+    """The factorial study's answer so far in sentences (gpt-2/results/factorial/table.json;
+    lib.gpt2_pages.factorial_summary): the runs finished and the outliers found, then what the registered rule reads
+    of each explanation and the steps to the common loss."""
+    return gpt2_pages.factorial_summary(load(root, gpt2_pages.FACTORIAL / "table.json"))
+
+
+def factorial_outliers(root: Path) -> dict:
+    """The runs finished and the outliers found, as a paragraph of its own."""
+    return {"factorial_outliers": wrapped(" ".join(factorial_sentences(root)[:2]))}
+
+
+def factorial_item(root: Path) -> dict:
+    """Every sentence of the answer, as the continuation of a list item."""
+    return {"factorial_answer": wrapped(" ".join(factorial_sentences(root)), "  ", "  ")}
+
+
 VALUES = {  # page: the functions its template's fields come from
-    "README.md": (model_findings, emergence_verdicts),
+    "README.md": (model_findings, emergence_verdicts, factorial_outliers),
     "docs/api.md": (outlier_rules,),
     "docs/figures.md": (figures_time, emergence_peak_figures, prompt_outliers, outlier_rules, calibration_defaults,
                         check_tolerances, bos_headroom),
@@ -432,5 +449,5 @@ VALUES = {  # page: the functions its template's fields come from
                          bos_table, bos_reading),
     "docs/consequences.md": (gemma_consequences, backcopy_sinks, scale_tests, gemma_windows, scale_test_reading),
     "docs/models.md": (),
-    "gpt-2/README.md": (gpt2_results, emergence_verdicts, emergence_criteria),
+    "gpt-2/README.md": (gpt2_results, emergence_verdicts, emergence_criteria, factorial_item),
 }
