@@ -439,8 +439,9 @@ def main(argv):
     if c.wandb_log and proc.master:
         import wandb
         wandb.init(project=c.wandb_project, name=c.wandb_run_name, config=vars(c))
-    if proc.master:
-        keep_log_before(os.path.join(out_dir, "train_log.jsonl"), state.iter_num)
+    if proc.master:  # the resume step's evaluation is logged again only where it is due (a max_seconds stop's is not)
+        relogged = state.iter_num % c.eval_interval == 0 or state.iter_num == c.max_iters
+        keep_log_before(os.path.join(out_dir, "train_log.jsonl"), state.iter_num + (not relogged))
     stats = StatsLog(c, proc, out_dir, state.iter_num) if c.stats_interval and proc.master else None
     speed, history, started, last_iter = Throughput(tokens_per_iter), {}, time.time(), c.max_iters
     model.train()

@@ -412,6 +412,17 @@ def test_max_seconds_stops_and_saves(tmp_path):
     assert checkpoints(str(tmp_path / "o"))[-1][0] == len(history)
 
 
+def test_a_run_resumed_between_evaluations_keeps_the_last_steps_evaluation(tmp_path):
+    """A run that stopped at a step where no evaluation is due (as a max_seconds stop does) evaluated and saved
+    there; resumed, it keeps that line and writes none twice."""
+    data = prepare(tmp_path / "d")
+    kw = dict(stats_interval=0, always_save_checkpoint=True)
+    train.main(fresh_args(data, tmp_path / "o", max_iters=23, **kw))
+    train.main(fresh_args(data, tmp_path / "o", init_from="resume", max_iters=30, **kw))
+    log = [json.loads(line)["iter"] for line in open(tmp_path / "o" / "train_log.jsonl")]
+    assert log == [10, 20, 23, 30]
+
+
 def test_fresh_data_needs_a_synthetic_task(tmp_path):
     d = tmp_path / "plain"
     d.mkdir()
