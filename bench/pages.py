@@ -62,7 +62,8 @@ def variants_bench(root: Path) -> dict:
     """The gpt-2 variants' training speed against default, and default's against a plain SDPA GPT."""
     b = load(root, "bench/results/gpt2_variants.json")
     ratios = [v for k, v in b["variant_vs_default"].items() if k != "default"]
-    return {"default_vs_plain": f"{b['default_vs_plain_sdpa']:.2f}", "variant_vs_default": span(ratios, ".2f")}
+    return {"default_vs_plain": f"{b['default_vs_plain_sdpa']:.2f}", "variant_vs_default": span(ratios, ".2f"),
+            "variants_load": f"{100 * b['provenance']['machine_load']['others_cpu_share']:.1f}%"}
 
 
 def scale_bench(root: Path) -> dict:
@@ -90,6 +91,7 @@ def scale_bench_setup(root: Path) -> dict:
             "peak_difference": f"{(peak['stats'] - peak['logits']) / 1e6:.1f}",
             "logits_peak_mb": f"{peak['logits'] / 1e6:.0f}",
             "scale_load": f"{100 * b['provenance']['machine_load']['others_cpu_share']:.1f}%",
+            "scale_seconds": f"{b['provenance']['machine_load']['seconds']:.0f}",
             "column_sums": f"{s['heads'] * s['tokens'] * 4 / 2**20:.1f}"}  # float32 per head and key
 
 

@@ -378,7 +378,7 @@ def main(argv):
     table = make_table(c, swept, [run_row(runs_dir, n) for n in names], argv)
     results_dir = resolve_path(c["results_dir"])
     write_json(os.path.join(results_dir, "table.json"), table)
-    page = "\n".join(factorial_summary(table)) + "\n\n" + markdown(table)
+    page = table_page(table)
     write_text(os.path.join(results_dir, "table.md"), page)
     if c["plot"]:
         plot(table["runs"], results_dir)
@@ -397,9 +397,14 @@ def make_table(c, swept, rows, argv):
                 provenance=provenance(command=shlex.join(["python", "factorial.py", *argv])))
 
 
+def table_page(table):
+    """table.md: the answer in sentences (lib.gpt2_pages.factorial_summary), then the tables."""
+    return "\n".join(factorial_summary(table)) + "\n\n" + markdown(table)
+
+
 def check_table(c, names):
-    """The committed table.json in results_dir (when there is one) against the table the committed runs make now:
-    the differences, one line each."""
+    """The committed table.json in results_dir (when there is one) against the table the committed runs make now,
+    and its table.md against the page that table.json makes: the differences, one line each."""
     from lib.check import differences
     path = os.path.join(resolve_path(c["results_dir"]), "table.json")
     if not os.path.exists(path):
@@ -409,6 +414,9 @@ def check_table(c, names):
     stored = json.load(open(path))
     found = differences(stored, fresh) + differences(stored["runs"], fresh["runs"], "/runs")  # "runs" is skipped
     # at the top level (lib.check.SKIP: a consequences.json's list of results), so it is compared on its own
+    with open(os.path.join(os.path.dirname(path), "table.md")) as f:
+        if f.read() != table_page(stored):
+            found.append("table.md is not what its table.json makes (run factorial.py with --results_dir)")
     print(f"checked {path} against the committed runs: {'same' if not found else 'differs'}")
     return [f"table.json: {d}" for d in found]
 

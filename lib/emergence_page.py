@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 from lib.gpt2_pages import GPT2, RESULTS, WORDS, config, consequences, listed, literal_defaults, load, lr
+from lib.page_values import WIDTH, require
 
 FOLDER = RESULTS / "emergence"
 PAGE = FOLDER / "README.md"
@@ -76,7 +77,7 @@ def what_was_run(root: Path, t: dict) -> list[str]:
         f"afresh from the task (`--fresh_data=True`: nothing repeats), AdamW at a constant lr "
         f"{lr(fresh['learning_rate'])} after {fresh['warmup_iters']} warmup\n  steps, weight decay "
         f"{fresh['weight_decay']:g}, fp32. Every {fresh['stats_interval']} steps `train.py` logged per-block "
-        f"statistics on the first {t['log_bounds']['stats_seqs']}\n  validation sequences (`runs/<name>/stats.jsonl`) "
+        f"statistics on the first {defaults['stats_seqs']}\n  validation sequences (`runs/<name>/stats.jsonl`) "
         "and its val loss (`train_log.jsonl`).",
         f"- **Designs** (`design` in `table.json`): `bos` (BOS, then the task's tokens; {count('design', 'bos')} runs), "
         "`random_first` (a random\n  first token, then a fixed token F; learned, rotary or no position embedding; "
@@ -144,6 +145,13 @@ def logs_show(root: Path, t: dict) -> list[str]:
                      for label, name in labels)
     pruned = listed([f"{none[name]['compression']['prune50']['ppl']:.3f}" for _, name in labels])
     sink = lambda name: f"{masks[name]['mask_attn_sink']['ppl']:.3f}"  # noqa: E731
+    require(nobos_share <= c["sink_share"], "no sink forms in the nobos runs (no key above the sink share)")
+    require(at["token"] == 0 and abs(at["value"]) / at["median"] < c["ratio"],
+            "BOS's own entry at default's final checkpoint is no massive activation")
+    require(scale["oracle_scale"]["nll_change"] < scale["mask"]["nll_change"] / 4
+            and scale["fitted_scale"]["nll_change"] < scale["const_scale"]["nll_change"],
+            "the BOS sink acts as a context-aware scale (the measured scale undoes most of the mask's cost, a "
+            "per-token one more than one per head)")
     headline = ("**No run is shown to hold a systematic outlier.**" if not judged.get("yes") else
                 f"**{len(judged['yes'])} run(s) hold a systematic outlier by the logs.**")
     return [
@@ -190,14 +198,17 @@ def undecided(t: dict) -> list[str]:
         "per-position verdict and keep their final weights.", ""]
 
 
-def files(t: dict) -> list[str]:
+def files(root: Path) -> list[str]:
+    suites = sorted((root / FOLDER / "figures").glob("out-emergence-*/existence_activation_outliers_layer.json"))
+    rules = {load(root, path.relative_to(root))["rule"] for path in suites}
+    (rule,) = rules  # one rule for every suite, or the sentence below would need one per folder
     return [
         "## Files",
         "`table.md`, `table.json` (per run: settings, logged ratios, positions, writers and most attended keys, the "
         "verdict\nwith its open stretches, the logged-peak streaks, val losses; under `at_checkpoint`, labelled, the "
         "final checkpoints'\nnumbers measured under an earlier rule), `trajectories.png`, `convergence.png`, "
-        "`runs/<name>/` (each run's logs),\n`figures/out-emergence-*/index.md` (the LLM figure suite on three "
-        f"checkpoints with the figure rule at {t['criteria']['ratio']:g} x the\nmedian, not the criterion above), and "
+        f"`runs/<name>/` (each run's logs),\n`figures/out-emergence-*/index.md` (the LLM figure suite on {len(suites)} "
+        f"checkpoints with the figure rule, {rule}, not the criterion above), and "
         "at the repository root `results/consequences/gpt2_emergence_bos/` and\n`gpt2_emergence_none/` (each "
         "`consequences.md` starts with its command).", ""]
 
@@ -222,12 +233,12 @@ def wrapped(paragraph: str) -> str:
     if not paragraph or paragraph.startswith("#"):
         return paragraph
     indent = "  " if paragraph.startswith("- ") else ""
-    return textwrap.fill(" ".join(paragraph.split()), width=116, subsequent_indent=indent, break_on_hyphens=False,
+    return textwrap.fill(" ".join(paragraph.split()), width=WIDTH, subsequent_indent=indent, break_on_hyphens=False,
                          break_long_words=False)
 
 
 def page(root: Path, rendered: str) -> str:
     t = table(root)
-    parts = intro(t) + what_was_run(root, t) + how_judged(t) + logs_show(root, t) + undecided(t) + files(t)
+    parts = intro(t) + what_was_run(root, t) + how_judged(t) + logs_show(root, t) + undecided(t) + files(root)
     lines = ["# Emergence runs: small GPTs trained long on fresh Bigram-Backcopy data", "", rendered, ""]
     return "\n".join(lines + [wrapped(p) for p in parts] + [REGENERATE]) + "\n"

@@ -6,7 +6,6 @@ that applies it (a page that drifts from its code misleads as much as one that d
 sentence states something of the results beyond its numbers, its function raises ValueError once the results no
 longer bear it out. Nothing of gpt-2/ is imported.
 """
-import json
 import math
 import re
 import textwrap
@@ -14,18 +13,15 @@ from pathlib import Path
 
 from lib import analysis, bos_effect, check, cli, evaluation, gpt2_pages, outliers
 from lib import cross_model as cm
+from lib.gpt2_pages import load, span
 from lib.layer_numbering import as_zero_based
+from lib.paper_figures import FIGURES
 
 WIDTH = 115  # the pages' line width, where a value is a whole wrapped paragraph or list item
 WORDS = gpt2_pages.WORDS
 
 
 # --- the committed files, and numbers as the pages write them ---------------------------------------------------------
-
-def load(root: Path, path) -> dict:
-    """A committed JSON file, by its path under root."""
-    return json.loads((root / path).read_text())
-
 
 def consequences(root: Path, folder: str) -> dict:
     """The consequences.json of a folder under results/consequences/."""
@@ -48,11 +44,6 @@ def ppl(x: float) -> str:
 def nats(entry: dict) -> str:
     """An NLL change with its paired standard error: +0.293 ± 0.013."""
     return f"{entry['nll_change']:+.3f} ± {entry['nll_change_stderr']:.3f}"
-
-
-def span(values, fmt: str) -> str:
-    """The smallest and the largest value: 0.17-0.24."""
-    return f"{min(values):{fmt}}-{max(values):{fmt}}"
 
 
 def wrapped(text: str, first: str = "", rest: str = "") -> str:
@@ -166,12 +157,12 @@ def emergence_peak_figures(root: Path) -> dict:
     values = spread["per_token"][f"v head {spread['head']} (L2)"]
     smallest = min(range(len(values)), key=values.__getitem__) == born["token"]
     steps = gone["values_at_layer"]
+    require(len(ratios) == 2 and min(ratios) > 0.5, "both heads of the reading block read the peak")
+    require(abs(steps["MLP adds"]) > 10 * abs(steps["attention adds"]), "the block's MLP cancels it (10 x attention)")
     return {"peak_block": str(born["layer"]), "peak_unit": str(born["neuron"]), "peak_position": str(born["token"]),
-            "peak_readers": "both heads" if len(ratios) == 2 and min(ratios) > 0.5 else "some heads",
             "peak_reader_block": str(spread["layer"]),
             "peak_value_rank": "the smallest" if smallest else "not the smallest",
-            "peak_canceller_block": str(gone["layer"]),
-            "peak_canceller": "MLP" if abs(steps["MLP adds"]) > 10 * abs(steps["attention adds"]) else "attention"}
+            "peak_canceller_block": str(gone["layer"])}
 
 
 # --- docs/findings.md -------------------------------------------------------------------------------------------------
@@ -219,7 +210,12 @@ def compression_valley(root: Path) -> dict:
     raw = [r["entropy"] for r in rows]
     valley = v["valley"]["entropy"]
     lowest = v["valley"]["entropy_centred"]["lowest_layer"]
-    mid = rows[lowest - 3:lowest + 1]  # the centred entropy's lowest layer and the three before it
+    by_layer = {r["layer"]: r for r in rows}
+    mid = [by_layer[layer] for layer in range(lowest - 3, lowest + 1)]  # the centred valley's lowest layer, 3 before
+    require(all(r["entropy_centred_without_outliers"] > r["entropy_centred"] for r in mid),
+            "leaving the outlier tokens out raises the centred entropy")
+    require(min(r["layer"] for r in rows if r["sink_rate_first"] == top_rate) > peak["layer"],
+            "the first token's sink rate peaks after its norm")
     no_bos_rates = [r["sink_rate_first"] for r in no_bos["layers"]]
     require(not any(no_bos_rates) and {w["category"] for w in no_bos["windows"]} == {"strong_delimiter"}
             and {w["token"] for w in no_bos["windows"]} == {"'"},
@@ -237,6 +233,8 @@ def compression_valley(root: Path) -> dict:
             "valley_depth": f"{valley['depth']:.2f}",
             "centred_entropy": ", ".join(f"{r['entropy_centred']:.3f}" for r in mid),
             "centred_layers": f"{mid[0]['layer']}-{mid[-1]['layer']}",
+            "centred_valley_layers": ", ".join(map(str, v["valley"]["entropy_centred"]["layers"])),
+            "centred_valley_depth": f"{v['valley']['entropy_centred']['depth']:.2f}", "centred_lowest_layer": str(lowest),
             "centred_without_outliers": ", ".join(f"{r['entropy_centred_without_outliers']:.3f}" for r in mid),
             "no_bos_first_sink_rate": f"{max(no_bos_rates):g}"}
 
@@ -254,6 +252,15 @@ def relocation(root: Path) -> dict:
             and w["first_sink_layer"] == 0 and prompt["massive_token"] == after["massive_token"] == 0,
             "the first token carries the outliers, the sink starts at layer 0 and every layer is masked")
     no_bos = load(root, "results/figures/no_bos/gemma3_270m/lifecycle_relocation.json")["windows"]
+    require(hidden["nll_change"] - control["nll_change"] > 2 * math.hypot(hidden["nll_change_stderr"],
+                                                                          control["nll_change_stderr"]),
+            "hiding the <bos> costs more than hiding as many random tokens (by 2 standard errors of the difference)")
+    early = no_bos["conditions"]["before_sink_layer"]["outliers"]
+    no_bos_base = no_bos["baseline"]["where"]["massive"]
+    require(early["moved"]["massive_moved"] == 1 and early["where"]["massive"]["channel"] == no_bos_base["channel"]
+            and abs(early["where"]["massive"]["value_median"] / no_bos_base["value_median"] - 1) < 0.1,
+            "without the <bos>, hiding the outlier tokens early moves the massive activation in every window to a "
+            "token of the same channel and size (within 10%)")
     return {"relocation_windows": str(n), "relocation_tokens": str(w["seqlen"]), "later_tokens": span(others, "d"),
             "relocation_channel": str(base["channel"]),
             "no_bos_relocation_channel": str(no_bos["baseline"]["where"]["massive"]["channel"]),
@@ -293,14 +300,17 @@ def bos_reading(root: Path) -> dict:
     require(len(sinks) == 1, "the sink moves to one kind of delimiter")
     (article, sink), = sinks
     require(where["massive"]["channel"] == before["massive"]["channel"]
-            and where["massive"]["largest_layer"] == before["massive"]["largest_layer"],
-            "the massive activation keeps its channel and layer")
+            and where["massive"]["largest_layer"] == before["massive"]["largest_layer"]
+            and abs(where["massive"]["value_median"] / before["massive"]["value_median"] - 1) < 0.1,
+            "the massive activation keeps its channel and layer and nearly its size (within 10%)")
     relocated = load(root, "results/figures/gemma3_270m/lifecycle_relocation.json")["windows"]
     no_bos = load(root, "results/figures/no_bos/gemma3_270m/lifecycle_relocation.json")["windows"]
     hidden = relocated["conditions"]["every_layer"]["outliers"]
     successor = no_bos["conditions"]["every_layer"]["outliers"]["moved"]["massive_moved"]
     peak = {k: max(w["per_layer"], key=lambda row: row["sink_share_median"])["sink_share_median"]
             for k, w in (("with", before), ("without", where))}
+    require(0.1 < hidden["nll_change"] / removed["nll_change"] < 10, "hiding the <bos> costs the same order as "
+            "removing it (within a factor of 10)")
     return {"no_bos_massive_tokens": " or ".join(massive), "no_bos_sink_article": article, "no_bos_sink_token": sink,
             "no_bos_sink_share": f"{peak['without']:.2f}", "bos_sink_share": f"{peak['with']:.2f}",
             "bos_ppl": ppl(base["ppl"]), "no_bos_ppl": ppl(removed["ppl"]), "no_bos_cost": nats(removed),
@@ -406,14 +416,11 @@ def scale_test_reading(root: Path) -> dict:
 def gpt2_results(root: Path) -> dict:
     """The Results section's sink costs and search count (gpt-2/results/, results/consequences/gpt2_backcopy/)."""
     change = backcopy_sink_changes(root)
-    ratio = gpt2_pages.emergence(root)["ratio"]
-    largest = {v: max(gpt2_pages.variant_rows(root, f)[v]["ratio"] for f in gpt2_pages.PEAK_FOLDERS)
-               for v in gpt2_pages.variant_rows(root, gpt2_pages.PEAK_FOLDERS[0])}
-    passing = [v for v, r in largest.items() if r >= ratio]
+    passing, searched = gpt2_pages.search_peaks(root)
     return {"default_sink_cost": f"+{change['default']['mask_attn_sink']:.0f}%",
             "ca_softmax_sink_cost": f"+{change['ca_softmax']['mask_attn_sink']:.0f}%",
             "sigmoid_sink_cost": f"{change['sigmoid']['mask_attn_sink']:.0f}%",
-            "search_passing": WORDS[len(passing)], "search_variants": WORDS[len(largest)]}
+            "search_passing": WORDS[len(passing)], "search_variants": WORDS[len(searched)]}
 
 
 def emergence_criteria(root: Path) -> dict:
@@ -421,6 +428,16 @@ def emergence_criteria(root: Path) -> dict:
     criteria = load(root, "gpt-2/results/emergence/table.json")["criteria"]
     return {"embed_share": f"{100 * criteria['embed_share']:g}%", "sink_share": f"{criteria['sink_share']:g}",
             "persistence": str(criteria["persistence"]), "control_draws": str(criteria["control_draws"])}
+
+
+def figure_count(root: Path) -> dict:
+    """How many figure scripts there are (lib.paper_figures.FIGURES), in words."""
+    return {"figure_count": WORDS[len(FIGURES)]}
+
+
+def search_peaks(root: Path) -> dict:
+    """The variants whose search peaks pass the emergence criterion's ratio (lib.gpt2_pages.search_peaks)."""
+    return {"search_passing_names": gpt2_pages.listed(gpt2_pages.search_peaks(root)[0])}
 
 
 def factorial_sentences(root: Path) -> list[str]:
@@ -441,9 +458,9 @@ def factorial_item(root: Path) -> dict:
 
 
 VALUES = {  # page: the functions its template's fields come from
-    "README.md": (model_findings, emergence_verdicts, factorial_outliers),
+    "README.md": (model_findings, emergence_verdicts, factorial_outliers, search_peaks, figure_count),
     "docs/api.md": (outlier_rules,),
-    "docs/figures.md": (figures_time, emergence_peak_figures, prompt_outliers, outlier_rules, calibration_defaults,
+    "docs/figures.md": (figure_count, figures_time, emergence_peak_figures, prompt_outliers, outlier_rules, calibration_defaults,
                         check_tolerances, bos_headroom),
     "docs/findings.md": (attention_picture, calibration_picture, pattern_table, compression_valley, relocation,
                          bos_table, bos_reading),

@@ -540,9 +540,10 @@ def logged(name):
 
 
 def test_the_emergence_page_states_what_the_logs_hold():
-    """The page is rendered from table.json (tests/test_pages.py); here table.json and the page are held against the
-    runs' own logs: the nobos runs' largest most-attended-key share, and every run whose logged peak passes the
-    log's checks at 3 or more consecutive checkpoints named with its block and position."""
+    """The page is rendered from table.json (tests/test_pages.py): the nobos runs' largest most-attended-key share
+    it states is held against the runs' own logs, and every streak of 3 or more consecutive checkpoints at which a
+    run's logged peak passes the log's checks (table.json's logged_peak_streaks) is named with its block, position
+    and steps."""
     from lib import emergence_page
     from lib.provenance import ROOT
     with open(os.path.join(EMERGENCE, "table.json")) as f:

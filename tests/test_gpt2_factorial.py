@@ -179,6 +179,11 @@ def test_the_check_compares_the_committed_table_with_the_runs(runs, tmp_path):
     with pytest.raises(SystemExit) as e:
         factorial.main(args + ["--check=True"])
     assert e.value.code == 1
+    factorial.main(args + ["--plot=False"])
+    page = tmp_path / "table" / "table.md"
+    page.write_text(page.read_text().replace("registered runs", "runs"))
+    with pytest.raises(SystemExit):
+        factorial.main(args + ["--check=True"])
 
 
 def test_the_summary_states_the_largest_ratio_and_the_readings():
@@ -202,3 +207,6 @@ def test_the_summary_states_the_largest_ratio_and_the_readings():
     assert "after 16,000-24,000 steps" in text
     assert factorial_summary(dict(table, runs=[run("c", 60.0, done=False)])) == \
         ["0 of the 16 registered runs have finished (1 in progress)."]
+    one = dict(table, runs=[run("a", 120.0)])
+    one["runs"][0]["over_run"] = dict(verdict="yes")
+    assert "a holds a systematic outlier." in " ".join(factorial_summary(one))
