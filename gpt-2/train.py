@@ -483,8 +483,13 @@ def main(argv):
             print(f"iter {state.iter_num}: loss {lossf:.4f}, lr {lr:.2e}, {ms:.1f} ms/iter, "
                   f"{speed.tokens_per_sec:,.0f} tok/s")
     if proc.ddp:
+        import gc
         import torch.distributed as dist
         dist.barrier()  # every process is done with its last collective before any closes its connections
+        # DDP's reducer holds the process group: freed only at interpreter exit, after the group is destroyed, its
+        # gloo threads could be torn down out of order ("terminate called without an active exception")
+        del model
+        gc.collect()
         dist.destroy_process_group()
     return history
 
