@@ -4,7 +4,8 @@
 # and started again at any time. After each run (and on `bash run_grid.sh sync`) its logs, final.json and its final
 # weights (weights only, pack.py) are copied into results/factorial/runs/<run>/. From gpt-2/:
 #   bash results/factorial/run_grid.sh            # the grid (about 6 hours on 2 cores)
-#   bash results/factorial/run_grid.sh sync       # copy every run's logs so far into results/factorial/runs/
+#   bash results/factorial/run_grid.sh sync       # copy every run's logs so far into results/factorial/runs/, then
+#                                                  # write the table (factorial.py) and re-render the pages
 # ONLY=<pattern> trains only the runs whose name holds it, WORKERS=<n> sets how many run at once (default 2). A
 # finished run (final.json) is skipped, and a run another process is training is left to it (a lock per run).
 set -u
@@ -13,6 +14,8 @@ cd "$(dirname "$0")/../.."  # gpt-2/
 # worktree of one commit, below) must load all of its code, and record its commit, from that checkout
 export PYTHONPATH="$(cd .. && pwd)${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
+case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac  # absolute, so that it stays
+# valid in the repository root (the pages); not resolved through links, which would leave the virtual environment
 ADAMW_LR=5e-4  # the registered sweep's choices (results/factorial/README.md)
 MUON_LR=5e-4
 export OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1 PY
@@ -50,8 +53,10 @@ cells() {
     done
   done
 }
-if [ "${1:-}" = sync ]; then
+if [ "${1:-}" = sync ]; then  # then the table and the pages that quote it, so that what is committed agrees
   cells | while read -r name _; do sync_run "$name"; done
+  $PY factorial.py --runs_dir=results/factorial/runs --results_dir=results/factorial > /dev/null || exit 1
+  (cd .. && $PY -m lib.pages 2> /dev/null) || exit 1
   exit 0
 fi
 $PY data/backcopy/prepare.py --seq_len=65 --train_seqs=2000 --out_dir=data/backcopy_rf65 --design=random_first > /dev/null || exit 1
