@@ -166,36 +166,42 @@ def measure_of(row, key):
 def effect(rows, factor, key="peak_ratio"):
     """The factor's effect on one measure (the log10 final peak ratio by default) over the pairs of cells that
     differ in it only (every seed combination of a pair), and what it says of the explanation that names it (the
-    study README's rule; for the other measures its first two parts: below in every pair, above in some)."""
+    study README's rule; for the other measures its ordering parts: lower in every pair, higher in some). The rule
+    speaks of every seed of a cell: a reading that rests on the ordering of the runs is provisional until every
+    pair has all of SEEDS in both cells; a systematic verdict where the explanation predicts none refutes at once."""
     removes, name = REMOVES[factor]
     other = next(level for level in FACTORS[factor] if level != removes)
     rest = [f for f in FACTORS if f != factor]
-    pairs, supported, refuted = [], True, False
+    yes = lambda rs: any(r.get("over_run", {}).get("verdict") == "yes" for r in rs)  # noqa: E731
+    pairs, below_everywhere, above_somewhere, verdict_refutes, verdict_elsewhere, complete = [], True, False, False, \
+        False, 0
     for levels in itertools.product(*(FACTORS[f] for f in rest)):
         fixed = dict(zip(rest, levels))
         match = lambda r, level: r["finished"] and r[factor] == level and all(r[f] == v for f, v in fixed.items())
         a = [r for r in rows if match(r, removes) and measure_of(r, key) is not None]
         b = [r for r in rows if match(r, other) and measure_of(r, key) is not None]
+        verdict_refutes |= key == "peak_ratio" and yes(a)
+        verdict_elsewhere |= yes(b)
         if not a or not b:
-            supported = False
+            below_everywhere = False
             continue
+        complete += len(a) == len(b) == len(SEEDS)
         va, vb = [measure_of(r, key) for r in a], [measure_of(r, key) for r in b]
         below = max(va) < min(vb)
         pairs.append(dict(**fixed, change=spread([x - y for x in va for y in vb]), removing_level_below=below))
-        supported &= below
-        refuted |= min(va) > max(vb)
+        below_everywhere &= below
+        above_somewhere |= min(va) > max(vb)
         if key == "peak_ratio":
-            yes = lambda rs: any(r.get("over_run", {}).get("verdict") == "yes" for r in rs)
-            supported &= max(r["peak_ratio"] for r in a) < SYSTEMATIC_RATIO and yes(b)
-            refuted |= yes(a)
-    if refuted:
-        word = "refuted" if key == "peak_ratio" else "higher in some pair"
-    elif len(pairs) < 4:
-        word = f"incomplete ({len(pairs)} of 4 pairs finished)"
-    elif key == "peak_ratio":
-        word = "supported" if supported else "not decided at this scale"
+            below_everywhere &= max(r["peak_ratio"] for r in a) < SYSTEMATIC_RATIO
+    if key == "peak_ratio":
+        word = ("refuted" if above_somewhere else
+                "supported" if below_everywhere and verdict_elsewhere else "not decided at this scale")
     else:
-        word = "lower in every pair" if supported else "mixed"
+        word = "higher in some pair" if above_somewhere else "lower in every pair" if below_everywhere else "mixed"
+    if verdict_refutes:
+        word = "refuted (a systematic verdict where it predicts none)"
+    elif complete < 4:
+        word = f"provisional, so far {word} ({complete} of 4 pairs with every seed finished)"
     changes = [p["change"]["median"] for p in pairs]
     return dict(factor=factor, explanation=name, measure=key, removing_level=removes, other_level=other,
                 pairs=pairs, median_change=float(np.median(changes)) if changes else None, reading=word)
@@ -234,12 +240,12 @@ def compression(path, rows):
 
 
 def convergence(rows):
-    """L*: the largest final validation loss over finished runs, rounded up to 0.01; the first logged step at
-    which each run's validation loss is <= L*."""
+    """L*: the largest final validation loss over the finished runs (provisional until every run has finished); the
+    first logged step at which each run's validation loss is <= L*."""
     finished = [r for r in rows if r["finished"]]
     if not finished:
         return None
-    target = math.ceil(max(r["val_loss"] for r in finished) * 100) / 100
+    target = max(r["val_loss"] for r in finished)
     steps = {r["run"]: next((p["iter"] for p in r["val_curve"] if p["val"] <= target), None) for r in finished}
     per_cell = [dict(attention=a, optimizer=o, norm=n,
                      steps=spread([steps[r["run"]] for r in finished if (r["attention"], r["optimizer"], r["norm"])
@@ -304,18 +310,28 @@ def markdown(table):
                      f"{rng(c['peak_ratio'])} | {rng(c['sink_share'], '{:.2f}')} | "
                      f"{rng(c['cost_zero_over_control'], '{:+.4f}')} | {rng(c['kurtosis'])} | "
                      f"{rng(c['val_loss'], '{:.4f}')} |")
-    lines += ["", "| explanation | measure | removing level | median change (removing - other) | reading |",
-              "|---|---|---|---|---|"]
+    lines += ["", "Each factor over the pairs of cells that differ in it only: the change (removing level - other) per "
+              "pair, its median and range over the pair's seed combinations, and the reading: on the peak ratio the "
+              "registered rule (README), on the other measures whether the removing level is lower in every pair, "
+              "higher in some or mixed; provisional until every pair has both seeds.", "",
+              "| explanation | measure | removing level | change per pair: median (range) | median over pairs | "
+              "reading |", "|---|---|---|---|---|---|"]
     for e in effects:
-        lines.append(f"| {e['explanation']} | {MEASURES[e['measure']]} | {e['removing_level']} | "
-                     f"{f(e['median_change'], '{:+.3f}')} | {e['reading']} |")
+        fmt = "{:+.3f}"
+        per_pair = "; ".join(f"{'/'.join(str(v) for k, v in p.items() if k in FACTORS)} {rng(p['change'], fmt)}"
+                             for p in e["pairs"]) or "-"
+        lines.append(f"| {e['explanation']} | {MEASURES[e['measure']]} | {e['removing_level']} | {per_pair} | "
+                     f"{f(e['median_change'], fmt)} | {e['reading']} |")
     if conv:
-        lines += ["", f"| attention | optimizer | norm | steps to a validation loss of {conv['target_loss']:.2f} "
+        lines += ["", f"| attention | optimizer | norm | steps to a validation loss of {conv['target_loss']:.4f} "
                       "(the largest final one) |", "|---|---|---|---|"]
         lines += [f"| {c['attention']} | {c['optimizer']} | {c['norm']} | {rng(c['steps'], '{:.0f}')} |"
                   for c in conv["cells"]]
     if comp:
-        lines += ["", "| attention | optimizer | norm | " + " | ".join(COMPRESSION) + " |",
+        lines += ["", "Compression: the change of the validation loss (nats) over each run's own float32 loss, the mean "
+                  "over a cell's seeds ± the standard error within runs (paired over sequences; the spread between "
+                  "seeds is in table.json's runs).", "",
+                  "| attention | optimizer | norm | " + " | ".join(COMPRESSION) + " |",
                   "|---|---|---|" + "---|" * len(COMPRESSION)]
         for c in comp["cells"]:
             cols = [f"{c['methods'][m]['mean']:+.4f} ± {c['methods'][m]['se']:.4f}" if m in c["methods"] else "-"

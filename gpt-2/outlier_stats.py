@@ -153,7 +153,7 @@ def criteria():
                       f"writes (largest signed contribution; the embedding < {EMBED_SHARE:.0%} of it), and on which "
                       f"some head of a strictly later block puts > {SINK_SHARE:g} of the attention of queries "
                       f"1..T-1; held at >= {PERSISTENCE} consecutive logged checkpoints. Load-bearing: zeroing its "
-                      f"massive channels (each >= {SYSTEMATIC_RATIO:g} x the median at that position) costs >= "
+                      f"massive channels (each of whose ratio at that position is >= {SYSTEMATIC_RATIO:g}) costs >= "
                       f"{LOAD_BEARING_NATS:.4f} nats (5% perplexity) more than zeroing as many channels at another "
                       f"position with a target (mean of {CONTROL_DRAWS} draws)"))
 
@@ -466,8 +466,8 @@ def peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=0):
 @torch.no_grad()
 def largest_peak_ablation(model, seqs, report, calib, draws=CONTROL_DRAWS, seed=0):
     """The load-bearing test of the largest peak before the last block, whatever its size: the (block, position)
-    with the largest POSITION_RATIO over blocks before the last, its massive channels (each >= SYSTEMATIC_RATIO x
-    the median) or, where none reaches that, its top channel alone; tested as peak_ablation tests a judged peak."""
+    with the largest POSITION_RATIO over blocks before the last, its massive channels (each with a POSITION_RATIO
+    >= SYSTEMATIC_RATIO there) or, where none reaches that, its top channel alone; tested as peak_ablation tests a judged peak."""
     layer = max(report["layers"][:-1], key=lambda l: l["position_ratio"])
     p = layer["position"]
     row = next(r for r in layer["positions"] if r["position"] == p)

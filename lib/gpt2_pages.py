@@ -348,19 +348,23 @@ def factorial_summary(table: dict) -> list[str]:
     ratio, step, where = max(logged)
     lines.append(
         (f"{listed(held)} {'holds' if len(held) == 1 else 'hold'} a systematic outlier." if held else
-         "No finished run holds a systematic outlier (the registered criterion, `criteria` in table.json: a "
-         f"fixed-position ratio >= {criteria['ratio']:g} written by an MLP, on which a head of a later block puts > "
-         f"{criteria['sink_share']:g} of its attention, at {criteria['persistence']} consecutive logged checkpoints).")
+         "No finished run holds a systematic outlier (the registered criterion, in short: a fixed-position ratio >= "
+         f"{criteria['ratio']:g} written by an MLP, on which a head of a later block puts > {criteria['sink_share']:g} "
+         f"of its attention, at {criteria['persistence']} consecutive logged checkpoints; `criteria` in table.json "
+         "states it in full).")
         + f" The largest final fixed-position ratio is {top['peak_ratio']:.1f} ({top['run']}, block "
         f"{top['peak_block']}, position {top['peak_position']}); the largest at any logged step {ratio:.1f} ({where}, "
         f"step {step:,}); the largest final sink share on a run's peak position "
         f"{max(r['sink_share'] for r in done):.2f}.")
     readings = [e for e in table["effects"] if e["measure"] == "peak_ratio"]
-    lines.append("The registered rule on the final peak ratio reads: " + "; ".join(
-        f"{e['explanation']} ({e['removing_level']} against {e['other_level']}): {e['reading']}" for e in readings) + ".")
+    lines.append("The registered rule on the final peak ratio reads (median change of log10 ratio over the pairs of "
+                 "cells that differ in the factor only): " + "; ".join(
+                     f"{e['explanation']} ({e['removing_level']} against {e['other_level']}"
+                     + (f", {e['median_change']:+.2f}" if e["median_change"] is not None else "") + f"): {e['reading']}"
+                     for e in readings) + ".")
     conv = table.get("convergence")
     if conv:
         reached = [s for s in conv["steps_to_target"].values() if s is not None]
-        lines.append(f"The finished runs reach a validation loss of {conv['target_loss']:.2f} (the largest final one) "
+        lines.append(f"The finished runs reach a validation loss of {conv['target_loss']:.4f} (the largest final one) "
                      f"after {min(reached):,}-{max(reached):,} steps.")
     return lines

@@ -138,7 +138,25 @@ def test_each_measure_is_read_by_the_registered_rule():
     # a removing level above every seed of the other level in one pair is the rule's refutation
     rows = synthetic_rows(lambda a, o, n, seed: 9.0 if (a, o, n) == ("ca_softmax", "adamw", "layernorm") else 1.0)
     assert factorial.effect(rows, "attention", "kurtosis")["reading"] == "higher in some pair"
-    assert factorial.effect(rows[:-2], "norm", "kurtosis")["reading"] == "incomplete (3 of 4 pairs finished)"
+    assert factorial.effect(rows[:-2], "norm", "kurtosis")["reading"] == \
+        "provisional, so far mixed (3 of 4 pairs with every seed finished)"
+
+
+def test_the_peak_ratio_reading_waits_for_every_seed_but_a_verdict_refutes_at_once():
+    """Ratios under 100, muon below adamw in every pair: supported only where some adamw run holds a verdict, and
+    provisional while a cell lacks a seed; a verdict in a ca_softmax run refutes softmax attention at once."""
+    rows = synthetic_rows(lambda a, o, n, seed: (20.0 if o == "muon" else 80.0) + seed, key="peak_ratio")
+    for r in rows:
+        r["over_run"] = dict(verdict="yes" if r["run"] == "default-adamw-layernorm-s1" else "no")
+    assert factorial.effect(rows, "optimizer")["reading"] == "supported"
+    no_verdict = [dict(r, over_run=dict(verdict="no")) for r in rows]
+    assert factorial.effect(no_verdict, "optimizer")["reading"] == "not decided at this scale"
+    one_seed = [r for r in rows if r["seed"] == 1]
+    assert factorial.effect(one_seed, "optimizer")["reading"] == \
+        "provisional, so far supported (0 of 4 pairs with every seed finished)"
+    refuting = [dict(r, over_run=dict(verdict="yes")) if r["run"] == "ca_softmax-muon-rmsnorm_single-s1" else r
+                for r in one_seed]
+    assert factorial.effect(refuting, "attention")["reading"] == "refuted (a systematic verdict where it predicts none)"
 
 
 def test_compression_costs_are_read_per_run_and_averaged_per_cell(tmp_path):
@@ -195,16 +213,17 @@ def test_the_summary_states_the_largest_ratio_and_the_readings():
     table = dict(registered_runs=16, criteria=dict(ratio=100, sink_share=0.5, persistence=3),
                  runs=[run("a", 12.5), run("b", 40.25), run("c", 60.0, done=False)],
                  effects=[dict(measure="peak_ratio", explanation="softmax attention", removing_level="ca_softmax",
-                               other_level="default", reading="refuted"),
-                          dict(measure="kurtosis", explanation="x", removing_level="y", other_level="z", reading="w")],
+                               other_level="default", reading="refuted", median_change=0.116),
+                          dict(measure="kurtosis", explanation="x", removing_level="y", other_level="z", reading="w",
+                               median_change=1.0)],
                  convergence=dict(target_loss=1.53, steps_to_target=dict(a=16000, b=24000)))
     text = " ".join(factorial_summary(table))
     assert text.startswith("2 of the 16 registered runs have finished (1 in progress).")
     assert "No finished run holds a systematic outlier" in text
     assert "largest final fixed-position ratio is 40.2 (b, block 1, position 0)" in text  # 40.25 -> 40.2 (even)
     assert "the largest at any logged step 60.0 (c, step 4,000)" in text
-    assert "softmax attention (ca_softmax against default): refuted." in text and "x (y against z)" not in text
-    assert "after 16,000-24,000 steps" in text
+    assert "softmax attention (ca_softmax against default, +0.12): refuted." in text and "x (y against z" not in text
+    assert "validation loss of 1.5300 (the largest final one) after 16,000-24,000 steps" in text
     assert factorial_summary(dict(table, runs=[run("c", 60.0, done=False)])) == \
         ["0 of the 16 registered runs have finished (1 in progress)."]
     one = dict(table, runs=[run("a", 120.0)])
