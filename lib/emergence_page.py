@@ -5,11 +5,11 @@ train.py's DEFAULTS, read from their source) and the consequences of three of it
 is imported, its files are read.
 """
 import math
-import textwrap
 from pathlib import Path
 
 from lib.gpt2_pages import GPT2, RESULTS, WORDS, config, consequences, listed, literal_defaults, load, lr
-from lib.page_values import WIDTH, require
+from lib.page_values import require
+from lib.page_values import wrapped as fill
 
 FOLDER = RESULTS / "emergence"
 PAGE = FOLDER / "README.md"
@@ -232,9 +232,7 @@ def wrapped(paragraph: str) -> str:
     """A paragraph or list item filled to the page's width (headings and blank lines as they are)."""
     if not paragraph or paragraph.startswith("#"):
         return paragraph
-    indent = "  " if paragraph.startswith("- ") else ""
-    return textwrap.fill(" ".join(paragraph.split()), width=WIDTH, subsequent_indent=indent, break_on_hyphens=False,
-                         break_long_words=False)
+    return fill(" ".join(paragraph.split()), rest="  " if paragraph.startswith("- ") else "")
 
 
 def page(root: Path, rendered: str) -> str:

@@ -29,8 +29,8 @@ def consequences(root: Path, folder: str) -> dict:
 
 
 def scale_test_of(root: Path, folder: str, name: str) -> dict:
-    """One model's result in a --scale-test run of consequences.py."""
-    return next(r for r in consequences(root, f"{folder}/scale_test")["results"] if r["name"] == name)
+    """One model's result in a --scale-test run of consequences.py, its layers 0-based whatever the file counts."""
+    return next(r for r in as_zero_based(consequences(root, f"{folder}/scale_test"))["results"] if r["name"] == name)
 
 
 def ppl(x: float) -> str:
@@ -380,8 +380,7 @@ def scale_tests(root: Path) -> dict:
 def scale_test_reading(root: Path) -> dict:
     """The bullets under the scale-test table: the small GPT's BOS sink, then Gemma 3 270M's. The GPT's file counts
     layers from 1 (no `layers_are`); the sentence gives its layers 0-based."""
-    gpt = next(r for r in as_zero_based(consequences(root, "gpt2_emergence_bos/scale_test"))["results"]
-               if r["name"] == "out-emergence-default")["scale_test"]
+    gpt = scale_test_of(root, "gpt2_emergence_bos", "out-emergence-default")["scale_test"]
     gemma_run = scale_test_of(root, "gemma3_270m", "gemma3_270m")
     gemma, windows = gemma_run["scale_test"], gemma_run["data"]["windows"]
     main = max(gpt["layers"].values(), key=lambda layer: layer["a_s_mean"])  # where the sink holds most attention
