@@ -27,7 +27,7 @@ from lib.configurator import UserError, configure, resolve_path, user_errors_exi
 from lib.gpt2_checkpoints import checkpoints, load_gpt
 from lib.files import write_json, write_text
 from lib.gpt2_pages import factorial_summary
-from compare import one_per_iter, read_jsonl
+from compare import one_per_iter, read_json, read_jsonl
 from dataset import Batches
 from outlier_stats import SYSTEMATIC_RATIO, criteria, final_report, persistence
 from stats_log import LAYERS_ARE, as_stored, as_zero_based
@@ -427,7 +427,7 @@ def check_table(c, names):
         return []
     runs_dir = resolve_path(c["runs_dir"])
     fresh = make_table(c, sweep(resolve_path(c["sweep_dir"])), [run_row(runs_dir, n) for n in names], [])
-    stored = json.load(open(path))
+    stored = read_json(path)  # a damaged committed table is a one-line error
     found = differences(stored, fresh) + differences(stored["runs"], fresh["runs"], "/runs")  # "runs" is skipped
     # at the top level (lib.check.SKIP: a consequences.json's list of results), so it is compared on its own
     with open(os.path.join(os.path.dirname(path), "table.md")) as f:
